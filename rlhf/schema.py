@@ -9,6 +9,14 @@ Boundaries:
   K-wise row     ``prompt``, ``completions``, ``ranks`` keeping the whole ranking (export -> reward)
   prompt         plain text, or chat messages ``[{"role": ..., "content": ...}, ...]``
 
+Export layout (written by ``rlhf app export OUT``; read by the reward model, never the database):
+  OUT/pairwise/       datasets.DatasetDict(train, test): prompt, chosen, rejected, reviewer, ranking_id
+  OUT/kwise/          datasets.DatasetDict(train, test): prompt, completions, ranks, reviewer, ranking_id
+  OUT/manifest.json   which rankings went in, the filters, counts, time of export
+A dataset is all plain text or all conversational (Arrow columns have one type): when any prompt is
+a message list, plain prompts are exported as one user message. The split is ``prompt_split``.
+``rlhf app export --prompts FILE.jsonl`` writes one ``{"prompt": ...}`` per line (rlhf.prompts).
+
 Ranks: ``ranks[i]`` is the rank of ``completions[i]``; 1 is best; equal ranks are ties; a tie gives
 no preference pair.
 """
@@ -24,6 +32,10 @@ Message = dict[str, str]
 Prompt = Union[str, list[Message]]
 
 ROLES = ("system", "user", "assistant")
+
+EXPORT_PAIRWISE = "pairwise"
+EXPORT_KWISE = "kwise"
+EXPORT_MANIFEST = "manifest.json"
 
 
 # ---------------------------------------------------------------------------------------------------
