@@ -18,6 +18,10 @@ def _config_class(path: Path):
         from rlhf.commands import GenerateConfig
 
         return GenerateConfig
+    if rel.parts[0] == "app":
+        from feedback_app.config import AppConfig
+
+        return AppConfig
     return None
 
 

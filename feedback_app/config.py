@@ -1,0 +1,62 @@
+"""``AppConfig``: the feedback app's one typed config (YAML in ``configs/app/``, then CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from rlhf.config import Config
+
+
+class AppConfig(Config):
+    """Store, project, server and generation settings of the feedback app."""
+
+    database_url: str = Field(
+        "sqlite:///runs/feedback/feedback.db",
+        description="SQLAlchemy URL: sqlite:///PATH (default, no set-up) or postgresql://... for a team",
+    )
+    secret_file: str | None = Field(
+        None, description="file holding the token-signing secret (default: beside the SQLite database, "
+                          "or runs/feedback/secret.key); created on first start, kept so restarts log no one out")
+    project: str = Field("default", description="project name (rankings, prompts and items belong to it)")
+    k: int = Field(4, ge=2, le=6, description="candidate replies per prompt shown together (K)")
+    reviewers_per_item: int = Field(1, ge=1, le=50, description="reviewers who rank each item")
+    guideline: str = Field("Rank the replies from best (1) to worst. Equal ranks mean a tie.",
+                           description="guideline text shown to reviewers")
+    guideline_version: str = Field("1", description="guideline version stored with every ranking")
+    lease_seconds: int = Field(900, ge=5, description="seconds a handed-out item stays reserved for its reviewer")
+    host: str = Field("127.0.0.1", description="address `rlhf app serve` listens on")
+    port: int = Field(8765, ge=1, le=65535, description="port `rlhf app serve` listens on")
+    token_max_age: int = Field(7 * 24 * 3600, ge=60, description="seconds a login token stays valid")
+    login_attempts_per_minute: int = Field(10, ge=1, description="failed logins allowed per user and client per minute")
+    busy_timeout_ms: int = Field(30000, ge=100, description="SQLite busy timeout (ms) before a locked write fails")
+    # Candidate generation
+    model: str = Field("bundled", description="policy that writes candidates: 'bundled', a model directory or HF id")
+    max_new_tokens: int = Field(96, ge=1, le=4096, description="new tokens per candidate reply at most")
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="sampling temperature; 0 = greedy")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass in generation")
+    seed: int = Field(0, description="random seed for generation")
+    # Export
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of prompts in the test split (by prompt hash)")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("must be a SQLAlchemy URL such as sqlite:///runs/feedback/feedback.db")
+        return value
+
+    def sqlite_path(self) -> Path | None:
+        """The database file for a SQLite URL, else None."""
+        if not self.database_url.startswith("sqlite"):
+            return None
+        path = self.database_url.split(":///", 1)[1] if ":///" in self.database_url else ""
+        return Path(path) if path and path != ":memory:" else None
+
+    def resolved_secret_file(self) -> Path:
+        if self.secret_file:
+            return Path(self.secret_file)
+        db = self.sqlite_path()
+        return (db.parent if db else Path("runs/feedback")) / "secret.key"

@@ -1,0 +1,111 @@
+"""Engine and sessions: SQLite with WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE``; or any
+SQLAlchemy URL (PostgreSQL for a team). Migrations run to head with ``upgrade``.
+
+Why ``BEGIN IMMEDIATE``: SQLite has no row locks. A deferred transaction that reads, then writes,
+can fail with "database is locked" when another writer went first, and the busy timeout does not
+help there. Taking the write lock at ``BEGIN`` makes every transaction wait its turn instead.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhf.errors import UserError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
+    """An engine for ``url``; for SQLite the parent folder is created and the pragmas set per connection."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+                               pool_size=20, max_overflow=40)
+        _sqlite_pragmas(engine, busy_timeout_ms)
+        return engine
+    try:
+        return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+    except Exception as exc:  # unknown dialect or driver missing
+        raise UserError(f"database_url: cannot use {url!r}: {exc}") from None
+
+
+def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # The driver's own transaction handling would BEGIN (deferred) by itself; turn it off so
+        # the "begin" hook below decides.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged ranking survives a crash
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One short transaction: commit on success, roll back on any exception."""
+    with sessions() as session, session.begin():
+        yield session
+
+
+def alembic_config(engine: Engine):
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (head by default); old rows are kept by every migration."""
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool = True):
+    """Engine + sessionmaker for ``url``, upgraded to head unless ``migrate`` is False."""
+    engine = make_engine(url, busy_timeout_ms)
+    if migrate:
+        try:
+            upgrade(engine)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"database {engine.url.render_as_string(hide_password=True)}: cannot open or "
+                            f"migrate: {str(exc).splitlines()[0]}") from None
+    return engine, make_sessionmaker(engine)
+
+
+def sqlite_file(engine: Engine) -> str | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    db = engine.url.database
+    return os.path.abspath(db) if db and db != ":memory:" else None

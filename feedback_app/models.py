@@ -1,0 +1,137 @@
+"""The feedback store's tables (SQLAlchemy ORM). Times are UNIX seconds (float), the same on every
+database. JSON columns hold prompts (text or chat messages), ranks and sampling settings.
+
+Constraints carry the hand-out rules, because SQLite has no row locks:
+  assignments (item, reviewer) unique   a reviewer never gets the same item twice
+  assignments (item, slot) unique       two reviewers never hold the same open slot of an item
+  rankings (item, reviewer) unique      no duplicate ranking
+  rankings (reviewer, idempotency key)  a retried submission finds the ranking it already stored
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ROLES = ("admin", "reviewer")
+FLAG_KINDS = ("unsafe", "broken", "off-topic")
+LEASED, DONE, SKIPPED = "leased", "done", "skipped"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    k: Mapped[int] = mapped_column(Integer)  # replies per prompt, 2..6
+    reviewers_per_item: Mapped[int] = mapped_column(Integer)
+    guideline: Mapped[str] = mapped_column(Text, default="")
+    guideline_version: Mapped[str] = mapped_column(String(50), default="1")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class PromptRow(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("project_id", "prompt_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    prompt: Mapped[Any] = mapped_column(JSON)  # text or chat messages
+    prompt_key: Mapped[str] = mapped_column(String(64))  # rlhf.schema.prompt_key
+    source: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Item(Base):
+    """One prompt with its K candidate replies from one generation round: what a reviewer ranks."""
+
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("prompt_id", "round"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    prompt_row: Mapped[PromptRow] = relationship(lazy="joined")
+    candidates: Mapped[list["Candidate"]] = relationship(order_by="Candidate.position", lazy="selectin")
+
+
+class Candidate(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("item_id", "position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # 0..K-1: the order ranks are stored in
+    text: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(500), default="")
+    checkpoint: Mapped[str] = mapped_column(String(500), default="")
+    sampling: Mapped[Any] = mapped_column(JSON, default=dict)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(500))
+    role: Mapped[str] = mapped_column(String(20))  # admin | reviewer
+    created_at: Mapped[float] = mapped_column(Float)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # added in revision 0002
+
+
+class Assignment(Base):
+    """A reviewer's hold on one slot of an item: leased (until ``expires_at``), done or skipped.
+
+    A skipped assignment gives its slot back (``slot`` NULL; NULLs never collide in a unique
+    constraint) but keeps the row, so the reviewer is not handed the item again.
+    """
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"), UniqueConstraint("item_id", "slot"),
+                      Index("ix_assignments_state_expires", "state", "expires_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    slot: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(20))
+    shown_order: Mapped[Any] = mapped_column(JSON)  # candidate positions in the order shown
+    leased_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    item: Mapped[Item] = relationship(lazy="joined")
+
+
+class RankingRow(Base):
+    __tablename__ = "rankings"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"), UniqueConstraint("user_id", "idempotency_key"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
+    ranks: Mapped[Any] = mapped_column(JSON)  # ranks[p] = rank of the candidate at position p
+    shown_order: Mapped[Any] = mapped_column(JSON)  # positions in the (shuffled) order the reviewer saw
+    guideline_version: Mapped[str] = mapped_column(String(50))
+    seconds: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True)  # added in revision 0002
+    edit_count: Mapped[int] = mapped_column(Integer, default=0)  # added in revision 0002
+    item: Mapped[Item] = relationship(lazy="joined")
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class Flag(Base):
+    """A reviewer's flag on one reply (``candidate_id``) or on the whole item (``candidate_id`` NULL)."""
+
+    __tablename__ = "flags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    candidate_id: Mapped[Optional[int]] = mapped_column(ForeignKey("candidates.id", ondelete="CASCADE"), nullable=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)

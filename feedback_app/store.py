@@ -1,0 +1,525 @@
+"""The service layer: every action of the feedback app as one short transaction.
+
+``Store`` holds a sessionmaker and the project; each method takes the acting user (``Actor``)
+explicitly and returns plain dataclasses. The REST handlers (``api.py``) and the reviewer pages call
+these same methods, so the rules live here once:
+
+* each item reaches ``reviewers_per_item`` reviewers; a reviewer never gets an item twice;
+* an item's open slot is held by a lease (``lease_seconds``); a walked-away reviewer's lease expires
+  and the slot returns; two reviewers never hold the same slot (unique constraint, not a lock);
+* a submission carries an idempotency key: a retry returns the ranking already stored;
+* a reviewer can undo or edit their own rankings, and can never act as, or read, another reviewer.
+
+Errors are ``ServiceError`` (a ``UserError``) with an HTTP status; nothing is stored when one is raised.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, TypeVar
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback_app import auth
+from feedback_app.auth import Actor
+from feedback_app.models import (DONE, FLAG_KINDS, LEASED, ROLES, SKIPPED, Assignment, Candidate, Flag, Item,
+                                 Project, PromptRow, RankingRow, User)
+from rlhf.errors import UserError
+from rlhf.schema import prompt_key, validate_prompt, validate_ranks
+
+T = TypeVar("T")
+
+
+class ServiceError(UserError):
+    status = 400
+
+
+class Invalid(ServiceError):
+    status = 422
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class LeaseExpired(ServiceError):
+    status = 410
+
+
+class BadLogin(ServiceError):
+    status = 401
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the service returns
+
+
+@dataclass
+class CandidateView:
+    id: int
+    text: str
+
+
+@dataclass
+class ItemView:
+    """An item as handed to its reviewer: candidates in the shuffled order this reviewer sees."""
+
+    item_id: int
+    prompt: Any
+    candidates: list[CandidateView]
+    round: int
+    guideline: str
+    guideline_version: str
+    lease_expires_at: float | None
+
+
+@dataclass
+class RankingView:
+    ranking_id: int
+    item_id: int
+    ranks: list[int]  # in the order the reviewer saw the candidates
+    candidate_ids: list[int]  # same order
+    simulated: bool
+    created_at: float
+    replayed: bool = False  # True when an idempotent retry found the stored ranking
+
+
+@dataclass
+class Progress:
+    ranked: int
+    skipped: int
+    leased: int
+    available: int  # items this reviewer could still be handed now
+    totals: dict[str, int] = field(default_factory=dict)  # admin only: project-wide counts
+
+
+@dataclass
+class ImportRow:
+    """One prompt to import; ``replies`` (exactly K) become a ready item of ``round``."""
+
+    prompt: Any
+    replies: list[str] | None = None
+    model: str = ""
+    source: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class Store:
+    """The feedback app's data operations for one project."""
+
+    def __init__(self, sessions: sessionmaker[Session], project: str = "default", k: int = 4,
+                 reviewers_per_item: int = 1, guideline: str = "", guideline_version: str = "1",
+                 lease_seconds: float = 900.0, clock: Callable[[], float] = time.time):
+        self.sessions = sessions
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.project = self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version)
+
+    @classmethod
+    def from_config(cls, sessions: sessionmaker[Session], config) -> "Store":
+        return cls(sessions, config.project, config.k, config.reviewers_per_item, config.guideline,
+                   config.guideline_version, config.lease_seconds)
+
+    # -- transactions -----------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[Session], T], attempts: int = 5) -> T:
+        """Run ``work`` in one transaction; retry when a concurrent writer won a unique constraint
+        (PostgreSQL, where there is no BEGIN IMMEDIATE) or SQLite stayed busy past its timeout."""
+        for attempt in range(attempts):
+            try:
+                with self.sessions() as session, session.begin():
+                    return work(session)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == attempts - 1 or not _retryable(exc):
+                    raise
+                time.sleep(0.005 * (attempt + 1) * random.random())
+        raise AssertionError("unreachable")
+
+    def _ensure_project(self, name, k, reviewers_per_item, guideline, guideline_version) -> Project:
+        def work(s: Session) -> Project:
+            project = s.scalar(select(Project).where(Project.name == name))
+            if project is None:
+                project = Project(name=name, k=k, reviewers_per_item=reviewers_per_item, guideline=guideline,
+                                  guideline_version=guideline_version, created_at=self.clock())
+                s.add(project)
+                s.flush()
+                return project
+            if project.k != k:
+                has_items = s.scalar(select(func.count(Item.id)).where(Item.project_id == project.id))
+                if has_items:
+                    raise UserError(f"k: project '{name}' already holds items with K={project.k}; "
+                                    f"use another project for K={k}")
+                project.k = k
+            project.reviewers_per_item = reviewers_per_item
+            project.guideline, project.guideline_version = guideline, guideline_version
+            return project
+
+        return self._run(work)
+
+    # -- users ------------------------------------------------------------------------------------
+
+    def add_user(self, username: str, password: str, role: str = "reviewer", replace: bool = False) -> Actor:
+        """Create (or with ``replace``, reset) an account. Only the CLI and admins call this."""
+        username = (username or "").strip()
+        if not username or len(username) > 100 or any(c.isspace() for c in username):
+            raise Invalid("username: give 1 to 100 characters without spaces")
+        if role not in ROLES:
+            raise Invalid(f"role: must be one of {', '.join(ROLES)} (got {role!r})")
+        if len(password or "") < auth.MIN_PASSWORD:
+            raise Invalid(f"password: at least {auth.MIN_PASSWORD} characters")
+        hashed = auth.hash_password(password)
+
+        def work(s: Session) -> Actor:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is not None and not replace:
+                raise Conflict(f"user '{username}' already exists (use --replace to reset the password and role)")
+            if user is None:
+                user = User(username=username, created_at=self.clock())
+                s.add(user)
+            user.password_hash, user.role, user.active = hashed, role, True
+            s.flush()
+            return Actor(user.id, user.username, user.role)
+
+        return self._run(work)
+
+    def list_users(self) -> list[Actor]:
+        with self.sessions() as s:
+            return [Actor(u.id, u.username, u.role) for u in s.scalars(select(User).order_by(User.id))]
+
+    def authenticate(self, username: str, password: str) -> Actor:
+        """The account for ``username`` if ``password`` is right; ``BadLogin`` otherwise (same message
+        whether the user exists or not)."""
+        with self.sessions() as s:
+            user = s.scalar(select(User).where(User.username == username))
+            stored = user.password_hash if user is not None and user.active else auth.DUMMY_HASH
+        if not auth.verify_password(stored, password or "") or user is None or not user.active:
+            raise BadLogin("wrong username or password")
+        if auth.needs_rehash(stored):
+            def rehash(s: Session) -> None:
+                s.get(User, user.id).password_hash = auth.hash_password(password)
+            self._run(rehash)
+        return Actor(user.id, user.username, user.role)
+
+    # -- prompts and items ------------------------------------------------------------------------
+
+    def import_rows(self, rows: Iterable[ImportRow], round: int = 0) -> dict[str, int]:
+        """Add prompts (a prompt already in the project is kept once) and, for rows with replies,
+        their item of ``round``. All rows in one transaction: a bad row stores nothing."""
+        rows = list(rows)
+        k = self.project.k
+        for i, row in enumerate(rows):
+            try:
+                validate_prompt(row.prompt)
+            except ValueError as exc:
+                raise Invalid(f"{row.source or f'row {i + 1}'}: {exc}") from None
+            if row.replies is not None and (len(row.replies) != k or not all(isinstance(r, str) for r in row.replies)):
+                raise Invalid(f"{row.source or f'row {i + 1}'}: replies must be a list of exactly K={k} texts "
+                              f"(got {len(row.replies) if isinstance(row.replies, list) else type(row.replies).__name__})")
+
+        def work(s: Session) -> dict[str, int]:
+            counts = {"prompts_added": 0, "prompts_existing": 0, "items_added": 0, "items_existing": 0}
+            for row in rows:
+                prompt = self._get_or_add_prompt(s, row.prompt, row.source, counts)
+                if row.replies is not None:
+                    added = self._add_item(s, prompt.id, round, row.replies, row.model, "", {})
+                    counts["items_added" if added else "items_existing"] += 1
+            return counts
+
+        return self._run(work)
+
+    def _get_or_add_prompt(self, s: Session, prompt: Any, source: str, counts: dict) -> PromptRow:
+        key = prompt_key(prompt)
+        row = s.scalar(select(PromptRow).where(PromptRow.project_id == self.project.id, PromptRow.prompt_key == key))
+        if row is None:
+            row = PromptRow(project_id=self.project.id, prompt=prompt, prompt_key=key, source=source[:500],
+                            created_at=self.clock())
+            s.add(row)
+            s.flush()
+            counts["prompts_added"] += 1
+        else:
+            counts["prompts_existing"] += 1
+        return row
+
+    def _add_item(self, s: Session, prompt_id: int, round: int, replies: list[str], model: str,
+                  checkpoint: str, sampling: dict) -> bool:
+        if s.scalar(select(Item.id).where(Item.prompt_id == prompt_id, Item.round == round)) is not None:
+            return False
+        item = Item(project_id=self.project.id, prompt_id=prompt_id, round=round, created_at=self.clock())
+        s.add(item)
+        s.flush()
+        s.add_all(Candidate(item_id=item.id, position=p, text=text, model=model[:500], checkpoint=checkpoint[:500],
+                            sampling=sampling, round=round) for p, text in enumerate(replies))
+        return True
+
+    def prompts_needing_candidates(self, round: int) -> list[tuple[int, Any]]:
+        """``(prompt_id, prompt)`` of the project's prompts with no item in ``round`` yet."""
+        with self.sessions() as s:
+            have = select(Item.prompt_id).where(Item.round == round)
+            rows = s.execute(select(PromptRow.id, PromptRow.prompt)
+                             .where(PromptRow.project_id == self.project.id, PromptRow.id.not_in(have))
+                             .order_by(PromptRow.id))
+            return [(pid, prompt) for pid, prompt in rows]
+
+    def add_candidates(self, prompt_id: int, round: int, replies: list[str], model: str, checkpoint: str = "",
+                       sampling: dict | None = None) -> bool:
+        """Store the K generated replies of one prompt as an item; False if that item already exists."""
+        if len(replies) != self.project.k:
+            raise Invalid(f"replies: need exactly K={self.project.k}, got {len(replies)}")
+        return self._run(lambda s: self._add_item(s, prompt_id, round, replies, model, checkpoint, sampling or {}))
+
+    # -- hand-out ---------------------------------------------------------------------------------
+
+    def next_item(self, actor: Actor) -> ItemView | None:
+        """The item this reviewer should rank now: their unexpired lease if they hold one, else a new
+        lease on the item closest to complete that they have never been handed. None when none is left."""
+
+        def work(s: Session) -> ItemView | None:
+            now = self.clock()
+            held = s.scalar(select(Assignment).where(Assignment.user_id == actor.id, Assignment.state == LEASED,
+                                                     Assignment.expires_at > now)
+                            .order_by(Assignment.id).limit(1))
+            if held is not None:
+                return self._item_view(held)
+            # Walked-away reviewers: their slots open again.
+            s.execute(delete(Assignment).where(Assignment.state == LEASED, Assignment.expires_at <= now))
+            rpi = self.project.reviewers_per_item
+            taken = (select(Assignment.item_id, func.count(Assignment.slot).label("n"))
+                     .where(Assignment.slot.is_not(None)).group_by(Assignment.item_id).subquery())
+            mine = select(Assignment.item_id).where(Assignment.user_id == actor.id)
+            n = func.coalesce(taken.c.n, 0)
+            item_id = s.scalar(select(Item.id).outerjoin(taken, taken.c.item_id == Item.id)
+                               .where(Item.project_id == self.project.id, Item.id.not_in(mine), n < rpi)
+                               .order_by(n.desc(), Item.id).limit(1))
+            if item_id is None:
+                return None
+            used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,
+                                                               Assignment.slot.is_not(None))))
+            slot = min(set(range(rpi)) - used)
+            order = list(range(self.project.k))
+            random.shuffle(order)  # position bias: each reviewer sees the candidates in their own order
+            lease = Assignment(item_id=item_id, user_id=actor.id, slot=slot, state=LEASED, shown_order=order,
+                               leased_at=now, expires_at=now + self.lease_seconds)
+            s.add(lease)
+            s.flush()  # a concurrent holder of this slot fails here (unique constraint) and we retry
+            return self._item_view(lease)
+
+        return self._run(work, attempts=10)
+
+    def _item_view(self, a: Assignment) -> ItemView:
+        by_position = {c.position: c for c in a.item.candidates}
+        return ItemView(item_id=a.item_id, prompt=a.item.prompt_row.prompt,
+                        candidates=[CandidateView(by_position[p].id, by_position[p].text) for p in a.shown_order],
+                        round=a.item.round, guideline=self.project.guideline,
+                        guideline_version=self.project.guideline_version, lease_expires_at=a.expires_at)
+
+    # -- rankings ---------------------------------------------------------------------------------
+
+    def submit_ranking(self, actor: Actor, item_id: int, ranks: list[int], idempotency_key: str,
+                       seconds: float | None = None, simulated: bool = False) -> RankingView:
+        """Store ``ranks`` (one per candidate, in the order this reviewer was shown them; 1 best; ties
+        allowed). A retry with the same ``idempotency_key`` returns the stored ranking unchanged."""
+        key = _check_key(idempotency_key)
+        if seconds is not None and not (0 <= seconds < 1e7):
+            raise Invalid("seconds: must be between 0 and 1e7")
+
+        def work(s: Session) -> RankingView:
+            stored = s.scalar(select(RankingRow).where(RankingRow.user_id == actor.id,
+                                                       RankingRow.idempotency_key == key))
+            if stored is not None:
+                if stored.item_id != item_id:
+                    raise Conflict(f"idempotency_key: already used for item {stored.item_id}")
+                return _ranking_view(stored, replayed=True)
+            lease = self._own_assignment(s, actor, item_id)
+            if lease.state == DONE:
+                raise Conflict(f"item {item_id}: you already ranked it; edit or undo that ranking instead")
+            if lease.state == SKIPPED:
+                raise Conflict(f"item {item_id}: you skipped it")
+            now = self.clock()
+            if lease.expires_at is None or lease.expires_at <= now:
+                raise LeaseExpired(f"item {item_id}: your lease expired {now - (lease.expires_at or now):.0f} s ago; "
+                                   f"fetch the next item again")
+            canonical = _to_positions(_check_ranks(ranks, len(lease.shown_order)), lease.shown_order)
+            row = RankingRow(item_id=item_id, user_id=actor.id, assignment_id=lease.id, ranks=canonical,
+                             shown_order=lease.shown_order, guideline_version=self.project.guideline_version,
+                             seconds=seconds, simulated=bool(simulated), idempotency_key=key, created_at=now,
+                             edit_count=0)
+            lease.state, lease.expires_at = DONE, None
+            s.add(row)
+            s.flush()
+            return _ranking_view(row)
+
+        return self._run(work)
+
+    def _own_assignment(self, s: Session, actor: Actor, item_id: int) -> Assignment:
+        lease = s.scalar(select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == actor.id))
+        if lease is None:
+            if s.get(Item, item_id) is None:
+                raise NotFound(f"item {item_id}: unknown item")
+            raise NotFound(f"item {item_id}: not handed to you (fetch the next item first)")
+        return lease
+
+    def edit_ranking(self, actor: Actor, ranking_id: int, ranks: list[int]) -> RankingView:
+        """Replace the ranks of one of the actor's own rankings (in the order they were shown)."""
+
+        def work(s: Session) -> RankingView:
+            row = s.get(RankingRow, ranking_id)
+            if row is None or row.user_id != actor.id:  # another's ranking looks like a missing one
+                raise NotFound(f"ranking {ranking_id}: no such ranking of yours")
+            row.ranks = _to_positions(_check_ranks(ranks, len(row.shown_order)), row.shown_order)
+            row.updated_at, row.edit_count = self.clock(), row.edit_count + 1
+            s.flush()
+            return _ranking_view(row)
+
+        return self._run(work)
+
+    def undo_last(self, actor: Actor) -> ItemView:
+        """Delete the actor's latest ranking and hand its item back to them under a fresh lease."""
+
+        def work(s: Session) -> ItemView:
+            row = s.scalar(select(RankingRow).where(RankingRow.user_id == actor.id)
+                           .order_by(RankingRow.created_at.desc(), RankingRow.id.desc()).limit(1))
+            if row is None:
+                raise NotFound("undo: you have no ranking to undo")
+            lease = s.get(Assignment, row.assignment_id)
+            s.delete(row)
+            s.flush()
+            now = self.clock()
+            lease.state, lease.leased_at, lease.expires_at = LEASED, now, now + self.lease_seconds
+            s.flush()
+            return self._item_view(lease)
+
+        return self._run(work)
+
+    def my_rankings(self, actor: Actor, limit: int = 50) -> list[RankingView]:
+        """The actor's own rankings, newest first (never anyone else's)."""
+        with self.sessions() as s:
+            rows = s.scalars(select(RankingRow).where(RankingRow.user_id == actor.id)
+                             .order_by(RankingRow.id.desc()).limit(limit))
+            return [_ranking_view(r) for r in rows]
+
+    # -- skip and flag ----------------------------------------------------------------------------
+
+    def skip(self, actor: Actor, item_id: int) -> None:
+        """Give the item's slot back; this reviewer is not handed it again."""
+
+        def work(s: Session) -> None:
+            lease = self._own_assignment(s, actor, item_id)
+            if lease.state == DONE:
+                raise Conflict(f"item {item_id}: already ranked; undo the ranking first")
+            lease.state, lease.slot, lease.expires_at = SKIPPED, None, None
+
+        self._run(work)
+
+    def flag(self, actor: Actor, item_id: int, kind: str, comment: str = "", candidate_id: int | None = None) -> int:
+        """Flag one reply (``candidate_id``) or the whole item as unsafe, broken or off-topic.
+
+        Flagged replies are left out of the export unless asked for. Reviewers flag only items handed
+        to them; admins flag any."""
+        if kind not in FLAG_KINDS:
+            raise Invalid(f"kind: must be one of {', '.join(FLAG_KINDS)} (got {kind!r})")
+        if len(comment or "") > 2000:
+            raise Invalid("comment: at most 2000 characters")
+
+        def work(s: Session) -> int:
+            if actor.is_admin:
+                if s.get(Item, item_id) is None:
+                    raise NotFound(f"item {item_id}: unknown item")
+            else:
+                self._own_assignment(s, actor, item_id)
+            if candidate_id is not None:
+                cand = s.get(Candidate, candidate_id)
+                if cand is None or cand.item_id != item_id:
+                    raise NotFound(f"candidate_id: {candidate_id} is not a reply of item {item_id}")
+            flag = Flag(item_id=item_id, candidate_id=candidate_id, user_id=actor.id, kind=kind,
+                        comment=comment or "", created_at=self.clock())
+            s.add(flag)
+            s.flush()
+            return flag.id
+
+        return self._run(work)
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def progress(self, actor: Actor) -> Progress:
+        """The actor's own counts; for an admin also the project's totals."""
+        now = self.clock()
+        with self.sessions() as s:
+            def count(*where) -> int:
+                return s.scalar(select(func.count(Assignment.id)).where(*where)) or 0
+
+            mine = Assignment.user_id == actor.id
+            ranked, skipped = count(mine, Assignment.state == DONE), count(mine, Assignment.state == SKIPPED)
+            leased = count(mine, Assignment.state == LEASED, Assignment.expires_at > now)
+            live = (Assignment.slot.is_not(None)) & ((Assignment.state == DONE) | (Assignment.expires_at > now))
+            taken = (select(Assignment.item_id, func.count(Assignment.id).label("n")).where(live)
+                     .group_by(Assignment.item_id).subquery())
+            seen = select(Assignment.item_id).where(mine)
+            available = s.scalar(select(func.count(Item.id)).outerjoin(taken, taken.c.item_id == Item.id)
+                                 .where(Item.project_id == self.project.id, Item.id.not_in(seen),
+                                        func.coalesce(taken.c.n, 0) < self.project.reviewers_per_item)) or 0
+            totals: dict[str, int] = {}
+            if actor.is_admin:
+                pid = self.project.id
+                totals = {
+                    "prompts": s.scalar(select(func.count(PromptRow.id)).where(PromptRow.project_id == pid)) or 0,
+                    "items": s.scalar(select(func.count(Item.id)).where(Item.project_id == pid)) or 0,
+                    "rankings": s.scalar(select(func.count(RankingRow.id)).join(Item)
+                                         .where(Item.project_id == pid)) or 0,
+                    "skips": count(Assignment.state == SKIPPED),
+                    "flags": s.scalar(select(func.count(Flag.id))) or 0,
+                    "reviewers": s.scalar(select(func.count(User.id))) or 0,
+                }
+            return Progress(ranked, skipped, leased, available, totals)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not key.strip() or len(key) > 200:
+        raise Invalid("idempotency_key: give a non-empty text of at most 200 characters (e.g. a UUID)")
+    return key
+
+
+def _check_ranks(ranks: Any, k: int) -> list[int]:
+    try:
+        return validate_ranks(ranks, k)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _to_positions(shown_ranks: list[int], shown_order: list[int]) -> list[int]:
+    """Ranks given in the order shown -> ranks by candidate position (how they are stored)."""
+    canonical = [0] * len(shown_order)
+    for shown_index, position in enumerate(shown_order):
+        canonical[position] = shown_ranks[shown_index]
+    return canonical
+
+
+def _ranking_view(row: RankingRow, replayed: bool = False) -> RankingView:
+    by_position = {c.position: c.id for c in row.item.candidates}
+    return RankingView(ranking_id=row.id, item_id=row.item_id, ranks=[row.ranks[p] for p in row.shown_order],
+                       candidate_ids=[by_position[p] for p in row.shown_order], simulated=row.simulated,
+                       created_at=row.created_at, replayed=replayed)
