@@ -1,0 +1,171 @@
+"""The aligned checkpoint: one consolidated Hugging Face model directory from a PPO run.
+
+``export_run(RUN_DIR, OUT_DIR)`` takes the newest complete checkpoint (or a given one), gathers its
+weights (ZeRO shards included, rlhf.checkpoint), rebuilds the policy (LoRA merged, or the adapter
+alone), and writes safetensors, tokenizer with chat template, a generation config whose pad and EOS
+are the policy's, a model card and PNG plots of reward, KL and reply length. Written into a
+temporary folder and renamed, so OUT_DIR is complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlhf.checkpoint import consolidated_state_dict, latest_checkpoint, policy_state_dict, read_state
+from rlhf.config import load_config
+from rlhf.errors import UserError
+
+PLOTTED = (("reward", "reward (centred score)"), ("kl", "KL to reference"), ("response_length", "reply length (tokens)"))
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str | None = None,
+               adapter_only: bool = False, dtype: str = "float32") -> Path:
+    from rlhf.ppo.config import PPORunConfig
+
+    run_dir, out = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a PPO run directory (no config.yaml)")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: already exists and is not empty; choose a new OUT_DIR")
+    config = load_config(PPORunConfig, run_dir / "config.yaml")
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    state = read_state(ckpt)
+    if adapter_only and not config.lora.enabled:
+        raise UserError(f"{run_dir}: --adapter-only needs a LoRA run; this run fine-tuned the full model")
+
+    model, tokenizer = rebuild_policy(config, ckpt, merge=not adapter_only)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_model(model, tokenizer, tmp, dtype, adapter_only)
+        shutil.copy(run_dir / "config.yaml", tmp / "ppo_config.yaml")
+        plots = write_plots(run_dir, tmp / "plots")
+        (tmp / "README.md").write_text(model_card(config, run_dir, ckpt, state, dtype, adapter_only, plots),
+                                       encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def rebuild_policy(config, checkpoint: Path, merge: bool = True):
+    """The trained policy from a checkpoint: a plain causal LM (merged), or a PeftModel (merge=False)."""
+    from rlhf.modeling import load_policy, load_tokenizer
+
+    weights = policy_state_dict(consolidated_state_dict(checkpoint))
+    if not weights:
+        raise UserError(f"{checkpoint}: checkpoint holds no policy weights")
+    model = load_policy(config.policy, dtype="float32")
+    if config.lora.enabled:
+        from peft import get_peft_model
+
+        from rlhf.ppo.trainer import lora_config
+
+        model = get_peft_model(model, lora_config(config.lora))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}  # tied to the embeddings
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{checkpoint}: weights do not fit the config's policy ({len(set(missing) - tied)} missing, "
+                        f"{len(unexpected)} unexpected, e.g. {(sorted(set(missing) - tied) + list(unexpected))[:2]})")
+    if config.lora.enabled and merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, load_tokenizer(config.policy, padding_side="left")
+
+
+def _write_model(model, tokenizer, out: Path, dtype: str, adapter_only: bool) -> None:
+    import torch
+    from transformers import GenerationConfig
+
+    model = model.to(getattr(torch, dtype))
+    if adapter_only:
+        model.save_pretrained(out, safe_serialization=True)  # adapter_config.json + adapter_model.safetensors
+    else:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.bos_token_id = tokenizer.bos_token_id
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256)
+        model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)  # includes the chat template and the pad token distinct from EOS
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots and model card
+
+
+def write_plots(run_dir: Path, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlhf.ppo.metrics import read_metrics
+
+    rows = read_metrics(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, label in PLOTTED:
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        ax.set_xlabel("PPO update")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"{key}.png", dpi=100)
+        plt.close(fig)
+        written.append(f"plots/{key}.png")
+    return written
+
+
+def _sha256(path: Path) -> str:
+    if path.is_dir():
+        return "(directory)"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def model_card(config, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
+               plots: list[str]) -> str:
+    from rlhf.modeling import resolve_model_path
+    from rlhf.ppo.metrics import read_metrics
+
+    base_dir = Path(resolve_model_path(config.policy))
+    source = json.loads((base_dir / "rlhf_source.json").read_text()) if (base_dir / "rlhf_source.json").is_file() else {}
+    info = json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
+    rows = read_metrics(run_dir)
+    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    prompts = Path(config.prompts_file)
+    manifest = prompts.parent / "manifest.json"
+    fig = lambda row, key: f"{row[key]:.4g}" if isinstance(row.get(key), (int, float)) else "n/a"  # noqa: E731
+    lines = [
+        "---", f"license: {source.get('license', 'unknown')}", f"base_model: {source.get('base_model', config.policy)}",
+        "tags: [rlhf, ppo, trl]", "---", "",
+        f"# PPO-aligned policy ({'LoRA adapter' if adapter_only else 'merged' if config.lora.enabled else 'full fine-tune'})",
+        "",
+        f"- Base model: `{source.get('base_model', config.policy)}` (licence {source.get('license', 'unknown')})"
+        + (f", from `{source['source']}`" if source.get("source") else ""),
+        f"- Reward model: `{info.get('reward_model_path', config.reward_model)}`; reward stats used for centring: "
+        f"{info.get('reward_stats')}",
+        f"- Prompts: `{config.prompts_file}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
+        f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else ""),
+        f"- Checkpoint: `{checkpoint.name}` (update {state.get('step')} of {config.total_updates}, "
+        f"{state.get('world_size', 1)} process(es), ZeRO stage {state.get('zero_stage', 0)})",
+        f"- Weights dtype: {dtype}", "",
+        "## Training figures", "",
+        "| metric | first update | last update |", "|---|---|---|",
+        *[f"| {k} | {fig(first, k)} | {fig(last, k)} |" for k in ("reward", "kl", "entropy", "value_loss",
+                                                                  "response_length", "eos_share")],
+        "", *[f"![{p}]({p})" for p in plots], "",
+        "## Config", "", "```yaml", (run_dir / "config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
+        "Load with `AutoModelForCausalLM.from_pretrained(DIR)`; the tokenizer pads with a token distinct from EOS.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""``rlhf ppo`` config: one typed model, YAML then one CLI flag per field (rlhf.config)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import Field
+
+from rlhf.config import Config
+
+
+class LoraSettings(Config):
+    """LoRA on the policy. The reference is then the same weights with the adapter switched off."""
+
+    enabled: bool = Field(True, description="train a LoRA adapter (false: full fine-tuning with a separate reference copy)")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout (PPO disables dropout elsewhere)")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get an adapter")
+    modules_to_save: list[str] = Field(default_factory=list,
+                                       description="modules trained in full beside the adapter (not under ZeRO-3)")
+
+
+class PPORunConfig(Config):
+    """``rlhf ppo``: fine-tune a policy against a reward model with TRL's PPO."""
+
+    policy: str = Field("bundled", description="policy model directory, HF id, or 'bundled'")
+    reward_model: str = Field(..., description="reward model directory (a *ForSequenceClassification, num_labels=1)")
+    prompts_file: str = Field(..., description="prompts: 'rlhf app export --prompts' output, JSONL/TXT/JSON or a datasets dir")
+    eval_prompts_file: str | None = Field(None, description="fixed prompts for sample replies (default: first prompts)")
+    output_dir: str = Field("runs/ppo", description="run directory: config, checkpoints, logs, TensorBoard")
+    seed: int = Field(0, description="random seed")
+    dtype: str = Field("float32", description="weights dtype: float32 or bfloat16")
+    bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision)")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    max_prompt_tokens: int = Field(256, ge=1, description="prompts longer than this (chat template applied) are dropped")
+    response_length: int = Field(32, ge=1, description="new tokens per reply at most")
+    temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the rollouts")
+
+    total_updates: int = Field(10, ge=1, description="PPO updates (rollout batch + optimisation) in the run")
+    per_device_batch_size: int = Field(4, ge=1, description="rollouts per process per micro-batch")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per rollout batch")
+    num_mini_batches: int = Field(1, ge=1, description="minibatches per rollout batch")
+    num_ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    learning_rate: float = Field(1e-5, gt=0.0, description="AdamW learning rate (linear decay)")
+    kl_coef: float = Field(0.05, ge=0.0, description="KL penalty coefficient to the reference")
+    kl_estimator: str = Field("k1", pattern="^(k1|k3)$", description="KL estimator: k1 or k3")
+    whiten_rewards: bool = Field(False, description="whiten per-token rewards (needs minibatches of >= 8 per process)")
+    missing_eos_penalty: float | None = Field(1.0, description="subtracted from the score of replies that never end with EOS")
+    center_rewards: bool = Field(True, description="centre and scale scores with reward_stats.json of the reward model")
+    cliprange: float = Field(0.2, gt=0.0, description="PPO policy clip range")
+    cliprange_value: float = Field(0.2, gt=0.0, description="value clip range")
+    vf_coef: float = Field(0.1, ge=0.0, description="value loss coefficient")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="discount")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda")
+
+    save_every: int = Field(5, ge=1, description="write a resumable checkpoint every N updates (and at the end, and on SIGTERM)")
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (oldest removed)")
+    stop_after_updates: int | None = Field(None, ge=1, description="stop this invocation (with a checkpoint) after N updates in total; resume later")
+    sample_every: int = Field(5, ge=1, description="sample replies to the evaluation prompts every N updates")
+    num_eval_prompts: int = Field(4, ge=0, description="evaluation prompts sampled (0: none)")
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that define the training run; a checkpoint from another run is refused.
+
+        Fields that only steer this invocation (stopping, saving, sampling) are left out, so a run
+        may be resumed with another ``stop_after_updates`` or checkpoint interval.
+        """
+        data = self.model_dump(mode="json", exclude=RESUMABLE_FIELDS)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields that may change between a run and its resumption.
+RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
+                    "num_eval_prompts", "eval_prompts_file"}

@@ -1,0 +1,365 @@
+"""TRL's PPO with resume: a subclass of ``trl.experimental.ppo.PPOTrainer`` and the run that builds it.
+
+TRL 1.12's ``PPOTrainer.train()`` restarts its step count and data iterator, draws minibatch order
+from NumPy's global random state and saves no value model. This module keeps TRL's update loop and
+adds, around it:
+
+* ``RolloutBatches``: the rollout prompts in an order fixed by (seed, update), replacing TRL's
+  shuffling DataLoader, so the data position of a resumed run is simply its update count;
+* ``ResumablePPOTrainer.train``: restores model, optimizer, scheduler and every process's random
+  states (Python, NumPy's global state, torch) with ``accelerator.load_state`` before the loop;
+* ``_RunCallback``: puts the restored step count back into TRL's state, writes a checkpoint every
+  ``save_every`` updates, at the end and after a SIGTERM, logs metrics and sample replies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding, GenerationConfig, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+from rlhf.checkpoint import latest_checkpoint, load_training_state, read_state, save_training_state
+from rlhf.config import save_resolved
+from rlhf.errors import UserError
+from rlhf.ppo.config import PPORunConfig
+from rlhf.ppo.data import batch_indices, load_prompt_ids
+from rlhf.ppo.metrics import RENAMED, MetricsWriter, RolloutProbe
+
+log = logging.getLogger(__name__)
+
+
+class _StopRun(Exception):
+    """Raised from the callback after a checkpoint to leave TRL's loop (SIGTERM or stop_after_updates)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks on the inputs
+
+
+def zero_stage() -> int:
+    """The DeepSpeed ZeRO stage this process was launched with (0 without DeepSpeed)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return 0
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and Path(path).is_file():
+        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
+    return 0
+
+
+def check_run_config(config: PPORunConfig, world_size: int, stage: int) -> None:
+    """Combinations that cannot work, refused before any model is loaded."""
+    local_batch = config.per_device_batch_size * config.gradient_accumulation_steps
+    if local_batch % config.num_mini_batches:
+        raise UserError(f"num_mini_batches={config.num_mini_batches} must divide per_device_batch_size x "
+                        f"gradient_accumulation_steps = {local_batch}")
+    if config.whiten_rewards and local_batch // config.num_mini_batches < 8:
+        raise UserError(f"whiten_rewards needs minibatches of at least 8 rollouts per process; this config has "
+                        f"{local_batch // config.num_mini_batches} (raise per_device_batch_size or "
+                        f"gradient_accumulation_steps, lower num_mini_batches, or set whiten_rewards: false)")
+    if stage == 3 and config.lora.enabled and config.lora.modules_to_save:
+        raise UserError("lora.modules_to_save cannot be used under DeepSpeed ZeRO-3 (modules trained beside the "
+                        "adapter come out as empty partitions); empty it, or use ZeRO-2")
+    if config.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"field 'dtype': {config.dtype!r} is not float32 or bfloat16")
+
+
+def check_reward_model(path: str, policy_tokenizer):
+    """The reward model directory must be a plain ``*ForSequenceClassification`` with one output that
+    shares the policy's vocabulary; returns its ``reward_stats.json`` (or None)."""
+    from rlhf.modeling import check_same_vocabulary, load_tokenizer, resolve_model_path
+
+    directory = Path(resolve_model_path(path))
+    if (directory / "adapter_config.json").is_file():
+        raise UserError(f"{directory}: the reward model is a LoRA adapter; TRL's PPO reads the backbone and "
+                        f"'score' head directly: merge the adapter into its base model first")
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{directory}: not a sequence-classification reward model (architectures: "
+                        f"{', '.join(architectures) or 'none'})")
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or 2)
+    if labels != 1:
+        raise UserError(f"{directory}: the reward model has {labels} outputs; it needs num_labels=1")
+    check_same_vocabulary(policy_tokenizer, load_tokenizer(directory, padding_side="right"))
+    stats_file = directory / "reward_stats.json"
+    if not stats_file.is_file():
+        return None
+    try:
+        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{stats_file}: expected {{\"mean\": number, \"std\": number}}") from None
+
+
+def centred_head(weight, bias, mean: float, std: float):
+    """Weights of a linear score head that outputs ``(score - mean) / std``.
+
+    ``score = W h + b`` becomes ``(W / std) h + (b - mean) / std``: rewards centred on the reward
+    model's training data, folded into the head so TRL's reward call is unchanged.
+    """
+    std = std if std > 1e-6 else 1.0
+    new_bias = (bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)) - mean
+    return weight / std, new_bias / std
+
+
+def _centre_reward_model(reward_model, stats: dict) -> None:
+    head = reward_model.score
+    weight, bias = centred_head(head.weight.data, None if head.bias is None else head.bias.data,
+                                stats["mean"], stats["std"])
+    new_head = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=weight.dtype)
+    new_head.weight.data.copy_(weight)
+    new_head.bias.data.copy_(bias)
+    reward_model.score = new_head
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollout data in a resumable order
+
+
+class RolloutBatches:
+    """Infinite iterator of this process's rollout batches from update ``start`` on (see batch_indices)."""
+
+    def __init__(self, prompt_ids, tokenizer, local_batch: int, world: int, rank: int, seed: int,
+                 start: int, probe: RolloutProbe):
+        self.prompt_ids, self.local_batch, self.world, self.rank = prompt_ids, local_batch, world, rank
+        self.seed, self.position, self.probe = seed, start, probe
+        self.collate = DataCollatorWithPadding(tokenizer)  # the tokenizer pads on the left
+
+    def __iter__(self):
+        while True:
+            idx = batch_indices(len(self.prompt_ids), self.local_batch * self.world, self.position, self.seed)
+            mine = idx[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+            batch = self.collate([{"input_ids": self.prompt_ids[i]} for i in mine])
+            self.probe.context_length = batch["input_ids"].shape[1]
+            self.position += 1
+            yield batch
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class ResumablePPOTrainer(PPOTrainer):
+    """TRL's PPOTrainer whose ``train()`` continues from a checkpoint and writes its own."""
+
+    def setup_run(self, run: PPORunConfig, prompt_ids, eval_ids, probe: RolloutProbe, resume_from: Path | None):
+        self.run, self.eval_ids, self.probe = run, eval_ids, probe
+        self.resume_from = resume_from
+        self.start_step = read_state(resume_from)["step"] if resume_from else 0
+        self.stop_requested = False
+        self.dataloader = RolloutBatches(prompt_ids, self.processing_class, self.args.local_batch_size,
+                                         self.accelerator.num_processes, self.accelerator.process_index,
+                                         run.seed, self.start_step, probe)
+        # The scheduler is not passed through accelerator.prepare by TRL; register it so save_state keeps it.
+        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+        self.writer = MetricsWriter(run.output_dir) if self.accelerator.is_main_process else None
+        self.add_callback(_RunCallback(self))
+        self.remove_callback(PrinterCallback)  # our callback prints one readable line per update
+
+    def train(self):
+        if self.resume_from is not None:
+            load_training_state(self.accelerator, self.resume_from)  # weights, optimizer, scheduler, RNG
+            self.say(f"resumed from {self.resume_from} at update {self.start_step}")
+        total = self.args.num_total_batches
+        self.args.num_total_batches = total - self.start_step  # TRL's loop runs the remaining updates
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            super().train()
+        except _StopRun:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.args.num_total_batches = total
+            if self.writer:
+                self.writer.close()
+        return self.state.global_step
+
+    def _on_sigterm(self, signum, frame):
+        # Only a flag: the checkpoint is written at the end of the current update, in step on all processes.
+        self.stop_requested = True
+        self.say("SIGTERM: saving a checkpoint after this update, then stopping")
+
+    def say(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            print(text, file=sys.stderr, flush=True)
+
+    def save_checkpoint(self) -> Path:
+        meta = {"config_fingerprint": self.run.fingerprint(), "episode": self.state.episode,
+                "data_position": self.dataloader.position, "world_size": self.accelerator.num_processes,
+                "lora": self.run.lora.enabled, "zero_stage": zero_stage()}
+        path = save_training_state(self.accelerator, self.run.output_dir, self.state.global_step, meta,
+                                   self.run.keep_checkpoints)
+        self.say(f"checkpoint: {path}")
+        return path
+
+    @torch.no_grad()
+    def sample_replies(self) -> list[dict]:
+        """Greedy replies to the fixed evaluation prompts, scored by the reward model (all processes)."""
+        from trl.experimental.ppo.ppo_trainer import batch_generation, truncate_response
+        from trl.experimental.utils import get_reward
+        from trl.models.utils import unwrap_model_for_generation
+
+        if not self.eval_ids:
+            return []
+        tok = self.processing_class
+        queries = DataCollatorWithPadding(tok)([{"input_ids": ids} for ids in self.eval_ids])["input_ids"]
+        queries = queries.to(self.accelerator.device)
+        kwargs = {"max_new_tokens": self.args.response_length, "do_sample": False}  # greedy: no RNG drawn
+        self.probe.enabled = False
+        try:
+            with unwrap_model_for_generation(self.model, self.accelerator,
+                                             gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                             generation_kwargs=kwargs) as unwrapped:
+                query_responses, _ = batch_generation(unwrapped.policy, queries, queries.shape[0],
+                                                      tok.pad_token_id, GenerationConfig(**kwargs))
+            ctx = queries.shape[1]
+            responses = truncate_response(tok.eos_token_id, tok.pad_token_id, query_responses[:, ctx:])
+            _, scores, _ = get_reward(self.reward_model, torch.cat((queries, responses), 1), tok.pad_token_id, ctx)
+        finally:
+            self.probe.enabled = True
+        return [{"prompt": tok.decode(q, skip_special_tokens=True),
+                 "reply": tok.decode(r, skip_special_tokens=True), "score": float(s)}
+                for q, r, s in zip(queries, responses, scores.float().cpu())]
+
+
+class _RunCallback(TrainerCallback):
+    """Step count on resume, metrics, sample replies, checkpoints and stopping, around TRL's loop."""
+
+    def __init__(self, trainer: ResumablePPOTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        t = self.trainer
+        state.global_step = t.start_step
+        state.episode = t.start_step * args.batch_size
+        state.max_steps = t.run.total_updates
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        t = self.trainer
+        length, ended = t.probe.take()
+        stats = t.accelerator.reduce(torch.tensor([length, ended], device=t.accelerator.device), "mean")
+        metrics = {RENAMED.get(k, k): v for k, v in (logs or {}).items()}
+        metrics.update(response_length=float(stats[0]), eos_share=float(stats[1]))
+        if t.writer:
+            t.writer.log_update(state.global_step, metrics)
+            t.say(f"update {state.global_step}/{t.run.total_updates}  reward {metrics.get('reward', 0):+.3f}  "
+                  f"kl {metrics.get('kl', 0):.4f}  entropy {metrics.get('entropy', 0):.2f}  "
+                  f"value_loss {metrics.get('value_loss', 0):.4f}  length {length:.1f}  eos {ended:.2f}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t, run, step = self.trainer, self.trainer.run, state.global_step
+        stop = t.stop_requested or (run.stop_after_updates is not None and step >= run.stop_after_updates)
+        if t.accelerator.num_processes > 1:  # every process must agree, the save is collective
+            flag = torch.tensor([float(stop)], device=t.accelerator.device)
+            stop = bool(t.accelerator.reduce(flag, "sum").item() > 0)
+        if step % run.save_every == 0 or step == run.total_updates or stop:
+            t.save_checkpoint()
+        if run.num_eval_prompts and (step % run.sample_every == 0 or step == 1 or step == run.total_updates):
+            samples = t.sample_replies()
+            if t.writer:
+                t.writer.log_samples(step, samples)
+                for s in samples[:2]:
+                    t.say(f"  sample [{s['score']:+.2f}] {s['prompt'][-60:]!r} -> {s['reply'][:120]!r}")
+        if stop and step < run.total_updates:
+            t.say(f"stopped after update {step}; continue with --resume")
+            raise _StopRun()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building a run
+
+
+def lora_config(settings):
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.target_modules),
+                      modules_to_save=list(settings.modules_to_save) or None)
+
+
+def resolve_resume(run: PPORunConfig, resume: str | None) -> Path | None:
+    """``None`` (fresh run), ``"latest"`` (newest complete checkpoint of output_dir) or a checkpoint path."""
+    if resume is None:
+        return None
+    path = latest_checkpoint(run.output_dir) if resume == "latest" else Path(resume)
+    read_state(path, fingerprint=run.fingerprint())
+    return path
+
+
+def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOTrainer:
+    from datasets import Dataset
+
+    from rlhf.modeling import load_policy, load_score_model, load_tokenizer, resolve_model_path
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_run_config(run, world, zero_stage())
+    resume_from = resolve_resume(run, resume)
+    out = Path(run.output_dir)
+    if resume_from is None and any(out.glob("checkpoints/step-*")):
+        raise UserError(f"{out}: already holds checkpoints; pass --resume to continue, or choose another output_dir")
+
+    tokenizer = load_tokenizer(run.policy, padding_side="left")
+    stats = check_reward_model(run.reward_model, tokenizer)
+    prompt_ids = load_prompt_ids(run.prompts_file, tokenizer, run.max_prompt_tokens)
+    eval_source = load_prompt_ids(run.eval_prompts_file, tokenizer, run.max_prompt_tokens) \
+        if run.eval_prompts_file else prompt_ids
+    eval_ids = eval_source[:run.num_eval_prompts]
+    local_batch = run.per_device_batch_size * run.gradient_accumulation_steps
+    batch_indices(len(prompt_ids), local_batch * world, 0, run.seed)  # refuses too few prompts, clearly
+
+    # Models are loaded before PPOConfig exists, so under ZeRO-3 they load whole and DeepSpeed
+    # partitions them at prepare time (the reward head is rewritten below, which needs full weights).
+    torch.manual_seed(run.seed)
+    policy = load_policy(run.policy, dtype=run.dtype)
+    reference = None if run.lora.enabled else load_policy(run.policy, dtype=run.dtype)
+    reward_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
+    value_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
+    if stats and run.center_rewards:
+        _centre_reward_model(reward_model, stats)
+    probe = RolloutProbe(tokenizer.eos_token_id)
+    backbone = getattr(reward_model, reward_model.base_model_prefix)
+    backbone.register_forward_pre_hook(probe, with_kwargs=True)
+
+    args = PPOConfig(
+        output_dir=str(out), use_cpu=not torch.cuda.is_available(), bf16=run.bf16_autocast, seed=run.seed,
+        learning_rate=run.learning_rate, per_device_train_batch_size=run.per_device_batch_size,
+        gradient_accumulation_steps=run.gradient_accumulation_steps, num_mini_batches=run.num_mini_batches,
+        num_ppo_epochs=run.num_ppo_epochs, total_episodes=run.total_updates * local_batch * world,
+        local_rollout_forward_batch_size=run.per_device_batch_size, response_length=run.response_length,
+        temperature=run.temperature, stop_token="eos", missing_eos_penalty=run.missing_eos_penalty,
+        kl_coef=run.kl_coef, kl_estimator=run.kl_estimator, whiten_rewards=run.whiten_rewards,
+        cliprange=run.cliprange, cliprange_value=run.cliprange_value, vf_coef=run.vf_coef, gamma=run.gamma,
+        lam=run.lam, num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=1,
+        gradient_checkpointing=False, disable_tqdm=True, per_device_eval_batch_size=1,
+    )
+    eval_dataset = Dataset.from_dict({"input_ids": eval_ids or prompt_ids[:1]})
+    trainer = ResumablePPOTrainer(
+        args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
+        train_dataset=Dataset.from_dict({"input_ids": prompt_ids}), value_model=value_model,
+        eval_dataset=eval_dataset, peft_config=lora_config(run.lora) if run.lora.enabled else None,
+    )
+    trainer.setup_run(run, prompt_ids, eval_ids, probe, resume_from)
+    if trainer.accelerator.is_main_process:
+        save_resolved(run, out)
+        (out / "run_info.json").write_text(json.dumps({
+            "policy_path": resolve_model_path(run.policy), "reward_model_path": resolve_model_path(run.reward_model),
+            "reward_stats": stats, "num_prompts": len(prompt_ids), "world_size": trainer.accelerator.num_processes,
+            "zero_stage": zero_stage(), "config_fingerprint": run.fingerprint()}, indent=2))
+    return trainer
+
+
+def run_ppo(run: PPORunConfig, resume: str | None = None) -> int:
+    trainer = build_trainer(run, resume)
+    step = trainer.train()
+    trainer.say(f"done: {step}/{run.total_updates} updates; run directory {run.output_dir}")
+    return step
