@@ -1,0 +1,232 @@
+"""The REST API: thin FastAPI handlers over ``Store`` (the service layer) and the admin jobs.
+
+Every handler resolves the acting user from a signed token (``Authorization: Bearer`` or the
+``rlhf_token`` cookie) and passes it to the store explicitly; reviewers can only act as themselves,
+see only their own rankings, and cannot reach ``/api/admin/*``. Errors come back as
+``{"detail": "<one line naming the field>"}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from feedback_app.auth import Actor
+from feedback_app.store import ServiceError
+
+TOKEN_COOKIE = "rlhf_token"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Who is asking
+
+
+def services(request: Request):
+    """The app's ``Services`` (store, signer, limiter, jobs, config), built by ``server.build_app``."""
+    return request.app.state.services
+
+
+def token_from(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(TOKEN_COOKIE)
+
+
+def current_actor(request: Request) -> Actor:
+    """The signed-in user: one HMAC check of the token, no password hashing, no database read."""
+    token = token_from(request)
+    actor = services(request).signer.verify(token) if token else None
+    if actor is None:
+        raise HTTPException(401, "log in first: POST /api/login, then send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return actor
+
+
+def admin_actor(actor: Actor = Depends(current_actor)) -> Actor:
+    if not actor.is_admin:
+        raise HTTPException(403, "admins only")
+    return actor
+
+
+def _json(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Request bodies
+
+
+class LoginIn(BaseModel):
+    username: str = Field(..., max_length=100)
+    password: str = Field(..., max_length=1000)
+
+
+class RankingIn(BaseModel):
+    item_id: int
+    ranks: list[Any] = Field(..., description="one rank per candidate, in the order shown; 1 best; ties allowed")
+    idempotency_key: str | None = Field(None, description="unique per submission (e.g. a UUID); a retry with "
+                                        "the same key returns the stored ranking (or send Idempotency-Key)")
+    seconds: float | None = Field(None, description="seconds the reviewer spent on the item")
+    simulated: bool = Field(False, description="true when a scripted reviewer wrote it")
+
+
+class EditIn(BaseModel):
+    ranks: list[Any]
+
+
+class FlagIn(BaseModel):
+    kind: Literal["unsafe", "broken", "off-topic"]
+    comment: str = Field("", max_length=2000)
+    candidate_id: int | None = Field(None, description="the flagged reply; omit to flag the whole item")
+
+
+class UserIn(BaseModel):
+    username: str
+    password: str
+    role: Literal["admin", "reviewer"] = "reviewer"
+
+
+class GenerateIn(BaseModel):
+    round: int = Field(0, ge=0, description="generation round the new items belong to")
+    model: str | None = Field(None, description="policy: 'bundled', or a model directory on the server")
+
+
+class ExportIn(BaseModel):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
+                             description="folder under the server's export directory (default: a timestamp)")
+    reviewers: list[str] | None = None
+    rounds: list[int] | None = None
+    source: Literal["all", "human", "simulated"] = "all"
+    include_flagged: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Routes
+
+router = APIRouter(prefix="/api")
+
+
+@router.post("/login", tags=["session"], summary="Log in; returns a signed token (also set as a cookie)")
+def login(body: LoginIn, request: Request, response: Response):
+    svc = services(request)
+    client = request.client.host if request.client else "?"
+    wait = svc.limiter.retry_after(body.username, client)
+    if wait > 0:
+        raise HTTPException(429, f"too many failed logins for '{body.username}'; retry in {wait:.0f} s",
+                            headers={"Retry-After": str(int(wait) + 1)})
+    try:
+        actor = svc.store.authenticate(body.username, body.password)
+    except ServiceError:
+        svc.limiter.failed(body.username, client)
+        raise
+    svc.limiter.succeeded(body.username, client)
+    token = svc.signer.issue(actor)
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", max_age=svc.signer.max_age)
+    return {"token": token, "username": actor.username, "role": actor.role}
+
+
+@router.post("/logout", tags=["session"], summary="Forget the login cookie")
+def logout(response: Response):
+    response.delete_cookie(TOKEN_COOKIE)
+    return {"ok": True}
+
+
+@router.get("/me", tags=["session"], summary="Who the token belongs to")
+def me(actor: Actor = Depends(current_actor)):
+    return _json(actor)
+
+
+@router.get("/items/next", tags=["review"], summary="The item to rank now (null when none is left)")
+def next_item(request: Request, actor: Actor = Depends(current_actor)):
+    return {"item": _json(services(request).store.next_item(actor))}
+
+
+@router.post("/rankings", tags=["review"], status_code=201,
+             summary="Submit a ranking; retries with the same idempotency key store it once")
+def submit_ranking(body: RankingIn, request: Request, response: Response, actor: Actor = Depends(current_actor),
+                   idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
+    key = body.idempotency_key or idempotency_key
+    view = services(request).store.submit_ranking(actor, body.item_id, body.ranks, key, body.seconds, body.simulated)
+    if view.replayed:
+        response.status_code = 200
+    return _json(view)
+
+
+@router.put("/rankings/{ranking_id}", tags=["review"], summary="Edit one of your rankings")
+def edit_ranking(ranking_id: int, body: EditIn, request: Request, actor: Actor = Depends(current_actor)):
+    return _json(services(request).store.edit_ranking(actor, ranking_id, body.ranks))
+
+
+@router.post("/rankings/undo", tags=["review"], summary="Undo your last ranking; its item comes back to you")
+def undo(request: Request, actor: Actor = Depends(current_actor)):
+    return {"item": _json(services(request).store.undo_last(actor))}
+
+
+@router.get("/rankings/mine", tags=["review"], summary="Your own rankings, newest first")
+def my_rankings(request: Request, limit: int = 50, actor: Actor = Depends(current_actor)):
+    return {"rankings": [_json(r) for r in services(request).store.my_rankings(actor, min(max(limit, 1), 500))]}
+
+
+@router.post("/items/{item_id}/skip", tags=["review"], summary="Skip an item handed to you")
+def skip(item_id: int, request: Request, actor: Actor = Depends(current_actor)):
+    services(request).store.skip(actor, item_id)
+    return {"ok": True}
+
+
+@router.post("/items/{item_id}/flags", tags=["review"], status_code=201,
+             summary="Flag a reply (or the whole item) as unsafe, broken or off-topic")
+def flag(item_id: int, body: FlagIn, request: Request, actor: Actor = Depends(current_actor)):
+    flag_id = services(request).store.flag(actor, item_id, body.kind, body.comment, body.candidate_id)
+    return {"flag_id": flag_id}
+
+
+@router.get("/progress", tags=["review"], summary="Your counts (and the project's, for admins)")
+def progress(request: Request, actor: Actor = Depends(current_actor)):
+    return _json(services(request).store.progress(actor))
+
+
+# -- admin ----------------------------------------------------------------------------------------
+
+
+@router.post("/admin/users", tags=["admin"], status_code=201, summary="Create an account")
+def add_user(body: UserIn, request: Request, actor: Actor = Depends(admin_actor)):
+    return _json(services(request).store.add_user(body.username, body.password, body.role))
+
+
+@router.post("/admin/import", tags=["admin"], summary="Import prompts (JSONL or CSV upload; optional replies)")
+def import_prompts(request: Request, file: UploadFile = File(...), round: int = Form(0),
+                   actor: Actor = Depends(admin_actor)):
+    from feedback_app.importing import parse_bytes
+
+    rows = parse_bytes(file.filename or "upload.jsonl", file.file.read())
+    return services(request).store.import_rows(rows, round=round)
+
+
+@router.post("/admin/generate", tags=["admin"], status_code=202,
+             summary="Start generating K candidates for prompts without an item in the round (background)")
+def start_generation(body: GenerateIn, request: Request, actor: Actor = Depends(admin_actor)):
+    svc = services(request)
+    return svc.jobs.start_generation(svc.store, svc.config, body.round, body.model)
+
+
+@router.get("/admin/jobs/{job_id}", tags=["admin"], summary="Progress of a background job")
+def job_status(job_id: str, request: Request, actor: Actor = Depends(admin_actor)):
+    return services(request).jobs.status(job_id)
+
+
+@router.post("/admin/export", tags=["admin"], summary="Export rankings as TRL datasets on the server")
+def export(body: ExportIn, request: Request, actor: Actor = Depends(admin_actor)):
+    import time as _time
+
+    from feedback_app.export import ExportFilters, export_rankings
+
+    svc = services(request)
+    name = body.name or _time.strftime("export-%Y%m%d-%H%M%S")
+    out = svc.export_dir / name
+    filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged)
+    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
+    return {"path": str(out), "manifest": {k: v for k, v in manifest.items() if k != "ranking_ids"}}

@@ -1,0 +1,235 @@
+"""``rlhf app ...`` and ``rlhf simulate``: light at import (the work is imported inside each command).
+
+  rlhf app serve                      the web server (REST API, /docs, /health) on 127.0.0.1
+  rlhf app users add NAME --role R    create an account (password asked, or --password-stdin)
+  rlhf app import FILE                prompts (JSONL, CSV or a datasets folder; optional replies)
+  rlhf app generate                   K candidates per prompt with the policy (bundled by default)
+  rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
+  rlhf app export --prompts FILE      the prompt set PPO reads
+  rlhf app backup FILE                an online SQLite backup while the app runs
+  rlhf simulate --url URL ...         scripted reviewers over the REST API
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rlhf.config import add_config_flags, config_from_args
+from rlhf.errors import UserError
+
+
+def _app_config(args):
+    from feedback_app.config import AppConfig
+
+    return config_from_args(AppConfig, args)
+
+
+def _store(args):
+    from feedback_app.db import open_store
+    from feedback_app.store import Store
+
+    config = _app_config(args)
+    _, sessions = open_store(config.database_url, config.busy_timeout_ms)
+    return config, Store.from_config(sessions, config)
+
+
+def register(subparsers) -> None:
+    from feedback_app.config import AppConfig
+
+    app = subparsers.add_parser("app", help="the feedback app: store, REST API, import, generate, export",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
+
+    def command(name: str, help: str, run, config: bool = True):
+        parser = sub.add_parser(name, help=help, description=help)
+        if config:
+            add_config_flags(parser, AppConfig)
+        parser.set_defaults(run=run)
+        return parser
+
+    command("serve", "start the web server (REST API, /docs, /health)", run_serve)
+
+    users = sub.add_parser("users", help="manage reviewer and admin accounts")
+    usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    add = usub.add_parser("add", help="create an account (or reset it with --replace)")
+    add.add_argument("username")
+    add.add_argument("--role", choices=("reviewer", "admin"), default="reviewer")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--replace", action="store_true", help="reset the password and role of an existing account")
+    add_config_flags(add, AppConfig)
+    add.set_defaults(run=run_users_add)
+    ls = usub.add_parser("list", help="list accounts")
+    add_config_flags(ls, AppConfig)
+    ls.set_defaults(run=run_users_list)
+
+    imp = command("import", "import prompts from JSONL, CSV or a datasets folder (rows may carry K replies)",
+                  run_import)
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--round", type=int, default=0, help="generation round of imported replies")
+
+    gen = command("generate", "generate K candidate replies for every prompt without an item in the round",
+                  run_generate)
+    gen.add_argument("--round", type=int, default=0, help="generation round the new items belong to")
+
+    exp = command("export", "export rankings as TRL datasets (pairwise + K-wise + manifest), or the prompts",
+                  run_export)
+    exp.add_argument("out", nargs="?", metavar="OUT", help="output folder for the datasets")
+    exp.add_argument("--prompts", metavar="FILE.jsonl", help="instead write the prompt set PPO reads")
+    exp.add_argument("--reviewer", action="append", help="only this reviewer's rankings (repeat for several)")
+    exp.add_argument("--round", action="append", type=int, help="only this generation round (repeatable)")
+    exp.add_argument("--source", choices=("all", "human", "simulated"), default="all")
+    exp.add_argument("--include-flagged", action="store_true", help="keep flagged replies and items")
+
+    bak = command("backup", "copy the SQLite database while the app runs (online backup)", run_backup)
+    bak.add_argument("dest", metavar="FILE")
+
+    sim = subparsers.add_parser("simulate", help="scripted reviewers rank items through the REST API",
+                                description="Log in as several reviewer accounts and rank by a rule of the "
+                                            "reply text. Everything written is marked simulated.")
+    sim.add_argument("--url", default="http://127.0.0.1:8765", help="address of a running `rlhf app serve`")
+    sim.add_argument("--accounts", default="sim-1,sim-2,sim-3", help="comma-separated reviewer accounts")
+    sim.add_argument("--password", default=None,
+                     help="the accounts' password (default: $RLHF_SIM_PASSWORD)")
+    sim.add_argument("--create-accounts", action="store_true",
+                     help="create missing accounts first (needs --admin and $RLHF_ADMIN_PASSWORD)")
+    sim.add_argument("--admin", default=None, help="admin account used by --create-accounts")
+    sim.add_argument("--rule", required=True, help="score of a reply: expression of `text`, or module:function")
+    sim.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to each score")
+    sim.add_argument("--disagreement", type=float, default=0.0, help="share of accounts using the flipped rule")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--max-rankings", type=int, default=None, help="per account at most (default: until done)")
+    sim.set_defaults(run=run_simulate)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from feedback_app.server import build_app
+
+    config = _app_config(args)
+    app = build_app(config)
+    print(f"feedback app on http://{config.host}:{config.port}  (API page: /docs, health: /health)", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _read_password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if os.environ.get("RLHF_PASSWORD"):
+        return os.environ["RLHF_PASSWORD"]
+    import getpass
+
+    first = getpass.getpass(f"password for {args.username}: ")
+    if getpass.getpass("again: ") != first:
+        raise UserError("the two passwords differ")
+    return first
+
+
+def run_users_add(args) -> int:
+    password = _read_password(args)
+    _, store = _store(args)
+    actor = store.add_user(args.username, password, args.role, replace=args.replace)
+    print(f"{'reset' if args.replace else 'added'} {actor.role} '{actor.username}'")
+    return 0
+
+
+def run_users_list(args) -> int:
+    _, store = _store(args)
+    for actor in store.list_users():
+        print(f"{actor.username}\t{actor.role}")
+    return 0
+
+
+def run_import(args) -> int:
+    from feedback_app.importing import read_import_file
+
+    rows = read_import_file(args.file)  # parse everything before opening the store: a bad line stores nothing
+    _, store = _store(args)
+    counts = store.import_rows(rows, round=args.round)
+    print(json.dumps(counts))
+    return 0
+
+
+def run_generate(args) -> int:
+    from feedback_app.generate import generate_candidates
+
+    config, store = _store(args)
+    result = generate_candidates(store, config, round=args.round)
+    print(json.dumps(result))
+    return 0
+
+
+def run_export(args) -> int:
+    from feedback_app.export import ExportFilters, export_prompts, export_rankings
+
+    if not args.prompts and not args.out:
+        raise UserError("give an output folder (rlhf app export OUT) or --prompts FILE.jsonl")
+    config, store = _store(args)
+    if args.prompts:
+        n = export_prompts(store, args.prompts)
+        print(f"wrote {n} prompts to {args.prompts}")
+        if not args.out:
+            return 0
+    filters = ExportFilters(args.reviewer, args.round, args.source, args.include_flagged)
+    manifest = export_rankings(store, args.out, filters, config.test_fraction)
+    print(json.dumps({"out": args.out, **manifest["counts"]}))
+    return 0
+
+
+def run_backup(args) -> int:
+    import sqlite3
+    from pathlib import Path
+
+    config = _app_config(args)
+    source = config.sqlite_path()
+    if source is None:
+        raise UserError("database_url: backup copies SQLite databases; for PostgreSQL use pg_dump")
+    if not source.is_file():
+        raise UserError(f"{source}: database file not found")
+    dest = Path(args.dest)
+    if dest.exists():
+        raise UserError(f"{dest}: already exists; choose a new file name")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # sqlite3's online backup copies a consistent snapshot page by page while the app keeps writing.
+    src = sqlite3.connect(str(source), timeout=config.busy_timeout_ms / 1000)
+    dst = sqlite3.connect(str(dest))
+    try:
+        src.backup(dst, pages=256, sleep=0.01)
+        ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        dst.close()
+        src.close()
+    if ok != "ok":
+        raise UserError(f"{dest}: backup failed its integrity check: {ok}")
+    print(f"backed up {source} to {dest}")
+    return 0
+
+
+def run_simulate(args) -> int:
+    from feedback_app.rules import load_rule
+    from feedback_app.simulate import ensure_accounts, simulate
+
+    rule = load_rule(args.rule)
+    password = args.password or os.environ.get("RLHF_SIM_PASSWORD")
+    if not password:
+        raise UserError("--password: give the accounts' password (or set RLHF_SIM_PASSWORD)")
+    accounts = [a.strip() for a in args.accounts.split(",") if a.strip()]
+    if args.create_accounts:
+        admin_password = os.environ.get("RLHF_ADMIN_PASSWORD")
+        if not args.admin or not admin_password:
+            raise UserError("--create-accounts needs --admin NAME and $RLHF_ADMIN_PASSWORD")
+        ensure_accounts(args.url, args.admin, admin_password, accounts, password)
+    results = simulate(args.url, accounts, password, rule, args.noise, args.disagreement, args.seed,
+                       args.max_rankings)
+    for r in results:
+        print(f"{r.username}: {r.submitted} rankings{' (flipped rule)' if r.flipped else ''}"
+              + (f", {len(r.errors)} refused: {r.errors[0]}" if r.errors else ""))
+    print(f"total: {sum(r.submitted for r in results)} simulated rankings")
+    return 0

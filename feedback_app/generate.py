@@ -1,0 +1,106 @@
+"""Candidate generation: K replies per prompt from a policy (the bundled model by default, or an
+exported checkpoint), batched, stored as items of a generation round; and ``Jobs``, which runs it in a
+background thread for the admin route so reviewers' requests are never blocked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from typing import Callable
+
+from feedback_app.store import Conflict, NotFound, Store
+
+Progress = Callable[[int, int], None]
+
+
+def generate_candidates(store: Store, config, round: int = 0, model: str | None = None,
+                        progress: Progress | None = None, show_bar: bool = True) -> dict:
+    """Generate K replies for every prompt of the project without an item in ``round``.
+
+    Prompts go through in chunks, each chunk stored as soon as it is generated, so an interrupted run
+    keeps its work and a rerun continues where it stopped. Returns counts and the model used.
+    """
+    from rlhf.generation import SamplingSettings, generate_replies
+    from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
+
+    todo = store.prompts_needing_candidates(round)
+    name = model or config.model
+    if not todo:
+        return {"items_added": 0, "prompts": 0, "model": name, "round": round}
+    path = resolve_model_path(name)
+    tokenizer = load_tokenizer(path, padding_side="left")
+    policy = load_policy(path, dtype="float32")
+    k = store.project.k
+    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.seed + round)
+    sampling_record = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                       "top_p": sampling.top_p, "seed": sampling.seed}
+    # Several prompts per chunk keep batches full (batch_size counts sequences: prompts x K).
+    per_chunk = max(1, config.batch_size // k) * 4
+    added, started = 0, time.time()
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(todo), desc="generate candidates", unit="prompt", disable=not show_bar) as bar:
+        for start in range(0, len(todo), per_chunk):
+            chunk = todo[start:start + per_chunk]
+            replies = generate_replies(policy, tokenizer, [p for _, p in chunk], k, sampling, config.batch_size,
+                                       progress=False)
+            for (prompt_id, _), texts in zip(chunk, replies):
+                added += store.add_candidates(prompt_id, round, texts, model=name, checkpoint=str(path),
+                                              sampling=sampling_record)
+            bar.update(len(chunk))
+            if progress:
+                progress(start + len(chunk), len(todo))
+    seconds = time.time() - started
+    return {"items_added": added, "prompts": len(todo), "model": name, "round": round,
+            "replies_per_second": round_(added * k / seconds) if seconds > 0 else None}
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+class Jobs:
+    """Background jobs of the admin routes (one generation at a time), with progress to poll."""
+
+    def __init__(self):
+        self._jobs: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def start_generation(self, store: Store, config, round: int, model: str | None) -> dict:
+        with self._lock:
+            if any(j["state"] == "running" for j in self._jobs.values()):
+                raise Conflict("a generation job is already running; poll GET /api/admin/jobs/<id>")
+            job_id = uuid.uuid4().hex[:12]
+            job = {"id": job_id, "kind": "generate", "state": "running", "done": 0, "total": None,
+                   "result": None, "error": None, "started_at": time.time()}
+            self._jobs[job_id] = job
+
+        def progress(done: int, total: int) -> None:
+            job["done"], job["total"] = done, total
+
+        def run() -> None:
+            try:
+                job["result"] = generate_candidates(store, config, round, model, progress, show_bar=False)
+                job["state"] = "done"
+            except Exception as exc:  # reported through the status route, not lost in a thread
+                job["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                job["trace"] = traceback.format_exc(limit=5)
+                job["state"] = "failed"
+
+        threading.Thread(target=run, name=f"generate-{job_id}", daemon=True).start()
+        return {k: v for k, v in job.items() if k != "trace"}
+
+    def status(self, job_id: str) -> dict:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id}: unknown job")
+        return {k: v for k, v in job.items() if k != "trace"}
+
+    def wait(self, job_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        while self._jobs[job_id]["state"] == "running" and time.time() < deadline:
+            time.sleep(0.05)
+        return self.status(job_id)

@@ -1,0 +1,119 @@
+"""Read prompts to import: JSONL, CSV or a ``datasets`` directory. Errors name the file and line.
+
+Rows (JSONL / datasets):
+  {"prompt": "text"} or {"prompt": [messages]} or {"messages": [...]}   a prompt
+  optional "replies": [K texts] (or "candidates")  imported as a ready item, with optional "model"
+CSV: a header with a ``prompt`` column; optional ``reply_1`` .. ``reply_K`` columns and ``model``.
+A CSV prompt cell that holds a JSON list is read as chat messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from feedback_app.store import ImportRow
+from rlhf.errors import UserError
+from rlhf.schema import validate_prompt
+
+
+def _row(data: Any, where: str) -> ImportRow:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected an object with a 'prompt' field")
+    if "prompt" in data:
+        prompt = data["prompt"]
+    elif "messages" in data:
+        prompt = list(data["messages"] or [])
+        while prompt and isinstance(prompt[-1], dict) and prompt[-1].get("role") == "assistant":
+            prompt.pop()
+    else:
+        raise UserError(f"{where}: no 'prompt' or 'messages' field (fields: {', '.join(sorted(data)) or 'none'})")
+    try:
+        validate_prompt(prompt)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    replies = data.get("replies", data.get("candidates"))
+    if replies is not None and (not isinstance(replies, list) or not all(isinstance(r, str) and r.strip()
+                                                                         for r in replies)):
+        raise UserError(f"{where}: 'replies' must be a list of non-empty texts")
+    model = data.get("model") or ""
+    if not isinstance(model, str):
+        raise UserError(f"{where}: 'model' must be text")
+    return ImportRow(prompt=prompt, replies=replies, model=model, source=where)
+
+
+def parse_bytes(name: str, data: bytes) -> list[ImportRow]:
+    """Rows of an uploaded or read file; the format follows the name's suffix (.csv, else JSONL)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: not a UTF-8 text file") from None
+    rows = _parse_csv(name, text) if name.lower().endswith(".csv") else _parse_jsonl(name, text)
+    if not rows:
+        raise UserError(f"{name}: no prompts found")
+    return rows
+
+
+def _parse_jsonl(name: str, text: str) -> list[ImportRow]:
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{name}:{lineno}: malformed JSON: {exc.msg}") from None
+        rows.append(_row(data, f"{name}:{lineno}"))
+    return rows
+
+
+def _parse_csv(name: str, text: str) -> list[ImportRow]:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise UserError(f"{name}:1: the header needs a 'prompt' column (got {', '.join(reader.fieldnames or [])})")
+    reply_cols = sorted((c for c in reader.fieldnames if c.startswith("reply_")), key=lambda c: int(c[6:] or 0)
+                        if c[6:].isdigit() else 0)
+    rows = []
+    try:
+        for record in reader:
+            where = f"{name}:{reader.line_num}"
+            if None in record:
+                raise UserError(f"{where}: more cells than header columns")
+            prompt: Any = (record.get("prompt") or "").strip()
+            if prompt.startswith("["):
+                try:
+                    prompt = json.loads(prompt)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{where}: prompt looks like JSON messages but is malformed: {exc.msg}") from None
+            data: dict[str, Any] = {"prompt": prompt, "model": record.get("model") or ""}
+            replies = [record[c] for c in reply_cols if (record.get(c) or "").strip()]
+            if replies:
+                data["replies"] = replies
+            rows.append(_row(data, where))
+    except csv.Error as exc:
+        raise UserError(f"{name}:{reader.line_num}: malformed CSV: {exc}") from None
+    return rows
+
+
+def read_import_file(path: str | os.PathLike) -> list[ImportRow]:
+    """Rows of a JSONL/CSV file or a ``datasets`` directory (``save_to_disk``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        if not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
+            raise UserError(f"{path}: a directory, but not a dataset saved with datasets.save_to_disk")
+        import datasets
+
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            data = data["train"] if "train" in data else data[next(iter(data))]
+        rows = [_row(dict(r), f"{path}: row {i}") for i, r in enumerate(data)]
+        if not rows:
+            raise UserError(f"{path}: no prompts found")
+        return rows
+    return parse_bytes(str(path), path.read_bytes())

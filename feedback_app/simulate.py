@@ -1,0 +1,127 @@
+"""``rlhf simulate``: scripted reviewers that log in over the REST API and rank by a rule.
+
+Each account runs in its own thread: log in, fetch the next item, rank it with the rule (plus noise;
+a ``disagreement`` share of the accounts use the flipped rule), submit with a fresh idempotency key
+(kept across retries), until no item is left. Everything it writes is marked ``simulated``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from feedback_app.rules import Rule, rank_replies
+from rlhf.errors import UserError
+
+
+@dataclass
+class ReviewerResult:
+    username: str
+    flipped: bool
+    submitted: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _client(url: str):
+    import httpx
+
+    return httpx.Client(base_url=url.rstrip("/"), timeout=30.0)
+
+
+def _login(client, username: str, password: str) -> str:
+    import httpx
+
+    try:
+        resp = client.post("/api/login", json={"username": username, "password": password})
+    except httpx.HTTPError as exc:
+        raise UserError(f"--url {client.base_url}: cannot reach the app ({exc}); is `rlhf app serve` running?") from None
+    if resp.status_code != 200:
+        raise UserError(f"login as '{username}' failed: {resp.json().get('detail', resp.text)}")
+    return resp.json()["token"]
+
+
+def ensure_accounts(url: str, admin: str, admin_password: str, accounts: list[str], password: str) -> None:
+    """Create missing reviewer accounts through the admin route."""
+    with _client(url) as client:
+        token = _login(client, admin, admin_password)
+        for name in accounts:
+            resp = client.post("/api/admin/users", json={"username": name, "password": password, "role": "reviewer"},
+                               headers={"Authorization": f"Bearer {token}"})
+            if resp.status_code not in (201, 409):
+                raise UserError(f"creating account '{name}': {resp.json().get('detail', resp.text)}")
+
+
+def _post_with_retry(client, path: str, body: dict, headers: dict, attempts: int = 5):
+    """POST, retrying on network errors and 5xx with the same body (same idempotency key)."""
+    import httpx
+
+    for attempt in range(attempts):
+        try:
+            resp = client.post(path, json=body, headers=headers)
+            if resp.status_code < 500:
+                return resp
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+        time.sleep(0.2 * (attempt + 1))
+    return resp
+
+
+def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: float, flipped: bool, seed: int,
+                 max_rankings: int | None = None) -> ReviewerResult:
+    result = ReviewerResult(username, flipped)
+    rng = random.Random(seed)
+    with _client(url) as client:
+        headers = {"Authorization": f"Bearer {_login(client, username, password)}"}
+        while max_rankings is None or result.submitted < max_rankings:
+            resp = client.get("/api/items/next", headers=headers)
+            resp.raise_for_status()
+            item = resp.json()["item"]
+            if item is None:
+                break
+            ranks = rank_replies(rule, [c["text"] for c in item["candidates"]], rng, noise, flipped)
+            body = {"item_id": item["item_id"], "ranks": ranks, "idempotency_key": uuid.uuid4().hex,
+                    "seconds": 0.0, "simulated": True}
+            resp = _post_with_retry(client, "/api/rankings", body, headers)
+            if resp.status_code in (200, 201):
+                result.submitted += 1
+            else:
+                result.errors.append(f"item {item['item_id']}: {resp.status_code} {resp.json().get('detail')}")
+                if len(result.errors) > 20:
+                    break
+    return result
+
+
+def simulate(url: str, accounts: list[str], password: str, rule: Rule, noise: float = 0.0,
+             disagreement: float = 0.0, seed: int = 0, max_rankings: int | None = None) -> list[ReviewerResult]:
+    """Run every account at once; ``round(disagreement * len(accounts))`` of them use the flipped rule."""
+    if not accounts:
+        raise UserError("--accounts: give at least one reviewer account")
+    if not 0.0 <= disagreement <= 1.0:
+        raise UserError("--disagreement: must be between 0 and 1")
+    if noise < 0:
+        raise UserError("--noise: must be >= 0")
+    rng = random.Random(seed)
+    flipped = set(rng.sample(accounts, round(disagreement * len(accounts))))
+    results: list[ReviewerResult | None] = [None] * len(accounts)
+    failures: list[BaseException] = []
+
+    def work(i: int, name: str) -> None:
+        try:
+            results[i] = run_reviewer(url, name, password, rule, noise, name in flipped, seed * 1000 + i, max_rankings)
+        except BaseException as exc:  # surfaced below, on the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, n)) for i, n in enumerate(accounts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        if isinstance(failures[0], UserError):
+            raise failures[0]
+        raise UserError(f"a scripted reviewer failed: {type(failures[0]).__name__}: {failures[0]}")
+    return [r for r in results if r is not None]
