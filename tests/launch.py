@@ -51,14 +51,26 @@ def launch_two_nodes(config: str, args: list[str], timeout: int = 900, env: dict
                str(REPO / "configs" / "accelerate" / config), "--num_machines", "2", "--num_processes", "2",
                "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port, *args]
         procs.append(subprocess.Popen(cmd, cwd=cwd or REPO, env=_env(env), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True))
     results = []
     for cmd_proc in procs:
         try:
             out, err = cmd_proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # One node died and the other waits for it: kill both, report what each printed.
             for p in procs:
-                p.kill()
-            raise
+                _kill_tree(p)
+            out, err = cmd_proc.communicate()
+            err += f"\n[timed out after {timeout} s]"
         results.append(subprocess.CompletedProcess(cmd_proc.args, cmd_proc.returncode, out, err))
     return results
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a launcher and its workers (the launcher alone may ignore SIGTERM while waiting)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()

@@ -11,3 +11,7 @@ expected = accelerator.num_processes * (accelerator.num_processes + 1) / 2
 assert total.item() == expected, (total.item(), expected)
 if accelerator.is_main_process:
     print(f"ALLREDUCE OK processes={accelerator.num_processes} backend={accelerator.state.backend}")
+# Tear the process group down before exit: without it a gloo worker can abort at interpreter exit
+# ("terminate called without an active exception"), and the other node's launcher then waits in its
+# exit barrier for minutes.
+accelerator.end_training()
