@@ -17,6 +17,7 @@ from rlhf.runtime import apply_offline_env
 # Stage modules, imported lazily in this order to build the subcommands.
 COMMAND_MODULES = [
     "rlhf.commands",  # models prepare, generate, doctor
+    "reward.cli",  # reward train, reward eval
     "feedback_app.cli",  # app serve/users/import/generate/export/backup, simulate
     "rlhf.ppo.cli",  # ppo, export
 ]

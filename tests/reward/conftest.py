@@ -21,7 +21,7 @@ def planted_rankings(n_prompts: int, k: int = 4, seed: int = 0, reviewers: tuple
                      chat: bool = False, noise_reviewer: str | None = None) -> list[Ranking]:
     """``n_prompts`` prompts x reviewers rankings of K replies ranked by their quality word.
 
-    ``noise_reviewer`` ranks in reverse order (a reviewer who disagrees with everyone).
+    ``noise_reviewer`` ranks odd-numbered prompts in reverse order (disagreeing with the others there).
     """
     rng = random.Random(seed)
     out = []
@@ -33,7 +33,7 @@ def planted_rankings(n_prompts: int, k: int = 4, seed: int = 0, reviewers: tuple
         replies = [" ".join(rng.sample(FILLER, 5) + [w] + rng.sample(FILLER, 3)) for w in words]
         for reviewer in reviewers:
             order = [QUALITY.index(w) + 1 for w in words]
-            if reviewer == noise_reviewer:
+            if reviewer == noise_reviewer and p % 2 == 1:
                 order = [k + 1 - r for r in order] if k == len(QUALITY) else order
             ranks = [sorted(set(order)).index(r) + 1 for r in order]
             rid += 1

@@ -22,6 +22,10 @@ def _config_class(path: Path):
         from feedback_app.config import AppConfig
 
         return AppConfig
+    if rel.parts[0] == "reward":
+        from reward.config import RewardConfig
+
+        return RewardConfig
     return None
 
 
