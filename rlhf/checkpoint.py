@@ -133,4 +133,5 @@ def consolidated_state_dict(checkpoint: str | os.PathLike) -> dict:
 def policy_state_dict(state: dict) -> dict:
     """The policy's part of the wrapper's state dict, with the ``policy.`` prefix removed."""
     prefix = "policy."
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-wrapped keys
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -165,6 +165,11 @@ class ResumablePPOTrainer(PPOTrainer):
         self.writer = MetricsWriter(run.output_dir) if self.accelerator.is_main_process else None
         self.add_callback(_RunCallback(self))
         self.remove_callback(PrinterCallback)  # our callback prints one readable line per update
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            # TRL's loop reaches the policy as `model.policy` for the LoRA reference pass, which DDP's
+            # wrapper does not forward. Expose it as a plain attribute (not a submodule, so DDP's
+            # parameters and state dict stay as they are).
+            object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
 
     def train(self):
         if self.resume_from is not None:
