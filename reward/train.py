@@ -273,8 +273,14 @@ def train(config: RewardConfig) -> dict[str, Any]:
     if not is_main_process():
         return {}
 
-    # From here the main process works on the saved directory alone, as PPO will.
+    # From here the main process works on the saved directory alone, as PPO will. Under ZeRO-3 the
+    # launch's DeepSpeed config would make from_pretrained partition (a collective the other ranks,
+    # now finished, never join): load plain weights.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     from reward.evaluate import evaluate_checkpoint
+
+    unset_hf_deepspeed_config()
 
     saved = load_score_model(out)
     saved_tokenizer = load_tokenizer(out, padding_side="right")
@@ -325,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(config_from_args(RewardConfig, args))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if is_main_process():  # every rank reads the same config and data: say it once
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
 
