@@ -345,6 +345,11 @@ class Store:
                 return _ranking_view(stored, replayed=True)
             lease = self._own_assignment(s, actor, item_id)
             if lease.state == DONE:
+                # On PostgreSQL (read committed) a concurrent retry with this key may have committed
+                # between our two reads: look again before calling it a conflict.
+                done = s.scalar(select(RankingRow).where(RankingRow.assignment_id == lease.id))
+                if done is not None and done.idempotency_key == key:
+                    return _ranking_view(done, replayed=True)
                 raise Conflict(f"item {item_id}: you already ranked it; edit or undo that ranking instead")
             if lease.state == SKIPPED:
                 raise Conflict(f"item {item_id}: you skipped it")
