@@ -1,0 +1,133 @@
+"""Blind A/B evaluation: the pure parts (blind order, verdicts, win rate, interval, position bias).
+
+A reviewer sees two replies to one prompt, one from policy A and one from policy B, side by side in
+a random order with no names, and answers ``left``, ``right``, ``tie`` or ``both_bad``. The order is
+drawn once per judgement and stored, so a verdict on the screen maps back to a policy:
+
+  left_is_a   True when policy A's reply was shown on the left
+  verdict     left | right | tie | both_bad        (what the reviewer clicked)
+  winner      a | b | tie | both_bad               (``winner_of(verdict, left_is_a)``)
+
+Win rate of A = wins of A / (wins of A + wins of B): ties and "both bad" carry no preference and
+are counted apart. The 95% interval comes from ``scipy.stats.binomtest(...).proportion_ci`` (Wilson
+by default). Position bias: among non-tied verdicts, the share won by the LEFT reply, with a
+two-sided binomial test against 1/2; a blind order makes it independent of which policy is better.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+VERDICTS = ("left", "right", "tie", "both_bad")
+WINNERS = ("a", "b", "tie", "both_bad")
+
+
+def draw_left_is_a(rng: random.Random) -> bool:
+    """The blind order of one judgement: policy A on the left with probability 1/2."""
+    return rng.random() < 0.5
+
+
+def winner_of(verdict: str, left_is_a: bool) -> str:
+    """Map a reviewer's verdict on the screen to the policy that won (``a``, ``b``, ``tie``, ``both_bad``)."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict: must be one of {', '.join(VERDICTS)} (got {verdict!r})")
+    if verdict in ("tie", "both_bad"):
+        return verdict
+    return "a" if (verdict == "left") == left_is_a else "b"
+
+
+def verdict_from_scores(score_left: float, score_right: float, both_bad_below: float | None = None) -> str:
+    """A scripted reviewer's verdict from a rule's scores: higher wins, equal is a tie; when
+    ``both_bad_below`` is set and both scores are under it, ``both_bad``."""
+    if both_bad_below is not None and score_left < both_bad_below and score_right < both_bad_below:
+        return "both_bad"
+    if score_left == score_right:
+        return "tie"
+    return "left" if score_left > score_right else "right"
+
+
+@dataclass
+class WinRate:
+    """Policy A's record against B, and the interval of its win rate among non-tied judgements."""
+
+    wins_a: int
+    wins_b: int
+    ties: int
+    both_bad: int
+    win_rate_a: float | None  # wins_a / (wins_a + wins_b); None without a non-tied judgement
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    method: str
+
+    @property
+    def decided(self) -> int:
+        return self.wins_a + self.wins_b
+
+    @property
+    def total(self) -> int:
+        return self.decided + self.ties + self.both_bad
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "decided": self.decided, "total": self.total}
+
+
+def proportion_interval(successes: int, trials: int, confidence: float = 0.95,
+                        method: str = "wilson") -> tuple[float, float]:
+    """Confidence interval of a binomial proportion (``wilson``, ``wilsoncc`` or ``exact`` =
+    Clopper-Pearson), from ``scipy.stats.binomtest``."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method=method)
+    return float(ci.low), float(ci.high)
+
+
+def win_rate(winners: list[str], confidence: float = 0.95, method: str = "wilson") -> WinRate:
+    """Policy A's win rate over the judgements' winners (``a``, ``b``, ``tie``, ``both_bad``)."""
+    unknown = set(winners) - set(WINNERS)
+    if unknown:
+        raise ValueError(f"winners: unknown value(s) {sorted(unknown)}; expected {', '.join(WINNERS)}")
+    a, b = winners.count("a"), winners.count("b")
+    ties, both_bad = winners.count("tie"), winners.count("both_bad")
+    if a + b == 0:
+        return WinRate(a, b, ties, both_bad, None, None, None, confidence, method)
+    low, high = proportion_interval(a, a + b, confidence, method)
+    return WinRate(a, b, ties, both_bad, a / (a + b), low, high, confidence, method)
+
+
+@dataclass
+class PositionBias:
+    """How often the reply shown on the left won, among non-tied verdicts."""
+
+    left_wins: int
+    right_wins: int
+    left_share: float | None
+    p_value: float | None  # two-sided binomial test of left_share = 1/2
+    a_on_left: int  # judgements that showed policy A on the left (the blind order's balance)
+    judgements: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def position_bias(verdicts: list[str], left_is_a: list[bool]) -> PositionBias:
+    """The left side's share of non-tied verdicts and its binomial p-value against 1/2."""
+    from scipy.stats import binomtest
+
+    if len(verdicts) != len(left_is_a):
+        raise ValueError("verdicts and left_is_a must have the same length")
+    left, right = verdicts.count("left"), verdicts.count("right")
+    n = left + right
+    share = left / n if n else None
+    p = float(binomtest(left, n, 0.5).pvalue) if n else None
+    return PositionBias(left, right, share, p, sum(bool(x) for x in left_is_a), len(verdicts))
+
+
+def summarize(judgements: list[dict], confidence: float = 0.95, method: str = "wilson") -> dict:
+    """Win rate and position bias of judgements given as ``{"verdict": ..., "left_is_a": ...}``."""
+    verdicts = [j["verdict"] for j in judgements]
+    sides = [bool(j["left_is_a"]) for j in judgements]
+    winners = [winner_of(v, s) for v, s in zip(verdicts, sides)]
+    return {"win_rate": win_rate(winners, confidence, method).as_dict(),
+            "position_bias": position_bias(verdicts, sides).as_dict()}
