@@ -335,6 +335,10 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     backbone = getattr(reward_model, reward_model.base_model_prefix)
     backbone.register_forward_pre_hook(probe, with_kwargs=True)
 
+    if run.bf16_autocast:
+        # TRL's PPOTrainer builds its Accelerator from the environment, not from `bf16`: ask for
+        # bfloat16 autocast there (the trained wrapper's forward runs under it; generation does not).
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
     args = PPOConfig(
         output_dir=str(out), use_cpu=not torch.cuda.is_available(), bf16=run.bf16_autocast, seed=run.seed,
         learning_rate=run.learning_rate, per_device_train_batch_size=run.per_device_batch_size,

@@ -1,0 +1,145 @@
+"""PPO speed and memory on the bundled model: TRL's reference set-up against this project's default.
+
+Every variant runs in its own process (so peak memory is its own) with the same prompts, rollout
+batch, response length and seed, and changes one thing at a time from the baseline so each gain
+names its cause:
+
+  a_trl_reference   full fine-tuning, separate reference copy, float32 (TRL's PPO example set-up)
+  lora_shared_ref   LoRA policy; the reference is the same weights with the adapter off
+  bf16_autocast     bfloat16 autocast for the training forward/backward (the CPU's AMX units)
+  b_default         configs/ppo/default.yaml: LoRA shared reference + bfloat16 autocast
+
+Figures: seconds per update (first update excluded as warm-up), episodes per second, peak resident
+memory of the process, and the share of each update spent generating. Ratios are against
+a_trl_reference measured in the same invocation.
+
+    .venv/bin/python bench/ppo_bench.py [--updates 4] [--batch 4] [--response-length 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS = {
+    "a_trl_reference": {"lora.enabled": False, "bf16_autocast": False},
+    "lora_shared_ref": {"lora.enabled": True, "bf16_autocast": False},
+    "bf16_autocast": {"lora.enabled": False, "bf16_autocast": True},
+    "b_default": {"lora.enabled": True, "bf16_autocast": True},
+}
+
+
+def reward_model_dir() -> Path:
+    """A reward model of the bundled model's shape (random head: speed does not depend on its skill)."""
+    from rlhf.modeling import load_score_model, load_tokenizer, prepare_bundled_model
+    from rlhf.runtime import cache_home
+
+    out = Path(cache_home()) / "bench" / "reward-bundled"
+    if not (out / "config.json").is_file():
+        base = prepare_bundled_model(progress=False)
+        load_score_model(base).save_pretrained(out, safe_serialization=True)
+        load_tokenizer(base, padding_side="right").save_pretrained(out)
+    return out
+
+
+def child(variant: str, args) -> dict:
+    """One variant, in this process: build the run, time each update and its generation."""
+    import trl.experimental.ppo.ppo_trainer as ppo_module
+    from transformers import TrainerCallback
+
+    from rlhf.config import load_config
+    from rlhf.ppo.config import PPORunConfig
+    from rlhf.ppo.trainer import build_trainer
+
+    overrides = {"reward_model": args.reward_model, "output_dir": args.out, "total_updates": args.updates,
+                 "per_device_batch_size": args.batch, "response_length": args.response_length,
+                 "num_eval_prompts": 0, "save_every": 10_000, **VARIANTS[variant]}
+    config = load_config(PPORunConfig, REPO / "configs/ppo/default.yaml", overrides)
+    trainer = build_trainer(config)
+
+    generating = []
+    original = ppo_module.batch_generation
+
+    def timed_generation(*a, **kw):  # TRL's loop looks the function up in its module at each update
+        start = time.perf_counter()
+        try:
+            return original(*a, **kw)
+        finally:
+            generating.append(time.perf_counter() - start)
+
+    ppo_module.batch_generation = timed_generation
+    ends = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **kw):
+            ends.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    start = time.perf_counter()
+    trainer.train()
+    per_update = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    measured = per_update[1:] or per_update  # the first update warms caches up
+    seconds = sum(measured) / len(measured)
+    gen = generating[1:] if len(generating) > 1 else generating
+    return {"variant": variant, "s_per_update": seconds, "episodes_per_s": args.batch / seconds,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
+            "generate_share": (sum(gen) / len(gen)) / seconds, "updates_measured": len(measured)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reward-model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    from rlhf.runtime import apply_offline_env
+
+    apply_offline_env()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args)), flush=True)
+        return 0
+
+    reward = reward_model_dir()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:
+        for name in args.variants.split(","):
+            cmd = [sys.executable, __file__, "--child", name, "--reward-model", str(reward), "--out",
+                   os.path.join(tmp, name), "--updates", str(args.updates), "--batch", str(args.batch),
+                   "--response-length", str(args.response_length)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            results[name] = json.loads(line[0][7:])
+            print(f"measured {name}", file=sys.stderr, flush=True)
+
+    base = results.get("a_trl_reference") or next(iter(results.values()))
+    print(f"PPO on the bundled SmolLM2-135M-Instruct: batch {args.batch}, {args.response_length} new tokens, "
+          f"{args.updates} updates (first excluded), torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"{'variant':<18}{'s/update':>10}{'episodes/s':>12}{'x eps':>8}{'peak GB':>10}{'x mem':>8}{'generate':>10}")
+    for name, r in results.items():
+        print(f"{name:<18}{r['s_per_update']:>10.2f}{r['episodes_per_s']:>12.3f}"
+              f"{r['episodes_per_s'] / base['episodes_per_s']:>8.2f}{r['peak_rss_gb']:>10.2f}"
+              f"{r['peak_rss_gb'] / base['peak_rss_gb']:>8.2f}{r['generate_share']:>10.0%}")
+    print("reproduce: .venv/bin/python bench/ppo_bench.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
