@@ -131,3 +131,46 @@ def summarize(judgements: list[dict], confidence: float = 0.95, method: str = "w
     winners = [winner_of(v, s) for v, s in zip(verdicts, sides)]
     return {"win_rate": win_rate(winners, confidence, method).as_dict(),
             "position_bias": position_bias(verdicts, sides).as_dict()}
+
+
+def read_replies_file(path) -> list[dict]:
+    """Rows ``{"prompt": ..., "replies": [...]}`` of an ``rlhf generate --output`` JSONL file; a bad line
+    raises ``UserError`` naming the file and line."""
+    import json
+    from pathlib import Path
+
+    from rlhf.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: replies file not found (write one with `rlhf generate --output FILE.jsonl`)")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or "prompt" not in row or not isinstance(row.get("replies"), list) \
+                or not row["replies"] or not all(isinstance(r, str) for r in row["replies"]):
+            raise UserError(f"{path}:{n}: expected {{\"prompt\": ..., \"replies\": [text, ...]}}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def pair_replies(rows_a: list[dict], rows_b: list[dict], where: str = "replies") -> list[dict]:
+    """A/B items from two policies' replies to the same prompts, line by line: reply j of A against
+    reply j of B (as many pairs per prompt as both have)."""
+    from rlhf.errors import UserError
+
+    if len(rows_a) != len(rows_b):
+        raise UserError(f"{where}: the two files hold {len(rows_a)} and {len(rows_b)} prompts; they must match")
+    items = []
+    for n, (a, b) in enumerate(zip(rows_a, rows_b), start=1):
+        if a["prompt"] != b["prompt"]:
+            raise UserError(f"{where}: line {n}: the two files have different prompts")
+        items += [{"prompt": a["prompt"], "reply_a": ra, "reply_b": rb} for ra, rb in zip(a["replies"], b["replies"])]
+    return items

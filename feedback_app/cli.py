@@ -1,6 +1,7 @@
 """``rlhf app ...`` and ``rlhf simulate``: light at import (the work is imported inside each command).
 
-  rlhf app serve                      the web server (REST API, /docs, /health) on 127.0.0.1
+  rlhf app serve                      the web server (pages, REST API, /docs, /health) on 127.0.0.1
+  rlhf app demo                       make demo: example prompts, an admin, background generation, pages
   rlhf app users add NAME --role R    create an account (password asked, or --password-stdin)
   rlhf app import FILE                prompts (JSONL, CSV or a datasets folder; optional replies)
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
@@ -50,7 +51,15 @@ def register(subparsers) -> None:
         parser.set_defaults(run=run)
         return parser
 
-    command("serve", "start the web server (REST API, /docs, /health)", run_serve)
+    serve = command("serve", "start the web server (reviewer and admin pages, REST API, /docs, /health)", run_serve)
+    serve.add_argument("--no-pages", action="store_true", help="serve the REST API only (no Gradio pages)")
+
+    demo = command("demo", "the app on the embedded defaults: import example prompts, create an admin, "
+                           "generate candidates in the background, serve the pages (make demo)", _run_demo)
+    demo.add_argument("--prompts", default="configs/prompts/support_questions.jsonl", metavar="FILE",
+                      help="prompts to import first (JSONL or CSV)")
+    demo.add_argument("--admin", default="admin", help="admin account created when missing "
+                                                       "(password: $RLHF_ADMIN_PASSWORD, or generated and printed)")
 
     users = sub.add_parser("users", help="manage reviewer and admin accounts")
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
@@ -86,6 +95,23 @@ def register(subparsers) -> None:
     bak = command("backup", "copy the SQLite database while the app runs (online backup)", run_backup)
     bak.add_argument("dest", metavar="FILE")
 
+    ab = sub.add_parser("ab", help="blind A/B evaluation of two policies (create a set, report win rates)")
+    absub = ab.add_subparsers(dest="ab_command", metavar="ACTION", required=True)
+    abc = absub.add_parser("create", help="create an A/B set from two `rlhf generate --output` files")
+    abc.add_argument("name", help="name of the set")
+    abc.add_argument("--policy-a", required=True, help="name of policy A (e.g. base)")
+    abc.add_argument("--replies-a", required=True, metavar="FILE.jsonl", help="policy A's replies")
+    abc.add_argument("--policy-b", required=True, help="name of policy B (e.g. aligned)")
+    abc.add_argument("--replies-b", required=True, metavar="FILE.jsonl", help="policy B's replies, same prompts")
+    abc.add_argument("--judgements-per-item", type=int, default=1, help="different reviewers per item")
+    add_config_flags(abc, AppConfig)
+    abc.set_defaults(run=run_ab_create)
+    abr = absub.add_parser("report", help="win rate of policy A with its 95%% interval, and the position bias")
+    abr.add_argument("name", help="name or id of the set")
+    abr.add_argument("--output", metavar="FILE.json", help="also write the full report (every judgement) here")
+    add_config_flags(abr, AppConfig)
+    abr.set_defaults(run=run_ab_report)
+
     sim = subparsers.add_parser("simulate", help="scripted reviewers rank items through the REST API",
                                 description="Log in as several reviewer accounts and rank by a rule of the "
                                             "reply text. Everything written is marked simulated.")
@@ -101,6 +127,8 @@ def register(subparsers) -> None:
     sim.add_argument("--disagreement", type=float, default=0.0, help="share of accounts using the flipped rule")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--max-rankings", type=int, default=None, help="per account at most (default: until done)")
+    sim.add_argument("--ab", metavar="SET", default=None,
+                     help="judge the blind A/B set SET (name or id) with the rule instead of ranking items")
     sim.set_defaults(run=run_simulate)
 
 
@@ -114,9 +142,22 @@ def run_serve(args) -> int:
 
     config = _app_config(args)
     app = build_app(config)
-    print(f"feedback app on http://{config.host}:{config.port}  (API page: /docs, health: /health)", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    if not args.no_pages:
+        from feedback_app.pages import mount_pages
+
+        mount_pages(app)
+    print(f"feedback app on http://{config.host}:{config.port}  (pages: /review, /admin; API page: /docs, "
+          f"health: /health)", flush=True)
+    # Open pages hold event streams; stop waiting for them a few seconds after Ctrl-C/SIGTERM.
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
     return 0
+
+
+def _run_demo(args) -> int:
+    from feedback_app.pages.demo import run_demo
+
+    return run_demo(args)
 
 
 def _read_password(args) -> str:
@@ -226,6 +267,15 @@ def run_simulate(args) -> int:
         if not args.admin or not admin_password:
             raise UserError("--create-accounts needs --admin NAME and $RLHF_ADMIN_PASSWORD")
         ensure_accounts(args.url, args.admin, admin_password, accounts, password)
+    if args.ab:
+        from feedback_app.ab_simulate import simulate_ab
+
+        results = simulate_ab(args.url, accounts, password, args.ab, rule, args.noise, args.disagreement,
+                              args.seed, args.max_rankings)
+        for r in results:
+            print(f"{r.username}: {r.submitted} A/B judgements" + (f", {len(r.errors)} refused" if r.errors else ""))
+        print(f"total: {sum(r.submitted for r in results)} simulated A/B judgements")
+        return 0
     results = simulate(args.url, accounts, password, rule, args.noise, args.disagreement, args.seed,
                        args.max_rankings)
     for r in results:
@@ -233,3 +283,46 @@ def run_simulate(args) -> int:
               + (f", {len(r.errors)} refused: {r.errors[0]}" if r.errors else ""))
     print(f"total: {sum(r.submitted for r in results)} simulated rankings")
     return 0
+
+
+def run_ab_create(args) -> int:
+    from feedback_app.ab import pair_replies, read_replies_file
+    from feedback_app.ab_store import AbService
+
+    # Parse both files before opening the store: a bad line stores nothing.
+    items = pair_replies(read_replies_file(args.replies_a), read_replies_file(args.replies_b),
+                         f"{args.replies_a} / {args.replies_b}")
+    _, store = _store(args)
+    admin = _cli_admin()
+    info = AbService(store).create_set(admin, args.name, args.policy_a, args.policy_b, items,
+                                       args.judgements_per_item)
+    print(json.dumps({"set_id": info.set_id, "name": info.name, "items": info.items}))
+    return 0
+
+
+def run_ab_report(args) -> int:
+    from feedback_app.ab_store import AbService
+
+    _, store = _store(args)
+    report = AbService(store).report(_cli_admin(), args.name)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    wr, pb = report["win_rate"], report["position_bias"]
+    rate = "n/a" if wr["win_rate_a"] is None else f"{wr['win_rate_a']:.3f} [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}]"
+    print(json.dumps({k: report[k] for k in ("name", "policy_a", "policy_b", "items", "open")}))
+    print(f"{report['policy_a']} vs {report['policy_b']}: {wr['wins_a']} wins, {wr['wins_b']} losses, "
+          f"{wr['ties']} ties, {wr['both_bad']} both bad; win rate of {report['policy_a']} {rate} "
+          f"({int(wr['confidence'] * 100)}% {wr['method']})")
+    share = "n/a" if pb["left_share"] is None else f"{pb['left_share']:.3f} (p={pb['p_value']:.3g})"
+    print(f"position bias: left side won {share}; policy A shown left in {pb['a_on_left']} of {pb['judgements']}")
+    return 0
+
+
+def _cli_admin():
+    """Whoever runs the CLI on the server has the database file, hence admin rights over it."""
+    from feedback_app.auth import Actor
+
+    return Actor(0, "cli", "admin")

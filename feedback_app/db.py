@@ -8,6 +8,7 @@ help there. Taking the write lock at ``BEGIN`` makes every transaction wait its 
 
 from __future__ import annotations
 
+import contextvars
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,14 +47,34 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged ranking survives a crash
+        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged ranking survives a crash (see below)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
+        # synchronous=FULL fsyncs the WAL at every commit (survives power loss); NORMAL only at
+        # checkpoints (survives a killed process, not power loss). A transaction that only hands out a
+        # lease runs under NORMAL: losing it costs nothing; rankings keep FULL.
+        want = "FULL" if DURABLE.get() else "NORMAL"
+        if connection.info.get("synchronous") != want:
+            connection.exec_driver_sql(f"PRAGMA synchronous={want}")  # outside a transaction: allowed
+            connection.info["synchronous"] = want
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+DURABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("feedback_sqlite_durable", default=True)
+
+
+@contextmanager
+def relaxed_durability() -> Iterator[None]:
+    """Transactions in this block may be lost on power loss (never on a crash of the process)."""
+    token = DURABLE.set(False)
+    try:
+        yield
+    finally:
+        DURABLE.reset(token)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

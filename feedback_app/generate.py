@@ -93,6 +93,12 @@ class Jobs:
         threading.Thread(target=run, name=f"generate-{job_id}", daemon=True).start()
         return {k: v for k, v in job.items() if k != "trace"}
 
+    def latest(self) -> dict | None:
+        """The most recently started job (for pages that show progress), or None."""
+        with self._lock:
+            job = max(self._jobs.values(), key=lambda j: j["started_at"], default=None)
+        return None if job is None else {k: v for k, v in job.items() if k != "trace"}
+
     def status(self, job_id: str) -> dict:
         job = self._jobs.get(job_id)
         if job is None:

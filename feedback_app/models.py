@@ -135,3 +135,8 @@ class Flag(Base):
     kind: Mapped[str] = mapped_column(String(20))
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
+
+
+# The blind A/B evaluation's tables (revision 0003) live in their own module; importing it here puts
+# them in Base.metadata.
+from feedback_app.ab_models import AbItem, AbJudgement, AbSet  # noqa: E402,F401

@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from feedback_app import api
+from feedback_app import ab_api, api
 from feedback_app.auth import LoginRateLimiter, TokenSigner, load_or_create_secret
 from feedback_app.config import AppConfig
 from feedback_app.db import open_store
@@ -121,6 +121,7 @@ def build_app(config: AppConfig) -> FastAPI:
         return HTMLResponse(render_docs(app.openapi()))
 
     app.include_router(api.router)
+    app.include_router(ab_api.router)  # blind A/B evaluation
     return app
 
 

@@ -1,0 +1,118 @@
+"""The admin dashboard's data: one read of the project's rankings and flags, turned into tables,
+statistics (``feedback_app.stats``) and matplotlib figures. No Gradio here."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from feedback_app import stats
+from feedback_app.models import Candidate, Flag, Item, RankingRow, User
+from feedback_app.store import Store
+
+
+@dataclass
+class Dashboard:
+    per_reviewer_day: dict[str, dict[str, int]]
+    agreement: stats.Agreement
+    bias: stats.PositionBias | None
+    seconds: list[float]
+    flags: list[list]  # [when, reviewer, item, reply, kind, comment]
+    rankings: int
+    reviewers: int
+
+
+def load_dashboard(store: Store, include_simulated: bool = True) -> Dashboard:
+    with store.sessions() as s:
+        query = (select(RankingRow.item_id, User.username, RankingRow.created_at, RankingRow.seconds,
+                        RankingRow.ranks, RankingRow.shown_order)
+                 .join(Item, RankingRow.item_id == Item.id).join(User, RankingRow.user_id == User.id)
+                 .where(Item.project_id == store.project.id).order_by(RankingRow.id))
+        if not include_simulated:
+            query = query.where(RankingRow.simulated.is_(False))
+        rows = s.execute(query).all()
+        flag_rows = s.execute(select(Flag.created_at, User.username, Flag.item_id, Candidate.text, Flag.kind,
+                                     Flag.comment)
+                              .join(User, Flag.user_id == User.id).join(Item, Flag.item_id == Item.id)
+                              .outerjoin(Candidate, Flag.candidate_id == Candidate.id)
+                              .where(Item.project_id == store.project.id).order_by(Flag.id.desc())).all()
+    by_item: dict[int, list[list[int]]] = defaultdict(list)
+    for r in rows:
+        by_item[r.item_id].append(list(r.ranks))
+    days = [(r.username, time.strftime("%Y-%m-%d", time.localtime(r.created_at))) for r in rows]
+    flags = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(f.created_at)), f.username, f.item_id,
+              (f.text or "(whole item)")[:200], f.kind, f.comment] for f in flag_rows]
+    return Dashboard(stats.per_reviewer_per_day(days), stats.agreement(by_item),
+                     stats.position_bias([(list(r.shown_order), list(r.ranks)) for r in rows]),
+                     [r.seconds for r in rows if r.seconds is not None], flags, len(rows),
+                     len({r.username for r in rows}))
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def summary_markdown(d: Dashboard) -> str:
+    a, b = d.agreement, d.bias
+    median, p90 = stats.quantile(d.seconds, 0.5), stats.quantile(d.seconds, 0.9)
+    lines = [
+        f"**{d.rankings} rankings** by **{d.reviewers} reviewers**; **{len(d.flags)} flags**.",
+        "",
+        f"**Agreement** on {a.shared_items} items ranked by two or more reviewers: "
+        f"Krippendorff's alpha (ordinal) {_fmt(a.krippendorff_alpha)}, mean Kendall's W {_fmt(a.mean_kendalls_w)} "
+        "(1 = identical rankings; alpha near 0 = chance).",
+        "",
+        f"**Time per ranking**: median {_fmt(median, 1)} s, 90th percentile {_fmt(p90, 1)} s.",
+    ]
+    if b is not None:
+        shares = ", ".join(f"{s + 1}: {v:.0%}" for s, v in enumerate(b.first_place_share))
+        verdict = ("too few rankings for a test" if b.p_value is None else
+                   f"chi-square p = {b.p_value:.3g}" + (" (**reviewers favour some screen positions**)"
+                                                         if b.p_value < 0.01 else " (no sign of bias)"))
+        lines += ["", f"**Position bias**: share ranked first by screen position {shares}; uniform would be "
+                      f"{1 / b.k:.0%} each; {verdict}."]
+    return "\n".join(lines)
+
+
+def per_day_table(d: Dashboard) -> list[list]:
+    days = sorted({day for per in d.per_reviewer_day.values() for day in per})
+    return [[reviewer, day, per.get(day, 0)] for reviewer, per in sorted(d.per_reviewer_day.items())
+            for day in days if per.get(day)]
+
+
+def figure(d: Dashboard):
+    """Three panels: rankings per reviewer per day, first places by screen position, time per ranking."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    days = sorted({day for per in d.per_reviewer_day.values() for day in per})
+    bottom = [0] * len(days)
+    for reviewer, per in sorted(d.per_reviewer_day.items()):
+        heights = [per.get(day, 0) for day in days]
+        ax.bar(days, heights, bottom=bottom, label=reviewer)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_title("Rankings per reviewer per day")
+    if d.per_reviewer_day:
+        ax.legend(fontsize=7, ncol=2)
+    ax = axes[1]
+    if d.bias is not None:
+        slots = [str(s + 1) for s in range(d.bias.k)]
+        ax.bar(slots, d.bias.first_place_share)
+        ax.axhline(1 / d.bias.k, color="k", linestyle="--", linewidth=1, label="no bias")
+        ax.legend(fontsize=7)
+    ax.set_title("Ranked first, by screen position")
+    ax.set_xlabel("position on screen (1 = top)")
+    ax = axes[2]
+    if d.seconds:
+        ax.hist(d.seconds, bins=min(30, max(5, len(d.seconds) // 3)))
+    ax.set_title("Seconds per ranking")
+    fig.tight_layout()
+    plt.close(fig)  # gr.Plot renders the figure object; keep pyplot's registry empty
+    return fig

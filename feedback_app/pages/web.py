@@ -1,0 +1,160 @@
+"""Login form, page guard and the Gradio mounts, on the app's own FastAPI server.
+
+The login form posts to ``/login`` (no script needed): the same ``Store.authenticate``, the same
+failed-login rate limit and the same signed ``rlhf_token`` cookie as ``POST /api/login``. The Gradio
+apps read that cookie through ``auth_dependency``: a request without a valid token (or, on
+``/admin``, without the admin role) gets 401 from every Gradio route, and a browser asking for the
+page itself is sent to the login form instead.
+"""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import quote
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from feedback_app.api import TOKEN_COOKIE
+from feedback_app.auth import Actor
+from feedback_app.store import ServiceError
+
+REVIEW_PATH, ADMIN_PATH = "/review", "/admin"
+
+# Gradio loads its own scripts and styles from the mount; system fonts only (the default theme would
+# fetch Google Fonts, a request outside this host).
+CSS = """
+.reply-card {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px;}
+.reply-card .prose {max-height: 22em; overflow-y: auto;}
+.invalid {outline: 2px solid #c00;}
+footer {display: none !important;}
+"""
+
+
+def actor_of(services, request) -> Actor | None:
+    """The signed-in user of a FastAPI (or Gradio-wrapped) request, from the login cookie."""
+    raw = getattr(request, "request", None) or request  # gr.Request wraps the FastAPI request
+    token = raw.cookies.get(TOKEN_COOKIE) if hasattr(raw, "cookies") else None
+    if not token:
+        header = raw.headers.get("authorization", "") if hasattr(raw, "headers") else ""
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    return services.signer.verify(token) if token else None
+
+
+def safe_next(path: str | None) -> str:
+    """A local path to go to after login (never another site: no scheme, no '//')."""
+    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return REVIEW_PATH
+    return path
+
+
+def login_page(message: str = "", next_path: str = REVIEW_PATH, username: str = "") -> str:
+    esc = html.escape
+    note = f"<p class='err' role='alert'>{esc(message)}</p>" if message else ""
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Log in: rlhf feedback</title>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:24em;margin:4em auto;padding:0 1em}"
+        "label{display:block;margin-top:1em}input{width:100%;padding:.5em;font-size:1em;box-sizing:border-box}"
+        "button{margin-top:1.5em;padding:.6em 1.5em;font-size:1em}.err{color:#b00;font-weight:bold}</style>"
+        "</head><body><h1>Rank model replies</h1>"
+        f"{note}<form method='post' action='/login'>"
+        f"<input type='hidden' name='next' value='{esc(next_path)}'>"
+        f"<label for='username'>Username</label><input id='username' name='username' value='{esc(username)}' "
+        "autocomplete='username' required autofocus>"
+        "<label for='password'>Password</label><input id='password' name='password' type='password' "
+        "autocomplete='current-password' required>"
+        "<button type='submit'>Log in</button></form></body></html>"
+    )
+
+
+class PageGuard:
+    """Pure ASGI middleware: a browser opening ``/review`` or ``/admin`` without a valid login goes to
+    the login form; a reviewer opening ``/admin`` gets a plain 403 page. (Gradio's own routes under
+    those paths refuse such requests with 401 through ``auth_dependency``.)"""
+
+    def __init__(self, app, services):
+        self.app, self.services = app, services
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope.get("method") == "GET" and path.rstrip("/") in (REVIEW_PATH, ADMIN_PATH):
+            request = Request(scope)
+            actor = actor_of(self.services, request)
+            if actor is None:
+                response = RedirectResponse(f"/login?next={quote(path.rstrip('/'))}", status_code=303)
+                return await response(scope, receive, send)
+            if path.rstrip("/") == ADMIN_PATH and not actor.is_admin:
+                response = HTMLResponse("<!doctype html><title>Admins only</title><h1>Admins only</h1>"
+                                        "<p><a href='/review'>Back to ranking</a></p>", status_code=403)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def add_login_routes(app: FastAPI, svc) -> None:
+    @app.get("/", include_in_schema=False)
+    def root(request: Request):
+        actor = actor_of(svc, request)
+        if actor is None:
+            return RedirectResponse("/login", status_code=303)
+        return RedirectResponse(ADMIN_PATH if actor.is_admin else REVIEW_PATH, status_code=303)
+
+    @app.get("/login", include_in_schema=False)
+    def login_form(next: str = REVIEW_PATH):
+        return HTMLResponse(login_page(next_path=safe_next(next)))
+
+    @app.post("/login", include_in_schema=False)
+    def login_submit(request: Request, username: str = Form(""), password: str = Form(""),
+                     next: str = Form(REVIEW_PATH)):
+        client = request.client.host if request.client else "?"
+        target = safe_next(next)
+        wait = svc.limiter.retry_after(username, client)
+        if wait > 0:
+            return HTMLResponse(login_page(f"Too many failed logins; retry in {wait:.0f} s.", target, username),
+                                status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+        try:
+            actor = svc.store.authenticate(username, password)
+        except ServiceError:
+            svc.limiter.failed(username, client)
+            return HTMLResponse(login_page("Wrong username or password.", target, username), status_code=401)
+        svc.limiter.succeeded(username, client)
+        if target.startswith(ADMIN_PATH) and not actor.is_admin:
+            target = REVIEW_PATH
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(TOKEN_COOKIE, svc.signer.issue(actor), httponly=True, samesite="strict",
+                            max_age=svc.signer.max_age)
+        return response
+
+    @app.get("/logout", include_in_schema=False)
+    def logout():
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(TOKEN_COOKIE)
+        return response
+
+
+def mount_pages(app: FastAPI) -> FastAPI:
+    """Add the login form and mount the reviewer and admin Gradio apps behind it."""
+    import gradio as gr
+
+    from feedback_app.pages.admin import build_admin_page
+    from feedback_app.pages.reviewer import build_reviewer_page
+
+    svc = app.state.services
+    add_login_routes(app, svc)
+    app.add_middleware(PageGuard, services=svc)
+
+    def any_user(request: Request) -> str | None:
+        actor = actor_of(svc, request)
+        return actor.username if actor else None
+
+    def admin_only(request: Request) -> str | None:
+        actor = actor_of(svc, request)
+        return actor.username if actor and actor.is_admin else None
+
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    common = dict(footer_links=[], run_history=False, mcp_server=False, ssr_mode=False, theme=theme, css=CSS,
+                  show_error=False, pwa=False, enable_monitoring=False)
+    gr.mount_gradio_app(app, build_reviewer_page(svc), path=REVIEW_PATH, auth_dependency=any_user, **common)
+    gr.mount_gradio_app(app, build_admin_page(svc), path=ADMIN_PATH, auth_dependency=admin_only,
+                        max_file_size="20mb", **common)
+    return app
