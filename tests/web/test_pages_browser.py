@@ -1,0 +1,254 @@
+"""The reviewer and admin pages in a real browser (Debian chromium via playwright), against the real
+app server in a subprocess on a temp SQLite file, with a tiny model writing candidates.
+
+One server for the whole module (``import gradio`` alone takes ~6 s). Every test checks that its
+pages made no request outside localhost.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from feedback_app.db import open_store
+from feedback_app.models import Assignment, Flag, RankingRow
+from feedback_app.store import ImportRow, Store
+from tests.web.conftest import (Recorder, login, open_page, outside_requests, start_app, stop_app, wait_until,
+                                free_port)
+
+K = 3
+PAYLOADS = [
+    "Sure! <img src=x onerror=\"window.__pwned = 'img'\"> Here is how.",
+    "Try this <script>window.__pwned = 'script'</script> and [click here](javascript:window.__pwned='link').",
+    "A picture: ![pixel](http://203.0.113.7/pixel.png) <img src=\"https://tracker.example/t.gif\">",
+]
+PASSWORDS = {"admin": "admin-pass-1", "alice": "alice-pass-1", "bob": "bob-pass-12"}
+
+
+def open_db(db_path) -> Store:
+    _, sessions = open_store(f"sqlite:///{db_path}")
+    return Store(sessions, "web", k=K, reviewers_per_item=2, guideline="Best first.", guideline_version="1")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("web")
+    db = root / "feedback.db"
+    store = open_db(db)
+    for name, password in PASSWORDS.items():
+        store.add_user(name, password, "admin" if name == "admin" else "reviewer")
+    store.import_rows([ImportRow(f"Customer question {i}: where is my order?",
+                                 [f"{PAYLOADS[j]} (item {i}, reply {j})" for j in range(K)], model="m")
+                       for i in range(6)])
+    args = ["app", "serve", "--database-url", f"sqlite:///{db}", "--project", "web", "--k", str(K),
+            "--reviewers-per-item", "2", "--guideline", "Best first.", "--model", str(tiny_model_dir),
+            "--max-new-tokens", "8", "--batch-size", "8"]
+    running = start_app(args, free_port(), root / "server.log")
+    running.db, running.root = db, root
+    yield running
+    # `rlhf app serve` ends by the signal uvicorn re-raises after its graceful shutdown.
+    assert stop_app(running) in (0, -signal.SIGTERM), running.output()
+
+
+def count(db, model, *where) -> int:
+    store = open_db(db)
+    with store.sessions() as s:
+        return s.scalar(select(func.count(model.id)).where(*where)) or 0
+
+
+def rankings_of(db, username: str) -> list[RankingRow]:
+    store = open_db(db)
+    user = next(a for a in store.list_users() if a.username == username)
+    with store.sessions() as s:
+        return list(s.scalars(select(RankingRow).where(RankingRow.user_id == user.id).order_by(RankingRow.id)))
+
+
+def shown_item(page) -> str:
+    """The prompt on screen (the Markdown body only, not Gradio's progress text beside it)."""
+    prose = page.locator("#prompt .prose")
+    return prose.first.inner_text() if prose.count() else ""
+
+
+def choose(page, slot: int, rank: int) -> None:
+    page.locator(f"#rank-{slot} label").filter(has_text=str(rank)).first.click()
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id}").locator("input, textarea").first.fill(text)
+
+
+def wait_for_item_change(page, before: str) -> str:
+    return wait_until(lambda: (t := shown_item(page)) != before and t.strip() and t, 30, "the next item")
+
+
+def test_wrong_password_is_refused_and_pages_need_login(app, browser):
+    rec = Recorder()
+    page = open_page(browser, rec)
+    assert httpx.get(app.url + "/review", follow_redirects=False).status_code == 303
+    assert httpx.get(app.url + "/review/config").status_code == 401  # Gradio's own routes too
+    login(page, app.url, "alice", "wrong-password")
+    assert "Wrong username or password" in page.content()
+    assert "/login" in page.url
+    assert page.context.cookies() == []
+    assert outside_requests(rec) == []
+    page.context.close()
+
+
+def test_rank_with_tie_skip_flag_undo_submit(app, browser):
+    rec = Recorder()
+    page = open_page(browser, rec)
+    login(page, app.url, "alice", PASSWORDS["alice"])
+    page.wait_for_selector("#reply-0 .prose", timeout=30000)
+    first = wait_until(lambda: shown_item(page).strip(), 30, "the first item")
+    assert "Customer question" in first
+    assert "of 6 today" in page.locator("#progress").inner_text()
+
+    # Validation marks the controls left empty, stores nothing.
+    choose(page, 0, 1)
+    page.click("#submit")
+    page.get_by_text("Give this reply a rank.").first.wait_for(timeout=10000)
+    assert count(app.db, RankingRow) == 0
+
+    # A tie: two replies share rank 1.
+    choose(page, 1, 1)
+    choose(page, 2, 3)
+    page.click("#submit")
+    second = wait_for_item_change(page, first)
+    [ranking] = rankings_of(app.db, "alice")
+    shown = [ranking.ranks[p] for p in ranking.shown_order]
+    assert shown == [1, 1, 3] and ranking.seconds is not None and not ranking.simulated
+
+    # Flag reply B of the second item with a comment, then skip it.
+    page.click("#flag-box button")  # open the accordion
+    page.locator("#flag-kind label").filter(has_text="unsafe").click()
+    page.fill("#flag-comment textarea", "made-up refund policy")
+    page.click("#flag")
+    page.get_by_text("Flagged reply A as unsafe").wait_for(timeout=10000)
+    flags = open_db(app.db)
+    with flags.sessions() as s:
+        [flag] = s.scalars(select(Flag)).all()
+        assert flag.kind == "unsafe" and flag.comment == "made-up refund policy" and flag.candidate_id is not None
+    page.click("#skip")
+    third = wait_for_item_change(page, second)
+    assert count(app.db, Assignment, Assignment.state == "skipped") == 1
+
+    # Rank the third item from the keyboard: Tab reaches each rank option, Space chooses, Enter submits.
+    page.locator("#rank-0 input[value='1']").focus()
+    for slot, rank in enumerate([2, 1, 3]):
+        page.locator(f"#rank-{slot} input[value='1']").focus()  # where Tab from the reply above lands
+        for _ in range(rank - 1):
+            page.keyboard.press("Tab")
+        page.keyboard.press("Space")
+    page.locator("#submit").focus()
+    page.keyboard.press("Enter")
+    fourth = wait_for_item_change(page, third)
+    assert len(rankings_of(app.db, "alice")) == 2
+    last = rankings_of(app.db, "alice")[-1]
+    assert [last.ranks[p] for p in last.shown_order] == [2, 1, 3]
+
+    # Undo brings the third item back with its ranks; resubmitting stores it again.
+    page.click("#undo")
+    page.get_by_text("Your last ranking was taken back").wait_for(timeout=30000)
+    assert shown_item(page) == third, (shown_item(page), third, page.locator("#message").inner_text())
+    assert len(rankings_of(app.db, "alice")) == 1
+    assert page.locator("#rank-1 input[value='1']").is_checked()
+    page.screenshot(path=str(app.root / "reviewer.png"), full_page=True)
+    page.click("#submit")
+    wait_until(lambda: shown_item(page) not in (third, ""), 30, "the next item after resubmitting")
+    assert len(rankings_of(app.db, "alice")) == 2
+    assert fourth  # the item shown before the undo is handed out again afterwards
+    assert outside_requests(rec) == []
+    page.context.close()
+
+
+def test_replies_with_html_and_script_run_nothing(app, browser):
+    rec = Recorder()
+    page = open_page(browser, rec)
+    login(page, app.url, "bob", PASSWORDS["bob"])
+    page.wait_for_selector("#reply-2 .prose", timeout=30000)
+    wait_until(lambda: "Customer question" in shown_item(page), 30, "an item")
+    page.wait_for_timeout(1000)  # give any injected handler time to fire
+    replies = page.locator("[id^=reply-]")
+    assert "Here is how" in replies.first.inner_text() or "Here is how" in page.content()
+    assert page.locator("[id^=reply-] script").count() == 0
+    assert page.locator("[id^=reply-] [onerror]").count() == 0
+    hrefs = page.eval_on_selector_all("[id^=reply-] a", "els => els.map(e => e.getAttribute('href') || '')")
+    assert not any(h.strip().lower().startswith("javascript:") for h in hrefs), hrefs
+    for link in page.locator("[id^=reply-] a").all():
+        link.click(modifiers=[], no_wait_after=True)
+    assert page.evaluate("window.__pwned") is None
+    # The remote images were asked for by the markup and blocked by the app's CSP header, not fetched.
+    assert "csp" in rec.failures.get("http://203.0.113.7/pixel.png", "").lower()
+    assert "csp" in rec.failures.get("https://tracker.example/t.gif", "").lower()
+    assert outside_requests(rec) == []
+    response = httpx.get(app.url + "/login")
+    assert "img-src 'self' data: blob:" in response.headers["content-security-policy"]
+    page.context.close()
+
+
+def test_reviewer_cannot_open_admin_pages_or_routes(app, browser):
+    rec = Recorder()
+    page = open_page(browser, rec)
+    login(page, app.url, "alice", PASSWORDS["alice"], path="/admin")
+    assert page.url.endswith("/review") or page.url.endswith("/review/")  # sent to her own page
+    response = page.goto(app.url + "/admin")
+    assert response.status == 403
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "rlhf_token")
+    cookies = {"rlhf_token": token}
+    assert httpx.get(app.url + "/admin/config", cookies=cookies).status_code == 401
+    join = httpx.post(app.url + "/admin/gradio_api/queue/join", cookies=cookies,
+                      json={"data": [], "fn_index": 0, "session_hash": "x"})
+    assert join.status_code == 401
+    assert httpx.get(app.url + "/api/admin/jobs/x", cookies=cookies).status_code == 403
+    assert outside_requests(rec) == []
+    page.context.close()
+
+
+def test_admin_accounts_import_generate_dashboard_export(app, browser, tmp_path):
+    # One more ranking through the service layer, so this test stands alone.
+    store = open_db(app.db)
+    dave = store.add_user("dave", "dave-pass-1")
+    item = store.next_item(dave)
+    store.submit_ranking(dave, item.item_id, [1, 2, 2], "dave-1", seconds=12.0)
+    n = count(app.db, RankingRow)
+    reviewers = len({r.user_id for r in rankings_of(app.db, "dave") + rankings_of(app.db, "alice")})
+
+    rec = Recorder()
+    page = open_page(browser, rec)
+    login(page, app.url, "admin", PASSWORDS["admin"], path="/admin")
+    page.get_by_text("rankings by").wait_for(timeout=30000)
+    summary = page.locator("#dash-summary").inner_text()
+    assert f"{n} rankings by {reviewers} reviewers" in summary and "Position bias" in summary
+    page.screenshot(path=str(app.root / "admin.png"), full_page=True)
+
+    page.get_by_role("tab", name="Accounts").click()
+    fill(page, "new-username", "carol")
+    fill(page, "new-password", "carol-pass-1")
+    page.click("#add-user")
+    page.get_by_text("Created reviewer account 'carol'").wait_for(timeout=10000)
+    assert any(a.username == "carol" and a.role == "reviewer" for a in open_db(app.db).list_users())
+
+    page.get_by_role("tab", name="Prompts and generation").click()
+    prompts = tmp_path / "more.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"New question {i}?"}) for i in range(3)) + "\n")
+    page.locator("#import-file input[type=file]").set_input_files(str(prompts))
+    page.wait_for_timeout(500)
+    page.click("#import")
+    page.get_by_text("3 prompts added").wait_for(timeout=15000)
+    page.click("#generate")
+    page.get_by_text("Generation done: 3 items added").wait_for(timeout=90000)
+    assert count(app.db, RankingRow) == n  # nothing else changed
+
+    page.get_by_role("tab", name="Export").click()
+    fill(page, "export-name", "web-export")
+    page.click("#export")
+    page.get_by_text(f"Exported {n} rankings").wait_for(timeout=60000)
+    manifest = json.loads((app.db.parent / "exports" / "web-export" / "manifest.json").read_text())
+    assert manifest["counts"]["rankings"] == n and manifest["filters"]["source"] == "all"
+    page.locator("#export-file a").first.wait_for(timeout=10000)
+    assert outside_requests(rec) == []
+    page.context.close()
