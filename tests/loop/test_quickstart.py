@@ -1,0 +1,63 @@
+"""`scripts/quickstart.sh --small` on a tiny model: every stage runs for real and leaves its artefact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import datasets
+
+from tests.conftest import REPO
+
+
+def test_small_quickstart_produces_every_artefact(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    # A random tiny model never apologises; its replies differ in length, so the reviewers rank by that.
+    config = tmp_path / "small.yaml"
+    config.write_text((REPO / "configs" / "quickstart" / "small.yaml").read_text()
+                      .replace("rule: \"-text.lower().count('sorry')\"", "rule: \"len(text)\""))
+    assert 'rule: "len(text)"' in config.read_text()
+    result = subprocess.run([str(REPO / "scripts" / "quickstart.sh"), "--config", str(config), "--policy",
+                             str(tiny_model_dir), "--run-dir", str(run)], cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # dataset of the reviewers' rankings, reward model with its held-out evaluation
+    pairs = datasets.load_from_disk(str(run / "export" / "pairwise"))
+    assert len(pairs["train"]) > 0
+    assert (run / "reward" / "config.json").is_file()
+    assert 0.0 <= json.loads((run / "reward" / "eval" / "eval.json").read_text())["accuracy"] <= 1.0
+    # PPO run and the exported aligned checkpoint
+    assert len((run / "ppo" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (run / "aligned" / "model.safetensors").is_file() and (run / "aligned" / "config.json").is_file()
+    # blind A/B: every held-out reply pair judged, order recorded
+    ab = json.loads((run / "ab.json").read_text())
+    assert ab["items"] == 8 and ab["open"] == 0 and len(ab["judgements"]) == 8
+    assert all(isinstance(j["left_is_a"], bool) and j["simulated"] for j in ab["judgements"])
+    assert ab["win_rate"]["total"] == 8
+    # the report, its plots and the stage table
+    report = (run / "REPORT.md").read_text()
+    for png in ("ppo_curves.png", "heldout.png"):
+        assert (run / png).stat().st_size > 1000 and png in report
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"start app", "train reward model", "PPO", "blind A/B judgement"} <= set(summary["times"])
+    assert "aligned win rate, non-tied" in result.stdout and "total" in result.stdout
+    commands = (run / "commands.sh").read_text()
+    for command in ("rlhf app import", "rlhf simulate", "rlhf reward train", "rlhf ppo", "rlhf export",
+                    "rlhf app ab create", "rlhf app ab report"):
+        assert command in commands
+
+
+def test_quickstart_refuses_a_used_run_folder_and_a_bad_config(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("keep me")
+    result = subprocess.run([str(REPO / "scripts" / "quickstart.sh"), "--small", "--run-dir", str(tmp_path / "used")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "run folder exists" in result.stderr
+    assert (tmp_path / "used" / "x").read_text() == "keep me"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rule: len(text)\nk: 9\n")
+    result = subprocess.run([str(REPO / "scripts" / "quickstart.sh"), "--config", str(bad)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "k" in result.stderr and result.stderr.startswith("error: ")
