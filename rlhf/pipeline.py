@@ -160,7 +160,7 @@ def start_app(run: Run) -> None:
     run.rlhf("app", "users", "add", "admin", "--role", "admin", "--password-stdin", "--replace", *run.db_flags,
              stdin=run.env["RLHF_ADMIN_PASSWORD"] + "\n")
     port = _free_port()
-    args = ["app", "serve", *run.db_flags, "--port", str(port)]
+    args = ["app", "serve", *run.db_flags, "--port", str(port), "--no-pages"]  # REST only: starts faster
     print("$ rlhf " + " ".join(shlex.quote(a) for a in args) + " &", flush=True)
     log = open(run.dir / "app.log", "w", encoding="utf-8")
     run.server = subprocess.Popen([run.python, "-m", "rlhf.cli", *args], stdout=log, stderr=subprocess.STDOUT,

@@ -20,6 +20,7 @@ from feedback_app.auth import Actor
 from feedback_app.store import ServiceError
 
 REVIEW_PATH, ADMIN_PATH = "/review", "/admin"
+AB_PATH = "/ab"  # blind A/B judgements (feedback_app/pages/ab.py)
 
 # Gradio loads its own scripts and styles from the mount; system fonts only (the default theme would
 # fetch Google Fonts, a request outside this host).
@@ -78,7 +79,7 @@ class PageGuard:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] == "http" and scope.get("method") == "GET" and path.rstrip("/") in (REVIEW_PATH, ADMIN_PATH):
+        if scope["type"] == "http" and scope.get("method") == "GET" and path.rstrip("/") in (REVIEW_PATH, ADMIN_PATH, AB_PATH):
             request = Request(scope)
             actor = actor_of(self.services, request)
             if actor is None:
@@ -157,4 +158,9 @@ def mount_pages(app: FastAPI) -> FastAPI:
     gr.mount_gradio_app(app, build_reviewer_page(svc), path=REVIEW_PATH, auth_dependency=any_user, **common)
     gr.mount_gradio_app(app, build_admin_page(svc), path=ADMIN_PATH, auth_dependency=admin_only,
                         max_file_size="20mb", **common)
+    from feedback_app.ab_store import AbService
+    from feedback_app.pages.ab import build_ab_page
+
+    gr.mount_gradio_app(app, build_ab_page(svc, AbService(svc.store)), path=AB_PATH, auth_dependency=any_user,
+                        **common)
     return app

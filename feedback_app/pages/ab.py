@@ -1,0 +1,123 @@
+"""The blind A/B page (``/ab``): a prompt and two replies side by side, no policy names, in the order
+stored for this judgement; buttons "Left is better", "Right is better", "Tie", "Both bad". Admins
+also see each set's win rate with its 95% interval and the position-bias check.
+
+Handlers (``ab_view``, ``answer``, ``report_markdown``) are plain functions of the ``AbService``, the
+acting user and the page state; ``build_ab_page`` only wires them to Gradio components. Replies are
+shown through ``gr.Markdown`` (which sanitises HTML).
+"""
+
+import time
+from dataclasses import dataclass
+
+from feedback_app.ab_store import AbItemView, AbService
+from feedback_app.auth import Actor
+from feedback_app.pages.reviewer import prompt_markdown
+from feedback_app.store import ServiceError
+
+BUTTONS = (("Left is better", "left"), ("Right is better", "right"), ("Tie", "tie"), ("Both bad", "both_bad"))
+
+
+@dataclass
+class AbView:
+    item: AbItemView | None
+    message: str = ""
+
+    def state(self) -> dict | None:
+        return None if self.item is None else {"judgement_id": self.item.judgement_id, "shown_at": time.time()}
+
+
+def ab_view(service: AbService, actor: Actor, set_ref: str | None, message: str = "") -> AbView:
+    """The reviewer's next A/B item of ``set_ref`` (None when nothing is left or no set is chosen)."""
+    if not set_ref:
+        return AbView(None, "Choose an A/B set.")
+    try:
+        item = service.next_item(actor, set_ref)
+    except ServiceError as exc:
+        return AbView(None, str(exc))
+    if item is None:
+        message = (message + " " if message else "") + "Nothing left to judge in this set."
+    return AbView(item, message.strip())
+
+
+def answer(service: AbService, actor: Actor, set_ref: str | None, state: dict | None, verdict: str) -> AbView:
+    """Store the verdict on the judgement on screen, then show the next item."""
+    if not state:
+        return ab_view(service, actor, set_ref)
+    seconds = max(0.0, time.time() - state.get("shown_at", time.time()))
+    try:
+        service.judge(actor, state["judgement_id"], verdict, seconds=min(seconds, 1e6))
+    except ServiceError as exc:
+        return AbView(None, str(exc))
+    return ab_view(service, actor, set_ref, "Saved.")
+
+
+def report_markdown(service: AbService, actor: Actor) -> str:
+    """Admins: every set's win rate of policy A (95% interval, non-tied judgements) and position bias."""
+    if not actor.is_admin:
+        return ""
+    lines = ["| set | A vs B | wins / losses / ties / both bad | win rate of A (95% CI) | left side won (p) |",
+             "|---|---|---|---|---|"]
+    for info in service.list_sets(actor):
+        r = service.report(actor, info.set_id)
+        wr, pb = r["win_rate"], r["position_bias"]
+        rate = "n/a" if wr["win_rate_a"] is None else \
+            f"{wr['win_rate_a']:.1%} [{wr['ci_low']:.1%}, {wr['ci_high']:.1%}]"
+        bias = "n/a" if pb["left_share"] is None else f"{pb['left_share']:.1%} (p={pb['p_value']:.3g})"
+        lines.append(f"| {info.name} | {r['policy_a']} vs {r['policy_b']} | {wr['wins_a']} / {wr['wins_b']} / "
+                     f"{wr['ties']} / {wr['both_bad']} | {rate} | {bias} |")
+    return "\n".join(lines) if len(lines) > 2 else "No A/B sets yet."
+
+
+def build_ab_page(svc, service: AbService):
+    """The Gradio Blocks of ``/ab`` for the app's ``Services`` and its ``AbService``."""
+    import gradio as gr
+
+    from feedback_app.pages.web import actor_of
+
+    def who(request: gr.Request) -> Actor:
+        actor = actor_of(svc, request)
+        if actor is None:
+            raise gr.Error("Log in first.")
+        return actor
+
+    def render(view: AbView):
+        item = view.item
+        return (prompt_markdown(item.prompt) if item else "", item.left if item else "",
+                item.right if item else "", view.message, view.state())
+
+    def sets_choices(request: gr.Request):
+        names = [s.name for s in service.list_sets(who(request))]
+        return gr.update(choices=names, value=names[-1] if names else None)
+
+    with gr.Blocks(title="Blind A/B") as page:
+        gr.Markdown("## Which reply is better?\nThe two replies come from two models, in a random order.")
+        chosen = gr.Dropdown(label="A/B set", choices=[], interactive=True)
+        prompt = gr.Markdown()
+        with gr.Row():
+            left = gr.Markdown(elem_classes=["reply-card"])
+            right = gr.Markdown(elem_classes=["reply-card"])
+        with gr.Row():
+            buttons = [(gr.Button(label), verdict) for label, verdict in BUTTONS]
+        message = gr.Markdown()
+        report = gr.Markdown()
+        state = gr.State(None)
+        outputs = [prompt, left, right, message, state]
+
+        def show(set_ref, request: gr.Request):
+            return render(ab_view(service, who(request), set_ref))
+
+        def show_report(request: gr.Request):
+            return report_markdown(service, who(request))
+
+        page.load(sets_choices, None, chosen)
+        page.load(show_report, None, report)
+        chosen.change(show, chosen, outputs)
+        def on_click(verdict: str):
+            def click(set_ref, st, request: gr.Request):
+                return render(answer(service, who(request), set_ref, st, verdict))
+            return click
+
+        for button, verdict in buttons:
+            button.click(on_click(verdict), [chosen, state], outputs)
+    return page
