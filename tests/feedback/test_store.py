@@ -235,3 +235,32 @@ def test_an_old_database_upgrades_with_every_row_kept(database_url):
         assert row.user.active is True and row.item.prompt_row.prompt == "hello"
         assert [c.text for c in row.item.candidates] == ["r0", "r1", "r2"]
         assert s.scalar(select(func.count(Assignment.id))) == 1 and s.scalar(select(func.count(Flag.id))) == 1
+
+
+def test_group_commit_keeps_one_callers_error_to_itself(sqlite_url):
+    """Concurrent submissions share one SQLite transaction; a bad one is rolled back alone."""
+    import threading
+
+    engine, store = make_store(sqlite_url, reviewers_per_item=1, items=8)
+    users = [store.add_user(f"r{i}", "password1") for i in range(8)]
+    leases = [store.next_item(u) for u in users]
+    outcomes: dict[int, object] = {}
+    barrier = threading.Barrier(len(users))
+
+    def submit(i):
+        barrier.wait()
+        ranks = [1, 2, 9] if i == 3 else [1, 2, 3]
+        try:
+            outcomes[i] = store.submit_ranking(users[i], leases[i].item_id, ranks, f"k{i}")
+        except Invalid as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(users))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(outcomes[3], Invalid)
+    assert sorted(o.item_id for i, o in outcomes.items() if i != 3) == sorted(
+        lease.item_id for i, lease in enumerate(leases) if i != 3)
+    assert count(engine, RankingRow) == 7
