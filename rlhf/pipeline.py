@@ -155,10 +155,20 @@ def _free_port() -> int:
 @timed("start app", resumable=False)
 def start_app(run: Run) -> None:
     """Accounts (one admin, the scripted reviewers), then ``rlhf app serve`` on a free port."""
-    run.env["RLHF_SIM_PASSWORD"] = run.env.get("RLHF_SIM_PASSWORD") or secrets.token_urlsafe(12)
-    run.env["RLHF_ADMIN_PASSWORD"] = run.env.get("RLHF_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    # The accounts' passwords stay in the run folder (owner-only), so a resumed run logs in as before.
+    secret = run.dir / "passwords.json"
+    if secret.is_file():
+        run.env.update(json.loads(secret.read_text()))
+    for name in ("RLHF_SIM_PASSWORD", "RLHF_ADMIN_PASSWORD"):
+        run.env[name] = run.env.get(name) or secrets.token_urlsafe(12)
+    secret.write_text(json.dumps({k: run.env[k] for k in ("RLHF_SIM_PASSWORD", "RLHF_ADMIN_PASSWORD")}))
+    secret.chmod(0o600)
     run.rlhf("app", "users", "add", "admin", "--role", "admin", "--password-stdin", "--replace", *run.db_flags,
              stdin=run.env["RLHF_ADMIN_PASSWORD"] + "\n")
+    if run.resume:  # accounts made by an interrupted run: reset them to the passwords kept above
+        for name in _accounts(run).split(","):
+            run.rlhf("app", "users", "add", name, "--password-stdin", "--replace", *run.db_flags,
+                     stdin=run.env["RLHF_SIM_PASSWORD"] + "\n")
     port = _free_port()
     args = ["app", "serve", *run.db_flags, "--port", str(port), "--no-pages"]  # REST only: starts faster
     print("$ rlhf " + " ".join(shlex.quote(a) for a in args) + " &", flush=True)
