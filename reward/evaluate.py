@@ -34,7 +34,10 @@ def score_ids(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 
     Works for a plain model and for a ZeRO-3 partitioned one (every rank must then call it).
     """
     import torch
+    from tqdm.auto import tqdm
     from trl.trainer.utils import pad
+
+    from rlhf.runtime import is_main_process
 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = [0.0] * len(ids)
@@ -42,7 +45,8 @@ def score_ids(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="scoring replies", unit="batch", disable=not is_main_process() or len(starts) < 8):
             chunk = order[start:start + batch_size]
             seqs = [torch.tensor(ids[i]) for i in chunk]
             input_ids = pad(seqs, padding_value=pad_token_id, padding_side="right").to(device)

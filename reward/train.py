@@ -93,7 +93,7 @@ def _kwise_trainer_class():
             ranks = inputs["ranks"]
             weights = inputs.get("pair_weights")
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            flat = outputs.logits.squeeze(-1)  # [N]: one score per reply, rows in order
+            flat = outputs.logits.squeeze(-1).float()  # [N]: one score per reply, rows in order (fp32 under bf16 autocast)
             # [B, K_max]: scatter the flat scores into their ranking's slots (row-major = collator order)
             scores = flat.new_zeros(ranks.shape).masked_scatter(ranks > 0, flat)
             loss = kwise_loss(scores, ranks, weights)
@@ -177,6 +177,35 @@ def lora_config(config: RewardConfig):
                       lora_dropout=config.lora.dropout, target_modules=list(config.lora.target_modules))
 
 
+def build_trainer(config: RewardConfig, args, kwise_rows, pairwise_rows, tokenizer):
+    """Tokenize the training split and build the trainer of ``config.mode``.
+
+    Returns (trainer, tokenized train set, pairs per epoch). The model is loaded here, after
+    ``args`` exist, so that under ZeRO-3 ``from_pretrained`` partitions it as it loads.
+    """
+    from reward.data import pair_agreement, tokenize_kwise, tokenize_pairwise
+    from rlhf.modeling import load_score_model
+
+    if config.mode == "kwise":
+        weights = pair_agreement(kwise_rows.to_list()) if config.weight_by_agreement else None
+        train_set = tokenize_kwise(kwise_rows, tokenizer, config.max_length, weights)
+        pairs = sum(len(pair_indices(r)) for r in train_set["ranks"])
+    else:
+        train_set = tokenize_pairwise(pairwise_rows, tokenizer, config.max_length)
+        pairs = len(train_set)
+    model = load_score_model(config.model)
+    peft_config = lora_config(config) if config.lora.enabled else None
+    if config.mode == "kwise":
+        trainer = _kwise_trainer_class()(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
+                                         data_collator=KWiseCollator(tokenizer.pad_token_id), peft_config=peft_config)
+    else:
+        from trl import RewardTrainer
+
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
+                                peft_config=peft_config)
+    return trainer, train_set, pairs
+
+
 def save_plain_checkpoint(trainer, tokenizer, out: Path, lora: bool) -> None:
     """A plain ``*ForSequenceClassification`` directory: every rank calls this (ZeRO-3 gathers)."""
     if not lora:
@@ -221,13 +250,15 @@ def train(config: RewardConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: output_dir is a file")
+    if config.weight_by_agreement and config.mode != "kwise":
+        raise UserError("weight_by_agreement needs mode kwise (TRL's pairwise trainer has no pair weights)")
     zero_stage = _zero_stage()
     if config.lora.enabled and zero_stage == 3:
         raise UserError("lora.enabled with DeepSpeed ZeRO-3 is not supported (the score head kept beside the "
                         "adapter can come out empty, and merging needs gathered weights); use ZeRO-2 or DDP for "
                         "LoRA, or full fine-tuning under ZeRO-3")
 
-    from reward.data import load_preference_data, pair_agreement, tokenize_kwise, tokenize_pairwise
+    from reward.data import load_preference_data, warn
     from rlhf.modeling import check_same_vocabulary, load_score_model, load_tokenizer
 
     data = load_preference_data(config.data, config.test_fraction)
@@ -236,25 +267,8 @@ def train(config: RewardConfig) -> dict[str, Any]:
         check_same_vocabulary(load_tokenizer(config.policy_model, padding_side="right"), tokenizer)
 
     train_rows = data.kwise["train"]
-    if config.mode == "kwise":
-        weights = pair_agreement(train_rows.to_list()) if config.weight_by_agreement else None
-        train_set = tokenize_kwise(train_rows, tokenizer, config.max_length, weights)
-        pairs = sum(len(pair_indices(r)) for r in train_set["ranks"])
-    else:
-        train_set = tokenize_pairwise(data.pairwise["train"], tokenizer, config.max_length)
-        pairs = len(train_set)
-
     args = trainer_args(config, out)  # before the model: under ZeRO-3 it makes from_pretrained partition
-    model = load_score_model(config.model)
-    peft_config = lora_config(config) if config.lora.enabled else None
-    if config.mode == "kwise":
-        trainer = _kwise_trainer_class()(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
-                                         data_collator=KWiseCollator(tokenizer.pad_token_id), peft_config=peft_config)
-    else:
-        from trl import RewardTrainer
-
-        trainer = RewardTrainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
-                                peft_config=peft_config)
+    trainer, train_set, pairs = build_trainer(config, args, train_rows, data.pairwise["train"], tokenizer)
 
     started = time.perf_counter()
     result = trainer.train()
@@ -290,8 +304,11 @@ def train(config: RewardConfig) -> dict[str, Any]:
     (out / "reward_stats.json").write_text(json.dumps(stats, indent=2))
     held_out = None
     if len(data.kwise["test"]):
-        held_out = evaluate_checkpoint(out, data.kwise["test"].to_list(), out / "eval", config.max_length,
-                                       config.eval_batch_size, model=saved, tokenizer=saved_tokenizer)
+        try:
+            held_out = evaluate_checkpoint(out, data.kwise["test"].to_list(), out / "eval", config.max_length,
+                                           config.eval_batch_size, model=saved, tokenizer=saved_tokenizer)
+        except UserError as exc:  # the checkpoint is saved; say why there is no held-out figure
+            warn(f"no held-out evaluation: {exc}")
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     metrics = {
         "mode": config.mode,

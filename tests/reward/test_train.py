@@ -117,6 +117,7 @@ def test_vocabulary_mismatch_is_refused(tmp_path, tiny_model_dir, planted_export
     (("--data", "/nonexistent/data"), "preference data not found"),
     (("--mode", "listwise"), "field 'mode'"),
     (("--config", "configs/reward/missing.yaml"), "config file not found"),
+    (("--data", "x", "--mode", "pairwise", "--weight-by-agreement", "true"), "needs mode kwise"),
 ])
 def test_train_bad_input_one_line_errors(args, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
