@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sys
 
 from rlhf.errors import UserError
 
@@ -86,4 +87,12 @@ def run_demo(args) -> int:
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
     print("stopped", flush=True)
+    job = svc.jobs.latest()
+    if job is not None and job["state"] == "running":
+        # A generation thread still inside torch aborts the interpreter's teardown ("terminate called
+        # without an active exception"). Every finished chunk is committed and the open one is rolled
+        # back by SQLite, so leave at once; a rerun continues with the prompts still missing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
