@@ -1,0 +1,159 @@
+"""Web form benchmark: the reviewer page's own submit path (the Gradio event a browser triggers on
+/review) beside the REST API and the bare Gradio baseline of bench/feedback_bench.py, all in one run.
+
+    .venv/bin/python bench/web_form_bench.py                           # 50 reviewers x 20 rankings
+    .venv/bin/python bench/web_form_bench.py --reviewers 10 --rankings 5   # quick look
+
+Web form: `rlhf app serve` (pages mounted); each reviewer logs in through the login form (cookie),
+opens a Gradio session on /review (the page-load event fills its state with an item), then for each
+ranking joins the queue with the "submit" event exactly as the browser does (queue/join: the
+validator runs, then the handler stores the ranking and hands out the next item) and reads the
+event stream until the result arrives. One submit is a full cycle (store + next item), like the
+REST figures' "cycle". Logins and the first page load happen before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from feedback_bench import (PASSWORD, bench_gradio, bench_ours, free_port, summary,  # noqa: E402
+                            wait_http)
+
+K = 4
+
+
+async def gradio_event(client, root: str, fn_index: int, data: list, session_hash: str) -> dict:
+    """Join the queue with one event and read the session's stream until it completes (the browser's way)."""
+    body = {"data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None, "session_hash": session_hash}
+    joined = await client.post(f"{root}/gradio_api/queue/join", json=body)
+    joined.raise_for_status()
+    event_id = joined.json()["event_id"]
+    async with client.stream("GET", f"{root}/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        async for line in stream.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("event_id") == event_id and message.get("msg") == "process_completed":
+                return message
+    raise RuntimeError(f"event {event_id}: stream ended without a result")
+
+
+async def reviewer_web(url, name, n, start, out, fns):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await client.post("/login", data={"username": name, "password": PASSWORD, "next": "/review"})
+        session = uuid.uuid4().hex[:11]
+        await gradio_event(client, "/review", fns["refresh"], [], session)  # what the page load does
+        out["ready"] += 1
+        await start.wait()
+        ranks = [str(r) for r in range(1, K + 1)]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            result = await gradio_event(client, "/review", fns["submit"], [None, *ranks], session)
+            t1 = time.perf_counter()
+            out["submit"].append(t1 - t0)
+            out["cycle"].append(t1 - t0)
+            if result.get("success") and "Saved." in json.dumps(result.get("output", {})):
+                out["acked"] += 1
+
+
+async def run_web_load(url: str, reviewers: int, n: int) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await client.post("/login", data={"username": "rev0", "password": PASSWORD, "next": "/review"})
+        config = (await client.get("/review/config")).json()
+    fns = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+    out = {"next": [], "submit": [], "cycle": [], "acked": 0, "ready": 0}
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(reviewer_web(url, f"rev{r}", n, start, out, fns)) for r in range(reviewers)]
+    while out["ready"] < reviewers and not any(t.done() for t in tasks):
+        await asyncio.sleep(0.05)
+    for t in tasks:
+        if t.done() and t.exception():
+            raise t.exception()
+    t0 = time.perf_counter()
+    start.set()
+    await asyncio.gather(*tasks)
+    out["wall"] = time.perf_counter() - t0
+    return out
+
+
+def bench_web(tmp: Path, reviewers: int, n: int) -> dict:
+    from feedback_app.db import open_store
+    from feedback_app.store import ImportRow, Store
+
+    url = f"sqlite:///{tmp / 'web.db'}"
+    _, sessions = open_store(url)
+    store = Store(sessions, "bench", k=K, reviewers_per_item=1)
+    store.import_rows([ImportRow(f"question {i}", [f"reply {i}.{j} " * 5 for j in range(K)])
+                       for i in range(reviewers * (n + 1))])
+    for r in range(reviewers):
+        store.add_user(f"rev{r}", PASSWORD)
+    port = free_port()
+    # Logins are rate-limited per user and client only on failures, so 50 logins from one host pass.
+    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "app", "serve", "--database-url", url, "--port",
+                               str(port), "--k", str(K), "--reviewers-per-item", "1", "--project", "bench"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", server)
+        out = subprocess.run([sys.executable, __file__, "--load-web", "--url", f"http://127.0.0.1:{port}",
+                              "--reviewers", str(reviewers), "--rankings", str(n)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-3000:])
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with sqlite3.connect(tmp / "web.db") as conn:
+        result["stored"] = conn.execute("SELECT count(*) FROM rankings").fetchone()[0]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reviewers", type=int, default=50)
+    parser.add_argument("--rankings", type=int, default=20, help="rankings per reviewer")
+    parser.add_argument("--load-web", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    from rlhf.runtime import apply_offline_env
+
+    apply_offline_env()
+    if args.load_web:  # the load-generator process
+        print(json.dumps(asyncio.run(run_web_load(args.url, args.reviewers, args.rankings))))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="web-form-bench-") as tmp:
+        web = summary("web form (Gradio submit on /review)", bench_web(Path(tmp), args.reviewers, args.rankings))
+        rest = summary("REST API (next + submit)", bench_ours(Path(tmp), args.reviewers, args.rankings))
+        base = summary("bare Gradio app (1 queued event)", bench_gradio(Path(tmp), args.reviewers, args.rankings))
+    print(f"\n{args.reviewers} concurrent reviewers x {args.rankings} rankings, load generator in its own process")
+    print(f"{'system':38s} {'rank/s':>8s} {'cycle p50':>10s} {'p99':>8s} {'acked':>6s} {'stored':>6s} {'lost':>5s}")
+    for s in (web, rest, base):
+        print(f"{s['system']:38s} {s['rankings_per_s']:8.1f} {s['cycle_p50_ms']:8.1f}ms {s['cycle_p99_ms']:6.0f}ms "
+              f"{s['acked']:6d} {s['stored']:6d} {s['lost']:5d}")
+    print(f"web form / bare Gradio throughput: {web['rankings_per_s'] / base['rankings_per_s']:.2f}x; "
+          f"web form / REST: {web['rankings_per_s'] / rest['rankings_per_s']:.2f}x")
+    print("\nreproduce: .venv/bin/python bench/web_form_bench.py " + " ".join(sys.argv[1:]))
+    print(json.dumps({"web_form": web, "rest": rest, "baseline": base}))
+
+
+if __name__ == "__main__":
+    main()
