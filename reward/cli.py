@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     ev.add_argument("--split", choices=("test", "train", "all"), default="test", help="which split to score")
     ev.add_argument("--test-fraction", type=float, default=0.1,
                     help="held-out share of prompts when the data has no split (same hash as training)")
-    ev.add_argument("--max-length", type=int, default=1024, help="longer replies are left out (counted)")
+    ev.add_argument("--max-length", type=int, default=None,
+                    help="longer replies are left out, counted (default: the checkpoint's training max_length)")
     ev.add_argument("--batch-size", type=int, default=16, help="replies per forward pass")
     ev.add_argument("--output", default=None, help="where eval.json and plots go (default: CHECKPOINT/eval)")
     ev.set_defaults(run=_run_eval)

@@ -281,7 +281,13 @@ def run_eval(args) -> int:
     if not rows:
         raise UserError(f"{args.dataset}: the {args.split} split is empty; nothing to evaluate")
     out_dir = Path(args.output) if args.output else checkpoint / "eval"
-    metrics = evaluate_checkpoint(checkpoint, rows, out_dir, args.max_length, args.batch_size)
+    max_length = args.max_length
+    if max_length is None:  # the limit the model was trained with, from its resolved config
+        import yaml
+
+        trained = checkpoint / "config.yaml"
+        max_length = (yaml.safe_load(trained.read_text()) or {}).get("max_length", 1024) if trained.is_file() else 1024
+    metrics = evaluate_checkpoint(checkpoint, rows, out_dir, max_length, args.batch_size)
     print(render_table(metrics))
     print(f"\nwrote {out_dir / 'eval.json'}, {', '.join(metrics['plots'])}")
     return 0
