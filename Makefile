@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make demo   set everything up, then run the main job on the embedded defaults
+#   make demo   set everything up, then start the reviewer web app on the embedded defaults
 #   make test   set everything up, then run the whole test suite
 # Both create .venv and install into it when needed; nothing relies on what is installed by hand.
 
@@ -33,9 +33,12 @@ $(STAMP): pyproject.toml constraints.txt
 system-deps:
 	bash scripts/system-deps.sh
 
+# The feedback app on the embedded defaults: runs/demo/feedback.db (created or upgraded), the shipped
+# support questions, the bundled model writing candidates in the background, a first admin (password
+# from RLHF_ADMIN_PASSWORD or printed once). Prints the address; Ctrl-C stops it.
 demo: $(STAMP)
 	$(BIN)/rlhf models prepare
-	$(BIN)/rlhf generate --config configs/generate.yaml
+	$(BIN)/rlhf app demo --config configs/app/demo.yaml
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests

@@ -96,6 +96,11 @@ def test_wrong_password_is_refused_and_pages_need_login(app, browser):
     assert page.context.cookies() == []
     assert outside_requests(rec) == []
     page.context.close()
+    # The login form shares the REST API's limit: 10 failed logins a minute per user and client.
+    codes = [httpx.post(app.url + "/login", data={"username": "mallory", "password": f"guess-{i}"}).status_code
+             for i in range(11)]
+    assert codes == [401] * 10 + [429]
+    assert httpx.post(app.url + "/api/login", json={"username": "mallory", "password": "x"}).status_code == 429
 
 
 def test_rank_with_tie_skip_flag_undo_submit(app, browser):
