@@ -133,6 +133,23 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _sample_lines(run_dir: Path) -> list[str]:
+    """Greedy replies to the evaluation prompts at the last sampled update, with their scores."""
+    path = run_dir / "samples.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    last = [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
+    if not last:
+        return []
+    mean = sum(r["score"] for r in last) / len(last)
+    lines = [f"## Sample replies at update {last[0]['step']} (greedy; mean reward-model score {mean:+.3f})", ""]
+    for r in last:
+        prompt = r["prompt"].strip().splitlines()[-2] if "\n" in r["prompt"].strip() else r["prompt"].strip()
+        lines += [f"- **{prompt[-160:]}** ({r['score']:+.3f}): {r['reply'].strip()[:400]!r}"]
+    return lines + [""]
+
+
 def model_card(config, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
                plots: list[str]) -> str:
     from rlhf.modeling import resolve_model_path
@@ -165,6 +182,7 @@ def model_card(config, run_dir: Path, checkpoint: Path, state: dict, dtype: str,
         *[f"| {k} | {fig(first, k)} | {fig(last, k)} |" for k in ("reward", "kl", "entropy", "value_loss",
                                                                   "response_length", "eos_share")],
         "", *[f"![{p}]({p})" for p in plots], "",
+        *_sample_lines(run_dir),
         "## Config", "", "```yaml", (run_dir / "config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
         "Load with `AutoModelForCausalLM.from_pretrained(DIR)`; the tokenizer pads with a token distinct from EOS.",
     ]
