@@ -42,6 +42,8 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
     added, started = 0, time.time()
     from tqdm.auto import tqdm
 
+    if progress:
+        progress(0, len(todo))  # pages show "0 of N" while the first chunk is generated
     with tqdm(total=len(todo), desc="generate candidates", unit="prompt", disable=not show_bar) as bar:
         for start in range(0, len(todo), per_chunk):
             chunk = todo[start:start + per_chunk]
