@@ -22,6 +22,10 @@ def _config_class(path: Path):
         from feedback_app.config import AppConfig
 
         return AppConfig
+    if rel.parts[0] == "ppo":
+        from rlhf.ppo.config import PPORunConfig
+
+        return PPORunConfig
     if rel.parts[0] == "quickstart":
         from rlhf.pipeline import QuickstartConfig
 
