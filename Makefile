@@ -43,8 +43,13 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests
 
+# Benchmarks are long and run one by one (README "Benchmarks"); each prints its figures as ratios
+# against a baseline measured in the same run, and the command that reproduces them.
 bench: $(STAMP)
-	@echo "Benchmarks are run one by one; see README 'Benchmarks'."
+	$(BIN)/python bench/feedback_bench.py
+	$(BIN)/python bench/web_form_bench.py
+	$(BIN)/python bench/reward_bench.py
+	$(BIN)/python bench/ppo_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
