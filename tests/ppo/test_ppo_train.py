@@ -65,7 +65,8 @@ def test_resume_after_update_2_matches_uninterrupted_run(lora_run, tmp_path, tin
     resumed, uninterrupted = _weights(out, 4), _weights(lora_run, 4)
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
-        assert torch.allclose(resumed[key], uninterrupted[key], atol=1e-5), key
+        diff = (resumed[key] - uninterrupted[key]).abs().max().item()
+        assert torch.allclose(resumed[key], uninterrupted[key], atol=1e-5), f"{key}: max abs diff {diff:.3g}"
 
 
 def test_sigkill_while_writing_a_checkpoint_leaves_a_resumable_run(tmp_path, tiny_model_dir, tiny_reward_dir):
