@@ -64,9 +64,14 @@ def test_resume_after_update_2_matches_uninterrupted_run(lora_run, tmp_path, tin
     assert "resumed from" in second.stderr and "update 4/4" in second.stderr
     resumed, uninterrupted = _weights(out, 4), _weights(lora_run, 4)
     assert resumed.keys() == uninterrupted.keys()
+    # A resume that lost the optimizer state, the RNG or the data position moves weights by about the
+    # learning rate (1e-3) per update. Float noise does not vanish: MKL's GEMM may differ in the last bit
+    # between processes, and Adam turns that into ~3e-5 on rarely used embedding rows (seen once in CI).
     for key in resumed:
         diff = (resumed[key] - uninterrupted[key]).abs().max().item()
-        assert torch.allclose(resumed[key], uninterrupted[key], atol=1e-5), f"{key}: max abs diff {diff:.3g}"
+        assert diff < 1e-4, f"{key}: max abs diff {diff:.3g}"
+    moved = max((_weights(out, 2)[k] - resumed[k]).abs().max().item() for k in resumed)
+    assert moved > 5e-4  # updates 3 and 4 really moved weights, so the tolerance above discriminates
 
 
 def test_sigkill_while_writing_a_checkpoint_leaves_a_resumable_run(tmp_path, tiny_model_dir, tiny_reward_dir):
