@@ -36,8 +36,9 @@ def token_from(request: Request) -> str | None:
     return request.cookies.get(TOKEN_COOKIE)
 
 
-def current_actor(request: Request) -> Actor:
-    """The signed-in user: one HMAC check of the token, no password hashing, no database read."""
+async def current_actor(request: Request) -> Actor:
+    """The signed-in user: one HMAC check of the token, no password hashing, no database read.
+    (``async`` so FastAPI runs it on the event loop instead of sending it to a worker thread.)"""
     token = token_from(request)
     actor = services(request).signer.verify(token) if token else None
     if actor is None:
@@ -46,7 +47,7 @@ def current_actor(request: Request) -> Actor:
     return actor
 
 
-def admin_actor(actor: Actor = Depends(current_actor)) -> Actor:
+async def admin_actor(actor: Actor = Depends(current_actor)) -> Actor:
     if not actor.is_admin:
         raise HTTPException(403, "admins only")
     return actor
@@ -72,6 +73,8 @@ class RankingIn(BaseModel):
                                         "the same key returns the stored ranking (or send Idempotency-Key)")
     seconds: float | None = Field(None, description="seconds the reviewer spent on the item")
     simulated: bool = Field(False, description="true when a scripted reviewer wrote it")
+    fetch_next: bool = Field(False, description="also hand out your next item (returned as `next_item`): "
+                             "one round trip per ranking")
 
 
 class EditIn(BaseModel):
@@ -141,19 +144,27 @@ def me(actor: Actor = Depends(current_actor)):
 
 
 @router.get("/items/next", tags=["review"], summary="The item to rank now (null when none is left)")
-def next_item(request: Request, actor: Actor = Depends(current_actor)):
-    return {"item": _json(services(request).store.next_item(actor))}
+async def next_item(request: Request, actor: Actor = Depends(current_actor)):
+    # The two hot routes are async and await the store: on SQLite the work runs on the one writer
+    # thread, so a reviewer costs no thread while waiting.
+    return {"item": _json(await services(request).store.next_item_async(actor))}
 
 
 @router.post("/rankings", tags=["review"], status_code=201,
              summary="Submit a ranking; retries with the same idempotency key store it once")
-def submit_ranking(body: RankingIn, request: Request, response: Response, actor: Actor = Depends(current_actor),
-                   idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
+async def submit_ranking(body: RankingIn, request: Request, response: Response,
+                         actor: Actor = Depends(current_actor),
+                         idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
     key = body.idempotency_key or idempotency_key
-    view = services(request).store.submit_ranking(actor, body.item_id, body.ranks, key, body.seconds, body.simulated)
+    store = services(request).store
+    args = (actor, body.item_id, body.ranks, key, body.seconds, body.simulated)
+    if body.fetch_next:
+        view, following = await store.submit_and_next_async(*args)
+    else:
+        view, following = await store.submit_ranking_async(*args), None
     if view.replayed:
         response.status_code = 200
-    return _json(view)
+    return {**_json(view), "next_item": _json(following)} if body.fetch_next else _json(view)
 
 
 @router.put("/rankings/{ranking_id}", tags=["review"], summary="Edit one of your rankings")

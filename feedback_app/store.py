@@ -15,11 +15,13 @@ Errors are ``ServiceError`` (a ``UserError``) with an HTTP status; nothing is st
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import random
 import threading
-from concurrent.futures import Future
 import time
+from concurrent.futures import Future
+from functools import partial
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
@@ -140,6 +142,7 @@ class Store:
             engine.dialect.name == "sqlite" else None
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self._next_sweep = float("-inf")  # when expired leases are next deleted (at most once a second)
         self.project = self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version)
 
     @classmethod
@@ -163,11 +166,21 @@ class Store:
                 time.sleep(0.005 * (attempt + 1) * random.random())
         raise AssertionError("unreachable")
 
-    def _run_grouped(self, work: Callable[[Session], T]) -> T:
+    def _call(self, work: Callable[[Session], T], durable: bool = True) -> T:
         """Like ``_run``, but on SQLite shares one transaction (one fsync) with concurrent callers."""
         if self._group is None:
-            return self._run(work)
-        return self._group.run(work)
+            return self._run(work, attempts=10, durable=durable)
+        return self._group.submit(work, durable).result()
+
+    async def _call_async(self, work: Callable[[Session], T], durable: bool = True) -> T:
+        """``_call`` for the event loop: on SQLite it awaits the group-commit thread (no worker thread
+        per request, so 50 reviewers do not mean 50 threads fighting over one lock); elsewhere it
+        runs ``_run`` in the server's thread pool."""
+        if self._group is None:
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(partial(self._run, work, 10, durable))
+        return await asyncio.wrap_future(self._group.submit(work, durable))
 
     def _ensure_project(self, name, k, reviewers_per_item, guideline, guideline_version) -> Project:
         def work(s: Session) -> Project:
@@ -306,39 +319,58 @@ class Store:
     def next_item(self, actor: Actor) -> ItemView | None:
         """The item this reviewer should rank now: their unexpired lease if they hold one, else a new
         lease on the item closest to complete that they have never been handed. None when none is left."""
+        return self._call(self._next_item_work(actor), durable=False)
+
+    async def next_item_async(self, actor: Actor) -> ItemView | None:
+        return await self._call_async(self._next_item_work(actor), durable=False)
+
+    def _next_item_work(self, actor: Actor) -> Callable[[Session], ItemView | None]:
+        # The two hot paths (hand-out and submit) use Core statements, not ORM objects: the ORM's
+        # object loading was most of the CPU per request, which is what many reviewers are bound by.
+        A, I = Assignment.__table__.c, Item.__table__.c
 
         def work(s: Session) -> ItemView | None:
             now = self.clock()
-            held = s.scalar(select(Assignment).where(Assignment.user_id == actor.id, Assignment.state == LEASED,
-                                                     Assignment.expires_at > now)
-                            .order_by(Assignment.id).limit(1))
+            held = s.execute(select(A.item_id, A.shown_order, A.expires_at)
+                             .where(A.user_id == actor.id, A.state == LEASED, A.expires_at > now)
+                             .order_by(A.id).limit(1)).first()
             if held is not None:
-                return self._item_view(held)
-            # Walked-away reviewers: their slots open again.
-            s.execute(delete(Assignment).where(Assignment.state == LEASED, Assignment.expires_at <= now))
+                return self._item_view_core(s, held.item_id, held.shown_order, held.expires_at)
+            if now >= self._next_sweep:  # walked-away reviewers: their slots open again
+                s.execute(delete(Assignment).where(A.state == LEASED, A.expires_at <= now))
+                self._next_sweep = now + 1.0
             rpi = self.project.reviewers_per_item
             # The first item (oldest first, so items complete before new ones start) with an open
             # slot that this reviewer was never handed. Correlated count: cheap with the item index.
-            filled = (select(func.count(Assignment.id)).where(Assignment.item_id == Item.id,
-                                                              Assignment.slot.is_not(None))
-                      .correlate(Item).scalar_subquery())
-            mine = select(Assignment.item_id).where(Assignment.user_id == actor.id)
-            item_id = s.scalar(select(Item.id).where(Item.project_id == self.project.id, Item.id.not_in(mine),
-                                                     filled < rpi).order_by(Item.id).limit(1))
+            filled = (select(func.count(A.id)).where(A.item_id == I.id, A.slot.is_not(None))
+                      .correlate(Item.__table__).scalar_subquery())
+            mine = select(A.item_id).where(A.user_id == actor.id)
+            item_id = s.scalar(select(I.id).where(I.project_id == self.project.id, I.id.not_in(mine),
+                                                  filled < rpi).order_by(I.id).limit(1))
             if item_id is None:
                 return None
-            used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,
-                                                               Assignment.slot.is_not(None))))
+            used = set(s.scalars(select(A.slot).where(A.item_id == item_id, A.slot.is_not(None)))) \
+                if rpi > 1 else set()
             slot = min(set(range(rpi)) - used)
             order = list(range(self.project.k))
             random.shuffle(order)  # position bias: each reviewer sees the candidates in their own order
-            lease = Assignment(item_id=item_id, user_id=actor.id, slot=slot, state=LEASED, shown_order=order,
-                               leased_at=now, expires_at=now + self.lease_seconds)
-            s.add(lease)
-            s.flush()  # a concurrent holder of this slot fails here (unique constraint) and we retry
-            return self._item_view(lease)
+            expires = now + self.lease_seconds
+            # A concurrent holder of this slot (PostgreSQL) fails here on the unique constraint; we retry.
+            s.execute(Assignment.__table__.insert().values(item_id=item_id, user_id=actor.id, slot=slot, state=LEASED,
+                                                           shown_order=order, leased_at=now, expires_at=expires))
+            return self._item_view_core(s, item_id, order, expires)
 
-        return self._run(work, attempts=10, durable=False)
+        return work
+
+    def _item_view_core(self, s: Session, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
+        C, I, P = Candidate.__table__.c, Item.__table__.c, PromptRow.__table__.c
+        rows = s.execute(select(C.position, C.id, C.text, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
+                         .join(PromptRow.__table__, P.id == I.prompt_id).where(C.item_id == item_id)).all()
+        by_position = {r.position: r for r in rows}
+        return ItemView(item_id=item_id, prompt=rows[0].prompt,
+                        candidates=[CandidateView(by_position[p].id, by_position[p].text) for p in shown_order],
+                        round=rows[0].round, guideline=self.project.guideline,
+                        guideline_version=self.project.guideline_version, lease_expires_at=expires_at)
 
     def _item_view(self, a: Assignment) -> ItemView:
         by_position = {c.position: c for c in a.item.candidates}
@@ -353,24 +385,60 @@ class Store:
                        seconds: float | None = None, simulated: bool = False) -> RankingView:
         """Store ``ranks`` (one per candidate, in the order this reviewer was shown them; 1 best; ties
         allowed). A retry with the same ``idempotency_key`` returns the stored ranking unchanged."""
+        return self._call(self._submit_work(actor, item_id, ranks, idempotency_key, seconds, simulated))
+
+    async def submit_ranking_async(self, actor: Actor, item_id: int, ranks: list[int], idempotency_key: str,
+                                   seconds: float | None = None, simulated: bool = False) -> RankingView:
+        return await self._call_async(self._submit_work(actor, item_id, ranks, idempotency_key, seconds, simulated))
+
+    async def submit_and_next_async(self, actor: Actor, item_id: int, ranks: list[int], idempotency_key: str,
+                                    seconds: float | None = None, simulated: bool = False
+                                    ) -> tuple[RankingView, ItemView | None]:
+        """Submit, then hand out the next item: one round trip for the reviewer. On SQLite both go to the
+        writer thread at once (it runs them in order, usually in one transaction)."""
+        submit = self._submit_work(actor, item_id, ranks, idempotency_key, seconds, simulated)
+        if self._group is None:
+            view = await self._call_async(submit)
+            return view, await self.next_item_async(actor)
+        submitted = asyncio.wrap_future(self._group.submit(submit))
+        handed = asyncio.wrap_future(self._group.submit(self._next_item_work(actor), durable=False))
+        try:
+            view = await submitted
+        except BaseException:
+            await asyncio.gather(handed, return_exceptions=True)  # the lease it may hold stays (it expires)
+            raise
+        return view, await handed
+
+    def _submit_work(self, actor: Actor, item_id: int, ranks: list[int], idempotency_key: str,
+                     seconds: float | None, simulated: bool) -> Callable[[Session], RankingView]:
         key = _check_key(idempotency_key)
         if seconds is not None and not (0 <= seconds < 1e7):
             raise Invalid("seconds: must be between 0 and 1e7")
+        A, R = Assignment.__table__.c, RankingRow.__table__.c
+        stored_cols = (R.id, R.item_id, R.ranks, R.shown_order, R.simulated, R.created_at, R.idempotency_key)
+
+        def replay(s: Session, row) -> RankingView:
+            return _ranking_view_core(s, row.id, row.item_id, row.ranks, row.shown_order, row.simulated,
+                                      row.created_at, replayed=True)
 
         def work(s: Session) -> RankingView:
-            stored = s.scalar(select(RankingRow).where(RankingRow.user_id == actor.id,
-                                                       RankingRow.idempotency_key == key))
+            stored = s.execute(select(*stored_cols).where(R.user_id == actor.id, R.idempotency_key == key)).first()
             if stored is not None:
                 if stored.item_id != item_id:
                     raise Conflict(f"idempotency_key: already used for item {stored.item_id}")
-                return _ranking_view(stored, replayed=True)
-            lease = self._own_assignment(s, actor, item_id)
+                return replay(s, stored)
+            lease = s.execute(select(A.id, A.state, A.shown_order, A.expires_at)
+                              .where(A.item_id == item_id, A.user_id == actor.id)).first()
+            if lease is None:
+                if s.get(Item, item_id) is None:
+                    raise NotFound(f"item {item_id}: unknown item")
+                raise NotFound(f"item {item_id}: not handed to you (fetch the next item first)")
             if lease.state == DONE:
                 # On PostgreSQL (read committed) a concurrent retry with this key may have committed
                 # between our two reads: look again before calling it a conflict.
-                done = s.scalar(select(RankingRow).where(RankingRow.assignment_id == lease.id))
+                done = s.execute(select(*stored_cols).where(R.assignment_id == lease.id)).first()
                 if done is not None and done.idempotency_key == key:
-                    return _ranking_view(done, replayed=True)
+                    return replay(s, done)
                 raise Conflict(f"item {item_id}: you already ranked it; edit or undo that ranking instead")
             if lease.state == SKIPPED:
                 raise Conflict(f"item {item_id}: you skipped it")
@@ -379,16 +447,15 @@ class Store:
                 raise LeaseExpired(f"item {item_id}: your lease expired {now - (lease.expires_at or now):.0f} s ago; "
                                    f"fetch the next item again")
             canonical = _to_positions(_check_ranks(ranks, len(lease.shown_order)), lease.shown_order)
-            row = RankingRow(item_id=item_id, user_id=actor.id, assignment_id=lease.id, ranks=canonical,
-                             shown_order=lease.shown_order, guideline_version=self.project.guideline_version,
-                             seconds=seconds, simulated=bool(simulated), idempotency_key=key, created_at=now,
-                             edit_count=0)
-            lease.state, lease.expires_at = DONE, None
-            s.add(row)
-            s.flush()
-            return _ranking_view(row)
+            s.execute(Assignment.__table__.update().where(A.id == lease.id).values(state=DONE, expires_at=None))
+            result = s.execute(RankingRow.__table__.insert().values(
+                item_id=item_id, user_id=actor.id, assignment_id=lease.id, ranks=canonical,
+                shown_order=lease.shown_order, guideline_version=self.project.guideline_version, seconds=seconds,
+                simulated=bool(simulated), idempotency_key=key, created_at=now, edit_count=0))
+            return _ranking_view_core(s, result.inserted_primary_key[0], item_id, canonical, lease.shown_order,
+                                      bool(simulated), now)
 
-        return self._run_grouped(work)
+        return work
 
     def _own_assignment(self, s: Session, actor: Actor, item_id: int) -> Assignment:
         lease = s.scalar(select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == actor.id))
@@ -532,14 +599,15 @@ class GroupCommit:
         self._state = threading.Lock()
         self._worker: threading.Thread | None = None
 
-    def run(self, work: Callable[[Session], T]) -> T:
+    def submit(self, work: Callable[[Session], T], durable: bool = True) -> Future:
+        """Queue ``work``; the future resolves after the transaction holding it has committed."""
         future: Future = Future()
         with self._state:
-            self._queue.put((work, future))
+            self._queue.put((work, future, durable))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._loop, name="sqlite-group-commit", daemon=True)
                 self._worker.start()
-        return future.result()
+        return future
 
     def _loop(self) -> None:
         while True:
@@ -560,16 +628,18 @@ class GroupCommit:
 
     def _commit(self, batch: list) -> None:
         outcomes = []
+        durable = any(entry[2] for entry in batch)  # leases alone may skip the fsync (see db.py)
         try:
-            with self.write_lock, self.sessions() as session, session.begin():
-                for work, future in batch:
+            with (nullcontext() if durable else relaxed_durability()), self.write_lock, \
+                    self.sessions() as session, session.begin():
+                for work, future, _ in batch:
                     try:
                         with session.begin_nested():
                             outcomes.append((future, work(session), None))
                     except Exception as exc:  # this caller's error only; its savepoint is rolled back
                         outcomes.append((future, None, exc))
         except BaseException as exc:  # the commit itself failed: nobody's work is stored or acknowledged
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(exc)
             return
         for future, value, exc in outcomes:
@@ -613,3 +683,13 @@ def _ranking_view(row: RankingRow, replayed: bool = False) -> RankingView:
     return RankingView(ranking_id=row.id, item_id=row.item_id, ranks=[row.ranks[p] for p in row.shown_order],
                        candidate_ids=[by_position[p] for p in row.shown_order], simulated=row.simulated,
                        created_at=row.created_at, replayed=replayed)
+
+
+def _ranking_view_core(s: Session, ranking_id: int, item_id: int, ranks: list[int], shown_order: list[int],
+                       simulated: bool, created_at: float, replayed: bool = False) -> RankingView:
+    """``_ranking_view`` from column values: one small query for the reply ids, no ORM objects."""
+    C = Candidate.__table__.c
+    by_position = {position: cid for position, cid in s.execute(select(C.position, C.id).where(C.item_id == item_id))}
+    return RankingView(ranking_id=ranking_id, item_id=item_id, ranks=[ranks[p] for p in shown_order],
+                       candidate_ids=[by_position[p] for p in shown_order], simulated=bool(simulated),
+                       created_at=created_at, replayed=replayed)

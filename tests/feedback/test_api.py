@@ -72,6 +72,30 @@ def test_login_rank_undo_and_idempotent_retry(client):
     assert client.get("/api/progress", headers=alice).json()["leased"] == 1
 
 
+def test_submit_with_fetch_next_hands_out_the_next_item_in_the_same_response(client):
+    seed(client, n=3)
+    alice = login(client, "alice", "alicepass1")
+    item = client.get("/api/items/next", headers=alice).json()["item"]
+    seen = [item["item_id"]]
+    for expect_more in (True, True, False):
+        resp = client.post("/api/rankings", headers=alice, json={"item_id": item["item_id"], "ranks": [1, 2, 3],
+                                                                 "idempotency_key": f"k{len(seen)}", "fetch_next": True})
+        assert resp.status_code == 201, resp.text
+        item = resp.json()["next_item"]
+        assert (item is not None) == expect_more
+        if item:
+            assert item["item_id"] not in seen and len(item["candidates"]) == 3
+            assert client.get("/api/items/next", headers=alice).json()["item"]["item_id"] == item["item_id"]  # leased
+            seen.append(item["item_id"])
+    retry = client.post("/api/rankings", headers=alice, json={"item_id": seen[-1], "ranks": [1, 2, 3],
+                                                              "idempotency_key": "k3", "fetch_next": True})
+    assert retry.status_code == 200 and retry.json()["replayed"] and retry.json()["next_item"] is None
+    bad = client.post("/api/rankings", headers=alice, json={"item_id": seen[0], "ranks": [1, 2, 9],
+                                                            "idempotency_key": "k9", "fetch_next": True})
+    assert bad.status_code == 409  # already ranked: the error, not a next item
+    assert len(client.get("/api/rankings/mine", headers=alice).json()["rankings"]) == 3
+
+
 def test_a_restart_logs_no_one_out(app_config):
     with TestClient(build_app(app_config)) as c:
         token = c.post("/api/login", json={"username": "alice", "password": "alicepass1"}).json()["token"]
