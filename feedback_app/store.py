@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,41 @@ from rlhf.errors import UserError
 from rlhf.schema import prompt_key, validate_prompt, validate_ranks
 
 T = TypeVar("T")
+
+
+class _Hot:
+    """The statements of the two hot paths (hand-out and submit), built once with bound parameters.
+
+    Core statements on the session's connection, not ORM objects, and not rebuilt per call: building
+    a statement and its cache key, and loading ORM objects, were most of the CPU per request, and the
+    one SQLite writer thread is what many reviewers wait on."""
+
+    A, I, C, P, R = (Assignment.__table__.c, Item.__table__.c, Candidate.__table__.c, PromptRow.__table__.c,
+                     RankingRow.__table__.c)
+    held = (select(A.item_id, A.shown_order, A.expires_at)
+            .where(A.user_id == bindparam("uid"), A.state == LEASED, A.expires_at > bindparam("now"))
+            .order_by(A.id).limit(1))
+    sweep = delete(Assignment).where(A.state == LEASED, A.expires_at <= bindparam("now"))
+    # The first item (oldest first, so items complete before new ones start) with an open slot that
+    # this reviewer was never handed. Correlated count: cheap with the item index.
+    _filled = (select(func.count(A.id)).where(A.item_id == I.id, A.slot.is_not(None))
+               .correlate(Item.__table__).scalar_subquery())
+    pick = (select(I.id).where(I.project_id == bindparam("pid"),
+                               I.id.not_in(select(A.item_id).where(A.user_id == bindparam("uid"))),
+                               _filled < bindparam("rpi"))
+            .order_by(I.id).limit(1))
+    used_slots = select(A.slot).where(A.item_id == bindparam("item"), A.slot.is_not(None))
+    add_lease = Assignment.__table__.insert()
+    view = (select(C.position, C.id, C.text, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
+            .join(PromptRow.__table__, P.id == I.prompt_id).where(C.item_id == bindparam("item")))
+    _stored = (R.id, R.item_id, R.ranks, R.shown_order, R.simulated, R.created_at, R.idempotency_key)
+    stored_by_key = select(*_stored).where(R.user_id == bindparam("uid"), R.idempotency_key == bindparam("key"))
+    stored_by_lease = select(*_stored).where(R.assignment_id == bindparam("aid"))
+    lease = (select(A.id, A.state, A.shown_order, A.expires_at)
+             .where(A.item_id == bindparam("item"), A.user_id == bindparam("uid")))
+    close_lease = update(Assignment).where(A.id == bindparam("aid")).values(state=DONE, expires_at=None)
+    add_ranking = RankingRow.__table__.insert()
+    candidate_ids = select(C.position, C.id).where(C.item_id == bindparam("item"))
 
 
 class ServiceError(UserError):
@@ -325,59 +360,37 @@ class Store:
         return await self._call_async(self._next_item_work(actor), durable=False)
 
     def _next_item_work(self, actor: Actor) -> Callable[[Session], ItemView | None]:
-        # The two hot paths (hand-out and submit) use Core statements, not ORM objects: the ORM's
-        # object loading was most of the CPU per request, which is what many reviewers are bound by.
-        A, I = Assignment.__table__.c, Item.__table__.c
-
         def work(s: Session) -> ItemView | None:
-            now = self.clock()
-            held = s.execute(select(A.item_id, A.shown_order, A.expires_at)
-                             .where(A.user_id == actor.id, A.state == LEASED, A.expires_at > now)
-                             .order_by(A.id).limit(1)).first()
+            conn, now = s.connection(), self.clock()
+            held = conn.execute(_Hot.held, {"uid": actor.id, "now": now}).first()
             if held is not None:
-                return self._item_view_core(s, held.item_id, held.shown_order, held.expires_at)
+                return self._item_view_core(conn, held.item_id, held.shown_order, held.expires_at)
             if now >= self._next_sweep:  # walked-away reviewers: their slots open again
-                s.execute(delete(Assignment).where(A.state == LEASED, A.expires_at <= now))
+                conn.execute(_Hot.sweep, {"now": now})
                 self._next_sweep = now + 1.0
             rpi = self.project.reviewers_per_item
-            # The first item (oldest first, so items complete before new ones start) with an open
-            # slot that this reviewer was never handed. Correlated count: cheap with the item index.
-            filled = (select(func.count(A.id)).where(A.item_id == I.id, A.slot.is_not(None))
-                      .correlate(Item.__table__).scalar_subquery())
-            mine = select(A.item_id).where(A.user_id == actor.id)
-            item_id = s.scalar(select(I.id).where(I.project_id == self.project.id, I.id.not_in(mine),
-                                                  filled < rpi).order_by(I.id).limit(1))
+            item_id = conn.execute(_Hot.pick, {"pid": self.project.id, "uid": actor.id, "rpi": rpi}).scalar()
             if item_id is None:
                 return None
-            used = set(s.scalars(select(A.slot).where(A.item_id == item_id, A.slot.is_not(None)))) \
-                if rpi > 1 else set()
+            used = set(conn.execute(_Hot.used_slots, {"item": item_id}).scalars()) if rpi > 1 else set()
             slot = min(set(range(rpi)) - used)
             order = list(range(self.project.k))
             random.shuffle(order)  # position bias: each reviewer sees the candidates in their own order
             expires = now + self.lease_seconds
             # A concurrent holder of this slot (PostgreSQL) fails here on the unique constraint; we retry.
-            s.execute(Assignment.__table__.insert().values(item_id=item_id, user_id=actor.id, slot=slot, state=LEASED,
-                                                           shown_order=order, leased_at=now, expires_at=expires))
-            return self._item_view_core(s, item_id, order, expires)
+            conn.execute(_Hot.add_lease, {"item_id": item_id, "user_id": actor.id, "slot": slot, "state": LEASED,
+                                          "shown_order": order, "leased_at": now, "expires_at": expires})
+            return self._item_view_core(conn, item_id, order, expires)
 
         return work
 
-    def _item_view_core(self, s: Session, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
-        C, I, P = Candidate.__table__.c, Item.__table__.c, PromptRow.__table__.c
-        rows = s.execute(select(C.position, C.id, C.text, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
-                         .join(PromptRow.__table__, P.id == I.prompt_id).where(C.item_id == item_id)).all()
+    def _item_view_core(self, conn, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
+        rows = conn.execute(_Hot.view, {"item": item_id}).all()
         by_position = {r.position: r for r in rows}
         return ItemView(item_id=item_id, prompt=rows[0].prompt,
                         candidates=[CandidateView(by_position[p].id, by_position[p].text) for p in shown_order],
                         round=rows[0].round, guideline=self.project.guideline,
                         guideline_version=self.project.guideline_version, lease_expires_at=expires_at)
-
-    def _item_view(self, a: Assignment) -> ItemView:
-        by_position = {c.position: c for c in a.item.candidates}
-        return ItemView(item_id=a.item_id, prompt=a.item.prompt_row.prompt,
-                        candidates=[CandidateView(by_position[p].id, by_position[p].text) for p in a.shown_order],
-                        round=a.item.round, guideline=self.project.guideline,
-                        guideline_version=self.project.guideline_version, lease_expires_at=a.expires_at)
 
     # -- rankings ---------------------------------------------------------------------------------
 
@@ -414,21 +427,19 @@ class Store:
         key = _check_key(idempotency_key)
         if seconds is not None and not (0 <= seconds < 1e7):
             raise Invalid("seconds: must be between 0 and 1e7")
-        A, R = Assignment.__table__.c, RankingRow.__table__.c
-        stored_cols = (R.id, R.item_id, R.ranks, R.shown_order, R.simulated, R.created_at, R.idempotency_key)
 
-        def replay(s: Session, row) -> RankingView:
-            return _ranking_view_core(s, row.id, row.item_id, row.ranks, row.shown_order, row.simulated,
+        def replay(conn, row) -> RankingView:
+            return _ranking_view_core(conn, row.id, row.item_id, row.ranks, row.shown_order, row.simulated,
                                       row.created_at, replayed=True)
 
         def work(s: Session) -> RankingView:
-            stored = s.execute(select(*stored_cols).where(R.user_id == actor.id, R.idempotency_key == key)).first()
+            conn = s.connection()
+            stored = conn.execute(_Hot.stored_by_key, {"uid": actor.id, "key": key}).first()
             if stored is not None:
                 if stored.item_id != item_id:
                     raise Conflict(f"idempotency_key: already used for item {stored.item_id}")
-                return replay(s, stored)
-            lease = s.execute(select(A.id, A.state, A.shown_order, A.expires_at)
-                              .where(A.item_id == item_id, A.user_id == actor.id)).first()
+                return replay(conn, stored)
+            lease = conn.execute(_Hot.lease, {"item": item_id, "uid": actor.id}).first()
             if lease is None:
                 if s.get(Item, item_id) is None:
                     raise NotFound(f"item {item_id}: unknown item")
@@ -436,9 +447,9 @@ class Store:
             if lease.state == DONE:
                 # On PostgreSQL (read committed) a concurrent retry with this key may have committed
                 # between our two reads: look again before calling it a conflict.
-                done = s.execute(select(*stored_cols).where(R.assignment_id == lease.id)).first()
+                done = conn.execute(_Hot.stored_by_lease, {"aid": lease.id}).first()
                 if done is not None and done.idempotency_key == key:
-                    return replay(s, done)
+                    return replay(conn, done)
                 raise Conflict(f"item {item_id}: you already ranked it; edit or undo that ranking instead")
             if lease.state == SKIPPED:
                 raise Conflict(f"item {item_id}: you skipped it")
@@ -447,12 +458,13 @@ class Store:
                 raise LeaseExpired(f"item {item_id}: your lease expired {now - (lease.expires_at or now):.0f} s ago; "
                                    f"fetch the next item again")
             canonical = _to_positions(_check_ranks(ranks, len(lease.shown_order)), lease.shown_order)
-            s.execute(Assignment.__table__.update().where(A.id == lease.id).values(state=DONE, expires_at=None))
-            result = s.execute(RankingRow.__table__.insert().values(
-                item_id=item_id, user_id=actor.id, assignment_id=lease.id, ranks=canonical,
-                shown_order=lease.shown_order, guideline_version=self.project.guideline_version, seconds=seconds,
-                simulated=bool(simulated), idempotency_key=key, created_at=now, edit_count=0))
-            return _ranking_view_core(s, result.inserted_primary_key[0], item_id, canonical, lease.shown_order,
+            conn.execute(_Hot.close_lease, {"aid": lease.id})
+            result = conn.execute(_Hot.add_ranking, {
+                "item_id": item_id, "user_id": actor.id, "assignment_id": lease.id, "ranks": canonical,
+                "shown_order": lease.shown_order, "guideline_version": self.project.guideline_version,
+                "seconds": seconds, "simulated": bool(simulated), "idempotency_key": key, "created_at": now,
+                "updated_at": None, "edit_count": 0})
+            return _ranking_view_core(conn, result.inserted_primary_key[0], item_id, canonical, lease.shown_order,
                                       bool(simulated), now)
 
         return work
@@ -493,7 +505,7 @@ class Store:
             now = self.clock()
             lease.state, lease.leased_at, lease.expires_at = LEASED, now, now + self.lease_seconds
             s.flush()
-            return self._item_view(lease)
+            return self._item_view_core(s.connection(), lease.item_id, lease.shown_order, lease.expires_at)
 
         return self._run(work)
 
@@ -685,11 +697,10 @@ def _ranking_view(row: RankingRow, replayed: bool = False) -> RankingView:
                        created_at=row.created_at, replayed=replayed)
 
 
-def _ranking_view_core(s: Session, ranking_id: int, item_id: int, ranks: list[int], shown_order: list[int],
+def _ranking_view_core(conn, ranking_id: int, item_id: int, ranks: list[int], shown_order: list[int],
                        simulated: bool, created_at: float, replayed: bool = False) -> RankingView:
     """``_ranking_view`` from column values: one small query for the reply ids, no ORM objects."""
-    C = Candidate.__table__.c
-    by_position = {position: cid for position, cid in s.execute(select(C.position, C.id).where(C.item_id == item_id))}
+    by_position = dict(conn.execute(_Hot.candidate_ids, {"item": item_id}).tuples().all())
     return RankingView(ranking_id=ranking_id, item_id=item_id, ranks=[ranks[p] for p in shown_order],
                        candidate_ids=[by_position[p] for p in shown_order], simulated=bool(simulated),
                        created_at=created_at, replayed=replayed)
