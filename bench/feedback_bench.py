@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile

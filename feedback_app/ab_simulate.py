@@ -8,11 +8,10 @@ equal scores are a tie. The account never learns which policy wrote which reply.
 from __future__ import annotations
 
 import random
-import threading
 
 from feedback_app.ab import verdict_from_scores
 from feedback_app.rules import Rule, score_replies
-from feedback_app.simulate import ReviewerResult, _client, _login, _post_with_retry
+from feedback_app.simulate import ReviewerResult, _client, _login, _post_with_retry, run_accounts
 from rlhf.errors import UserError
 
 
@@ -45,31 +44,5 @@ def judge_as(url: str, username: str, password: str, set_ref: str, rule: Rule, n
 def simulate_ab(url: str, accounts: list[str], password: str, set_ref: str, rule: Rule, noise: float = 0.0,
                 disagreement: float = 0.0, seed: int = 0, max_items: int | None = None) -> list[ReviewerResult]:
     """Every account judges at once until the set has no item left for it."""
-    if not accounts:
-        raise UserError("--accounts: give at least one reviewer account")
-    if not 0.0 <= disagreement <= 1.0:
-        raise UserError("--disagreement: must be between 0 and 1")
-    if noise < 0:
-        raise UserError("--noise: must be >= 0")
-    rng = random.Random(seed)
-    flipped = set(rng.sample(accounts, round(disagreement * len(accounts))))
-    results: list[ReviewerResult | None] = [None] * len(accounts)
-    failures: list[BaseException] = []
-
-    def work(i: int, name: str) -> None:
-        try:
-            results[i] = judge_as(url, name, password, set_ref, rule, noise, name in flipped, seed * 1000 + i,
-                                  max_items)
-        except BaseException as exc:  # surfaced below, on the main thread
-            failures.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i, n)) for i, n in enumerate(accounts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failures:
-        if isinstance(failures[0], UserError):
-            raise failures[0]
-        raise UserError(f"a scripted reviewer failed: {type(failures[0]).__name__}: {failures[0]}")
-    return [r for r in results if r is not None]
+    return run_accounts(accounts, noise, disagreement, seed, lambda name, flipped, account_seed: judge_as(
+        url, name, password, set_ref, rule, noise, flipped, account_seed, max_items))

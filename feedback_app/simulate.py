@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from feedback_app.rules import Rule, rank_replies
 from rlhf.errors import UserError
@@ -98,6 +99,14 @@ def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: floa
 def simulate(url: str, accounts: list[str], password: str, rule: Rule, noise: float = 0.0,
              disagreement: float = 0.0, seed: int = 0, max_rankings: int | None = None) -> list[ReviewerResult]:
     """Run every account at once; ``round(disagreement * len(accounts))`` of them use the flipped rule."""
+    return run_accounts(accounts, noise, disagreement, seed, lambda name, flipped, account_seed: run_reviewer(
+        url, name, password, rule, noise, flipped, account_seed, max_rankings))
+
+
+def run_accounts(accounts: list[str], noise: float, disagreement: float, seed: int,
+                 reviewer: Callable[[str, bool, int], ReviewerResult]) -> list[ReviewerResult]:
+    """Check the settings, choose the flipped accounts, run ``reviewer(name, flipped, seed)`` for every
+    account in its own thread, and raise the first failure as one line on the main thread."""
     if not accounts:
         raise UserError("--accounts: give at least one reviewer account")
     if not 0.0 <= disagreement <= 1.0:
@@ -111,7 +120,7 @@ def simulate(url: str, accounts: list[str], password: str, rule: Rule, noise: fl
 
     def work(i: int, name: str) -> None:
         try:
-            results[i] = run_reviewer(url, name, password, rule, noise, name in flipped, seed * 1000 + i, max_rankings)
+            results[i] = reviewer(name, name in flipped, seed * 1000 + i)
         except BaseException as exc:  # surfaced below, on the main thread
             failures.append(exc)
 

@@ -92,15 +92,15 @@ def build_ab_page(svc, service: AbService):
 
     with gr.Blocks(title="Blind A/B") as page:
         gr.Markdown("## Which reply is better?\nThe two replies come from two models, in a random order.")
-        chosen = gr.Dropdown(label="A/B set", choices=[], interactive=True)
-        prompt = gr.Markdown()
+        chosen = gr.Dropdown(label="A/B set", choices=[], interactive=True, elem_id="ab-set")
+        prompt = gr.Markdown(elem_id="ab-prompt")
         with gr.Row():
-            left = gr.Markdown(elem_classes=["reply-card"])
-            right = gr.Markdown(elem_classes=["reply-card"])
+            left = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-left")
+            right = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-right")
         with gr.Row():
-            buttons = [(gr.Button(label), verdict) for label, verdict in BUTTONS]
-        message = gr.Markdown()
-        report = gr.Markdown()
+            buttons = [(gr.Button(label, elem_id=f"ab-{verdict}"), verdict) for label, verdict in BUTTONS]
+        message = gr.Markdown(elem_id="ab-message")
+        report = gr.Markdown(elem_id="ab-report")
         state = gr.State(None)
         outputs = [prompt, left, right, message, state]
 

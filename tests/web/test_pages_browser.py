@@ -257,3 +257,40 @@ def test_admin_accounts_import_generate_dashboard_export(app, browser, tmp_path)
     page.locator("#export-file a").first.wait_for(timeout=10000)
     assert outside_requests(rec) == []
     page.context.close()
+
+
+def test_blind_ab_page_stores_the_verdict_against_the_hidden_policy(app, browser):
+    from feedback_app.ab_models import AbJudgement
+    from feedback_app.ab_store import AbService
+
+    store = open_db(app.db)
+    admin = next(a for a in store.list_users() if a.username == "admin")
+    AbService(store).create_set(admin, "web-ab", "base-model", "aligned-model",
+                                [{"prompt": f"A/B question {i}?", "reply_a": f"Reply of policy A number {i}.",
+                                  "reply_b": f"Reply of policy B number {i}."} for i in range(2)])
+    rec = Recorder()
+    page = open_page(browser, rec)
+    login(page, app.url, "bob", PASSWORDS["bob"], path="/ab")
+    page.wait_for_url("**/ab**", timeout=30000)
+    left = wait_until(lambda: (t := page.locator("#ab-left").inner_text()) and "Reply of policy" in t and t,
+                      30, "the first A/B item")
+    assert "aligned-model" not in page.content() and "base-model" not in page.content()  # blind
+    page.click("#ab-left")  # "Left is better"
+    page.get_by_text("Saved.").wait_for(timeout=30000)
+    with store.sessions() as s:
+        [judged] = s.scalars(select(AbJudgement).where(AbJudgement.verdict.is_not(None))).all()
+        assert judged.verdict == "left" and not judged.simulated and judged.seconds is not None
+        assert judged.winner == ("a" if "policy A" in left else "b")  # the hidden order maps it back
+    page.click("#ab-both_bad")
+    page.get_by_text("Nothing left to judge in this set.").wait_for(timeout=30000)
+    assert outside_requests(rec) == []
+    page.context.close()
+
+    # The admin's view of the same page: the win rate with its interval and the position-bias check.
+    page = open_page(browser, rec)
+    login(page, app.url, "admin", PASSWORDS["admin"], path="/ab")
+    page.get_by_text("base-model vs aligned-model").wait_for(timeout=30000)
+    row = page.locator("#ab-report tr").filter(has_text="web-ab").inner_text()
+    assert "1 / 0 / 0 / 1" in row or "0 / 1 / 0 / 1" in row, row
+    assert "left side won" in page.locator("#ab-report").inner_text()
+    page.context.close()
