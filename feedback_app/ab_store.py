@@ -6,7 +6,9 @@ asks for the next item of a set: they get one they have not judged, picked at ra
 replies in a random left/right order, and no policy names. The order is drawn and stored when the
 item is handed out (a row in ``ab_judgements`` with ``verdict`` NULL), so every verdict maps back
 to a policy and the position-bias check can be computed. Each item is judged by up to
-``judgements_per_item`` different reviewers. Win rates and intervals come from ``feedback_app.ab``.
+``judgements_per_item`` different reviewers. An unanswered judgement is a lease like a ranking's: after
+the project's ``lease_seconds`` it is dropped and its item goes to someone else. Win rates and
+intervals come from ``feedback_app.ab``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from feedback_app.ab import VERDICTS, summarize, winner_of
 from feedback_app.auth import Actor
 from feedback_app.models import AbItem, AbJudgement, AbSet, User  # (import models first: it loads ab_models)
-from feedback_app.store import Conflict, Forbidden, Invalid, NotFound, Store
+from feedback_app.store import Conflict, Forbidden, Invalid, LeaseExpired, NotFound, Store
 from rlhf.schema import validate_prompt
 
 # ---------------------------------------------------------------------------------------------------
@@ -132,6 +134,9 @@ class AbService:
 
         def work(s: Session) -> AbItemView | None:
             ab = self._set(s, set_ref)
+            # Walked-away reviewers: their unanswered judgements expire and the items open again.
+            s.execute(delete(AbJudgement).where(AbJudgement.verdict.is_(None),
+                                                AbJudgement.shown_at <= self.store.clock() - self.store.lease_seconds))
             held = s.scalar(select(AbJudgement).join(AbItem, AbItem.id == AbJudgement.item_id)
                             .where(AbItem.set_id == ab.id, AbJudgement.user_id == actor.id,
                                    AbJudgement.verdict.is_(None)).order_by(AbJudgement.id).limit(1))
@@ -167,9 +172,12 @@ class AbService:
         def work(s: Session) -> dict:
             j = s.get(AbJudgement, judgement_id)
             if j is None:
-                raise NotFound(f"judgement {judgement_id}: not found")
+                raise NotFound(f"judgement {judgement_id}: not found (an unanswered one expires after "
+                               f"{self.store.lease_seconds:.0f} s; fetch the next item again)")
             if j.user_id != actor.id:
                 raise Forbidden(f"judgement {judgement_id}: handed to another reviewer")
+            if j.verdict is None and j.shown_at <= self.store.clock() - self.store.lease_seconds:
+                raise LeaseExpired(f"judgement {judgement_id}: your lease expired; fetch the next item again")
             if j.verdict is not None:
                 if j.verdict != verdict:
                     raise Conflict(f"judgement {judgement_id}: already answered '{j.verdict}'")

@@ -77,20 +77,27 @@ def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: floa
     rng = random.Random(seed)
     with _client(url) as client:
         headers = {"Authorization": f"Bearer {_login(client, username, password)}"}
+        item = None
         while max_rankings is None or result.submitted < max_rankings:
-            resp = client.get("/api/items/next", headers=headers)
-            resp.raise_for_status()
-            item = resp.json()["item"]
+            if item is None:
+                resp = client.get("/api/items/next", headers=headers)
+                resp.raise_for_status()
+                item = resp.json()["item"]
             if item is None:
                 break
             ranks = rank_replies(rule, [c["text"] for c in item["candidates"]], rng, noise, flipped)
+            more = max_rankings is None or result.submitted + 1 < max_rankings
             body = {"item_id": item["item_id"], "ranks": ranks, "idempotency_key": uuid.uuid4().hex,
-                    "seconds": 0.0, "simulated": True}
+                    "seconds": 0.0, "simulated": True, "fetch_next": more}  # the answer carries the next item
             resp = _post_with_retry(client, "/api/rankings", body, headers)
             if resp.status_code in (200, 201):
                 result.submitted += 1
+                item = resp.json().get("next_item") if more else None
+                if more and item is None:
+                    break  # nothing left for this account
             else:
                 result.errors.append(f"item {item['item_id']}: {resp.status_code} {resp.json().get('detail')}")
+                item = None
                 if len(result.errors) > 20:
                     break
     return result

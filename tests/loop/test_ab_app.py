@@ -178,3 +178,30 @@ def test_cli_create_simulate_and_report(tmp_path):
     assert all(j["simulated"] for j in report["judgements"])
     assert "win rate of aligned 0.750" in result.stdout
     _user_error(run_cli("app", "ab", "report", "missing", *flags), "missing", "not found")
+
+
+def test_an_unanswered_judgement_expires_and_its_item_goes_to_another_reviewer(tmp_path):
+    from feedback_app.ab_store import AbService
+    from feedback_app.db import open_store
+    from feedback_app.store import LeaseExpired, ServiceError, Store
+
+    now = [1000.0]
+    _, sessions = open_store(f"sqlite:///{tmp_path / 'ab.db'}")
+    store = Store(sessions, "p", k=2, lease_seconds=60, clock=lambda: now[0])
+    admin, alice, bob = store.add_user("admin", "adminpass1", "admin"), store.add_user("alice", "alicepass1"), \
+        store.add_user("bob", "bobpass123")
+    service = AbService(store)
+    service.create_set(admin, "s", "base", "aligned", [{"prompt": "q", "reply_a": "A", "reply_b": "B"}])
+    held = service.next_item(alice, "s")
+    assert service.next_item(bob, "s") is None  # alice holds the only judgement
+    now[0] += 61  # alice walked away
+    with pytest.raises(LeaseExpired, match="lease expired"):
+        service.judge(alice, held.judgement_id, "left")
+    handed = service.next_item(bob, "s")
+    assert handed is not None
+    service.judge(bob, handed.judgement_id, "tie")
+    with pytest.raises(ServiceError):  # alice's old judgement is gone (its id may now be bob's)
+        service.judge(alice, held.judgement_id, "left")
+    report = service.report(admin, "s")["win_rate"]
+    assert (report["ties"], report["wins_a"], report["wins_b"]) == (1, 0, 0)
+    assert service.next_item(alice, "s") is None  # the set is complete
