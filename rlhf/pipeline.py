@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import secrets
 import shlex
@@ -110,9 +111,10 @@ class Run:
         return proc.stdout
 
 
-def timed(name: str, resumable: bool = True):
+def timed(name: str, resumable: bool = True, outputs: tuple[str, ...] = ()):
     """Record a stage's wall time in ``run.times``; mark it done (``RUN/.done/``) so that ``--resume``
-    skips it after an interruption."""
+    skips it after an interruption. A stage that was cut short leaves its ``outputs`` (paths in the run
+    folder) half written: ``--resume`` removes them before running the stage again."""
     def wrap(fn):
         def inner(run: Run, *args, **kwargs):
             marker = run.dir / ".done" / name.replace(" ", "_")
@@ -120,6 +122,11 @@ def timed(name: str, resumable: bool = True):
                 run.times[name] = float(marker.read_text())
                 print(f"\n== {name}: done before ({run.times[name]:.1f} s), skipped", flush=True)
                 return None
+            if run.resume:
+                for partial in (run.dir / rel for rel in outputs):
+                    if partial.exists():
+                        print(f"   removing {partial} (left by the interrupted run)", flush=True)
+                        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
             start = time.perf_counter()
             print(f"\n== {name}", flush=True)
             result = fn(run, *args, **kwargs)
@@ -224,12 +231,12 @@ def rank(run: Run) -> None:
              f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
 
 
-@timed("export rankings")
+@timed("export rankings", outputs=("export", "ppo_prompts.jsonl"))
 def export_rankings(run: Run) -> None:
     run.rlhf("app", "export", str(run.dir / "export"), "--prompts", str(run.dir / "ppo_prompts.jsonl"), *run.db_flags)
 
 
-@timed("train reward model")
+@timed("train reward model", outputs=("reward",))
 def train_reward(run: Run) -> None:
     c = run.config
     base = c.reward_base or c.policy
@@ -238,7 +245,7 @@ def train_reward(run: Run) -> None:
              *_flags(c.reward_flags))
 
 
-@timed("evaluate reward model")
+@timed("evaluate reward model", outputs=("reward/eval",))
 def eval_reward(run: Run) -> None:
     run.rlhf("reward", "eval", str(run.dir / "reward"), str(run.dir / "export"), "--output",
              str(run.dir / "reward" / "eval"))
@@ -247,17 +254,21 @@ def eval_reward(run: Run) -> None:
 @timed("PPO")
 def ppo(run: Run) -> None:
     c = run.config
+    # An interrupted PPO run continues from its newest complete checkpoint instead of starting over.
+    resume = run.resume and any((run.dir / "ppo" / "checkpoints").glob("step-*"))
+    if run.resume and not resume and (run.dir / "ppo").exists():
+        shutil.rmtree(run.dir / "ppo")
     run.rlhf("ppo", "--config", c.ppo_config, "--policy", c.policy, "--reward-model", str(run.dir / "reward"),
              "--prompts-file", str(run.dir / "ppo_prompts.jsonl"), "--output-dir", str(run.dir / "ppo"),
-             "--seed", str(c.seed), *_flags(c.ppo_flags))
+             "--seed", str(c.seed), *_flags(c.ppo_flags), *(["--resume"] if resume else []))
 
 
-@timed("export aligned")
+@timed("export aligned", outputs=("aligned",))
 def export_aligned(run: Run) -> None:
     run.rlhf("export", str(run.dir / "ppo"), str(run.dir / "aligned"))
 
 
-@timed("held-out replies")
+@timed("held-out replies", outputs=("eval",))
 def heldout_replies(run: Run) -> None:
     """The same held-out prompts, sampling settings and seed for both policies."""
     c = run.config
@@ -272,10 +283,15 @@ def heldout_replies(run: Run) -> None:
 def ab_judgement(run: Run) -> None:
     """Aligned is policy A, base is B; the reviewers see neither name, in a random recorded order."""
     c = run.config
-    run.rlhf("app", "ab", "create", "aligned-vs-base", "--policy-a", "aligned", "--replies-a",
-             str(run.dir / "eval" / "aligned.jsonl"), "--policy-b", "base", "--replies-b",
-             str(run.dir / "eval" / "base.jsonl"), "--judgements-per-item", str(c.ab_judgements_per_item),
-             *run.db_flags)
+    try:
+        run.rlhf("app", "ab", "create", "aligned-vs-base", "--policy-a", "aligned", "--replies-a",
+                 str(run.dir / "eval" / "aligned.jsonl"), "--policy-b", "base", "--replies-b",
+                 str(run.dir / "eval" / "base.jsonl"), "--judgements-per-item", str(c.ab_judgements_per_item),
+                 *run.db_flags)
+    except UserError as exc:  # made by the interrupted run from the same replies: its judging continues
+        if not (run.resume and "already exists" in str(exc)):
+            raise
+        print("   the A/B set of the interrupted run is kept; judging continues", flush=True)
     run.rlhf("simulate", "--url", run.url, "--accounts", _accounts(run), "--ab", "aligned-vs-base",
              f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
     run.rlhf("app", "ab", "report", "aligned-vs-base", "--output", str(run.dir / "ab.json"), *run.db_flags)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,3 +44,53 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         [sys.executable, "-m", "rlhf.cli", *args], cwd=cwd or REPO, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningApp:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_app(args: list[str], port: int, log: Path, timeout: float = 120) -> RunningApp:
+    """Start ``python -m rlhf.cli ARGS --port PORT`` (e.g. ``app serve ...``) and wait until ``/health`` answers."""
+    import httpx
+
+    handle = log.open("w")
+    process = subprocess.Popen([sys.executable, "-m", "rlhf.cli", *args, "--port", str(port)], cwd=REPO,
+                               stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    app = RunningApp(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the app exited with {process.returncode}:\n{app.output()}")
+        try:
+            if httpx.get(app.url + "/health", timeout=2).status_code == 200:
+                return app
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_app(app)
+    raise AssertionError(f"the app did not answer /health within {timeout} s:\n{app.output()}")
+
+
+def stop_app(app: RunningApp, timeout: float = 30) -> int:
+    """SIGTERM, as a service manager would; returns the exit status."""
+    if app.process.poll() is None:
+        app.process.send_signal(signal.SIGTERM)
+        try:
+            app.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            app.process.kill()
+            app.process.wait()
+    return app.process.returncode

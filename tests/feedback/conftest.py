@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -17,15 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO  # noqa: F401  (applies the offline environment)
+from tests.conftest import REPO, free_port  # noqa: F401  (REPO: applies the offline environment)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_postgres(*cmd: str) -> list[str]:

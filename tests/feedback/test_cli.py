@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import datasets
-import httpx
 
-from tests.conftest import run_cli
-from tests.feedback.conftest import free_port
+from tests.conftest import free_port, run_cli, start_app, stop_app
 from tests.feedback.helpers import new_store
 
 
@@ -100,18 +97,10 @@ def test_simulate_ranks_through_the_api_and_export_trains_the_reward_model_forma
     assert app(db, "import", str(tmp_path / "p.jsonl")).returncode == 0
     assert_user_error(run_cli("simulate", "--rule", "len(text", "--password", "x"), "not a Python expression")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "app", "serve", "--database-url", url, "--port",
-                               str(port), "--k", "2", "--reviewers-per-item", "2", "--project", "p"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = start_app(["app", "serve", "--database-url", url, "--k", "2", "--reviewers-per-item", "2",
+                        "--project", "p"], port, tmp_path / "server.log")
     try:
-        assert f"http://127.0.0.1:{port}" in server.stdout.readline()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        assert f"http://127.0.0.1:{port}" in server.output()  # the app prints its address
         result = run_cli("simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "s1,s2",
                          "--password", "simpass123", "--create-accounts", "--admin", "admin",
                          "--rule", "len(text)", "--disagreement", "0.5", "--seed", "1",
@@ -121,8 +110,7 @@ def test_simulate_ranks_through_the_api_and_export_trains_the_reward_model_forma
         assert_user_error(run_cli("simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "s1",
                                   "--password", "wrongpass1", "--rule", "len(text)"), "login as 's1' failed")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_app(server)
     out = tmp_path / "export"
     result = app(db, "export", str(out), "--source", "simulated")
     assert result.returncode == 0, result.stderr

@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from feedback_app.ab import proportion_interval
 from feedback_app.config import AppConfig
 from feedback_app.server import build_app
-from tests.conftest import run_cli
-from tests.feedback.conftest import free_port
+from tests.conftest import free_port, run_cli, start_app, stop_app
 
 
 @pytest.fixture
@@ -144,17 +141,8 @@ def test_cli_create_simulate_and_report(tmp_path):
     assert json.loads(result.stdout)["items"] == 12
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "app", "serve", *flags, "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = start_app(["app", "serve", *flags], port, tmp_path / "server.log")
     try:
-        assert f"http://127.0.0.1:{port}" in server.stdout.readline()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
         admin = subprocess.run([sys.executable, "-m", "rlhf.cli", "app", "users", "add", "admin", "--role", "admin",
                                 "--password-stdin", *flags], input="adminpass1\n", capture_output=True, text=True)
         assert admin.returncode == 0, admin.stderr
@@ -166,8 +154,7 @@ def test_cli_create_simulate_and_report(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "total: 12 simulated A/B judgements" in result.stdout
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_app(server)
     out = tmp_path / "ab.json"
     result = run_cli("app", "ab", "report", "eval", "--output", str(out), *flags)
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 
 import datasets
@@ -47,6 +48,27 @@ def test_small_quickstart_produces_every_artefact(tmp_path, tiny_model_dir):
     for command in ("rlhf app import", "rlhf simulate", "rlhf reward train", "rlhf ppo", "rlhf export",
                     "rlhf app ab create", "rlhf app ab report"):
         assert command in commands
+
+    # Interrupted while exporting the aligned model: later stages never ran, the export is half written.
+    for stage in ("PPO", "export_aligned", "held-out_replies", "blind_A/B_judgement", "score_held-out_replies"):
+        (run / ".done" / stage).unlink()
+    with sqlite3.connect(run / "feedback.db") as db:
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("DELETE FROM ab_sets")
+    weights = run / "aligned" / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (run / "REPORT.md").unlink()
+    again = subprocess.run([str(REPO / "scripts" / "quickstart.sh"), "--config", str(config), "--policy",
+                            str(tiny_model_dir), "--run-dir", str(run), "--resume"], cwd=REPO, capture_output=True,
+                           text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "== train reward model: done before" in again.stdout
+    assert f"removing {run / 'aligned'}" in again.stdout
+    assert "resumed from" in (run / "stages.log").read_text()  # PPO continued from its last checkpoint
+    assert len((run / "ppo" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert weights.stat().st_size == size and (run / "REPORT.md").is_file()
+    assert json.loads((run / "ab.json").read_text())["win_rate"]["total"] == 8
 
 
 def test_quickstart_refuses_a_used_run_folder_and_a_bad_config(tmp_path):

@@ -7,73 +7,18 @@ but this one, so each test can check that nothing left the machine.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, RunningApp, free_port, start_app, stop_app  # noqa: F401  (used by the tests)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class RunningApp:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start_app(args: list[str], port: int, log: Path, timeout: float = 120) -> RunningApp:
-    """Start ``python -m rlhf.cli ARGS --port PORT`` and wait until ``/health`` answers."""
-    handle = log.open("w")
-    process = subprocess.Popen([sys.executable, "-m", "rlhf.cli", *args, "--port", str(port)], cwd=REPO,
-                               stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    app = RunningApp(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited with {process.returncode}:\n{app.output()}")
-        try:
-            if httpx.get(app.url + "/health", timeout=2).status_code == 200:
-                return app
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_app(app)
-    raise AssertionError(f"the app did not answer /health within {timeout} s:\n{app.output()}")
-
-
-def stop_app(app: RunningApp, timeout: float = 30) -> int:
-    """SIGTERM, as a service manager would; returns the exit status."""
-    if app.process.poll() is None:
-        app.process.send_signal(signal.SIGTERM)
-        try:
-            app.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            app.process.kill()
-            app.process.wait()
-    return app.process.returncode
 
 
 @pytest.fixture(scope="session")
