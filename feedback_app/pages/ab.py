@@ -98,7 +98,7 @@ def build_ab_page(svc, service: AbService):
             left = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-left")
             right = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-right")
         with gr.Row():
-            buttons = [(gr.Button(label, elem_id=f"ab-{verdict}"), verdict) for label, verdict in BUTTONS]
+            buttons = [(gr.Button(label, elem_id=f"ab-verdict-{verdict}"), verdict) for label, verdict in BUTTONS]
         message = gr.Markdown(elem_id="ab-message")
         report = gr.Markdown(elem_id="ab-report")
         state = gr.State(None)

@@ -275,13 +275,13 @@ def test_blind_ab_page_stores_the_verdict_against_the_hidden_policy(app, browser
     left = wait_until(lambda: (t := page.locator("#ab-left").inner_text()) and "Reply of policy" in t and t,
                       30, "the first A/B item")
     assert "aligned-model" not in page.content() and "base-model" not in page.content()  # blind
-    page.click("#ab-left")  # "Left is better"
+    page.click("#ab-verdict-left")  # "Left is better"
     page.get_by_text("Saved.").wait_for(timeout=30000)
     with store.sessions() as s:
         [judged] = s.scalars(select(AbJudgement).where(AbJudgement.verdict.is_not(None))).all()
         assert judged.verdict == "left" and not judged.simulated and judged.seconds is not None
         assert judged.winner == ("a" if "policy A" in left else "b")  # the hidden order maps it back
-    page.click("#ab-both_bad")
+    page.click("#ab-verdict-both_bad")
     page.get_by_text("Nothing left to judge in this set.").wait_for(timeout=30000)
     assert outside_requests(rec) == []
     page.context.close()
