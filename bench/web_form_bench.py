@@ -142,7 +142,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="web-form-bench-") as tmp:
         web = summary("web form (Gradio submit on /review)", bench_web(Path(tmp), args.reviewers, args.rankings))
-        rest = summary("REST API (next + submit)", bench_ours(Path(tmp), args.reviewers, args.rankings))
+        rest = summary("REST API (submit + next, 1 request)", bench_ours(Path(tmp), args.reviewers, args.rankings))
         base = summary("bare Gradio app (1 queued event)", bench_gradio(Path(tmp), args.reviewers, args.rankings))
     print(f"\n{args.reviewers} concurrent reviewers x {args.rankings} rankings, load generator in its own process")
     print(f"{'system':38s} {'rank/s':>8s} {'cycle p50':>10s} {'p99':>8s} {'acked':>6s} {'stored':>6s} {'lost':>5s}")
