@@ -83,7 +83,7 @@ def run_variant(args) -> dict:
 
     train_rows = Dataset.from_list([r.kwise().to_row() for r in make_rankings(args.train_prompts, seed=1)])
     test_rows = [r.kwise().to_row() for r in make_rankings(args.test_prompts, seed=2)]
-    bf16 = args.variant.endswith("bf16")
+    bf16 = "bf16" in args.variant
     mode = args.variant.split("-")[0]
     config = RewardConfig(
         model="bundled", mode=mode, output_dir=str(Path(args.workdir) / args.variant), bf16=bf16,
@@ -146,9 +146,9 @@ def run_variant(args) -> dict:
     return result
 
 
-def child(variant: str, args, max_steps: int) -> dict:
+def child(variant: str, args, max_steps: int, lr: float | None = None) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--train-prompts", str(args.train_prompts),
-           "--test-prompts", str(args.test_prompts), "--lr", str(args.lr), "--max-steps", str(max_steps),
+           "--test-prompts", str(args.test_prompts), "--lr", str(lr or args.lr), "--max-steps", str(max_steps),
            "--workdir", args.workdir]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -164,6 +164,9 @@ def main() -> int:
     parser.add_argument("--test-prompts", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--bf16-steps", type=int, default=12, help="steps of the bf16 comparison (0: skip)")
+    parser.add_argument("--kwise-lr-scale", type=float, default=3.0,
+                        help="also train K-wise with the learning rate times this (it takes 3x the pairs per "
+                             "step, so 3x fewer steps per epoch; the usual linear scaling); 0: skip")
     parser.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default="/tmp/reward_bench")
@@ -175,30 +178,39 @@ def main() -> int:
     print(f"reward bench: bundled SmolLM2-135M + LoRA r16, K=4, {args.train_prompts} train / "
           f"{args.test_prompts} held-out prompts, 8 sequences per step, one epoch", file=sys.stderr)
     runs = {v: child(v, args, -1) for v in ("pairwise-fp32", "kwise-fp32")}
+    if args.kwise_lr_scale:
+        runs["kwise-fp32-scaled"] = child("kwise-fp32-scaled", args, -1, lr=args.lr * args.kwise_lr_scale)
     if args.bf16_steps:
         # float32 step times come from the full runs above (median step, first step left out).
         runs["pairwise-fp32-short"], runs["kwise-fp32-short"] = runs["pairwise-fp32"], runs["kwise-fp32"]
         for v in ("pairwise-bf16", "kwise-bf16"):
             runs[v + "-short"] = child(v, args, args.bf16_steps)
 
-    base, kw = runs["pairwise-fp32"], runs["kwise-fp32"]
-    print("\n| float32, one epoch | pairwise (TRL stock) | K-wise | ratio |")
-    print("|---|---|---|---|")
-    print(f"| steps | {base['steps']} | {kw['steps']} | |")
-    print(f"| pairs per second | {base['pairs_per_second']:.2f} | {kw['pairs_per_second']:.2f} | "
-          f"{kw['pairs_per_second'] / base['pairs_per_second']:.2f}x |")
-    print(f"| seconds per step | {base['seconds_per_step']:.2f} | {kw['seconds_per_step']:.2f} | "
-          f"{kw['seconds_per_step'] / base['seconds_per_step']:.2f}x |")
-    print(f"| peak RSS (GB) | {base['peak_rss_gb']:.2f} | {kw['peak_rss_gb']:.2f} | "
-          f"{kw['peak_rss_gb'] / base['peak_rss_gb']:.2f}x |")
-    for r in (base, kw):
+    base = runs["pairwise-fp32"]
+    cols = [("K-wise", runs["kwise-fp32"])]
+    if "kwise-fp32-scaled" in runs:
+        cols.append((f"K-wise, lr x{args.kwise_lr_scale:g}", runs["kwise-fp32-scaled"]))
+    for r in [base] + [c for _, c in cols]:
         r["acc_text"] = f"{r['held_out_accuracy']:.3f} [{r['held_out_ci95'][0]:.3f}, {r['held_out_ci95'][1]:.3f}]"
-    print(f"| held-out accuracy [95% CI] | {base['acc_text']} | {kw['acc_text']} | "
-          f"{kw['held_out_accuracy'] - base['held_out_accuracy']:+.3f} |")
-    print(f"| training GFLOP/s | {base['flops_per_second'] / 1e9:.1f} | {kw['flops_per_second'] / 1e9:.1f} | |")
-    print(f"| ... of a float32 4096^2 matmul ({kw['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s) | "
-          f"{base['flops_per_second'] / base['matmul_flops_per_second']:.0%} | "
-          f"{kw['flops_per_second'] / kw['matmul_flops_per_second']:.0%} | |")
+
+    def row(label, fmt, ratio=None):
+        cells = [fmt(base)] + [fmt(c) + (f" ({ratio(c, base)})" if ratio else "") for _, c in cols]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    print(f"\n| float32, one epoch, lr {args.lr:g} unless said | pairwise (TRL stock) | "
+          + " | ".join(name for name, _ in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    row("steps", lambda r: str(r["steps"]))
+    row("pairs per second", lambda r: f"{r['pairs_per_second']:.2f}",
+        lambda r, b: f"{r['pairs_per_second'] / b['pairs_per_second']:.2f}x")
+    row("seconds per step", lambda r: f"{r['seconds_per_step']:.2f}",
+        lambda r, b: f"{r['seconds_per_step'] / b['seconds_per_step']:.2f}x")
+    row("peak RSS (GB)", lambda r: f"{r['peak_rss_gb']:.2f}", lambda r, b: f"{r['peak_rss_gb'] / b['peak_rss_gb']:.2f}x")
+    row("held-out accuracy [95% CI]", lambda r: r["acc_text"],
+        lambda r, b: f"{r['held_out_accuracy'] - b['held_out_accuracy']:+.3f}")
+    row("training GFLOP/s", lambda r: f"{r['flops_per_second'] / 1e9:.1f}")
+    row("... of a float32 4096^2 matmul in the same process",
+        lambda r: f"{r['flops_per_second'] / r['matmul_flops_per_second']:.0%}")
     if args.bf16_steps:
         print(f"\n| median step (fp32: one epoch; bf16: {args.bf16_steps} steps) | pairwise fp32 | pairwise bf16 | "
               f"K-wise fp32 | K-wise bf16 |")
@@ -223,7 +235,8 @@ def main() -> int:
     print(f"\nload average during the runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores "
           f"(other jobs share this CPU; ratios are measured in the same run)")
     print(f"\nreproduce: .venv/bin/python bench/reward_bench.py --train-prompts {args.train_prompts} "
-          f"--test-prompts {args.test_prompts} --lr {args.lr} --bf16-steps {args.bf16_steps}")
+          f"--test-prompts {args.test_prompts} --lr {args.lr} --bf16-steps {args.bf16_steps} "
+          f"--kwise-lr-scale {args.kwise_lr_scale:g}")
     return 0
 
 
