@@ -7,7 +7,9 @@ names its cause:
   a_trl_reference   full fine-tuning, separate reference copy, float32 (TRL's PPO example set-up)
   lora_shared_ref   LoRA policy; the reference is the same weights with the adapter off
   bf16_autocast     bfloat16 autocast for the training forward/backward (the CPU's AMX units)
-  b_default         configs/ppo/default.yaml: LoRA shared reference + bfloat16 autocast
+  value_lora        the value model trained through a LoRA adapter + its score head (no AdamW state or
+                    gradients for its backbone)
+  b_default         configs/ppo/default.yaml: LoRA shared reference + bfloat16 autocast + value LoRA
 
 Figures: seconds per update (first update excluded as warm-up), episodes per second, peak resident
 memory of the process, and the share of each update spent generating. Ratios are against
@@ -32,10 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 VARIANTS = {
-    "a_trl_reference": {"lora.enabled": False, "bf16_autocast": False},
-    "lora_shared_ref": {"lora.enabled": True, "bf16_autocast": False},
-    "bf16_autocast": {"lora.enabled": False, "bf16_autocast": True},
-    "b_default": {"lora.enabled": True, "bf16_autocast": True},
+    "a_trl_reference": {"lora.enabled": False, "bf16_autocast": False, "value_lora": False},
+    "lora_shared_ref": {"lora.enabled": True, "bf16_autocast": False, "value_lora": False},
+    "bf16_autocast": {"lora.enabled": False, "bf16_autocast": True, "value_lora": False},
+    "value_lora": {"lora.enabled": False, "bf16_autocast": False, "value_lora": True},
+    "b_default": {"lora.enabled": True, "bf16_autocast": True, "value_lora": True},
 }
 
 

@@ -36,6 +36,9 @@ class PPORunConfig(Config):
     dtype: str = Field("float32", description="weights dtype: float32 or bfloat16")
     bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision)")
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    value_lora: bool = Field(False, description="train the value model through a LoRA adapter (lora's r, alpha and "
+                             "target modules) plus its score head, instead of in full: no gradients or AdamW state "
+                             "for its 135M backbone weights (ignored under ZeRO-3)")
 
     max_prompt_tokens: int = Field(256, ge=1, description="prompts longer than this (chat template applied) are dropped")
     response_length: int = Field(32, ge=1, description="new tokens per reply at most")

@@ -292,6 +292,17 @@ def lora_config(settings):
                       modules_to_save=list(settings.modules_to_save) or None)
 
 
+def add_value_adapter(value_model, settings) -> None:
+    """LoRA layers injected into the value model in place (it stays a plain ``*ForSequenceClassification``,
+    which TRL reads through ``base_model_prefix`` and ``score``); only the adapter and the score head train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=0.0,
+                                       target_modules=list(settings.target_modules)), value_model)
+    for name, param in value_model.named_parameters():
+        param.requires_grad = "lora_" in name or name.startswith("score.")
+
+
 def resolve_resume(run: PPORunConfig, resume: str | None) -> Path | None:
     """``None`` (fresh run), ``"latest"`` (newest complete checkpoint of output_dir) or a checkpoint path."""
     if resume is None:
@@ -329,6 +340,8 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     reference = None if run.lora.enabled else load_policy(run.policy, dtype=run.dtype)
     reward_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
     value_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
+    if run.value_lora and zero_stage() < 3:
+        add_value_adapter(value_model, run.lora)
     if stats and run.center_rewards:
         _centre_reward_model(reward_model, stats)
     probe = RolloutProbe(tokenizer.eos_token_id)

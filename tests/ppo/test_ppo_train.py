@@ -149,3 +149,24 @@ def test_export_merged_and_adapter_alone(lora_run, tmp_path):
         assert torch.allclose(adapter(**ids).logits, merged(**ids).logits, atol=1e-4)
     card = (merged_dir / "README.md").read_text()
     assert "Reward model" in card and "| reward |" in card
+
+
+def test_value_lora_trains_the_adapter_and_score_head_not_the_value_backbone(tmp_path, tiny_model_dir,
+                                                                              tiny_reward_dir):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "value-lora"
+    result = run_cli("ppo", *tiny_args(tiny_model_dir, tiny_reward_dir, out), "--value-lora", "true",
+                     "--total-updates", "2", "--num-eval-prompts", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = _weights(out, 2)
+    reward = load_file(tiny_reward_dir / "model.safetensors")
+    lora_b = {k: v for k, v in state.items() if k.startswith("value_model.") and "lora_B" in k}
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values())  # B starts at zero
+    assert not torch.equal(state["value_model.score.weight"], reward["score.weight"])
+    for name, value in reward.items():  # every backbone weight of the value model is where it started
+        if name.startswith("score."):
+            continue
+        key = f"value_model.{name}" if f"value_model.{name}" in state else \
+            f"value_model.{name.replace('.weight', '.base_layer.weight')}"
+        assert torch.equal(state[key], value), name
