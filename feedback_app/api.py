@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile
 import orjson
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from feedback_app.auth import Actor
@@ -165,9 +165,10 @@ async def submit_ranking(body: RankingIn, request: Request, actor: Actor = Depen
     args = (actor, body.item_id, body.ranks, key, body.seconds, body.simulated)
     if body.fetch_next:
         view, following = await store.submit_and_next_async(*args)
+        payload = {**_json(view), "next_item": _json(following)}
     else:
-        view, following = await store.submit_ranking_async(*args), None
-    payload = {**_json(view), "next_item": _json(following)} if body.fetch_next else _json(view)
+        view = await store.submit_ranking_async(*args)
+        payload = _json(view)
     return _fast(payload, 200 if view.replayed else 201)
 
 

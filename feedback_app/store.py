@@ -21,9 +21,9 @@ import random
 import threading
 import time
 from concurrent.futures import Future
-from functools import partial
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import bindparam, delete, func, select, update
@@ -441,9 +441,7 @@ class Store:
                 return replay(conn, stored)
             lease = conn.execute(_Hot.lease, {"item": item_id, "uid": actor.id}).first()
             if lease is None:
-                if s.get(Item, item_id) is None:
-                    raise NotFound(f"item {item_id}: unknown item")
-                raise NotFound(f"item {item_id}: not handed to you (fetch the next item first)")
+                _not_handed(s, item_id)
             if lease.state == DONE:
                 # On PostgreSQL (read committed) a concurrent retry with this key may have committed
                 # between our two reads: look again before calling it a conflict.
@@ -472,9 +470,7 @@ class Store:
     def _own_assignment(self, s: Session, actor: Actor, item_id: int) -> Assignment:
         lease = s.scalar(select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == actor.id))
         if lease is None:
-            if s.get(Item, item_id) is None:
-                raise NotFound(f"item {item_id}: unknown item")
-            raise NotFound(f"item {item_id}: not handed to you (fetch the next item first)")
+            _not_handed(s, item_id)
         return lease
 
     def edit_ranking(self, actor: Actor, ranking_id: int, ranks: list[int]) -> RankingView:
@@ -690,17 +686,28 @@ def _to_positions(shown_ranks: list[int], shown_order: list[int]) -> list[int]:
     return canonical
 
 
+def _not_handed(s: Session, item_id: int) -> None:
+    """The error for an item the actor holds no assignment on."""
+    if s.get(Item, item_id) is None:
+        raise NotFound(f"item {item_id}: unknown item")
+    raise NotFound(f"item {item_id}: not handed to you (fetch the next item first)")
+
+
 def _ranking_view(row: RankingRow, replayed: bool = False) -> RankingView:
-    by_position = {c.position: c.id for c in row.item.candidates}
-    return RankingView(ranking_id=row.id, item_id=row.item_id, ranks=[row.ranks[p] for p in row.shown_order],
-                       candidate_ids=[by_position[p] for p in row.shown_order], simulated=row.simulated,
-                       created_at=row.created_at, replayed=replayed)
+    return _view_of(row.id, row.item_id, row.ranks, row.shown_order, {c.position: c.id for c in row.item.candidates},
+                    row.simulated, row.created_at, replayed)
 
 
 def _ranking_view_core(conn, ranking_id: int, item_id: int, ranks: list[int], shown_order: list[int],
                        simulated: bool, created_at: float, replayed: bool = False) -> RankingView:
     """``_ranking_view`` from column values: one small query for the reply ids, no ORM objects."""
     by_position = dict(conn.execute(_Hot.candidate_ids, {"item": item_id}).tuples().all())
+    return _view_of(ranking_id, item_id, ranks, shown_order, by_position, simulated, created_at, replayed)
+
+
+def _view_of(ranking_id: int, item_id: int, ranks: list[int], shown_order: list[int], by_position: dict[int, int],
+             simulated: bool, created_at: float, replayed: bool) -> RankingView:
+    """Ranks stored by candidate position -> the view in the order this reviewer was shown them."""
     return RankingView(ranking_id=ranking_id, item_id=item_id, ranks=[ranks[p] for p in shown_order],
                        candidate_ids=[by_position[p] for p in shown_order], simulated=bool(simulated),
                        created_at=created_at, replayed=replayed)

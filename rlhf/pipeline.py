@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import os
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
