@@ -7,6 +7,8 @@ names its cause:
   a_trl_reference   full fine-tuning, separate reference copy, float32 (TRL's PPO example set-up)
   lora_shared_ref   LoRA policy; the reference is the same weights with the adapter off
   bf16_autocast     bfloat16 autocast for the training forward/backward (the CPU's AMX units)
+  bf16_rollouts     generation and the reference, value and reward passes in bfloat16 (the policy's
+                    weights copied to bfloat16 once per rollout batch; output layers in float32)
   value_lora        the value model trained through a LoRA adapter + its score head (no AdamW state or
                     gradients for its backbone)
   b_default         configs/ppo/default.yaml: LoRA shared reference + bfloat16 autocast + value LoRA
@@ -33,12 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+_OFF = {"lora.enabled": False, "bf16_autocast": False, "bf16_rollouts": False, "value_lora": False}
 VARIANTS = {
-    "a_trl_reference": {"lora.enabled": False, "bf16_autocast": False, "value_lora": False},
-    "lora_shared_ref": {"lora.enabled": True, "bf16_autocast": False, "value_lora": False},
-    "bf16_autocast": {"lora.enabled": False, "bf16_autocast": True, "value_lora": False},
-    "value_lora": {"lora.enabled": False, "bf16_autocast": False, "value_lora": True},
-    "b_default": {"lora.enabled": True, "bf16_autocast": True, "value_lora": True},
+    "a_trl_reference": _OFF,
+    "lora_shared_ref": {**_OFF, "lora.enabled": True},
+    "bf16_autocast": {**_OFF, "bf16_autocast": True},
+    "bf16_rollouts": {**_OFF, "bf16_rollouts": True},
+    "value_lora": {**_OFF, "value_lora": True},
+    "b_default": {"lora.enabled": True, "bf16_autocast": True, "bf16_rollouts": True, "value_lora": True},
 }
 
 
@@ -94,7 +98,14 @@ def child(variant: str, args) -> dict:
     measured = per_update[1:] or per_update  # the first update warms caches up
     seconds = sum(measured) / len(measured)
     gen = generating[1:] if len(generating) > 1 else generating
-    return {"variant": variant, "s_per_update": seconds, "episodes_per_s": args.batch / seconds,
+    # One PPO epoch over one minibatch: the training forward sees the very weights that made the
+    # rollout, so its log-probabilities differ from the rollout's only by arithmetic. approxkl
+    # (mean of (new - old)^2 / 2 per token) measures that; so does the KL to the reference at
+    # update 1, where policy and reference are still the same weights.
+    metrics = [json.loads(x) for x in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
+    return {"approxkl": sum(m["policy/approxkl_avg"] for m in metrics) / len(metrics),
+            "kl_update_1": metrics[0]["kl"],
+            "variant": variant, "s_per_update": seconds, "episodes_per_s": args.batch / seconds,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
             "generate_share": (sum(gen) / len(gen)) / seconds, "updates_measured": len(measured)}
 
@@ -135,11 +146,15 @@ def main() -> int:
     base = results.get("a_trl_reference") or next(iter(results.values()))
     print(f"PPO on the bundled SmolLM2-135M-Instruct: batch {args.batch}, {args.response_length} new tokens, "
           f"{args.updates} updates (first excluded), torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'variant':<18}{'s/update':>10}{'episodes/s':>12}{'x eps':>8}{'peak GB':>10}{'x mem':>8}{'generate':>10}")
+    print(f"{'variant':<18}{'s/update':>10}{'episodes/s':>12}{'x eps':>8}{'peak GB':>10}{'x mem':>8}{'generate':>10}"
+          f"{'approxkl':>10}{'kl@1':>8}")
     for name, r in results.items():
         print(f"{name:<18}{r['s_per_update']:>10.2f}{r['episodes_per_s']:>12.3f}"
               f"{r['episodes_per_s'] / base['episodes_per_s']:>8.2f}{r['peak_rss_gb']:>10.2f}"
-              f"{r['peak_rss_gb'] / base['peak_rss_gb']:>8.2f}{r['generate_share']:>10.0%}")
+              f"{r['peak_rss_gb'] / base['peak_rss_gb']:>8.2f}{r['generate_share']:>10.0%}"
+              f"{r['approxkl']:>10.5f}{r['kl_update_1']:>8.3f}")
+    print("approxkl: rollout log-probs against the training forward's, same weights (arithmetic only); "
+          "kl@1: summed KL to the reference at update 1, where the two are the same weights")
     print("reproduce: .venv/bin/python bench/ppo_bench.py " + " ".join(sys.argv[1:]))
     return 0
 

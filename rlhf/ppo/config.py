@@ -34,7 +34,11 @@ class PPORunConfig(Config):
     output_dir: str = Field("runs/ppo", description="run directory: config, checkpoints, logs, TensorBoard")
     seed: int = Field(0, description="random seed")
     dtype: str = Field("float32", description="weights dtype: float32 or bfloat16")
-    bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision)")
+    bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision; output "
+                                "layers stay float32)")
+    bf16_rollouts: bool = Field(False, description="generate and score rollouts in bfloat16: autocast for the passes "
+                                "without gradients, bfloat16 copies of the policy's weights (LoRA merged) while "
+                                "generating; output layers stay float32")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     value_lora: bool = Field(False, description="train the value model through a LoRA adapter (lora's r, alpha and "
                              "target modules) plus its score head, instead of in full: no gradients or AdamW state "

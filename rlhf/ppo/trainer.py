@@ -165,11 +165,37 @@ class ResumablePPOTrainer(PPOTrainer):
         self.writer = MetricsWriter(run.output_dir) if self.accelerator.is_main_process else None
         self.add_callback(_RunCallback(self))
         self.remove_callback(PrinterCallback)  # our callback prints one readable line per update
+        if run.bf16_autocast or run.bf16_rollouts:
+            self._bfloat16(rollouts=run.bf16_rollouts, swap_weights=zero_stage() < 3)
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             # TRL's loop reaches the policy as `model.policy` for the LoRA reference pass, which DDP's
             # wrapper does not forward. Expose it as a plain attribute (not a submodule, so DDP's
             # parameters and state dict stay as they are).
             object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
+
+    def _bfloat16(self, rollouts: bool, swap_weights: bool) -> None:
+        """Output layers in float32; with ``rollouts``, generation and the reference, value and reward
+        passes in bfloat16 (see rlhf.ppo.rollout)."""
+        from rlhf.ppo.rollout import autocast_without_grad, bf16_generate, float32_output_layer
+
+        unwrap = self.accelerator.unwrap_model
+        device = self.accelerator.device.type
+        wrapper = unwrap(self.model)
+        policy = wrapper.policy
+        causal_lms = [policy.get_base_model() if hasattr(policy, "get_base_model") else policy]
+        if self.ref_model is not None:
+            causal_lms.append(unwrap(self.ref_model))
+        scorers = [wrapper.value_model, unwrap(self.reward_model)]
+        for model in causal_lms:
+            float32_output_layer(model.get_output_embeddings())
+            if rollouts:
+                autocast_without_grad(model, device)
+        for model in scorers:
+            float32_output_layer(model.score)
+            if rollouts:
+                autocast_without_grad(getattr(model, model.base_model_prefix), device)
+        if rollouts:
+            bf16_generate(policy, device, swap_weights)
 
     def train(self):
         if self.resume_from is not None:

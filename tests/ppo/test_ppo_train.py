@@ -170,3 +170,28 @@ def test_value_lora_trains_the_adapter_and_score_head_not_the_value_backbone(tmp
         key = f"value_model.{name}" if f"value_model.{name}" in state else \
             f"value_model.{name.replace('.weight', '.base_layer.weight')}"
         assert torch.equal(state[key], value), name
+
+
+def test_bf16_rollouts_run_trains_the_adapter_and_leaves_the_reference_bit_for_bit(tmp_path, tiny_model_dir,
+                                                                                  tiny_reward_dir):
+    """The default's precision settings on the tiny models: generation swaps bfloat16 merged weights in
+    and out every update; the base weights (the reference) must come back unchanged each time."""
+    import json
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "bf16"
+    result = run_cli("ppo", *tiny_args(tiny_model_dir, tiny_reward_dir, out), "--bf16-autocast", "true",
+                     "--bf16-rollouts", "true", "--total-updates", "3", "--save-every", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = _weights(out, 3)
+    assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("policy.") and "lora_B" in k)
+    for name, value in load_file(tiny_model_dir / "model.safetensors").items():
+        key = f"policy.base_model.model.{name}"
+        key = key if key in state else key.replace(".weight", ".base_layer.weight")
+        assert state[key].dtype == torch.float32 and torch.equal(state[key], value), name
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # one epoch, one minibatch: rollout and training log-probs differ by arithmetic alone
+    assert len(metrics) == 3 and all(m["policy/approxkl_avg"] < 0.01 for m in metrics)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["reply"] is not None for s in samples)

@@ -1,0 +1,126 @@
+"""Rollouts in bfloat16: generation and the reference, value and reward passes of each PPO update.
+
+Half of a PPO update on a CPU is spent without gradients: sampling the replies token by token, then
+scoring them with the reference, value and reward models. Those passes read every weight for little
+arithmetic, so they are bound by memory traffic and per-operation overhead, and bfloat16 halves the
+first (the CPU's AMX units run the rest). Three pieces:
+
+* ``float32_output_layer`` (with ``bf16_autocast`` or ``bf16_rollouts``): the output layers, the
+  LM head and the score heads, run in float32 from bfloat16-era hidden states. Rounding logits of
+  20 to 30 to bfloat16's 8 bits is most of the log-probability error of a bfloat16 pass: measured
+  on the bundled model against a float32 forward, 0.5 * mean (delta log p)^2 per token is 0.00087
+  for an autocast forward with a bfloat16 head and 0.00042 with a float32 head.
+* ``autocast_without_grad`` (``bf16_rollouts``): a model's forward runs under bfloat16 autocast when
+  gradients are off, and unchanged when they are on, so the training step keeps its own precision
+  setting (``bf16_autocast``).
+* ``bf16_generation_weights`` (``bf16_rollouts``): during ``generate`` every linear layer of the policy reads a
+  bfloat16 copy of its weight, made once per rollout batch instead of once per token, with the
+  LoRA adapter merged into it, and the LoRA layers are swapped out for their base layers, so no
+  adapter code runs per token. (Autocast alone casts each frozen weight again for every token.)
+  The original float32 tensors and modules are put back afterwards, so the reference (adapter off)
+  never drifts, as it would with merge then unmerge. Generation log-probabilities are then 0.00025
+  from a float32 forward by the measure above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+
+def _bf16_autocast(device_type: str):
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def autocast_without_grad(module: torch.nn.Module, device_type: str) -> None:
+    """Run ``module.forward`` under bfloat16 autocast whenever gradients are disabled."""
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        with _bf16_autocast(device_type):
+            return forward(*args, **kwargs)
+
+    module.forward = run
+
+
+def float32_output_layer(layer: torch.nn.Module) -> None:
+    """Run ``layer`` (a head producing logits or scores) in float32, also inside autocast regions
+    (a layer whose weights are not float32, as with ``dtype: bfloat16``, is left as it is)."""
+    if layer.weight.dtype != torch.float32:
+        return
+    forward = layer.forward
+
+    @functools.wraps(forward)
+    def run(hidden, *args, **kwargs):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return forward(hidden.float(), *args, **kwargs)
+
+    layer.forward = run
+
+
+def _linear_layers(policy: torch.nn.Module):
+    """(parent, attribute, linear layer, LoRA layer or None) for every linear layer of the policy but
+    its output layer; for a LoRA layer, the linear layer is its base layer."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        LoraLayer = ()
+    output = policy.get_output_embeddings()
+    for parent in policy.modules():
+        for attribute, module in parent.named_children():
+            if isinstance(module, LoraLayer):
+                yield parent, attribute, module.get_base_layer(), module
+            elif isinstance(module, torch.nn.Linear) and module is not output:
+                yield parent, attribute, module, None
+
+
+@contextlib.contextmanager
+def bf16_generation_weights(policy: torch.nn.Module):
+    """Inside the block each linear layer of ``policy`` holds a bfloat16 copy of its weight; a LoRA
+    layer is replaced by its base layer holding the merged weight (base plus the active adapters'
+    delta), so generation runs no adapter code. Everything is put back afterwards: the original
+    float32 tensors, not a subtraction of the delta."""
+    weights, modules = [], []
+    with torch.no_grad():
+        for parent, attribute, linear, lora in list(_linear_layers(policy)):
+            if linear.weight.dtype != torch.float32 or (lora is not None and getattr(lora, "merged", False)):
+                continue
+            original = linear.weight.data
+            merged = original
+            if lora is not None and not lora.disable_adapters:
+                for name in lora.active_adapters:
+                    if name in lora.lora_A:
+                        merged = merged + lora.get_delta_weight(name)
+                modules.append((parent, attribute, lora))
+                setattr(parent, attribute, linear)
+            weights.append((linear.weight, original))
+            linear.weight.data = merged.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for parent, attribute, lora in modules:
+            setattr(parent, attribute, lora)
+        for weight, original in weights:
+            weight.data = original
+
+
+def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool) -> None:
+    """Make ``policy.generate`` sample under bfloat16 autocast, with bfloat16 (merged) weights if ``swap_weights``."""
+    generate = policy.generate
+
+    @functools.wraps(generate)
+    def run(*args, **kwargs):
+        weights = bf16_generation_weights(policy) if swap_weights else contextlib.nullcontext()
+        with torch.no_grad(), weights, _bf16_autocast(device_type):
+            output = generate(*args, **kwargs)
+        scores = getattr(output, "scores", None)
+        if scores is not None and scores and scores[0].dtype != torch.float32:
+            output.scores = tuple(s.float() for s in scores)
+        return output
+
+    policy.generate = run

@@ -1,0 +1,130 @@
+"""bfloat16 rollouts (rlhf.ppo.rollout) on the tiny model: what changes inside, what comes back after."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.ppo.config import LoraSettings
+from rlhf.ppo.rollout import autocast_without_grad, bf16_generate, bf16_generation_weights, float32_output_layer
+from rlhf.ppo.trainer import lora_config
+
+
+@pytest.fixture
+def lora_policy(tiny_model_dir):
+    """A PEFT policy whose adapter is not zero (B starts at zero; give it values so merging matters)."""
+    from peft import get_peft_model
+
+    from rlhf.modeling import load_policy
+
+    torch.manual_seed(0)
+    policy = get_peft_model(load_policy(tiny_model_dir, dtype="float32"), lora_config(LoraSettings(r=4, alpha=8)))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return policy.eval()
+
+
+def _prompt(tiny_model_dir):
+    from rlhf.modeling import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir, padding_side="left")
+    texts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+             for t in ("Where is my parcel?", "How do I change my password?")]
+    return tok, tok(texts, return_tensors="pt", padding=True)
+
+
+def test_generation_weights_are_merged_bf16_inside_and_the_same_tensors_after(lora_policy):
+    from peft.tuners.lora import LoraLayer
+
+    lora_layers = {name: m for name, m in lora_policy.named_modules() if isinstance(m, LoraLayer)}
+    q_proj = next(m for name, m in lora_layers.items() if name.endswith("q_proj"))
+    base = q_proj.get_base_layer()
+    original = base.weight.data
+    before = original.clone()
+    expected = (before + q_proj.get_delta_weight("default")).to(torch.bfloat16)
+    head = lora_policy.get_output_embeddings()
+
+    with bf16_generation_weights(lora_policy):
+        assert not any(isinstance(m, LoraLayer) for m in lora_policy.modules())  # no adapter code per token
+        assert base.weight.dtype == torch.bfloat16
+        assert torch.equal(base.weight.data, expected)
+        assert head.weight.dtype == torch.float32  # the output layer is not copied
+
+    assert set(lora_layers) == {n for n, m in lora_policy.named_modules() if isinstance(m, LoraLayer)}
+    assert base.weight.data_ptr() == original.data_ptr() and torch.equal(base.weight, before)  # put back, not un-merged
+
+
+def test_generation_weights_are_put_back_when_generation_fails(lora_policy):
+    base = next(m for n, m in lora_policy.named_modules() if n.endswith("v_proj.base_layer"))
+    original = base.weight.data
+    with pytest.raises(RuntimeError, match="boom"):
+        with bf16_generation_weights(lora_policy):
+            raise RuntimeError("boom")
+    assert base.weight.data_ptr() == original.data_ptr() and base.weight.dtype == torch.float32
+
+
+def _sequence_logprobs(model, sequences, context, pad_id):
+    """Log-probabilities of the sampled tokens from one full forward, as TRL's rollout makes it."""
+    from trl.experimental.ppo.ppo_trainer import forward
+
+    with torch.no_grad():
+        logits = forward(model, sequences, pad_id).logits[:, context - 1:-1] / 0.7
+    return torch.log_softmax(logits.float(), -1).gather(-1, sequences[:, context:, None])[..., 0]
+
+
+def test_bf16_generation_samples_the_adapted_policy_with_float32_scores(lora_policy, tiny_model_dir):
+    from transformers import GenerationConfig
+
+    tok, batch = _prompt(tiny_model_dir)
+    config = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=True, temperature=0.7, top_k=0,
+                              top_p=1.0, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    inner = lora_policy.get_base_model()
+    float32_output_layer(inner.get_output_embeddings())
+    autocast_without_grad(inner, "cpu")
+    bf16_generate(lora_policy, "cpu", swap_weights=True)
+    torch.manual_seed(1)
+    out = lora_policy.generate(**batch, generation_config=config, return_dict_in_generate=True, output_scores=True)
+    assert all(s.dtype == torch.float32 for s in out.scores)
+    context = batch["input_ids"].shape[1]
+    sampled = out.sequences[:, context:]
+    generated = torch.log_softmax(torch.stack(out.scores, 1), -1).gather(-1, sampled[..., None])[..., 0]
+    # against the float32 adapted policy (adapter on, not merged): close, not equal
+    reference = _sequence_logprobs(lora_policy, out.sequences, context, tok.pad_token_id)
+    assert (generated - reference).abs().max() < 0.1
+    assert (generated - reference).abs().mean() < 0.02
+    with lora_policy.disable_adapter():
+        base_logprobs = _sequence_logprobs(lora_policy, out.sequences, context, tok.pad_token_id)
+    # the adapter is in the sampled distribution: its log-probs are nearer the adapted policy than the base
+    assert (generated - reference).abs().mean() < (generated - base_logprobs).abs().mean()
+
+
+def test_autocast_only_without_grad_and_float32_head_inside_autocast(tiny_model_dir):
+    from rlhf.modeling import load_policy
+
+    model = load_policy(tiny_model_dir, dtype="float32").eval()
+    ids = torch.tensor([[5, 17, 300, 42, 7]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    head = model.get_output_embeddings()
+    float32_output_layer(head)
+    autocast_without_grad(model, "cpu")
+    with torch.enable_grad():  # training passes are untouched
+        assert torch.equal(model(input_ids=ids).logits.detach(), plain)
+    with torch.no_grad():
+        fast = model(input_ids=ids).logits
+    assert fast.dtype == torch.float32 and not torch.equal(fast, plain)
+    assert torch.allclose(fast, plain, atol=0.1)
+    hidden = torch.randn(3, head.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(hidden.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.nn.functional.linear(hidden.to(torch.bfloat16).float(), head.weight))
+
+
+def test_float32_output_layer_leaves_bfloat16_weights_alone():
+    layer = torch.nn.Linear(4, 2, dtype=torch.bfloat16)
+    forward = layer.forward
+    float32_output_layer(layer)
+    assert layer.forward == forward
