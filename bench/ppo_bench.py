@@ -11,13 +11,18 @@ names its cause:
                     weights copied to bfloat16 once per rollout batch; output layers in float32)
   value_lora        the value model trained through a LoRA adapter + its score head (no AdamW state or
                     gradients for its backbone)
-  b_default         configs/ppo/default.yaml: LoRA shared reference + bfloat16 autocast + value LoRA
+  freeze_gc         gc.freeze() before the loop: TRL's two gc.collect() calls per update skip the
+                    half a million objects that imports and models created
+  b_default         configs/ppo/default.yaml: all of the above
 
-Figures: seconds per update (first update excluded as warm-up), episodes per second, peak resident
-memory of the process, and the share of each update spent generating. Ratios are against
-a_trl_reference measured in the same invocation.
+Figures: seconds per update (median over the updates after the first, which warms caches up;
+checkpoint writing excluded), episodes per second, peak resident memory of the process, the share
+of each update spent generating, and how far rollout log-probabilities are from the training
+forward's. Ratios are against a_trl_reference measured in the same invocation. With --repeats N
+the variants run N times in turn (a, b, ..., a, b, ...) and the medians pool all their updates, so
+a slow spell of the shared machine does not land on one variant only.
 
-    .venv/bin/python bench/ppo_bench.py [--updates 4] [--batch 4] [--response-length 32]
+    .venv/bin/python bench/ppo_bench.py [--updates 6] [--repeats 2] [--batch 4] [--response-length 32]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,14 +41,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_OFF = {"lora.enabled": False, "bf16_autocast": False, "bf16_rollouts": False, "value_lora": False}
+_OFF = {"lora.enabled": False, "bf16_autocast": False, "bf16_rollouts": False, "value_lora": False,
+        "freeze_gc": False}
 VARIANTS = {
     "a_trl_reference": _OFF,
     "lora_shared_ref": {**_OFF, "lora.enabled": True},
     "bf16_autocast": {**_OFF, "bf16_autocast": True},
     "bf16_rollouts": {**_OFF, "bf16_rollouts": True},
     "value_lora": {**_OFF, "value_lora": True},
-    "b_default": {"lora.enabled": True, "bf16_autocast": True, "bf16_rollouts": True, "value_lora": True},
+    "freeze_gc": {**_OFF, "freeze_gc": True},
+    "b_default": {},  # configs/ppo/default.yaml as it is
 }
 
 
@@ -85,34 +93,55 @@ def child(variant: str, args) -> dict:
             generating.append(time.perf_counter() - start)
 
     ppo_module.batch_generation = timed_generation
+    saving = []
+    save = trainer.save_checkpoint
+
+    def timed_save():  # the final checkpoint is written inside the last update's step-end callbacks
+        start = time.perf_counter()
+        try:
+            return save()
+        finally:
+            saving.append(time.perf_counter() - start)
+
+    trainer.save_checkpoint = timed_save
     ends = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **kw):
-            ends.append(time.perf_counter())
+            ends.append((time.perf_counter(), sum(saving)))
 
     trainer.add_callback(Clock())
-    start = time.perf_counter()
+    start = (time.perf_counter(), 0.0)
     trainer.train()
-    per_update = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    per_update = [(b - a) - (sb - sa) for (a, sa), (b, sb) in zip([start] + ends[:-1], ends)]
     measured = per_update[1:] or per_update  # the first update warms caches up
-    seconds = sum(measured) / len(measured)
     gen = generating[1:] if len(generating) > 1 else generating
     # One PPO epoch over one minibatch: the training forward sees the very weights that made the
     # rollout, so its log-probabilities differ from the rollout's only by arithmetic. approxkl
     # (mean of (new - old)^2 / 2 per token) measures that; so does the KL to the reference at
     # update 1, where policy and reference are still the same weights.
     metrics = [json.loads(x) for x in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
-    return {"approxkl": sum(m["policy/approxkl_avg"] for m in metrics) / len(metrics),
-            "kl_update_1": metrics[0]["kl"],
-            "variant": variant, "s_per_update": seconds, "episodes_per_s": args.batch / seconds,
+    return {"variant": variant, "update_seconds": measured, "generate_seconds": gen,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
-            "generate_share": (sum(gen) / len(gen)) / seconds, "updates_measured": len(measured)}
+            "approxkl": sum(m["policy/approxkl_avg"] for m in metrics) / len(metrics),
+            "kl_update_1": metrics[0]["kl"]}
+
+
+def summarise(runs: list[dict], batch: int) -> dict:
+    """Medians over every measured update of every repeat; the largest peak memory."""
+    seconds = statistics.median(s for r in runs for s in r["update_seconds"])
+    generating = statistics.median(s for r in runs for s in r["generate_seconds"])
+    return {"s_per_update": seconds, "episodes_per_s": batch / seconds, "generate_share": generating / seconds,
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+            "approxkl": statistics.mean(r["approxkl"] for r in runs),
+            "kl_update_1": statistics.mean(r["kl_update_1"] for r in runs),
+            "spread": (min(s for r in runs for s in r["update_seconds"]), max(s for r in runs for s in r["update_seconds"]))}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=4)
+    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -129,30 +158,33 @@ def main() -> int:
         return 0
 
     reward = reward_model_dir()
-    results = {}
+    runs = {name: [] for name in args.variants.split(",")}
     with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:
-        for name in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--child", name, "--reward-model", str(reward), "--out",
-                   os.path.join(tmp, name), "--updates", str(args.updates), "--batch", str(args.batch),
-                   "--response-length", str(args.response_length)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-                return 1
-            results[name] = json.loads(line[0][7:])
-            print(f"measured {name}", file=sys.stderr, flush=True)
+        for repeat in range(args.repeats):
+            for name in runs:
+                cmd = [sys.executable, __file__, "--child", name, "--reward-model", str(reward), "--out",
+                       os.path.join(tmp, f"{name}-{repeat}"), "--updates", str(args.updates), "--batch",
+                       str(args.batch), "--response-length", str(args.response_length)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    return 1
+                runs[name].append(json.loads(line[0][7:]))
+                print(f"measured {name} ({repeat + 1}/{args.repeats}): "
+                      f"{statistics.median(runs[name][-1]['update_seconds']):.2f} s/update", file=sys.stderr, flush=True)
+    results = {name: summarise(r, args.batch) for name, r in runs.items()}
 
     base = results.get("a_trl_reference") or next(iter(results.values()))
     print(f"PPO on the bundled SmolLM2-135M-Instruct: batch {args.batch}, {args.response_length} new tokens, "
-          f"{args.updates} updates (first excluded), torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+          f"{args.updates} updates (first excluded) x {args.repeats} repeats, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"{'variant':<18}{'s/update':>10}{'episodes/s':>12}{'x eps':>8}{'peak GB':>10}{'x mem':>8}{'generate':>10}"
-          f"{'approxkl':>10}{'kl@1':>8}")
+          f"{'approxkl':>10}{'kl@1':>8}{'min-max s':>14}")
     for name, r in results.items():
         print(f"{name:<18}{r['s_per_update']:>10.2f}{r['episodes_per_s']:>12.3f}"
               f"{r['episodes_per_s'] / base['episodes_per_s']:>8.2f}{r['peak_rss_gb']:>10.2f}"
               f"{r['peak_rss_gb'] / base['peak_rss_gb']:>8.2f}{r['generate_share']:>10.0%}"
-              f"{r['approxkl']:>10.5f}{r['kl_update_1']:>8.3f}")
+              f"{r['approxkl']:>10.5f}{r['kl_update_1']:>8.3f}{r['spread'][0]:>7.2f}-{r['spread'][1]:<6.2f}")
     print("approxkl: rollout log-probs against the training forward's, same weights (arithmetic only); "
           "kl@1: summed KL to the reference at update 1, where the two are the same weights")
     print("reproduce: .venv/bin/python bench/ppo_bench.py " + " ".join(sys.argv[1:]))
