@@ -174,6 +174,15 @@ class ResumablePPOTrainer(PPOTrainer):
             # parameters and state dict stay as they are).
             object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
 
+    def create_optimizer(self):
+        optimizer = super().create_optimizer()
+        # With LoRA on the policy and the value model nothing trainable is exempt from weight decay, so
+        # the Trainer's no-decay group is empty. DeepSpeed's ZeRO optimizer drops empty groups, after
+        # which the scheduler's per-group learning rates no longer line up ("zip() argument 2 is
+        # longer"). Drop it here, before the scheduler is built on this optimizer.
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+
     def _bfloat16(self, rollouts: bool, swap_weights: bool) -> None:
         """Output layers in float32; with ``rollouts``, generation and the reference, value and reward
         passes in bfloat16 (see rlhf.ppo.rollout)."""

@@ -60,3 +60,14 @@ def _compare_with_earlier_runs(name):
         if other != name:
             for key, value in RUNS[name].items():
                 assert torch.allclose(value, weights[key], atol=1e-5), f"{name} vs {other}: {key}"
+
+
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_two_processes_with_the_default_precision_settings(config, tmp_path, tiny_model_dir, tiny_reward_dir):
+    """default.yaml's bfloat16 training and rollouts and value LoRA under DeepSpeed (where accelerate
+    hands bf16 to DeepSpeed, and ZeRO-3 partitions the weights the rollouts would swap)."""
+    out = tmp_path / "run"
+    flags = ["--bf16-autocast", "true", "--bf16-rollouts", "true", "--value-lora", "true"]
+    result = accelerate_launch(config, _ppo(tiny_model_dir, tiny_reward_dir, out) + flags, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    _check_and_export(out, tmp_path, [result.stderr], zero=True)
