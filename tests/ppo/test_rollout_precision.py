@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlhf.ppo.config import LoraSettings
-from rlhf.ppo.rollout import autocast_without_grad, bf16_generate, bf16_generation_weights, float32_output_layer
+from rlhf.ppo.rollout import (autocast_without_grad, bf16_generate, bf16_generation_weights, float32_output_layer,
+                              top_exact_logits)
 from rlhf.ppo.trainer import lora_config
 
 
@@ -50,7 +51,9 @@ def test_generation_weights_are_merged_bf16_inside_and_the_same_tensors_after(lo
         assert not any(isinstance(m, LoraLayer) for m in lora_policy.modules())  # no adapter code per token
         assert base.weight.dtype == torch.bfloat16
         assert torch.equal(base.weight.data, expected)
-        assert head.weight.dtype == torch.float32  # the output layer is not copied
+        assert head.weight.dtype == torch.float32  # the output layer keeps its weight (tied to the embeddings)
+        assert head.generation_weight.dtype == torch.bfloat16  # and gets a copy for top_exact_logits
+    assert head.generation_weight is None
 
     assert set(lora_layers) == {n for n, m in lora_policy.named_modules() if isinstance(m, LoraLayer)}
     assert base.weight.data_ptr() == original.data_ptr() and torch.equal(base.weight, before)  # put back, not un-merged
@@ -128,3 +131,17 @@ def test_float32_output_layer_leaves_bfloat16_weights_alone():
     forward = layer.forward
     float32_output_layer(layer)
     assert layer.forward == forward
+
+
+def test_top_exact_logits_by_hand():
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.001, 0.0]])
+    hidden = torch.tensor([[3.0078125, 1.00390625]])  # exact in float32, rounds in bfloat16
+    exact = hidden @ weight.T  # [3.0078125, 1.00390625, 4.01171875, 0.0030078125]
+    rounded = (hidden.bfloat16() @ weight.bfloat16().T).float()
+    assert not torch.equal(rounded, exact)
+    got = top_exact_logits(hidden, weight, weight.bfloat16(), k=2)
+    assert torch.equal(got[0, [0, 2]], exact[0, [0, 2]])  # the two largest: float32
+    assert torch.equal(got[0, [1, 3]], rounded[0, [1, 3]])  # the rest: the bfloat16 product
+    bias = torch.tensor([0.5, 0.0, -0.5, 0.0])
+    with_bias = top_exact_logits(hidden, weight, weight.bfloat16(), bias, k=2)
+    assert torch.equal(with_bias[0, [0, 2]], exact[0, [0, 2]] + bias[[0, 2]])
