@@ -68,6 +68,17 @@ def reward_model_dir() -> Path:
     return out
 
 
+def _timed(function, seconds: list):
+    """``function``, appending the duration of each call to ``seconds``."""
+    def run(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+    return run
+
+
 def child(variant: str, args) -> dict:
     """One variant, in this process: build the run, time each update and its generation."""
     import trl.experimental.ppo.ppo_trainer as ppo_module
@@ -83,28 +94,11 @@ def child(variant: str, args) -> dict:
     config = load_config(PPORunConfig, REPO / "configs/ppo/default.yaml", overrides)
     trainer = build_trainer(config)
 
-    generating = []
-    original = ppo_module.batch_generation
-
-    def timed_generation(*a, **kw):  # TRL's loop looks the function up in its module at each update
-        start = time.perf_counter()
-        try:
-            return original(*a, **kw)
-        finally:
-            generating.append(time.perf_counter() - start)
-
-    ppo_module.batch_generation = timed_generation
-    saving = []
-    save = trainer.save_checkpoint
-
-    def timed_save():  # the final checkpoint is written inside the last update's step-end callbacks
-        start = time.perf_counter()
-        try:
-            return save()
-        finally:
-            saving.append(time.perf_counter() - start)
-
-    trainer.save_checkpoint = timed_save
+    generating, saving = [], []
+    # TRL's loop looks batch_generation up in its module at each update; the final checkpoint is
+    # written inside the last update's step-end callbacks and is taken out of that update's time.
+    ppo_module.batch_generation = _timed(ppo_module.batch_generation, generating)
+    trainer.save_checkpoint = _timed(trainer.save_checkpoint, saving)
     ends = []
 
     class Clock(TrainerCallback):

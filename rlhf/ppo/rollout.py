@@ -114,25 +114,24 @@ def bf16_generation_weights(policy: torch.nn.Module):
     float32 tensors, not a subtraction of the delta."""
     weights, modules = [], []
     head = policy.get_output_embeddings()
-    if getattr(head, "weight", None) is not None and head.weight.dtype == torch.float32:
-        head.generation_weight = head.weight.detach().to(torch.bfloat16)  # read by float32_output_layer
-    with torch.no_grad():
-        for parent, attribute, linear, lora in list(_linear_layers(policy)):
-            if linear.weight.dtype != torch.float32 or (lora is not None and getattr(lora, "merged", False)):
-                continue
-            original = linear.weight.data
-            merged = original
-            if lora is not None and not lora.disable_adapters:
-                for name in lora.active_adapters:
-                    if name in lora.lora_A:
-                        merged = merged + lora.get_delta_weight(name)
-                modules.append((parent, attribute, lora))
-                setattr(parent, attribute, linear)
-            weights.append((linear.weight, original))
-            linear.weight.data = merged.to(torch.bfloat16)
     try:
+        if getattr(head, "weight", None) is not None and head.weight.dtype == torch.float32:
+            head.generation_weight = head.weight.detach().to(torch.bfloat16)  # read by float32_output_layer
+        with torch.no_grad():
+            for parent, attribute, linear, lora in list(_linear_layers(policy)):
+                if linear.weight.dtype != torch.float32 or (lora is not None and getattr(lora, "merged", False)):
+                    continue
+                merged = linear.weight.data
+                if lora is not None and not lora.disable_adapters:
+                    for name in lora.active_adapters:
+                        if name in lora.lora_A:
+                            merged = merged + lora.get_delta_weight(name)
+                    modules.append((parent, attribute, lora))
+                    setattr(parent, attribute, linear)
+                weights.append((linear.weight, linear.weight.data))
+                linear.weight.data = merged.to(torch.bfloat16)
         yield
-    finally:
+    finally:  # also when building the copies failed half-way
         if head is not None:
             head.generation_weight = None
         for parent, attribute, lora in modules:

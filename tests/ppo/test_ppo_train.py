@@ -26,6 +26,13 @@ def lora_run(tmp_path_factory, tiny_model_dir, tiny_reward_dir) -> Path:
     return out
 
 
+def _key(state: dict, prefix: str, name: str) -> str:
+    """Where the base model's weight ``name`` sits in a checkpoint under ``prefix`` (a LoRA layer keeps
+    it as ``base_layer.weight``)."""
+    key = f"{prefix}{name}"
+    return key if key in state else f"{prefix}{name.replace('.weight', '.base_layer.weight')}"
+
+
 def _weights(run: Path, step: int) -> dict:
     from rlhf.checkpoint import checkpoint_dir, consolidated_state_dict
 
@@ -40,9 +47,7 @@ def test_lora_run_moves_adapter_and_value_model_not_the_base(lora_run, tiny_mode
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero
     base = load_file(tiny_model_dir / "model.safetensors")
     for name, value in base.items():  # the reference is the base with the adapter off: unchanged
-        key = "policy.base_model.model." + name.replace(".weight", ".base_layer.weight") \
-            if f"policy.base_model.model.{name}" not in state else f"policy.base_model.model.{name}"
-        assert torch.equal(state[key], value), name
+        assert torch.equal(state[_key(state, "policy.base_model.model.", name)], value), name
     reward = load_file(tiny_reward_dir / "model.safetensors")  # the value model starts from it, then trains
     assert any(not torch.equal(state["value_model." + k], v) for k, v in reward.items() if "value_model." + k in state)
     metrics = (lora_run / "metrics.jsonl").read_text().splitlines()
@@ -167,9 +172,7 @@ def test_value_lora_trains_the_adapter_and_score_head_not_the_value_backbone(tmp
     for name, value in reward.items():  # every backbone weight of the value model is where it started
         if name.startswith("score."):
             continue
-        key = f"value_model.{name}" if f"value_model.{name}" in state else \
-            f"value_model.{name.replace('.weight', '.base_layer.weight')}"
-        assert torch.equal(state[key], value), name
+        assert torch.equal(state[_key(state, "value_model.", name)], value), name
 
 
 def test_bf16_rollouts_run_trains_the_adapter_and_leaves_the_reference_bit_for_bit(tmp_path, tiny_model_dir,
@@ -187,8 +190,7 @@ def test_bf16_rollouts_run_trains_the_adapter_and_leaves_the_reference_bit_for_b
     state = _weights(out, 3)
     assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("policy.") and "lora_B" in k)
     for name, value in load_file(tiny_model_dir / "model.safetensors").items():
-        key = f"policy.base_model.model.{name}"
-        key = key if key in state else key.replace(".weight", ".base_layer.weight")
+        key = _key(state, "policy.base_model.model.", name)
         assert state[key].dtype == torch.float32 and torch.equal(state[key], value), name
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # one epoch, one minibatch: rollout and training log-probs differ by arithmetic alone
