@@ -1,6 +1,6 @@
 """``rlhf simulate --ab SET``: scripted reviewers judge blind A/B items over the REST API.
 
-The same rule code as the ranking reviewers (``feedback_app.rules``): each account scores the left
+The same rule code as the ranking reviewers (``rlhf.rules``): each account scores the left
 and the right reply with the rule (plus noise; flipped for a disagreeing account), the higher wins,
 equal scores are a tie. The account never learns which policy wrote which reply.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 
 from feedback_app.ab import verdict_from_scores
-from feedback_app.rules import Rule, score_replies
 from feedback_app.simulate import ReviewerResult, _client, _login, _post_with_retry, run_accounts
 from rlhf.errors import UserError
+from rlhf.rules import Rule, score_replies
 
 
 def judge_as(url: str, username: str, password: str, set_ref: str, rule: Rule, noise: float, flipped: bool,

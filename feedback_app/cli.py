@@ -254,8 +254,8 @@ def run_backup(args) -> int:
 
 
 def run_simulate(args) -> int:
-    from feedback_app.rules import load_rule
     from feedback_app.simulate import ensure_accounts, simulate
+    from rlhf.rules import load_rule
 
     rule = load_rule(args.rule)
     password = args.password or os.environ.get("RLHF_SIM_PASSWORD")

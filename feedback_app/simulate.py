@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from feedback_app.rules import Rule, rank_replies
 from rlhf.errors import UserError
+from rlhf.rules import Rule, rank_replies
 
 
 @dataclass

@@ -300,7 +300,7 @@ def ab_judgement(run: Run) -> None:
 @timed("score held-out replies")
 def score_heldout(run: Run) -> dict:
     """Reward-model score, length in tokens and the rule's score of base and aligned held-out replies."""
-    from feedback_app.rules import load_rule
+    from rlhf.rules import load_rule
     from reward.evaluate import score_rows
     from rlhf.modeling import load_score_model, load_tokenizer
 

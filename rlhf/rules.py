@@ -1,5 +1,6 @@
 """Scripted-reviewer rules: load a rule (a Python expression of ``text`` or ``module:function``) and
-turn its scores into a ranking. Pure and small, so an A/B judge can use the same code.
+turn its scores into a ranking. Pure and small, and in the core rather than the app: the app's
+scripted reviewers (ranking and A/B) and the loop's report (``rlhf loop``) score replies with the same code.
 
   --rule "len(text)"                 longer is better
   --rule "-text.count('sorry')"      fewer apologies is better

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from feedback_app.rules import load_rule, rank_replies, ranks_from_scores, score_replies
+from rlhf.rules import load_rule, rank_replies, ranks_from_scores, score_replies
 from rlhf.errors import UserError
 
 
