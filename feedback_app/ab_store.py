@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from feedback_app.ab import VERDICTS, summarize, winner_of
 from feedback_app.auth import Actor
-from feedback_app.models import AbItem, AbJudgement, AbSet, User  # (import models first: it loads ab_models)
+from feedback_app.models import AbItem, AbJudgement, AbSet, User
 from feedback_app.store import Conflict, Forbidden, Invalid, LeaseExpired, NotFound, Store
 from rlhf.schema import validate_prompt
 

@@ -30,18 +30,27 @@ def services(request: Request):
     return request.app.state.services
 
 
-def token_from(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def token_from(request) -> str | None:
+    """The login token of a request: the ``Authorization: Bearer`` header first (API clients), then the
+    ``rlhf_token`` cookie (browsers). Takes a FastAPI request or the ``gr.Request`` Gradio wraps it in."""
+    raw = getattr(request, "request", None) or request
+    header = raw.headers.get("authorization", "") if hasattr(raw, "headers") else ""
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return request.cookies.get(TOKEN_COOKIE)
+    return raw.cookies.get(TOKEN_COOKIE) if hasattr(raw, "cookies") else None
+
+
+def actor_of(svc, request) -> Actor | None:
+    """The signed-in user of a request (REST route, login form, page guard or Gradio handler), or None:
+    one HMAC check of the token, no password hashing, no database read."""
+    token = token_from(request)
+    return svc.signer.verify(token) if token else None
 
 
 async def current_actor(request: Request) -> Actor:
-    """The signed-in user: one HMAC check of the token, no password hashing, no database read.
-    (``async`` so FastAPI runs it on the event loop instead of sending it to a worker thread.)"""
-    token = token_from(request)
-    actor = services(request).signer.verify(token) if token else None
+    """The signed-in user, or 401. (``async`` so FastAPI runs it on the event loop instead of sending it
+    to a worker thread.)"""
+    actor = actor_of(services(request), request)
     if actor is None:
         raise HTTPException(401, "log in first: POST /api/login, then send 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})

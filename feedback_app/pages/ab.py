@@ -73,7 +73,7 @@ def build_ab_page(svc, service: AbService):
     """The Gradio Blocks of ``/ab`` for the app's ``Services`` and its ``AbService``."""
     import gradio as gr
 
-    from feedback_app.pages.web import actor_of
+    from feedback_app.api import actor_of
 
     def who(request: gr.Request) -> Actor:
         actor = actor_of(svc, request)

@@ -155,7 +155,7 @@ def build_reviewer_page(svc) -> "gr.Blocks":
     """The reviewer page for the app's ``Services`` (store, signer, jobs); K controls for the project's K."""
     import gradio as gr
 
-    from feedback_app.pages.web import actor_of
+    from feedback_app.api import actor_of
 
     # Gradio finds the request parameter by its annotation, so it must be the class itself (this
     # module does not use `from __future__ import annotations`).

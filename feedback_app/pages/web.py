@@ -15,8 +15,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from feedback_app.api import TOKEN_COOKIE
-from feedback_app.auth import Actor
+from feedback_app.api import TOKEN_COOKIE, actor_of
 from feedback_app.store import ServiceError
 
 REVIEW_PATH, ADMIN_PATH = "/review", "/admin"
@@ -30,16 +29,6 @@ CSS = """
 .invalid {outline: 2px solid #c00;}
 footer {display: none !important;}
 """
-
-
-def actor_of(services, request) -> Actor | None:
-    """The signed-in user of a FastAPI (or Gradio-wrapped) request, from the login cookie."""
-    raw = getattr(request, "request", None) or request  # gr.Request wraps the FastAPI request
-    token = raw.cookies.get(TOKEN_COOKIE) if hasattr(raw, "cookies") else None
-    if not token:
-        header = raw.headers.get("authorization", "") if hasattr(raw, "headers") else ""
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    return services.signer.verify(token) if token else None
 
 
 def safe_next(path: str | None) -> str:

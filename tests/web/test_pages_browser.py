@@ -260,7 +260,7 @@ def test_admin_accounts_import_generate_dashboard_export(app, browser, tmp_path)
 
 
 def test_blind_ab_page_stores_the_verdict_against_the_hidden_policy(app, browser):
-    from feedback_app.ab_models import AbJudgement
+    from feedback_app.models import AbJudgement
     from feedback_app.ab_store import AbService
 
     store = open_db(app.db)
