@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,13 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from rlhf.runtime import free_port, wait_for_http  # noqa: E402  (after the path insert)
+
 PASSWORD = "benchpass1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -124,21 +119,6 @@ async def run_load(target: str, url: str, reviewers: int, n: int) -> dict:
 # Orchestration
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer")
-
-
 def load_in_process(target: str, url: str, reviewers: int, n: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--load", target, "--url", url, "--reviewers", str(reviewers),
                           "--rankings", str(n)], capture_output=True, text=True, check=True)
@@ -162,7 +142,7 @@ def bench_ours(tmp: Path, reviewers: int, n: int, target: str = "ours") -> dict:
                                str(port), "--k", "4", "--reviewers-per-item", "1", "--project", "bench"],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", server)
+        wait_for_http(f"http://127.0.0.1:{port}/health", server)
         result = load_in_process(target, f"http://127.0.0.1:{port}", reviewers, n)
     finally:
         server.terminate()
@@ -178,7 +158,7 @@ def bench_gradio(tmp: Path, reviewers: int, n: int) -> dict:
     server = subprocess.Popen([sys.executable, str(REPO / "bench" / "gradio_baseline.py"), str(db), str(port)],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/", server)
+        wait_for_http(f"http://127.0.0.1:{port}/", server)
         result = load_in_process("gradio", f"http://127.0.0.1:{port}", reviewers, n)
     finally:
         server.terminate()

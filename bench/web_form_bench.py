@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from feedback_bench import (PASSWORD, bench_gradio, bench_ours, free_port, summary,  # noqa: E402
-                            wait_http)
+from feedback_bench import PASSWORD, bench_gradio, bench_ours, summary  # noqa: E402
+
+from rlhf.runtime import free_port, wait_for_http  # noqa: E402
 
 K = 4
 
@@ -110,7 +111,7 @@ def bench_web(tmp: Path, reviewers: int, n: int) -> dict:
                                str(port), "--k", str(K), "--reviewers-per-item", "1", "--project", "bench"],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", server)
+        wait_for_http(f"http://127.0.0.1:{port}/health", server)
         out = subprocess.run([sys.executable, __file__, "--load-web", "--url", f"http://127.0.0.1:{port}",
                               "--reviewers", str(reviewers), "--rankings", str(n)],
                              capture_output=True, text=True)

@@ -74,3 +74,43 @@ def process_rank() -> int:
 def is_main_process() -> bool:
     """Only the main process logs and writes shared files (STYLE.md principle 8)."""
     return process_rank() == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local servers: the loop, the tests and the benchmarks start the app in a subprocess and wait for it.
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now (the OS picks it; another process may take it later)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerNotUp(RuntimeError):
+    """The server process exited, or did not answer in time; the message says which."""
+
+
+def wait_for_http(url: str, process=None, timeout: float = 120.0, require_ok: bool = True) -> None:
+    """Poll ``url`` until it answers (with 200 when ``require_ok``, else with any status).
+
+    ``process`` (a ``subprocess.Popen``) is the server: if it exits first, waiting stops at once.
+    Raises ``ServerNotUp``; callers turn it into their own error (``UserError``, a test failure).
+    """
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerNotUp(f"the server exited with status {process.returncode} before answering {url}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200 or not require_ok:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise ServerNotUp(f"{url} did not answer within {timeout:g} s")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from rlhf.runtime import apply_offline_env
+from rlhf.runtime import ServerNotUp, apply_offline_env, wait_for_http
+from rlhf.runtime import free_port  # noqa: F401  (the tests import it from here)
 
 apply_offline_env()
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -46,12 +45,6 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunningApp:
     url: str
@@ -64,24 +57,16 @@ class RunningApp:
 
 def start_app(args: list[str], port: int, log: Path, timeout: float = 120) -> RunningApp:
     """Start ``python -m rlhf.cli ARGS --port PORT`` (e.g. ``app serve ...``) and wait until ``/health`` answers."""
-    import httpx
-
     handle = log.open("w")
     process = subprocess.Popen([sys.executable, "-m", "rlhf.cli", *args, "--port", str(port)], cwd=REPO,
                                stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     app = RunningApp(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited with {process.returncode}:\n{app.output()}")
-        try:
-            if httpx.get(app.url + "/health", timeout=2).status_code == 200:
-                return app
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_app(app)
-    raise AssertionError(f"the app did not answer /health within {timeout} s:\n{app.output()}")
+    try:
+        wait_for_http(app.url + "/health", process, timeout)
+    except ServerNotUp as exc:
+        stop_app(app)
+        raise AssertionError(f"{exc}:\n{app.output()}") from None
+    return app
 
 
 def stop_app(app: RunningApp, timeout: float = 30) -> int:
