@@ -136,25 +136,19 @@ def summarize(judgements: list[dict], confidence: float = 0.95, method: str = "w
 def read_replies_file(path) -> list[dict]:
     """Rows ``{"prompt": ..., "replies": [...]}`` of an ``rlhf generate --output`` JSONL file; a bad line
     raises ``UserError`` naming the file and line."""
-    import json
     from pathlib import Path
 
     from rlhf.errors import UserError
+    from rlhf.jsonl import jsonl_rows, read_text
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: replies file not found (write one with `rlhf generate --output FILE.jsonl`)")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not JSON: {exc.msg}") from None
+    for where, row in jsonl_rows(read_text(path), path):
         if not isinstance(row, dict) or "prompt" not in row or not isinstance(row.get("replies"), list) \
                 or not row["replies"] or not all(isinstance(r, str) for r in row["replies"]):
-            raise UserError(f"{path}:{n}: expected {{\"prompt\": ..., \"replies\": [text, ...]}}")
+            raise UserError(f"{where}: expected {{\"prompt\": ..., \"replies\": [text, ...]}}")
         rows.append(row)
     if not rows:
         raise UserError(f"{path}: no rows")

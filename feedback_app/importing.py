@@ -18,6 +18,7 @@ from typing import Any
 
 from feedback_app.store import ImportRow
 from rlhf.errors import UserError
+from rlhf.jsonl import jsonl_rows
 from rlhf.schema import validate_prompt
 
 
@@ -59,16 +60,7 @@ def parse_bytes(name: str, data: bytes) -> list[ImportRow]:
 
 
 def _parse_jsonl(name: str, text: str) -> list[ImportRow]:
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name}:{lineno}: malformed JSON: {exc.msg}") from None
-        rows.append(_row(data, f"{name}:{lineno}"))
-    return rows
+    return [_row(data, where) for where, data in jsonl_rows(text, name)]
 
 
 def _parse_csv(name: str, text: str) -> list[ImportRow]:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from rlhf.errors import UserError
+from rlhf.jsonl import jsonl_rows, read_text
 from rlhf.schema import Prompt, validate_prompt
 
 
@@ -41,10 +42,7 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         raise UserError(f"{path}: prompts file not found")
     if path.is_dir():
         return _read_dataset_dir(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
+    text = read_text(path)
     prompts: list[Prompt]
     if path.suffix == ".txt":
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
@@ -57,15 +55,7 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
             raise UserError(f"{path}: expected a JSON list of prompts")
         prompts = [r if isinstance(r, str) else _row_prompt(r, f"{path}: item {i}") for i, r in enumerate(rows)]
     else:  # .jsonl and anything else: one JSON object per line
-        prompts = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
-            prompts.append(_row_prompt(row, f"{path}:{lineno}"))
+        prompts = [_row_prompt(row, where) for where, row in jsonl_rows(text, path)]
     if not prompts:
         raise UserError(f"{path}: no prompts found")
     return prompts

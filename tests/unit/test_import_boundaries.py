@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "trl", "deepspeed", "gradio", "transformers", "peft", "datasets")
-LIGHT_MODULES = ["rlhf", "rlhf.schema", "rlhf.config", "rlhf.errors", "rlhf.runtime", "rlhf.prompts",
+LIGHT_MODULES = ["rlhf", "rlhf.schema", "rlhf.config", "rlhf.errors", "rlhf.runtime", "rlhf.prompts", "rlhf.jsonl",
                  "rlhf.cli", "rlhf.commands", "reward", "feedback_app"]
 
 
