@@ -1,0 +1,118 @@
+"""The linear-probe reward model: loss and fit against hand-computed values, the L2 choice on
+constructed cases, and the probe written into a tiny model's score head scoring as the probe does."""
+
+import math
+
+import pytest
+import torch
+
+from reward.probe import Probe, fit_probe, pair_accuracy, probe_loss, reply_features, select_l2, write_score_head
+
+SP1 = 0.31326168751822286  # log(1 + e^-1)
+SIGMOID_MINUS_1 = 1 / (1 + math.e)  # 0.2689414213699951
+
+
+def test_probe_loss_hand_computed():
+    # One pair, features 2 and 0, weight 0.5: d = 1, loss log(1 + e^-1) + 0.1 * 0.25.
+    x = torch.tensor([[[2.0], [0.0]]])
+    loss = probe_loss(torch.tensor([0.5]), x, torch.tensor([[1, 2]]), l2=0.1)
+    assert loss.item() == pytest.approx(SP1 + 0.025, abs=1e-7)
+    assert loss.item() == pytest.approx(0.33826168751822286, abs=1e-7)
+
+
+def test_probe_loss_ties_and_padding_give_no_pair():
+    # ranks 1, 2, 2, 0: pairs (0,1) and (0,2), both d = 1; the tie and the empty slot add nothing.
+    x = torch.tensor([[[1.0], [0.0], [0.0], [50.0]]])
+    loss = probe_loss(torch.tensor([1.0]), x, torch.tensor([[1, 2, 2, 0]]), l2=0.0)
+    assert loss.item() == pytest.approx(SP1, abs=1e-7)
+
+
+def test_fit_probe_reaches_the_hand_computed_optimum():
+    # One pair with feature difference 1: minimise log(1 + e^-w) + l2 w^2. Stationary where
+    # sigmoid(-w) = 2 l2 w; with l2 = sigmoid(-1) / 2 that is w = 1 exactly.
+    x = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    weight = fit_probe(x, torch.tensor([[1, 2]]), l2=SIGMOID_MINUS_1 / 2)
+    assert weight[0].item() == pytest.approx(1.0, abs=1e-6)
+    assert weight[1].item() == pytest.approx(0.0, abs=1e-9)  # no signal in feature 2: L2 keeps it at 0
+
+
+def test_pair_accuracy_hand_computed():
+    # ranks 1, 2, 3 with scores 3, 1, 1: (0,1) right, (0,2) right, (1,2) a tie: (1 + 1 + 0.5) / 3.
+    acc = pair_accuracy(torch.tensor([[3.0, 1.0, 1.0]]), torch.tensor([[1, 2, 3]]))
+    assert acc == pytest.approx(2.5 / 3)
+
+
+def _constructed(n: int, seed: int, reverse: bool = False):
+    """n rankings of 4 replies, 3 features; the rank follows feature 0 (reversed if asked)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, 3, generator=g)
+    order = x[:, :, 0].argsort(dim=1, descending=not reverse)
+    ranks = torch.empty(n, 4, dtype=torch.long)
+    ranks.scatter_(1, order, torch.arange(1, 5).expand(n, 4).contiguous())
+    return x, ranks
+
+
+def test_select_l2_keeps_the_weak_penalty_when_validation_agrees():
+    train_x, train_ranks = _constructed(30, seed=0)
+    val_x, val_ranks = _constructed(10, seed=1)
+    probe = select_l2("last@2", train_x, train_ranks, val_x, val_ranks, grid=(1e-4, 10.0))
+    assert probe.l2 == 1e-4
+    losses = {s["l2"]: s["val_loss"] for s in probe.selection}
+    assert losses[1e-4] < losses[10.0] < math.log(2)  # strong penalty: close to the coin flip's log 2
+    assert pair_accuracy(probe.scores(val_x), val_ranks) == 1.0
+
+
+def test_select_l2_shrinks_when_validation_disagrees():
+    # What training teaches is wrong on validation: the strength that learns least wins.
+    train_x, train_ranks = _constructed(30, seed=0)
+    val_x, val_ranks = _constructed(10, seed=1, reverse=True)
+    probe = select_l2("last@2", train_x, train_ranks, val_x, val_ranks, grid=(1e-4, 10.0), refit=False)
+    assert probe.l2 == 10.0
+    assert probe.selection[0]["val_accuracy"] == 0.0 and probe.selection[0]["train_accuracy"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_score_model(tiny_model_dir):
+    from rlhf.modeling import load_score_model, load_tokenizer
+
+    return load_score_model(tiny_model_dir), load_tokenizer(tiny_model_dir, padding_side="right")
+
+
+def _ids(tokenizer):
+    from reward.data import reply_ids
+
+    prompt = "Where is my parcel?"
+    replies = ["It ships today.", "Sorry, I cannot tell you that right now, please write again later.",
+               "Check the tracking page.", "Hello! Your parcel left the warehouse on Monday and will arrive soon."]
+    return [reply_ids(tokenizer, prompt, r) for r in replies]
+
+
+def test_reply_features_do_not_depend_on_padding(tiny_score_model):
+    model, tokenizer = tiny_score_model
+    ids = _ids(tokenizer)
+    together = reply_features(model, ids, tokenizer.pad_token_id, layers=[1, 2], batch_size=4)
+    for i, seq in enumerate(ids):
+        alone = reply_features(model, [seq], tokenizer.pad_token_id, layers=[1, 2], batch_size=1)
+        for key in ("last@1", "mean@1", "last@2", "mean@2"):
+            assert torch.allclose(together[key][i], alone[key][0], atol=1e-5), key
+    with torch.no_grad():  # the mean of one unpadded sequence's block-1 output, by hand
+        hidden = model.model(input_ids=torch.tensor([ids[1]]), output_hidden_states=True).hidden_states[1][0]
+    assert torch.allclose(together["mean@1"][1], hidden.mean(0), atol=1e-5)
+
+
+def test_probe_written_into_the_score_head_scores_as_the_probe(tiny_score_model):
+    from reward.evaluate import score_ids
+
+    model, tokenizer = tiny_score_model
+    ids = _ids(tokenizer)
+    features = reply_features(model, ids, tokenizer.pad_token_id, layers=[2], poolings=("last",))["last@2"]
+    g = torch.Generator().manual_seed(0)
+    probe = Probe("last@2", torch.randn(features.shape[1], generator=g, dtype=torch.float64),
+                  features.double().mean(0), features.double().std(0), l2=0.1)
+    write_score_head(model, probe)
+    scores = torch.tensor(score_ids(model, ids, tokenizer.pad_token_id, batch_size=4), dtype=torch.float64)
+    expected = probe.scores(features)
+    # Equal up to one constant (the head has no bias): every difference between replies agrees.
+    assert torch.allclose(scores - scores[0], expected - expected[0], atol=1e-4)
+    with pytest.raises(ValueError, match="cannot be a score head"):
+        write_score_head(model, Probe("mean@2", probe.weight, probe.mean, probe.std, 0.1))
