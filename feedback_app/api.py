@@ -9,6 +9,7 @@ see only their own rankings, and cannot reach ``/api/admin/*``. Errors come back
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import orjson
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Reque
 from pydantic import BaseModel, Field
 
 from feedback_app.auth import Actor
-from feedback_app.store import ServiceError
+from feedback_app.store import ServiceError, TooManyLogins
 
 TOKEN_COOKIE = "rlhf_token"
 
@@ -132,23 +133,21 @@ router = APIRouter(prefix="/api")
 def login(body: LoginIn, request: Request, response: Response):
     svc = services(request)
     client = request.client.host if request.client else "?"
-    wait = svc.limiter.retry_after(body.username, client)
-    if wait > 0:
-        raise HTTPException(429, f"too many failed logins for '{body.username}'; retry in {wait:.0f} s",
-                            headers={"Retry-After": str(int(wait) + 1)})
     try:
-        actor = svc.store.authenticate(body.username, body.password)
-    except ServiceError:
-        svc.limiter.failed(body.username, client)
-        raise
-    svc.limiter.succeeded(body.username, client)
+        actor = svc.store.login(body.username, body.password, client)
+    except TooManyLogins as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
     token = svc.signer.issue(actor)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", max_age=svc.signer.max_age)
     return {"token": token, "username": actor.username, "role": actor.role}
 
 
-@router.post("/logout", tags=["session"], summary="Forget the login cookie")
-def logout(response: Response):
+@router.post("/logout", tags=["session"], summary="End every session of your account and forget the cookie")
+def logout(request: Request, response: Response):
+    svc = services(request)
+    actor = actor_of(svc, request)
+    if actor is not None:  # the token stops working on the server, not only in this browser
+        svc.store.logout(actor)
     response.delete_cookie(TOKEN_COOKIE)
     return {"ok": True}
 
@@ -245,13 +244,10 @@ def job_status(job_id: str, request: Request, actor: Actor = Depends(admin_actor
 
 @router.post("/admin/export", tags=["admin"], summary="Export rankings as TRL datasets on the server")
 def export(body: ExportIn, request: Request, actor: Actor = Depends(admin_actor)):
-    import time as _time
-
-    from feedback_app.export import ExportFilters, export_rankings
+    from feedback_app.export import ExportFilters, export_path, export_rankings
 
     svc = services(request)
-    name = body.name or _time.strftime("export-%Y%m%d-%H%M%S")
-    out = svc.export_dir / name
+    out = export_path(svc.export_dir, body.name)
     filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged)
     manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
     return {"path": str(out), "manifest": {k: v for k, v in manifest.items() if k != "ranking_ids"}}

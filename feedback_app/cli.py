@@ -7,7 +7,7 @@
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
   rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
   rlhf app export --prompts FILE      the prompt set PPO reads
-  rlhf app backup FILE                an online SQLite backup while the app runs
+  rlhf app backup FILE                a backup while the app runs (SQLite file, or pg_dump SQL for PostgreSQL)
   rlhf simulate --url URL ...         scripted reviewers over the REST API
 """
 
@@ -28,13 +28,17 @@ def _app_config(args):
     return config_from_args(AppConfig, args)
 
 
-def _store(args):
+def _store(args, setup: bool = True):
+    """The config and the project's store. Only commands that set a store up (``setup``: users add,
+    import, serve, demo) may create the database or the project and write the project's settings;
+    the others (generate, export, backup, ab) refuse a missing one, so a forgotten ``--config`` does
+    not quietly work on a new, empty database."""
     from feedback_app.db import open_store
     from feedback_app.store import Store
 
     config = _app_config(args)
-    _, sessions = open_store(config.database_url, config.busy_timeout_ms)
-    return config, Store.from_config(sessions, config)
+    _, sessions = open_store(config.database_url, config.busy_timeout_ms, create=setup)
+    return config, Store.from_config(sessions, config, create=setup)
 
 
 def register(subparsers) -> None:
@@ -92,7 +96,8 @@ def register(subparsers) -> None:
     exp.add_argument("--source", choices=("all", "human", "simulated"), default="all")
     exp.add_argument("--include-flagged", action="store_true", help="keep flagged replies and items")
 
-    bak = command("backup", "copy the SQLite database while the app runs (online backup)", run_backup)
+    bak = command("backup", "copy the database while the app runs (SQLite online backup; PostgreSQL: pg_dump, "
+                            "restore with psql -f FILE)", run_backup)
     bak.add_argument("dest", metavar="FILE")
 
     ab = sub.add_parser("ab", help="blind A/B evaluation of two policies (create a set, report win rates)")
@@ -201,7 +206,7 @@ def run_import(args) -> int:
 def run_generate(args) -> int:
     from feedback_app.generate import generate_candidates
 
-    config, store = _store(args)
+    config, store = _store(args, setup=False)
     result = generate_candidates(store, config, round=args.round)
     print(json.dumps(result))
     return 0
@@ -212,7 +217,7 @@ def run_export(args) -> int:
 
     if not args.prompts and not args.out:
         raise UserError("give an output folder (rlhf app export OUT) or --prompts FILE.jsonl")
-    config, store = _store(args)
+    config, store = _store(args, setup=False)
     if args.prompts:
         n = export_prompts(store, args.prompts)
         print(f"wrote {n} prompts to {args.prompts}")
@@ -225,31 +230,10 @@ def run_export(args) -> int:
 
 
 def run_backup(args) -> int:
-    import sqlite3
-    from pathlib import Path
+    from feedback_app.backup import backup
 
-    config = _app_config(args)
-    source = config.sqlite_path()
-    if source is None:
-        raise UserError("database_url: backup copies SQLite databases; for PostgreSQL use pg_dump")
-    if not source.is_file():
-        raise UserError(f"{source}: database file not found")
-    dest = Path(args.dest)
-    if dest.exists():
-        raise UserError(f"{dest}: already exists; choose a new file name")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # sqlite3's online backup copies a consistent snapshot page by page while the app keeps writing.
-    src = sqlite3.connect(str(source), timeout=config.busy_timeout_ms / 1000)
-    dst = sqlite3.connect(str(dest))
-    try:
-        src.backup(dst, pages=256, sleep=0.01)
-        ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        dst.close()
-        src.close()
-    if ok != "ok":
-        raise UserError(f"{dest}: backup failed its integrity check: {ok}")
-    print(f"backed up {source} to {dest}")
+    source = backup(_app_config(args), args.dest)
+    print(f"backed up {source} to {args.dest}")
     return 0
 
 
@@ -292,7 +276,7 @@ def run_ab_create(args) -> int:
     # Parse both files before opening the store: a bad line stores nothing.
     items = pair_replies(read_replies_file(args.replies_a), read_replies_file(args.replies_b),
                          f"{args.replies_a} / {args.replies_b}")
-    _, store = _store(args)
+    _, store = _store(args, setup=False)
     admin = _cli_admin()
     info = AbService(store).create_set(admin, args.name, args.policy_a, args.policy_b, items,
                                        args.judgements_per_item)
@@ -303,13 +287,15 @@ def run_ab_create(args) -> int:
 def run_ab_report(args) -> int:
     from feedback_app.ab_store import AbService
 
-    _, store = _store(args)
+    _, store = _store(args, setup=False)
     report = AbService(store).report(_cli_admin(), args.name)
     if args.output:
-        from pathlib import Path
+        from feedback_app.files import path_error, prepare_parent
 
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        try:
+            prepare_parent(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        except OSError as exc:
+            raise path_error(args.output, exc) from None
     wr, pb = report["win_rate"], report["position_bias"]
     rate = "n/a" if wr["win_rate_a"] is None else f"{wr['win_rate_a']:.3f} [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}]"
     print(json.dumps({k: report[k] for k in ("name", "policy_a", "policy_b", "items", "open")}))

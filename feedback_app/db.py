@@ -23,12 +23,13 @@ from rlhf.errors import UserError
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
-    """An engine for ``url``; for SQLite the parent folder is created and the pragmas set per connection."""
+def make_engine(url: str, busy_timeout_ms: int = 30000, create: bool = True) -> Engine:
+    """An engine for ``url``; for SQLite the pragmas are set per connection, and a missing database
+    file is created (owner-only, with its folder) when ``create`` or refused when not."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_file(Path(path), create)
         engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
                                pool_size=20, max_overflow=40)
         _sqlite_pragmas(engine, busy_timeout_ms)
@@ -37,6 +38,24 @@ def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
         return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
     except Exception as exc:  # unknown dialect or driver missing
         raise UserError(f"database_url: cannot use {url!r}: {exc}") from None
+
+
+def _sqlite_file(path: Path, create: bool) -> None:
+    """Make sure the database file exists before SQLAlchemy opens it.
+
+    Created here, not by SQLite, so that it is owner-only (0600, like ``secret.key``) whatever the
+    umask; SQLite gives the -wal and -shm files the same mode. Only commands that set a store up may
+    create one: any other command pointed at a missing file would work on a new, empty database."""
+    from feedback_app.files import create_private_file
+
+    if path.is_file():
+        return
+    if path.exists():
+        raise UserError(f"database_url: {path} is not a file")
+    if not create:
+        raise UserError(f"database_url: {path.resolve()} does not exist; point this command at the app's "
+                        f"database with --database-url sqlite:///PATH or --config FILE")
+    create_private_file(path)
 
 
 def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
@@ -111,9 +130,10 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool = True):
-    """Engine + sessionmaker for ``url``, upgraded to head unless ``migrate`` is False."""
-    engine = make_engine(url, busy_timeout_ms)
+def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool = True, create: bool = True):
+    """Engine + sessionmaker for ``url``, upgraded to head unless ``migrate`` is False. A missing
+    SQLite file is created only when ``create`` (commands that set a store up), else refused."""
+    engine = make_engine(url, busy_timeout_ms, create)
     if migrate:
         try:
             upgrade(engine)

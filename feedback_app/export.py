@@ -6,8 +6,12 @@ this module only selects rankings, decides the format and the split, and writes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -15,13 +19,34 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from feedback_app.files import SHARED_FILE, path_error, prepare_parent, restrict_tree
 from feedback_app.models import Flag, Item, PromptRow, RankingRow, User
-from feedback_app.store import Store
+from feedback_app.store import Conflict, Invalid, Store
 from rlhf.errors import UserError
 from rlhf.schema import (EXPORT_KWISE, EXPORT_MANIFEST, EXPORT_PAIRWISE, Ranking, as_messages, is_conversational,
                          prompt_split)
 
 SOURCES = ("all", "human", "simulated")
+
+# One path component: no separator, no "." or "..", not hidden, short enough for any file system.
+_EXPORT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_export_name(name: str) -> str:
+    """``name`` if it is a safe export folder name (letters, digits, ``-_.``, not starting with a dot,
+    at most 100 characters); ``Invalid`` otherwise. The page, the REST API and the CLI all check here."""
+    if not isinstance(name, str) or not _EXPORT_NAME.fullmatch(name):
+        raise Invalid(f"name: {name!r} is not a valid export name (letters, digits, '-', '_' and '.', "
+                      f"not starting with '.', at most 100 characters)")
+    return name
+
+
+def export_path(export_dir: str | os.PathLike, name: str | None) -> Path:
+    """Where a server-side export goes: ``export_dir/name``, or a new unique default name
+    (a timestamp plus a random suffix, so two exports in the same second get two folders)."""
+    if name is None or not name.strip():
+        name = time.strftime("export-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+    return Path(export_dir) / check_export_name(name.strip())
 
 
 @dataclass
@@ -108,20 +133,49 @@ def _dataset_dict(splits: dict[str, list[dict]]):
 
 
 def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFilters, test_fraction: float) -> dict:
-    """Write ``OUT/pairwise``, ``OUT/kwise`` (DatasetDicts with train/test) and ``OUT/manifest.json``."""
+    """Write ``OUT/pairwise``, ``OUT/kwise`` (DatasetDicts with train/test) and ``OUT/manifest.json``.
+
+    Everything is written into a hidden folder beside ``OUT`` and renamed to ``OUT`` at the end (an
+    atomic step): a reader never sees half an export, and an existing ``OUT`` is never overwritten
+    (``Conflict``), also when two exports race for the same name.
+    """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / EXPORT_MANIFEST).is_file():
-        raise UserError(f"{out}: exists and is not an earlier export; choose an empty or new folder")
+    check_export_name(out.name)
+    _refuse_existing(out)
+    prepare_parent(out)
+    tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        tmp.mkdir()  # first, so an unwritable OUT fails before the rankings are read
+    except OSError as exc:
+        raise path_error(out, exc) from None
+    try:
+        manifest, rows = _manifest_and_rows(store, filters, test_fraction)
+        for name in (EXPORT_PAIRWISE, EXPORT_KWISE):
+            # One shard per split, even an empty one: datasets cannot load back a split saved as 0 shards.
+            _dataset_dict(rows[name]).save_to_disk(str(tmp / name), num_shards={"train": 1, "test": 1})
+        (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        restrict_tree(tmp)
+        try:
+            os.rename(tmp, out)  # replaces only an empty folder; a non-empty one raises
+        except OSError as exc:
+            if out.exists():
+                raise Conflict(f"{out}: already exists (another export took the name); nothing overwritten, "
+                               f"choose another name") from None
+            raise path_error(out, exc) from None
+    except OSError as exc:
+        raise path_error(out, exc) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; left over only on failure
+    return manifest
+
+
+def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: float) -> tuple[dict, dict]:
     rankings = load_rankings(store, filters)
     if not rankings:
         raise UserError(f"no rankings match the filters ({_describe(filters)}); nothing exported")
     rows = build_rows(rankings, test_fraction, filters.include_flagged)
     if not any(rows[EXPORT_PAIRWISE].values()):
         raise UserError(f"{len(rankings)} rankings match, but every one is a full tie or flagged: no pairs")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (EXPORT_PAIRWISE, EXPORT_KWISE):
-        # One shard per split, even an empty one: datasets cannot load back a split saved as 0 shards.
-        _dataset_dict(rows[name]).save_to_disk(str(out / name), num_shards={"train": 1, "test": 1})
     manifest = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "project": store.project.name,
@@ -137,8 +191,18 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
         },
         "ranking_ids": [r.ranking_id for r in rankings],
     }
-    (out / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return manifest
+    return manifest, rows
+
+
+def _refuse_existing(out: Path) -> None:
+    try:
+        if out.is_dir() and not any(out.iterdir()):
+            return  # an empty folder made for the export is fine
+    except OSError as exc:
+        raise path_error(out, exc, "cannot read") from None
+    if out.exists() or out.is_symlink():
+        kind = "folder" if out.is_dir() else "file"
+        raise Conflict(f"{out}: a {kind} of that name exists; exports never overwrite: choose a new name")
 
 
 def _describe(filters: ExportFilters) -> str:
@@ -155,15 +219,21 @@ def export_prompts(store: Store, path: str | os.PathLike) -> int:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: give a file path (for example prompts.jsonl), not a folder")
+    prepare_parent(path)
     with store.sessions() as s:
         prompts = list(s.scalars(select(PromptRow.prompt).where(PromptRow.project_id == store.project.id)
                                  .order_by(PromptRow.id)))
     if not prompts:
         raise UserError(f"project '{store.project.name}' has no prompts; import some first (rlhf app import)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for prompt in prompts:
-            handle.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            os.chmod(tmp, SHARED_FILE)
+            for prompt in prompts:
+                handle.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)  # readers see the old file or the whole new one
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise path_error(path, exc) from None
     return len(prompts)

@@ -28,7 +28,10 @@ def _row(data: Any, where: str) -> ImportRow:
     if "prompt" in data:
         prompt = data["prompt"]
     elif "messages" in data:
-        prompt = list(data["messages"] or [])
+        if not isinstance(data["messages"], list):
+            raise UserError(f"{where}: 'messages' must be a list of {{role, content}} messages "
+                            f"(got {type(data['messages']).__name__})")
+        prompt = list(data["messages"])
         while prompt and isinstance(prompt[-1], dict) and prompt[-1].get("role") == "assistant":
             prompt.pop()
     else:
@@ -41,10 +44,26 @@ def _row(data: Any, where: str) -> ImportRow:
     if replies is not None and (not isinstance(replies, list) or not all(isinstance(r, str) and r.strip()
                                                                          for r in replies)):
         raise UserError(f"{where}: 'replies' must be a list of non-empty texts")
+    # Refused, not stripped: a NUL byte is no text a reviewer could read, PostgreSQL cannot store it
+    # in a text column, and quietly editing a prompt would change its identity (its hash).
+    for field, value in (("prompt", prompt), ("replies", replies)):
+        if _has_nul(value):
+            raise UserError(f"{where}: '{field}' holds a NUL byte (\\x00); remove it and import again "
+                            f"(nothing was imported)")
     model = data.get("model") or ""
     if not isinstance(model, str):
         raise UserError(f"{where}: 'model' must be text")
     return ImportRow(prompt=prompt, replies=replies, model=model, source=where)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def parse_bytes(name: str, data: bytes) -> list[ImportRow]:

@@ -165,7 +165,7 @@ class Store:
 
     def __init__(self, sessions: sessionmaker[Session], project: str = "default", k: int = 4,
                  reviewers_per_item: int = 1, guideline: str = "", guideline_version: str = "1",
-                 lease_seconds: float = 900.0, clock: Callable[[], float] = time.time):
+                 lease_seconds: float = 900.0, clock: Callable[[], float] = time.time, create: bool = True):
         self.sessions = sessions
         # SQLite allows one writer. Within this process, threads queue on a lock instead of on
         # SQLite's busy handler, which sleeps and polls and gave multi-second tails under 50
@@ -178,12 +178,15 @@ class Store:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._next_sweep = float("-inf")  # when expired leases are next deleted (at most once a second)
-        self.project = self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version)
+        self.project = (self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version) if create
+                        else self._existing_project(project))
 
     @classmethod
-    def from_config(cls, sessions: sessionmaker[Session], config) -> "Store":
+    def from_config(cls, sessions: sessionmaker[Session], config, create: bool = True) -> "Store":
+        """The store of ``config.project``. With ``create`` the project is made if missing and takes the
+        config's settings; without, it must exist and keeps its stored settings."""
         return cls(sessions, config.project, config.k, config.reviewers_per_item, config.guideline,
-                   config.guideline_version, config.lease_seconds)
+                   config.guideline_version, config.lease_seconds, create=create)
 
     # -- transactions -----------------------------------------------------------------------------
 
@@ -238,6 +241,21 @@ class Store:
 
         return self._run(work)
 
+    def _existing_project(self, name: str) -> Project:
+        with self.sessions() as s:
+            project = s.scalar(select(Project).where(Project.name == name))
+            if project is None:
+                known = ", ".join(s.scalars(select(Project.name).order_by(Project.id))) or "none"
+                raise UserError(f"project: no project '{name}' in this database (projects: {known}); "
+                                f"choose one with --project NAME")
+            return project
+
+    def refresh_project(self) -> Project:
+        """Re-read the project's settings: another process (a CLI import) may have changed K since."""
+        with self.sessions() as s:
+            self.project = s.get(Project, self.project.id)
+        return self.project
+
     # -- users ------------------------------------------------------------------------------------
 
     def add_user(self, username: str, password: str, role: str = "reviewer", replace: bool = False) -> Actor:
@@ -288,7 +306,7 @@ class Store:
         """Add prompts (a prompt already in the project is kept once) and, for rows with replies,
         their item of ``round``. All rows in one transaction: a bad row stores nothing."""
         rows = list(rows)
-        k = self.project.k
+        k = self.refresh_project().k
         for i, row in enumerate(rows):
             try:
                 validate_prompt(row.prompt)
@@ -345,8 +363,9 @@ class Store:
     def add_candidates(self, prompt_id: int, round: int, replies: list[str], model: str, checkpoint: str = "",
                        sampling: dict | None = None) -> bool:
         """Store the K generated replies of one prompt as an item; False if that item already exists."""
-        if len(replies) != self.project.k:
-            raise Invalid(f"replies: need exactly K={self.project.k}, got {len(replies)}")
+        k = self.refresh_project().k
+        if len(replies) != k:
+            raise Invalid(f"replies: need exactly K={k}, got {len(replies)}")
         return self._run(lambda s: self._add_item(s, prompt_id, round, replies, model, checkpoint, sampling or {}))
 
     # -- hand-out ---------------------------------------------------------------------------------
@@ -374,18 +393,23 @@ class Store:
                 return None
             used = set(conn.execute(_Hot.used_slots, {"item": item_id}).scalars()) if rpi > 1 else set()
             slot = min(set(range(rpi)) - used)
-            order = list(range(self.project.k))
+            # The item's own replies set the order's length, not the K this process started with: a
+            # CLI import may have changed the project's K (allowed while it held no items) meanwhile.
+            rows = conn.execute(_Hot.view, {"item": item_id}).all()
+            order = [r.position for r in rows]
             random.shuffle(order)  # position bias: each reviewer sees the candidates in their own order
             expires = now + self.lease_seconds
             # A concurrent holder of this slot (PostgreSQL) fails here on the unique constraint; we retry.
             conn.execute(_Hot.add_lease, {"item_id": item_id, "user_id": actor.id, "slot": slot, "state": LEASED,
                                           "shown_order": order, "leased_at": now, "expires_at": expires})
-            return self._item_view_core(conn, item_id, order, expires)
+            return self._item_view_of(rows, item_id, order, expires)
 
         return work
 
     def _item_view_core(self, conn, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
-        rows = conn.execute(_Hot.view, {"item": item_id}).all()
+        return self._item_view_of(conn.execute(_Hot.view, {"item": item_id}).all(), item_id, shown_order, expires_at)
+
+    def _item_view_of(self, rows, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
         by_position = {r.position: r for r in rows}
         return ItemView(item_id=item_id, prompt=rows[0].prompt,
                         candidates=[CandidateView(by_position[p].id, by_position[p].text) for p in shown_order],

@@ -73,18 +73,13 @@ def parse_rounds(text: str) -> list[int] | None:
 def export(svc, name: str, reviewers: list[str] | None, rounds: str, source: str,
            include_flagged: bool) -> tuple[str, str]:
     """Export into the server's export folder; returns a message and a zip of the export to download."""
-    import re
+    from feedback_app.export import ExportFilters, export_path, export_rankings
 
-    from feedback_app.export import ExportFilters, export_rankings
-
-    name = (name or "").strip() or time.strftime("export-%Y%m%d-%H%M%S")
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or name.startswith("."):
-        raise UserError("name: letters, digits, '.', '_' and '-' only (at most 100)")
+    out = export_path(svc.export_dir, name)
     filters = ExportFilters(list(reviewers) or None if reviewers else None, parse_rounds(rounds), source,
                             bool(include_flagged))
-    out = svc.export_dir / name
     manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
-    archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="rlhf-export-")) / name), "zip", out)
+    archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="rlhf-export-")) / out.name), "zip", out)
     c = manifest["counts"]
     return (f"Exported {c['rankings']} rankings from {c['reviewers']} reviewers to `{out}`: pairwise "
             f"{c['pairwise']['train']} train / {c['pairwise']['test']} test, K-wise {c['kwise']['train']} / "

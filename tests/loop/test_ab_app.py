@@ -136,6 +136,10 @@ def test_cli_create_simulate_and_report(tmp_path):
               "--policy-b", "base"]
     _user_error(run_cli(*create, "--replies-b", str(broken), *flags), "broken.jsonl:7", "not JSON")
     _user_error(run_cli(*create, "--replies-b", str(tmp_path / "none.jsonl"), *flags), "none.jsonl", "not found")
+    # `ab` never creates a database: the admin account sets the store up first.
+    admin = subprocess.run([sys.executable, "-m", "rlhf.cli", "app", "users", "add", "admin", "--role", "admin",
+                            "--password-stdin", *flags], input="adminpass1\n", capture_output=True, text=True)
+    assert admin.returncode == 0, admin.stderr
     result = run_cli(*create, "--replies-b", str(base), *flags)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["items"] == 12
@@ -143,9 +147,6 @@ def test_cli_create_simulate_and_report(tmp_path):
     port = free_port()
     server = start_app(["app", "serve", *flags], port, tmp_path / "server.log")
     try:
-        admin = subprocess.run([sys.executable, "-m", "rlhf.cli", "app", "users", "add", "admin", "--role", "admin",
-                                "--password-stdin", *flags], input="adminpass1\n", capture_output=True, text=True)
-        assert admin.returncode == 0, admin.stderr
         sim = ["simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "j1,j2", "--password", "judgepass1",
                "--rule=-text.count('sorry')"]
         _user_error(run_cli(*sim, "--ab", "nope", "--create-accounts", "--admin", "admin",
