@@ -9,7 +9,6 @@ see only their own rankings, and cannot reach ``/api/admin/*``. Errors come back
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Literal
 
 import orjson
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Reque
 from pydantic import BaseModel, Field
 
 from feedback_app.auth import Actor
-from feedback_app.store import ServiceError, TooManyLogins
+from feedback_app.store import ServiceError
 
 TOKEN_COOKIE = "rlhf_token"
 
@@ -133,21 +132,23 @@ router = APIRouter(prefix="/api")
 def login(body: LoginIn, request: Request, response: Response):
     svc = services(request)
     client = request.client.host if request.client else "?"
+    wait = svc.limiter.retry_after(body.username, client)
+    if wait > 0:
+        raise HTTPException(429, f"too many failed logins for '{body.username}'; retry in {wait:.0f} s",
+                            headers={"Retry-After": str(int(wait) + 1)})
     try:
-        actor = svc.store.login(body.username, body.password, client)
-    except TooManyLogins as exc:
-        raise HTTPException(429, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
+        actor = svc.store.authenticate(body.username, body.password)
+    except ServiceError:
+        svc.limiter.failed(body.username, client)
+        raise
+    svc.limiter.succeeded(body.username, client)
     token = svc.signer.issue(actor)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", max_age=svc.signer.max_age)
     return {"token": token, "username": actor.username, "role": actor.role}
 
 
-@router.post("/logout", tags=["session"], summary="End every session of your account and forget the cookie")
-def logout(request: Request, response: Response):
-    svc = services(request)
-    actor = actor_of(svc, request)
-    if actor is not None:  # the token stops working on the server, not only in this browser
-        svc.store.logout(actor)
+@router.post("/logout", tags=["session"], summary="Forget the login cookie")
+def logout(response: Response):
     response.delete_cookie(TOKEN_COOKIE)
     return {"ok": True}
 
