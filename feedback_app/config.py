@@ -50,13 +50,22 @@ class AppConfig(Config):
 
     def sqlite_path(self) -> Path | None:
         """The database file for a SQLite URL, else None."""
-        if not self.database_url.startswith("sqlite"):
-            return None
-        path = self.database_url.split(":///", 1)[1] if ":///" in self.database_url else ""
-        return Path(path) if path and path != ":memory:" else None
+        return sqlite_path(self.database_url)
 
     def resolved_secret_file(self) -> Path:
         if self.secret_file:
             return Path(self.secret_file)
         db = self.sqlite_path()
         return (db.parent if db else Path("runs/feedback")) / "secret.key"
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file of a SQLite URL (``sqlite:///relative.db``, ``sqlite:////abs.db``, with or
+    without a driver or query string); None for another database or an in-memory one. The one place
+    the URL is taken apart, by SQLAlchemy's own parser."""
+    from sqlalchemy.engine import make_url  # here, not at the top: the config stays light to import
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)

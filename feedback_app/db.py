@@ -9,7 +9,6 @@ help there. Taking the write lock at ``BEGIN`` makes every transaction wait its 
 from __future__ import annotations
 
 import contextvars
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback_app.config import sqlite_path
 from rlhf.errors import UserError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -27,9 +27,9 @@ def make_engine(url: str, busy_timeout_ms: int = 30000, create: bool = True) -> 
     """An engine for ``url``; for SQLite the pragmas are set per connection, and a missing database
     file is created (owner-only, with its folder) when ``create`` or refused when not."""
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            _sqlite_file(Path(path), create)
+        path = sqlite_path(url)
+        if path is not None:
+            _sqlite_file(path, create)
         engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
                                pool_size=20, max_overflow=40)
         _sqlite_pragmas(engine, busy_timeout_ms)
@@ -143,10 +143,3 @@ def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool = True, cre
             raise UserError(f"database {engine.url.render_as_string(hide_password=True)}: cannot open or "
                             f"migrate: {str(exc).splitlines()[0]}") from None
     return engine, make_sessionmaker(engine)
-
-
-def sqlite_file(engine: Engine) -> str | None:
-    if engine.dialect.name != "sqlite":
-        return None
-    db = engine.url.database
-    return os.path.abspath(db) if db and db != ":memory:" else None
