@@ -6,7 +6,7 @@ import argparse
 
 from rlhf.config import add_config_flags, config_from_args
 
-from reward.config import RewardConfig
+from reward.config import RewardEvalConfig, RewardTrainConfig
 
 
 def register(subparsers) -> None:
@@ -18,33 +18,30 @@ def register(subparsers) -> None:
         description="Train a reward model (pairwise or K-wise, full or LoRA). Works alone or under "
                     "'accelerate launch -m reward.train' with the configs in configs/accelerate/.",
     )
-    add_config_flags(train, RewardConfig, default_config=None)
+    add_config_flags(train, RewardTrainConfig, default_config=None)
     train.set_defaults(run=_run_train)
 
     ev = sub.add_parser(
         "eval", help="held-out accuracy, per reviewer, calibration, margins of a reward checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="rlhf reward eval CHECKPOINT DATASET [flags], or every field from a YAML file with --config.",
     )
-    ev.add_argument("checkpoint", help="reward model directory written by 'rlhf reward train'")
-    ev.add_argument("dataset", help="'rlhf app export' folder, datasets directory, .jsonl/.json or .parquet")
-    ev.add_argument("--split", choices=("test", "train", "all"), default="test", help="which split to score")
-    ev.add_argument("--test-fraction", type=float, default=0.1,
-                    help="held-out share of prompts when the data has no split (same hash as training)")
-    ev.add_argument("--max-length", type=int, default=None,
-                    help="longer replies are left out, counted (default: the checkpoint's training max_length)")
-    ev.add_argument("--batch-size", type=int, default=16, help="replies per forward pass")
-    ev.add_argument("--output", default=None, help="where eval.json and plots go (default: CHECKPOINT/eval)")
+    # The two positionals are the config's checkpoint and dataset fields (also settable as flags or in YAML).
+    ev.add_argument("cfg:checkpoint", nargs="?", default=argparse.SUPPRESS, metavar="CHECKPOINT",
+                    help="reward model directory written by 'rlhf reward train'")
+    ev.add_argument("cfg:dataset", nargs="?", default=argparse.SUPPRESS, metavar="DATASET",
+                    help="'rlhf app export' folder, datasets directory, .jsonl/.json or .parquet")
+    add_config_flags(ev, RewardEvalConfig, default_config=None)
     ev.set_defaults(run=_run_eval)
 
 
 def _run_train(args) -> int:
     from reward.train import train
 
-    train(config_from_args(RewardConfig, args))
+    train(config_from_args(RewardTrainConfig, args))
     return 0
 
 
 def _run_eval(args) -> int:
     from reward.evaluate import run_eval
 
-    return run_eval(args)
+    return run_eval(config_from_args(RewardEvalConfig, args))

@@ -29,7 +29,8 @@ import pytest
 from tests.conftest import RunningApp, free_port, start_app, stop_app
 
 PROJECT, K, ITEMS = "attack", 3, 8
-PASSWORDS = {"admin": "admin-pass-1", "alice": "alice-pass-1", "bob": "bob-pass-12"}
+# Strong enough for the password-strength rule new accounts must pass.
+PASSWORDS = {"admin": "Zebra-Quartz-Lamp-91", "alice": "Velvet-Orbit-Cactus-27", "bob": "Maple-Fjord-Signal-64"}
 
 
 @dataclass
