@@ -75,7 +75,7 @@ def run_variant(args) -> dict:
     from datasets import Dataset
     from torch.utils.flop_counter import FlopCounterMode
 
-    from reward.config import RewardConfig
+    from reward.config import RewardTrainConfig
     from reward.data import _kwise_to_pairwise
     from reward.evaluate import ranking_metrics, score_rows
     from reward.train import build_trainer, trainer_args
@@ -85,12 +85,13 @@ def run_variant(args) -> dict:
     test_rows = [r.kwise().to_row() for r in make_rankings(args.test_prompts, seed=2)]
     bf16 = "bf16" in args.variant
     mode = args.variant.split("-")[0]
-    config = RewardConfig(
+    config = RewardTrainConfig(
         model="bundled", mode=mode, output_dir=str(Path(args.workdir) / args.variant), bf16=bf16,
         batch_size=2 if mode == "kwise" else 8, learning_rate=args.lr, num_epochs=1, max_steps=args.max_steps,
         logging_steps=5, report_to=["none"], max_length=256, seed=0,
     )
     config.lora.enabled = True
+    config.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]  # as the README's figures were measured
     config.batch_size = 2 if mode == "kwise" else 4  # 8 sequences per step either way
     tokenizer = load_tokenizer("bundled", padding_side="right")
     trainer, train_set, pairs_per_epoch = build_trainer(

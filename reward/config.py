@@ -1,28 +1,16 @@
-"""``RewardConfig``: every setting of ``rlhf reward train``, one flag per field (``--lora.r 8``)."""
+"""``RewardTrainConfig``: every setting of ``rlhf reward train``, one flag per field (``--lora.r 8``)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhf.config import Config
+from rlhf.lora import LoraSettings
 
 
-class LoraSection(Config):
-    """LoRA adapter (peft, task SEQ_CLS: the ``score`` head stays fully trainable beside it)."""
-
-    enabled: bool = Field(False, description="train a LoRA adapter instead of every weight (merged on save)")
-    r: int = Field(16, ge=1, description="adapter rank")
-    alpha: int = Field(32, ge=1, description="adapter scaling numerator (lora_alpha)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description="module names that get an adapter",
-    )
-
-
-class RewardConfig(Config):
+class RewardTrainConfig(Config):
     """``rlhf reward train``: a reward model from preference data (export folder or TRL dataset)."""
 
     model: str = Field("bundled", description="base model: directory, HF id, or 'bundled'")
@@ -62,4 +50,27 @@ class RewardConfig(Config):
     stats_max_replies: int = Field(
         2000, ge=10, description="training replies scored for reward_stats.json (mean, std)"
     )
-    lora: LoraSection = Field(default_factory=LoraSection)
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter (off unless lora.enabled "
+                               "is true); the score head stays fully trainable beside it")
+
+    @model_validator(mode="after")
+    def _lora_off_by_default(self):
+        if self.lora.enabled is None:
+            self.lora.enabled = False
+        return self
+
+
+class RewardEvalConfig(Config):
+    """``rlhf reward eval``: score held-out rankings with a reward checkpoint and report how well it ranks them."""
+
+    checkpoint: str = Field(..., description="reward model directory written by 'rlhf reward train'")
+    dataset: str = Field(..., description="'rlhf app export' folder, datasets directory, .jsonl/.json or .parquet")
+    split: Literal["test", "train", "all"] = Field("test", description="which split to score")
+    test_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="held-out share of prompts when the data has no split (same hash as training)"
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="longer replies are left out, counted (default: the checkpoint's training max_length)"
+    )
+    batch_size: int = Field(16, ge=1, description="replies per forward pass")
+    output: str | None = Field(None, description="where eval.json and plots go (default: CHECKPOINT/eval)")

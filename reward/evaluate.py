@@ -18,9 +18,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rlhf.config import save_resolved
 from rlhf.errors import UserError
 from rlhf.schema import pair_indices, prompt_key
 
+from reward.config import RewardEvalConfig
 from reward.data import _reply_key, pair_agreement, reply_ids, warn
 
 
@@ -266,28 +268,29 @@ def evaluate_checkpoint(checkpoint: str | Path, rows: list[dict[str, Any]], out_
     return metrics
 
 
-def run_eval(args) -> int:
-    """``rlhf reward eval CHECKPOINT DATASET``."""
+def run_eval(config: RewardEvalConfig) -> int:
+    """``rlhf reward eval CHECKPOINT DATASET``: score a split, print the table, write eval.json and plots."""
     from reward.data import load_preference_data
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = Path(config.checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise UserError(f"{checkpoint}: not a reward model checkpoint (no config.json)")
-    data = load_preference_data(args.dataset, test_fraction=args.test_fraction)
-    if args.split == "all":
+    data = load_preference_data(config.dataset, test_fraction=config.test_fraction)
+    if config.split == "all":
         rows = data.kwise["train"].to_list() + data.kwise["test"].to_list()
     else:
-        rows = data.kwise[args.split].to_list()
+        rows = data.kwise[config.split].to_list()
     if not rows:
-        raise UserError(f"{args.dataset}: the {args.split} split is empty; nothing to evaluate")
-    out_dir = Path(args.output) if args.output else checkpoint / "eval"
-    max_length = args.max_length
+        raise UserError(f"{config.dataset}: the {config.split} split is empty; nothing to evaluate")
+    out_dir = Path(config.output) if config.output else checkpoint / "eval"
+    max_length = config.max_length
     if max_length is None:  # the limit the model was trained with, from its resolved config
         import yaml
 
         trained = checkpoint / "config.yaml"
         max_length = (yaml.safe_load(trained.read_text()) or {}).get("max_length", 1024) if trained.is_file() else 1024
-    metrics = evaluate_checkpoint(checkpoint, rows, out_dir, max_length, args.batch_size)
+    metrics = evaluate_checkpoint(checkpoint, rows, out_dir, max_length, config.batch_size)
+    save_resolved(config, out_dir, "eval_config.yaml")
     print(render_table(metrics))
     print(f"\nwrote {out_dir / 'eval.json'}, {', '.join(metrics['plots'])}")
     return 0

@@ -22,10 +22,11 @@ from typing import Any
 
 from rlhf.config import add_config_flags, config_from_args, save_resolved
 from rlhf.errors import UserError
-from rlhf.runtime import apply_offline_env, is_main_process
+from rlhf.lora import lora_config
+from rlhf.runtime import apply_offline_env, is_main_process, zero_stage
 from rlhf.schema import pair_indices
 
-from reward.config import RewardConfig
+from reward.config import RewardTrainConfig
 
 PROBE_REPLIES = 8  # replies scored before and after saving: the reload must give the same scores
 
@@ -122,28 +123,14 @@ def _kwise_trainer_class():
 # Pieces of the run
 
 
-def _zero_stage() -> int:
-    """DeepSpeed ZeRO stage of this launch (0 when not under DeepSpeed)."""
-    import os
-
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
-        return 0
-    from accelerate.utils import DeepSpeedPlugin
-
-    try:
-        return int(DeepSpeedPlugin().zero_stage)
-    except Exception:  # a config file we cannot read here: the trainer will say what is wrong
-        return 0
-
-
-def trainer_args(config: RewardConfig, out: Path):
-    """TRL's RewardConfig from ours. On CPU: ``use_cpu=True`` (a gloo group when launched with N
+def trainer_args(config: RewardTrainConfig, out: Path):
+    """TRL's ``RewardConfig`` from ours. On CPU: ``use_cpu=True`` (a gloo group when launched with N
     processes); bf16 means autocast, which accelerate also does on CPU."""
     import torch
-    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardConfig
 
     report_to = [r for r in config.report_to if r != "none"] or "none"
-    return TRLRewardConfig(
+    return RewardConfig(
         output_dir=str(out / "logs"),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -169,15 +156,7 @@ def trainer_args(config: RewardConfig, out: Path):
     )
 
 
-def lora_config(config: RewardConfig):
-    from peft import LoraConfig
-
-    # task_type SEQ_CLS keeps the new `score` head fully trainable beside the adapter (modules_to_save).
-    return LoraConfig(task_type="SEQ_CLS", r=config.lora.r, lora_alpha=config.lora.alpha,
-                      lora_dropout=config.lora.dropout, target_modules=list(config.lora.target_modules))
-
-
-def build_trainer(config: RewardConfig, args, kwise_rows, pairwise_rows, tokenizer):
+def build_trainer(config: RewardTrainConfig, args, kwise_rows, pairwise_rows, tokenizer):
     """Tokenize the training split and build the trainer of ``config.mode``.
 
     Returns (trainer, tokenized train set, pairs per epoch). The model is loaded here, after
@@ -194,7 +173,8 @@ def build_trainer(config: RewardConfig, args, kwise_rows, pairwise_rows, tokeniz
         train_set = tokenize_pairwise(pairwise_rows, tokenizer, config.max_length)
         pairs = len(train_set)
     model = load_score_model(config.model)
-    peft_config = lora_config(config) if config.lora.enabled else None
+    # task SEQ_CLS keeps the newly initialised `score` head fully trainable beside the adapter.
+    peft_config = lora_config(config.lora, "SEQ_CLS") if config.lora.enabled else None
     if config.mode == "kwise":
         trainer = _kwise_trainer_class()(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
                                          data_collator=KWiseCollator(tokenizer.pad_token_id), peft_config=peft_config)
@@ -242,7 +222,7 @@ def reward_stats(model, tokenizer, rows: list[dict[str, Any]], max_length: int, 
 # The run
 
 
-def train(config: RewardConfig) -> dict[str, Any]:
+def train(config: RewardTrainConfig) -> dict[str, Any]:
     """Train, save and evaluate; returns the metrics written to ``metrics.json`` (main process)."""
     apply_offline_env()
     if not config.data:
@@ -252,8 +232,8 @@ def train(config: RewardConfig) -> dict[str, Any]:
         raise UserError(f"{out}: output_dir is a file")
     if config.weight_by_agreement and config.mode != "kwise":
         raise UserError("weight_by_agreement needs mode kwise (TRL's pairwise trainer has no pair weights)")
-    zero_stage = _zero_stage()
-    if config.lora.enabled and zero_stage == 3:
+    stage = zero_stage()
+    if config.lora.enabled and stage == 3:
         raise UserError("lora.enabled with DeepSpeed ZeRO-3 is not supported (the score head kept beside the "
                         "adapter can come out empty, and merging needs gathered weights); use ZeRO-2 or DDP for "
                         "LoRA, or full fine-tuning under ZeRO-3")
@@ -320,7 +300,7 @@ def train(config: RewardConfig) -> dict[str, Any]:
         "loss_history": losses,
         "log_history": trainer.state.log_history,
         "processes": trainer.accelerator.num_processes,
-        "zero_stage": zero_stage,
+        "zero_stage": stage,
         "lora": config.lora.enabled,
         "probe": {"ids": probe_ids, "before_save": probe_before, "after_reload": probe_after,
                   "max_abs_diff": max(abs(a - b) for a, b in zip(probe_before, probe_after))},
@@ -343,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m reward.train --config FILE ...``: the entry ``accelerate launch`` runs."""
     apply_offline_env()
     parser = argparse.ArgumentParser(prog="python -m reward.train", description="Train a reward model.")
-    add_config_flags(parser, RewardConfig)
+    add_config_flags(parser, RewardTrainConfig)
     args = parser.parse_args(argv)
     try:
-        train(config_from_args(RewardConfig, args))
+        train(config_from_args(RewardTrainConfig, args))
     except UserError as exc:
         if is_main_process():  # every rank reads the same config and data: say it once
             print(f"error: {exc}", file=sys.stderr)

@@ -32,12 +32,10 @@ def collect() -> dict:
     report["torch_threads"] = torch.get_num_threads()
     report["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     report["cpu_bf16_matmul"] = bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
-    try:
-        from trl.experimental.ppo import PPOTrainer  # noqa: F401
+    from rlhf import ppo
 
-        report["trl_ppo"] = "available (trl.experimental.ppo)"
-    except Exception as exc:  # the TRL pin matters: later releases removed PPO
-        report["trl_ppo"] = f"missing: {exc.__class__.__name__}"
+    report["trl_ppo"] = ("available (trl.experimental.ppo)" if ppo.available()
+                         else f"missing in trl {_version('trl')} (PPO needs trl==1.12.0; later releases removed it)")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice on stdout
             from deepspeed.accelerator import get_accelerator

@@ -1,4 +1,8 @@
-"""The aligned checkpoint: one consolidated Hugging Face model directory from a PPO run.
+"""The aligned checkpoint: one consolidated Hugging Face model directory from a policy training run.
+
+Shared by the policy trainers: it reads the run's resolved ``config.yaml`` as data (the fields every
+policy run has, ``PolicyRun``), never a trainer's config class, so it imports no trainer (the PPO
+package alone imports ``trl.experimental.ppo``).
 
 ``export_run(RUN_DIR, OUT_DIR)`` takes the newest complete checkpoint (or a given one), gathers its
 weights (ZeRO shards included, rlhf.checkpoint), rebuilds the policy (LoRA merged, or the adapter
@@ -16,23 +20,38 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from rlhf.checkpoint import consolidated_state_dict, latest_checkpoint, policy_state_dict, read_state
-from rlhf.config import load_config
+from rlhf.config import read_yaml, validate
 from rlhf.errors import UserError
+from rlhf.lora import LoraSettings, lora_config
+from rlhf.runlog import read_metrics
 
 PLOTTED = (("reward", "reward (centred score)"), ("kl", "KL to reference"), ("response_length", "reply length (tokens)"))
 
 
+class PolicyRun(BaseModel):
+    """What export reads from a policy run's resolved ``config.yaml``; the trainer's other fields are
+    ignored (the file is validated in full by the trainer that wrote it)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    policy: str = Field("bundled", description="the policy the run started from")
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(enabled=False))
+    reward_model: str | None = None
+    prompts_file: str | None = None
+    total_updates: int | None = None
+
+
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str | None = None,
                adapter_only: bool = False, dtype: str = "float32") -> Path:
-    from rlhf.ppo.config import PPORunConfig
-
     run_dir, out = Path(run_dir), Path(out_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a PPO run directory (no config.yaml)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: already exists and is not empty; choose a new OUT_DIR")
-    config = load_config(PPORunConfig, run_dir / "config.yaml")
+    config = validate(PolicyRun, read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     state = read_state(ckpt)
     if adapter_only and not config.lora.enabled:
@@ -55,7 +74,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
     return out
 
 
-def rebuild_policy(config, checkpoint: Path, merge: bool = True):
+def rebuild_policy(config: PolicyRun, checkpoint: Path, merge: bool = True):
     """The trained policy from a checkpoint: a plain causal LM (merged), or a PeftModel (merge=False)."""
     from rlhf.modeling import load_policy, load_tokenizer
 
@@ -66,9 +85,7 @@ def rebuild_policy(config, checkpoint: Path, merge: bool = True):
     if config.lora.enabled:
         from peft import get_peft_model
 
-        from rlhf.ppo.trainer import lora_config
-
-        model = get_peft_model(model, lora_config(config.lora))
+        model = get_peft_model(model, lora_config(config.lora, "CAUSAL_LM"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")}  # tied to the embeddings
     if set(missing) - tied or unexpected:
@@ -107,8 +124,6 @@ def write_plots(run_dir: Path, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from rlhf.ppo.metrics import read_metrics
 
     rows = read_metrics(run_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,30 +165,31 @@ def _sample_lines(run_dir: Path) -> list[str]:
     return lines + [""]
 
 
-def model_card(config, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
+def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
                plots: list[str]) -> str:
     from rlhf.modeling import resolve_model_path
-    from rlhf.ppo.metrics import read_metrics
 
     base_dir = Path(resolve_model_path(config.policy))
     source = json.loads((base_dir / "rlhf_source.json").read_text()) if (base_dir / "rlhf_source.json").is_file() else {}
     info = json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
     rows = read_metrics(run_dir)
     first, last = (rows[0], rows[-1]) if rows else ({}, {})
-    prompts = Path(config.prompts_file)
-    manifest = prompts.parent / "manifest.json"
+    trainer = info.get("trainer", "ppo")  # written into run_info.json by the trainer
+    prompts = Path(config.prompts_file) if config.prompts_file else None
+    manifest = prompts.parent / "manifest.json" if prompts else None
     fig = lambda row, key: f"{row[key]:.4g}" if isinstance(row.get(key), (int, float)) else "n/a"  # noqa: E731
     lines = [
         "---", f"license: {source.get('license', 'unknown')}", f"base_model: {source.get('base_model', config.policy)}",
-        "tags: [rlhf, ppo, trl]", "---", "",
-        f"# PPO-aligned policy ({'LoRA adapter' if adapter_only else 'merged' if config.lora.enabled else 'full fine-tune'})",
+        f"tags: [rlhf, {trainer}, trl]", "---", "",
+        f"# {trainer.upper()}-aligned policy ({'LoRA adapter' if adapter_only else 'merged' if config.lora.enabled else 'full fine-tune'})",
         "",
         f"- Base model: `{source.get('base_model', config.policy)}` (licence {source.get('license', 'unknown')})"
         + (f", from `{source['source']}`" if source.get("source") else ""),
         f"- Reward model: `{info.get('reward_model_path', config.reward_model)}`; reward stats used for centring: "
         f"{info.get('reward_stats')}",
-        f"- Prompts: `{config.prompts_file}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
-        f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else ""),
+        *([f"- Prompts: `{prompts}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
+           f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else "")]
+          if prompts else []),
         f"- Checkpoint: `{checkpoint.name}` (update {state.get('step')} of {config.total_updates}, "
         f"{state.get('world_size', 1)} process(es), ZeRO stage {state.get('zero_stage', 0)})",
         f"- Weights dtype: {dtype}", "",

@@ -76,6 +76,24 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
+def zero_stage() -> int:
+    """The DeepSpeed ZeRO stage of this launch; 0 when not launched with DeepSpeed.
+
+    Asked of accelerate's own ``DeepSpeedPlugin``, which reads the variables ``accelerate launch``
+    sets and resolves them as the trainers' Accelerator will: the DeepSpeed JSON's stage when a
+    config file is given, else ``--zero_stage``, else accelerate's default. Reading the variables
+    by hand gave 0 where accelerate ran stage 2 (DeepSpeed without a stage or file).
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return 0
+    from accelerate.utils import DeepSpeedPlugin
+
+    try:
+        return int(DeepSpeedPlugin().zero_stage)
+    except Exception:  # a config file accelerate cannot read: the trainer will say what is wrong with it
+        return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Local servers: the loop, the tests and the benchmarks start the app in a subprocess and wait for it.
 

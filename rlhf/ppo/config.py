@@ -5,23 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhf.config import Config
-
-
-class LoraSettings(Config):
-    """LoRA on the policy. The reference is then the same weights with the adapter switched off."""
-
-    enabled: bool = Field(True, description="train a LoRA adapter (false: full fine-tuning with a separate reference copy)")
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout (PPO disables dropout elsewhere)")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="module names that get an adapter")
-    modules_to_save: list[str] = Field(default_factory=list,
-                                       description="modules trained in full beside the adapter (not under ZeRO-3)")
+from rlhf.lora import LoraSettings
 
 
 class PPORunConfig(Config):
@@ -42,7 +29,8 @@ class PPORunConfig(Config):
     freeze_gc: bool = Field(True, description="move the objects alive when training starts out of the garbage "
                             "collector's reach (gc.freeze), so the two gc.collect() calls TRL's loop makes per update "
                             "cost nothing instead of about 0.3 s each")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA on the policy (on unless "
+                               "lora.enabled is false); the reference is then the policy with the adapter off")
     value_lora: bool = Field(False, description="train the value model through a LoRA adapter (lora's r, alpha and "
                              "target modules) plus its score head, instead of in full: no gradients or AdamW state "
                              "for its 135M backbone weights (ignored under ZeRO-3)")
@@ -73,6 +61,12 @@ class PPORunConfig(Config):
     stop_after_updates: int | None = Field(None, ge=1, description="stop this invocation (with a checkpoint) after N updates in total; resume later")
     sample_every: int = Field(5, ge=1, description="sample replies to the evaluation prompts every N updates")
     num_eval_prompts: int = Field(4, ge=0, description="evaluation prompts sampled (0: none)")
+
+    @model_validator(mode="after")
+    def _lora_on_by_default(self):
+        if self.lora.enabled is None:
+            self.lora.enabled = True
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the fields that define the training run; a checkpoint from another run is refused.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rlhf.runlog import read_metrics  # noqa: F401  (re-exported: rlhf.pipeline imports it from here)
+
 # TRL metric name -> the name this project logs (the rest are kept under their TRL names)
 RENAMED = {
     "objective/scores": "reward",
@@ -65,7 +67,8 @@ class RolloutProbe:
 
 
 class MetricsWriter:
-    """``metrics.jsonl`` + ``samples.jsonl`` + TensorBoard under the run directory (main process only)."""
+    """``metrics.jsonl`` (read by rlhf.runlog) + ``samples.jsonl`` + TensorBoard under the run directory
+    (main process only)."""
 
     def __init__(self, run_dir: str | Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -93,16 +96,3 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.tb.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Rows of ``metrics.jsonl``; on a resumed run the last row per step wins."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["step"]] = row
-    return [rows[k] for k in sorted(rows)]

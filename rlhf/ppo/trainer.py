@@ -30,9 +30,11 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 from rlhf.checkpoint import latest_checkpoint, load_training_state, read_state, save_training_state
 from rlhf.config import save_resolved
 from rlhf.errors import UserError
+from rlhf.lora import lora_config
 from rlhf.ppo.config import PPORunConfig
 from rlhf.ppo.data import batch_indices, load_prompt_ids
 from rlhf.ppo.metrics import RENAMED, MetricsWriter, RolloutProbe
+from rlhf.runtime import zero_stage
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,6 @@ class _StopRun(Exception):
 
 # ---------------------------------------------------------------------------------------------------
 # Checks on the inputs
-
-
-def zero_stage() -> int:
-    """The DeepSpeed ZeRO stage this process was launched with (0 without DeepSpeed)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
-        return 0
-    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
-        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and Path(path).is_file():
-        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
-    return 0
 
 
 def check_run_config(config: PPORunConfig, world_size: int, stage: int) -> None:
@@ -327,14 +317,6 @@ class _RunCallback(TrainerCallback):
 # Building a run
 
 
-def lora_config(settings):
-    from peft import LoraConfig
-
-    return LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=list(settings.target_modules),
-                      modules_to_save=list(settings.modules_to_save) or None)
-
-
 def add_value_adapter(value_model, settings) -> None:
     """LoRA layers injected into the value model in place (it stays a plain ``*ForSequenceClassification``,
     which TRL reads through ``base_model_prefix`` and ``score``); only the adapter and the score head train."""
@@ -411,13 +393,14 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     trainer = ResumablePPOTrainer(
         args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
         train_dataset=Dataset.from_dict({"input_ids": prompt_ids}), value_model=value_model,
-        eval_dataset=eval_dataset, peft_config=lora_config(run.lora) if run.lora.enabled else None,
+        eval_dataset=eval_dataset, peft_config=lora_config(run.lora, "CAUSAL_LM") if run.lora.enabled else None,
     )
     trainer.setup_run(run, prompt_ids, eval_ids, probe, resume_from)
     if trainer.accelerator.is_main_process:
         save_resolved(run, out)
         (out / "run_info.json").write_text(json.dumps({
-            "policy_path": resolve_model_path(run.policy), "reward_model_path": resolve_model_path(run.reward_model),
+            "trainer": "ppo", "policy_path": resolve_model_path(run.policy),
+            "reward_model_path": resolve_model_path(run.reward_model),
             "reward_stats": stats, "num_prompts": len(prompt_ids), "world_size": trainer.accelerator.num_processes,
             "zero_stage": zero_stage(), "config_fingerprint": run.fingerprint()}, indent=2))
     return trainer

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo.config import LoraSettings
+from rlhf.lora import LoraSettings, lora_config
 from rlhf.ppo.rollout import (autocast_without_grad, bf16_generate, bf16_generation_weights, float32_output_layer,
                               top_exact_logits)
-from rlhf.ppo.trainer import lora_config
 
 
 @pytest.fixture
@@ -19,7 +18,8 @@ def lora_policy(tiny_model_dir):
     from rlhf.modeling import load_policy
 
     torch.manual_seed(0)
-    policy = get_peft_model(load_policy(tiny_model_dir, dtype="float32"), lora_config(LoraSettings(r=4, alpha=8)))
+    policy = get_peft_model(load_policy(tiny_model_dir, dtype="float32"),
+                            lora_config(LoraSettings(r=4, alpha=8), "CAUSAL_LM"))
     with torch.no_grad():
         for name, param in policy.named_parameters():
             if "lora_B" in name:

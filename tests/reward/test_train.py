@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reward.config import RewardConfig
+from reward.config import RewardTrainConfig
 from reward.train import train
 from rlhf.cli import main as cli_main
 from rlhf.config import load_config
@@ -69,7 +69,7 @@ def test_kwise_full_finetune_learns_planted_preference(tmp_path, tiny_model_dir,
 
 def test_pairwise_lora_on_chat_data_is_merged_and_reloads(tmp_path, tiny_model_dir):
     data = write_export(tmp_path / "chat", planted_rankings(40, seed=3, chat=True))
-    config = load_config(RewardConfig, REPO / "configs/reward/tiny.yaml").model_copy(update=dict(
+    config = load_config(RewardTrainConfig, REPO / "configs/reward/tiny.yaml").model_copy(update=dict(
         model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "rm"), mode="pairwise",
         batch_size=8, max_steps=20, learning_rate=0.005, max_length=256))
     config.lora.enabled = True
@@ -83,7 +83,7 @@ def test_kwise_weighted_by_agreement_runs_and_eval_reports_reviewers(tmp_path, t
     rankings = planted_rankings(16, k=4, seed=5, reviewers=("ann", "bob", "eve"), noise_reviewer="eve")
     data = write_export(tmp_path / "multi", rankings, test_fraction=0.3)
     out = tmp_path / "rm"
-    config = load_config(RewardConfig, REPO / "configs/reward/tiny.yaml").model_copy(update=dict(
+    config = load_config(RewardTrainConfig, REPO / "configs/reward/tiny.yaml").model_copy(update=dict(
         model=str(tiny_model_dir), data=str(data), output_dir=str(out), max_steps=4, report_to=["none"],
         weight_by_agreement=True))
     train(config)

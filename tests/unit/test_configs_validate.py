@@ -31,9 +31,9 @@ def _config_class(path: Path):
 
         return QuickstartConfig
     if rel.parts[0] == "reward":
-        from reward.config import RewardConfig
+        from reward.config import RewardTrainConfig
 
-        return RewardConfig
+        return RewardTrainConfig
     return None
 
 
