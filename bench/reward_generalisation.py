@@ -94,17 +94,426 @@ def candidates(out: Path) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------
+# The suite of preferences (written for this benchmark; none was used to tune any method)
+
+
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyser = SentimentIntensityAnalyzer()
+    return lambda text: analyser.polarity_scores(text)["compound"]
+
+
+def _reading_ease():
+    import textstat
+
+    return lambda text: float(textstat.flesch_reading_ease(text)) if text.strip() else 0.0
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z']+", text.lower())
+
+
+def _you_share(text: str) -> float:
+    words = _words(text)
+    return sum(w in ("you", "your", "you're", "yours") for w in words) / max(1, len(words))
+
+
+def _question(text: str) -> float:
+    return float("?" in text)
+
+
+def _no_apology(text: str) -> float:
+    return -float(bool(re.search(r"\b(sorry|apologi[sz]e)", text, re.IGNORECASE)))
+
+
+def _hash(text: str) -> float:
+    """Uniform in [0, 1) and independent of anything a model can read: cannot be learned."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+
+
+# name: (factory of the score function, reviewers, what it is). Reviewers, three per rule, one per
+# prompt in turn: "noise" adds Gaussian noise of 0.5 x the rule's spread (std over all candidates) to
+# every score; "disagree" has the third reviewer rank in reverse (no noise).
+RULES = {
+    "vader": (_vader, "noise", "vaderSentiment compound sentiment (published), continuous"),
+    "reading_ease": (_reading_ease, "noise", "textstat Flesch reading ease (published), continuous, not lexical"),
+    "you_share": (lambda: _you_share, "disagree", "share of words that are 'you/your', continuous, lexical"),
+    "question": (lambda: _question, "disagree", "asks a question ('?'), yes/no, lexical"),
+    "no_apology": (lambda: _no_apology, "noise", "no 'sorry'/'apologise', yes/no, lexical"),
+    "hash": (lambda: _hash, "noise", "sha256 of the reply: random per reply, cannot be learned"),
+}
+NOISE = 0.5
+REVIEWERS = ("r1", "r2", "r3")
+
+
+def label(rule_name: str, rows: list[dict]) -> list[dict]:
+    """Per prompt: the noiseless scores, and the ranking of the prompt's reviewer (noisy)."""
+    import statistics
+
+    from rlhf.rules import ranks_from_scores, score_replies
+
+    factory, reviewers, _ = RULES[rule_name]
+    rule = factory()
+    clean = [[float(rule(c)) for c in row["completions"]] for row in rows]
+    spread = statistics.pstdev([s for row in clean for s in row]) or 1.0
+    rng = random.Random(f"labels-{rule_name}")
+    out = []
+    for i, (row, scores) in enumerate(zip(rows, clean)):
+        reviewer = REVIEWERS[i % len(REVIEWERS)]
+        if reviewers == "noise":
+            noisy = [s + rng.gauss(0.0, NOISE * spread) for s in scores]
+        else:
+            noisy = [-s for s in scores] if reviewer == REVIEWERS[-1] else scores
+        out.append({"prompt": row["prompt"], "completions": row["completions"], "ranks": ranks_from_scores(noisy),
+                    "clean": scores, "reviewer": reviewer})
+    return out
+
+
+def split(n: int, n_val: int, n_train: int, seed: int = 0) -> dict[str, list[int]]:
+    """Prompt indices: test first (everything not labelled for training), then validation, train."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test = n - n_val - n_train
+    return {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]),
+            "train": sorted(order[n_test + n_val:])}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 2: frozen features of every reply (once for every rule)
+
+
+def features(out: Path, rows: list[dict], layers: list[int]) -> tuple[dict, float]:
+    """{"last@L"/"mean@L": [P, K, H]} and seconds per reply; cached."""
+    import torch
+
+    path = out / "features.pt"
+    if path.exists():
+        cached = torch.load(path)
+        return cached["features"], cached["seconds_per_reply"]
+    from reward.data import reply_ids
+    from reward.probe import reply_features
+    from rlhf.modeling import load_score_model, load_tokenizer
+
+    started = time.perf_counter()
+    model, tokenizer = load_score_model("bundled"), load_tokenizer("bundled", padding_side="right")
+    ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
+    log(f"features of {len(ids)} replies, layers {layers}")
+    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, batch_size=16)
+    per_reply = (time.perf_counter() - started) / len(ids)
+    feats = {k: v.view(len(rows), K, -1) for k, v in flat.items()}
+    torch.save({"features": feats, "seconds_per_reply": per_reply}, path)
+    log(f"features: {per_reply:.3f} s per reply")
+    return feats, per_reply
+
+
+# ---------------------------------------------------------------------------------------------------
+# Methods: each returns {"scores": [test prompt][K], "seconds": wall time, ...}
+
+
+def _ranks(labelled: list[dict], idx: list[int]):
+    import torch
+
+    return torch.tensor([labelled[i]["ranks"] for i in idx])
+
+
+def fit_probe_on(feats, key: str, labelled, parts, refit: bool = True):
+    from reward.probe import select_l2
+
+    tr, va = parts["train"], parts["val"]
+    return select_l2(key, feats[key][tr], _ranks(labelled, tr), feats[key][va], _ranks(labelled, va), refit=refit)
+
+
+def method_probe(key: str):
+    def run(ctx) -> dict:
+        started = time.perf_counter()
+        probe = fit_probe_on(ctx["features"], key, ctx["labelled"], ctx["parts"])
+        fit = time.perf_counter() - started
+        scores = probe.scores(ctx["features"][key][ctx["parts"]["test"]])
+        labelled_replies = K * (len(ctx["parts"]["train"]) + len(ctx["parts"]["val"]))
+        return {"scores": scores.tolist(), "seconds": fit + ctx["seconds_per_reply"] * labelled_replies,
+                "fit_seconds": fit, "l2": probe.l2, "selection": probe.selection}
+    return run
+
+
+ENSEMBLE = ("last@30", "mean@30", "last@20", "mean@20", "last@15", "mean@15")
+
+
+def method_ensemble(ctx) -> dict:
+    """Mean of the probes' scores, each standardised by its spread on the labelled replies."""
+    import torch
+
+    started = time.perf_counter()
+    labelled_idx = ctx["parts"]["train"] + ctx["parts"]["val"]
+    total = 0
+    for key in ENSEMBLE:
+        probe = fit_probe_on(ctx["features"], key, ctx["labelled"], ctx["parts"])
+        spread = probe.scores(ctx["features"][key][labelled_idx]).std()
+        total = total + probe.scores(ctx["features"][key][ctx["parts"]["test"]]) / spread
+    fit = time.perf_counter() - started
+    return {"scores": torch.as_tensor(total).tolist(),
+            "seconds": fit + ctx["seconds_per_reply"] * K * len(labelled_idx), "fit_seconds": fit}
+
+
+def _export(path: Path, labelled: list[dict], train_idx: list[int], test_idx: list[int]) -> Path:
+    """The 'rlhf app export' layout (rlhf/schema.py), K-wise view, with our train/test split."""
+    from datasets import Dataset, DatasetDict
+
+    from rlhf.schema import EXPORT_KWISE, EXPORT_MANIFEST
+
+    def rows(idx):
+        return [{"prompt": labelled[i]["prompt"], "completions": labelled[i]["completions"],
+                 "ranks": labelled[i]["ranks"], "reviewer": labelled[i]["reviewer"], "ranking_id": i} for i in idx]
+
+    path.mkdir(parents=True, exist_ok=True)
+    DatasetDict({"train": Dataset.from_list(rows(train_idx)), "test": Dataset.from_list(rows(test_idx))}
+                ).save_to_disk(str(path / EXPORT_KWISE))
+    (path / EXPORT_MANIFEST).write_text(json.dumps({"counts": {"train": len(train_idx), "test": len(test_idx)},
+                                                   "filters": {}, "source": "bench/reward_generalisation.py"}))
+    return path
+
+
+def _score_test(model_dir: Path, labelled, test_idx) -> list[list[float]]:
+    from reward.evaluate import score_rows
+    from rlhf.modeling import load_score_model, load_tokenizer
+
+    model, tokenizer = load_score_model(model_dir), load_tokenizer(model_dir, padding_side="right")
+    return score_rows(model, tokenizer, [labelled[i] for i in test_idx], max_length=512)
+
+
+def method_lora_default(ctx) -> dict:
+    """Today's default, through the real CLI, on all labelled rankings (it holds out nothing more)."""
+    import shutil
+
+    work = ctx["work"] / "lora_default"
+    shutil.rmtree(work, ignore_errors=True)
+    data = _export(work / "export", ctx["labelled"], ctx["parts"]["train"] + ctx["parts"]["val"], ctx["parts"]["test"])
+    command = [str(REPO / ".venv" / "bin" / "rlhf"), "reward", "train", "--config", "configs/reward/default.yaml",
+               "--data", str(data), "--output-dir", str(work / "model"), "--report-to", "[none]"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads((work / "model" / "metrics.json").read_text())
+    scores = _score_test(work / "model", ctx["labelled"], ctx["parts"]["test"])
+    shutil.rmtree(work / "model", ignore_errors=True)  # 540 MB per rule
+    train_acc = [e["accuracy"] for e in metrics["log_history"] if "accuracy" in e]
+    return {"scores": scores, "seconds": seconds, "command": " ".join(command),
+            "train_accuracy_last_log": train_acc[-1] if train_acc else None,
+            "cli_held_out_accuracy": (metrics.get("held_out") or {}).get("accuracy")}
+
+
+LPFT_LR = 5e-5
+LPFT_EPOCHS = 3
+LPFT_BATCH = 2  # rankings per step, as default.yaml
+
+
+def method_lpft(ctx) -> dict:
+    """LP-FT: the last-token probe (fit on train, L2 chosen on validation) as the score head, then
+    LoRA (default.yaml's r 16, alpha 32) on training rankings with a small learning rate; validation
+    loss after every half epoch, the best state kept (the probe itself counts: step 0)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from reward.data import reply_ids
+    from reward.losses import kwise_loss
+    from reward.probe import write_score_head
+    from rlhf.modeling import load_score_model, load_tokenizer
+    from trl.trainer.utils import pad
+
+    started = time.perf_counter()
+    labelled, parts = ctx["labelled"], ctx["parts"]
+    model, tokenizer = load_score_model("bundled"), load_tokenizer("bundled", padding_side="right")
+    last = f"last@{model.config.num_hidden_layers}"
+    probe = fit_probe_on(ctx["features"], last, labelled, parts, refit=False)
+    write_score_head(model, probe)
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, lora_dropout=0.0,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    ids = {i: [reply_ids(tokenizer, labelled[i]["prompt"], c) for c in labelled[i]["completions"]]
+           for i in parts["train"] + parts["val"] + parts["test"]}
+
+    def scores_of(idx: list[int], grad: bool) -> torch.Tensor:
+        seqs = [torch.tensor(x) for i in idx for x in ids[i]]
+        input_ids = pad(seqs, padding_value=tokenizer.pad_token_id, padding_side="right")
+        mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right")
+        with torch.set_grad_enabled(grad):
+            return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.view(len(idx), K).float()
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            s = torch.cat([scores_of(parts["val"][j:j + 8], False) for j in range(0, len(parts["val"]), 8)])
+        model.train()
+        return float(kwise_loss(s, _ranks(labelled, parts["val"])))
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LPFT_LR, weight_decay=0.0)
+    trainable = lambda: {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}  # noqa: E731
+    best = {"val_loss": val_loss(), "step": 0, "state": trainable()}
+    curve = [{"step": 0, "val_loss": best["val_loss"]}]
+    rng = random.Random(0)
+    step, train_idx = 0, list(parts["train"])
+    half = max(1, len(train_idx) // LPFT_BATCH // 2)
+    model.train()
+    for _epoch in range(LPFT_EPOCHS):
+        rng.shuffle(train_idx)
+        for j in range(0, len(train_idx), LPFT_BATCH):
+            batch = train_idx[j:j + LPFT_BATCH]
+            loss = kwise_loss(scores_of(batch, True), _ranks(labelled, batch))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % half == 0:
+                v = val_loss()
+                curve.append({"step": step, "val_loss": v})
+                if v < best["val_loss"]:
+                    best = {"val_loss": v, "step": step, "state": trainable()}
+    with torch.no_grad():
+        named = dict(model.named_parameters())
+        for k, v in best["state"].items():
+            named[k].copy_(v)
+    model.eval()
+    test = parts["test"]
+    with torch.no_grad():
+        s = torch.cat([scores_of(test[j:j + 8], False) for j in range(0, len(test), 8)])
+    del copy
+    return {"scores": s.tolist(), "seconds": time.perf_counter() - started, "kept_step": best["step"],
+            "steps": step, "curve": curve, "probe_l2": probe.l2}
+
+
+METHODS = {
+    "lora_default": method_lora_default,
+    "probe_last": method_probe("last@30"),
+    "probe_mean": method_probe("mean@30"),
+    "probe_last_mid": method_probe("last@15"),
+    "probe_mean_mid": method_probe("mean@15"),
+    "probe_mean_20": method_probe("mean@20"),
+    "ensemble": method_ensemble,
+    "lpft": method_lpft,
+}
+LAYERS = [15, 20, 30]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: accuracy against the reviewers' labels, and the ceiling those labels allow
+
+
+def evaluate(labelled: list[dict], test_idx: list[int], scores: list[list[float]]) -> dict:
+    from reward.evaluate import ranking_metrics
+    from rlhf.rules import ranks_from_scores
+
+    rows = [labelled[i] for i in test_idx]
+    noisy = ranking_metrics(rows, scores)
+    clean_rows = [{**r, "ranks": ranks_from_scores(r["clean"])} for r in rows]
+    clean = ranking_metrics(clean_rows, scores)
+    return {"accuracy": noisy["accuracy"], "ci95": noisy["ci95_bootstrap_prompts"], "pairs": noisy["pairs"],
+            "accuracy_vs_noiseless": clean["accuracy"]}
+
+
+def ceiling(labelled: list[dict], test_idx: list[int]) -> dict:
+    """How often the reviewers' labels agree with the noiseless rule (a tie of the rule: half)."""
+    from reward.evaluate import ranking_metrics
+
+    rows = [labelled[i] for i in test_idx]
+    m = ranking_metrics(rows, [r["clean"] for r in rows])
+    return {"ceiling": m["accuracy"], "ci95": m["ci95_bootstrap_prompts"], "pairs": m["pairs"]}
+
+
+def closed(accuracy: float, top: float) -> float:
+    """Share of the distance from chance (0.5) to the ceiling that a method covers."""
+    return (accuracy - 0.5) / (top - 0.5) if top > 0.5 else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_rule(out: Path, rule: str, rows, feats, per_reply, parts, methods: list[str]) -> dict:
+    labelled = label(rule, rows)
+    top = ceiling(labelled, parts["test"])
+    write_json(out / "results" / rule / "ceiling.json", top)
+    ctx = {"labelled": labelled, "parts": parts, "features": feats, "seconds_per_reply": per_reply,
+           "work": out / "work" / rule}
+    results = {}
+    for name in methods:
+        path = out / "results" / rule / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            continue
+        log(f"{rule}: {name}")
+        result = METHODS[name](ctx)
+        result.update(evaluate(labelled, parts["test"], result["scores"]))
+        result["closed"] = closed(result["accuracy"], top["ceiling"])
+        write_json(path, result)
+        results[name] = result
+        log(f"{rule}: {name} accuracy {result['accuracy']:.3f} (ceiling {top['ceiling']:.3f}), "
+            f"{result['seconds']:.0f} s")
+    return {"ceiling": top, "methods": results}
+
+
+def table(summary: dict, methods: list[str]) -> str:
+    lines = [f"{'rule':<13}{'ceiling':>8}  " + "  ".join(f"{m:>22}" for m in methods)]
+    lines.append(f"{'':<13}{'':>8}  " + "  ".join(f"{'acc [95%]  closed':>22}" for _ in methods))
+    mean_closed = {m: [] for m in methods}
+    for rule, s in summary.items():
+        cells = []
+        for m in methods:
+            r = s["methods"].get(m)
+            if r is None:
+                cells.append(f"{'-':>22}")
+                continue
+            lo, hi = r["ci95"]
+            cells.append(f"{r['accuracy']:.3f} [{lo:.2f},{hi:.2f}] {r['closed']:>4.0%}".rjust(22))
+            if rule != "hash":
+                mean_closed[m].append(r["closed"])
+        lines.append(f"{rule:<13}{s['ceiling']['ceiling']:>8.3f}  " + "  ".join(cells))
+    lines.append(f"{'mean closed':<13}{'(learnable)':>8}  " + "  ".join(
+        f"{(sum(v) / len(v) if v else float('nan')):>22.0%}" for v in mean_closed.values()))
+    seconds = []
+    for m in methods:
+        ts = [s["methods"][m]["seconds"] for s in summary.values() if m in s["methods"]]
+        seconds.append(f"{(sum(ts) / len(ts) if ts else float('nan')):>21.0f}s")
+    lines.append(f"{'wall time':<13}{'(mean)':>8}  " + "  ".join(seconds))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "reward_generalisation"))
-    parser.add_argument("--stage", default="all", choices=["candidates", "all"])
+    parser.add_argument("--rules", default=",".join(RULES), help=f"comma list of {', '.join(RULES)}")
+    parser.add_argument("--methods", default="probe_last,probe_mean,probe_last_mid,probe_mean_mid,probe_mean_20,"
+                        "ensemble,lora_default,lpft", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--train", type=int, default=80, help="training rankings (prompts)")
+    parser.add_argument("--val", type=int, default=20, help="validation rankings, held out by prompt")
+    parser.add_argument("--stage", default="all", choices=["candidates", "features", "all"])
     args = parser.parse_args(argv)
     from rlhf.runtime import apply_offline_env
 
     apply_offline_env()
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = Path(args.out)
     rows = candidates(out)
-    log(f"{len(rows)} prompts x {K} replies")
+    if args.stage == "candidates":
+        return 0
+    feats, per_reply = features(out, rows, LAYERS)
+    if args.stage == "features":
+        return 0
+    parts = split(len(rows), args.val, args.train)
+    log(f"{len(rows)} prompts x {K} replies: train {len(parts['train'])}, validation {len(parts['val'])}, "
+        f"test {len(parts['test'])}")
+    rules, methods = args.rules.split(","), args.methods.split(",")
+    summary = {rule: run_rule(out, rule, rows, feats, per_reply, parts, methods) for rule in rules}
+    report = table(summary, methods)
+    (out / "table.txt").write_text(report + "\n")
+    print(report)
+    print(f"\nreproduce: nice -n 10 .venv/bin/python bench/reward_generalisation.py --rules {args.rules} "
+          f"--methods {args.methods} --train {args.train} --val {args.val}")
     return 0
 
 
