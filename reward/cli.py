@@ -1,4 +1,5 @@
-"""``rlhf reward train`` and ``rlhf reward eval``; light at import (heavy imports inside the runs)."""
+"""``rlhf reward train``, ``rlhf reward eval`` and ``rlhf reward score``; light at import (heavy imports
+inside the runs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from rlhf.config import add_config_flags, config_from_args
 
 from reward.config import RewardEvalConfig, RewardTrainConfig
+from reward.score import ScoreConfig
 
 
 def register(subparsers) -> None:
@@ -19,6 +21,8 @@ def register(subparsers) -> None:
                     "'accelerate launch -m reward.train' with the configs in configs/accelerate/.",
     )
     add_config_flags(train, RewardTrainConfig, default_config=None)
+    train.add_argument("--validate-only", action="store_true",
+                       help="check the config and flags, print the resolved config, train nothing (exit 0 or 2)")
     train.set_defaults(run=_run_train)
 
     ev = sub.add_parser(
@@ -33,11 +37,22 @@ def register(subparsers) -> None:
     add_config_flags(ev, RewardEvalConfig, default_config=None)
     ev.set_defaults(run=_run_eval)
 
+    score = sub.add_parser(
+        "score", help="score the replies of an 'rlhf generate --output' file with a reward model",
+        description="Reward and length in tokens of every reply, written as one JSON file.",
+    )
+    add_config_flags(score, ScoreConfig, default_config=None)
+    score.set_defaults(run=_run_score)
+
 
 def _run_train(args) -> int:
+    config = config_from_args(RewardTrainConfig, args)
+    if args.validate_only:
+        print(config.model_dump_json())
+        return 0
     from reward.train import train
 
-    train(config_from_args(RewardTrainConfig, args))
+    train(config)
     return 0
 
 
@@ -45,3 +60,9 @@ def _run_eval(args) -> int:
     from reward.evaluate import run_eval
 
     return run_eval(config_from_args(RewardEvalConfig, args))
+
+
+def _run_score(args) -> int:
+    from reward.score import run_score
+
+    return run_score(config_from_args(ScoreConfig, args))

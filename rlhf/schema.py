@@ -205,3 +205,138 @@ def kwise_to_pairs(row: dict[str, Any]) -> list[dict[str, Any]]:
         {"prompt": row["prompt"], "chosen": row["completions"][b], "rejected": row["completions"][w]}
         for b, w in pair_indices(list(row["ranks"]))
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reward-model scores of replies (``rlhf reward score`` -> the loop's report)
+
+
+@dataclass
+class ScoredReplies:
+    """A reward model's score of every reply in an ``rlhf generate --output`` file, as written by
+    ``rlhf reward score`` (JSON). Lists run row by row, reply by reply, in the file's order.
+
+    ``scores[i][j]`` is the reward of reply j to prompt i, None when prompt + reply exceed
+    ``max_length`` tokens (counted in ``left_out``); ``lengths[i][j]`` its length in tokens (reply
+    alone, no special tokens), from the reward model's tokenizer (the policy's: they must match).
+    """
+
+    reward_model: str
+    replies_file: str
+    max_length: int
+    prompts: list[Prompt]
+    replies: list[list[str]]
+    scores: list[list[float | None]]
+    lengths: list[list[int]]
+    left_out: int = 0
+
+    def flat_scores(self) -> list[float]:
+        return [s for row in self.scores for s in row if s is not None]
+
+    def flat_lengths(self) -> list[int]:
+        return [n for row in self.lengths for n in row]
+
+    def flat_replies(self) -> list[str]:
+        return [r for row in self.replies for r in row]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScoredReplies":
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blind A/B report (``rlhf app ab report`` -> ab.json; the app's pages and the loop's report read it)
+
+
+@dataclass
+class AbWinRate:
+    """Policy A's record against B, and the interval of its win rate among non-tied judgements."""
+
+    wins_a: int
+    wins_b: int
+    ties: int
+    both_bad: int
+    win_rate_a: float | None  # wins_a / (wins_a + wins_b); None without a non-tied judgement
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float  # of the interval, e.g. 0.95
+    method: str  # interval method of scipy's binomtest: wilson, wilsoncc or exact
+
+    @property
+    def decided(self) -> int:
+        return self.wins_a + self.wins_b
+
+    @property
+    def total(self) -> int:
+        return self.decided + self.ties + self.both_bad
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "decided": self.decided, "total": self.total}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AbWinRate":
+        return cls(**{k: v for k, v in data.items() if k not in ("decided", "total")})
+
+
+@dataclass
+class AbPositionBias:
+    """How often the reply shown on the left won, among non-tied verdicts."""
+
+    left_wins: int
+    right_wins: int
+    left_share: float | None
+    p_value: float | None  # two-sided binomial test of left_share = 1/2
+    a_on_left: int  # judgements that showed policy A on the left (the blind order's balance)
+    judgements: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AbPositionBias":
+        return cls(**data)
+
+
+@dataclass
+class AbJudgementRecord:
+    """One answered judgement: who saw which order and what they clicked."""
+
+    judgement_id: int
+    item_id: int
+    reviewer: str
+    left_is_a: bool  # policy A's reply was shown on the left
+    verdict: str  # left | right | tie | both_bad: what the reviewer clicked
+    winner: str  # a | b | tie | both_bad: the verdict mapped back to the policies
+    simulated: bool  # a scripted reviewer answered
+    shown_at: float | None  # Unix times
+    answered_at: float | None
+
+
+@dataclass
+class AbReport:
+    """A blind A/B set's result: policy A's win rate with its interval, position bias, every judgement."""
+
+    set_id: int
+    name: str
+    policy_a: str
+    policy_b: str
+    items: int
+    judgements_per_item: int
+    open: int  # judgements handed out and not answered yet
+    win_rate: AbWinRate
+    position_bias: AbPositionBias
+    judgements: list[AbJudgementRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["win_rate"], out["position_bias"] = self.win_rate.to_dict(), self.position_bias.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AbReport":
+        return cls(**{**data, "win_rate": AbWinRate.from_dict(data["win_rate"]),
+                      "position_bias": AbPositionBias.from_dict(data["position_bias"]),
+                      "judgements": [AbJudgementRecord(**j) for j in data.get("judgements", [])]})

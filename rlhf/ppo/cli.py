@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     ppo.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                      help="continue from the newest complete checkpoint of output_dir, or from CHECKPOINT")
     add_config_flags(ppo, PPORunConfig, default_config="configs/ppo/default.yaml")
+    ppo.add_argument("--validate-only", action="store_true",
+                     help="check the config and flags, print the resolved config, train nothing (exit 0 or 2)")
     ppo.set_defaults(run=run_ppo_command)
 
     exp = subparsers.add_parser(
@@ -38,6 +40,9 @@ def run_ppo_command(args) -> int:
     from rlhf.ppo.config import PPORunConfig
 
     config = config_from_args(PPORunConfig, args)
+    if args.validate_only:
+        print(config.model_dump_json())
+        return 0
     from rlhf.ppo.trainer import run_ppo
 
     run_ppo(config, resume=args.resume)
