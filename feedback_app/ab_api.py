@@ -10,15 +10,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from feedback_app.api import admin_actor, current_actor, services
+from feedback_app.api import Id, admin_actor, current_actor, services
 from feedback_app.auth import Actor
 
 router = APIRouter(prefix="/api")
+
+# A set is named by its name or its id (``AbService._set``).
+SetRef = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 def ab_service(request: Request):
@@ -47,7 +50,7 @@ class AbSetIn(BaseModel):
 
 class VerdictIn(BaseModel):
     verdict: Literal["left", "right", "tie", "both_bad"]
-    seconds: float | None = None
+    seconds: float | None = Field(None, allow_inf_nan=False)
     simulated: bool = Field(False, description="true when a scripted reviewer judged")
 
 
@@ -59,7 +62,8 @@ def create_set(body: AbSetIn, request: Request, actor: Actor = Depends(admin_act
 
 
 @router.get("/admin/ab/sets/{set_ref}/report", tags=["a/b"], summary="Win rate, interval, position bias")
-def report(set_ref: str, request: Request, confidence: float = 0.95, actor: Actor = Depends(admin_actor)):
+def report(set_ref: SetRef, request: Request,
+           confidence: Annotated[float, Query(allow_inf_nan=False)] = 0.95, actor: Actor = Depends(admin_actor)):
     return ab_service(request).report(actor, set_ref, min(max(confidence, 0.5), 0.999))
 
 
@@ -69,11 +73,11 @@ def list_sets(request: Request, actor: Actor = Depends(current_actor)):
 
 
 @router.get("/ab/sets/{set_ref}/next", tags=["a/b"], summary="Your next A/B item (null when none is left)")
-def next_item(set_ref: str, request: Request, actor: Actor = Depends(current_actor)):
+def next_item(set_ref: SetRef, request: Request, actor: Actor = Depends(current_actor)):
     view = ab_service(request).next_item(actor, set_ref)
     return {"item": dataclasses.asdict(view) if view else None}
 
 
 @router.post("/ab/judgements/{judgement_id}", tags=["a/b"], summary="Answer an A/B item")
-def judge(judgement_id: int, body: VerdictIn, request: Request, actor: Actor = Depends(current_actor)):
+def judge(judgement_id: Id, body: VerdictIn, request: Request, actor: Actor = Depends(current_actor)):
     return ab_service(request).judge(actor, judgement_id, body.verdict, body.seconds, body.simulated)

@@ -6,9 +6,9 @@ asks for the next item of a set: they get one they have not judged, picked at ra
 replies in a random left/right order, and no policy names. The order is drawn and stored when the
 item is handed out (a row in ``ab_judgements`` with ``verdict`` NULL), so every verdict maps back
 to a policy and the position-bias check can be computed. Each item is judged by up to
-``judgements_per_item`` different reviewers. An unanswered judgement is a lease like a ranking's: after
-the project's ``lease_seconds`` it is dropped and its item goes to someone else. Win rates and
-intervals come from ``feedback_app.ab``.
+``judgements_per_item`` different reviewers. An unanswered judgement is a lease under the ranking
+leases' rule (``Store.lease_expires_at``: ``lease_seconds`` after it was handed out); once expired it
+is dropped and its item goes to someone else. Win rates and intervals come from ``feedback_app.ab``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class AbSetInfo:
 
 
 class AbService:
-    """A/B operations for the project of ``store`` (same transactions and clock)."""
+    """A/B operations for the project of ``store`` (its transactions, clock and lease rule)."""
 
     def __init__(self, store: Store, rng: random.Random | None = None):
         self.store = store
@@ -91,13 +91,13 @@ class AbService:
             if s.scalar(select(AbSet.id).where(AbSet.project_id == pid, AbSet.name == name)) is not None:
                 raise Conflict(f"name: an A/B set '{name}' already exists")
             ab = AbSet(project_id=pid, name=name, policy_a=policy_a, policy_b=policy_b,
-                       judgements_per_item=int(judgements_per_item), created_at=self.store.clock())
+                       judgements_per_item=int(judgements_per_item), created_at=self.store.now())
             s.add(ab)
             s.flush()
             s.add_all([AbItem(set_id=ab.id, prompt=p, reply_a=a, reply_b=b) for p, a, b in rows])
             return AbSetInfo(ab.id, ab.name, len(rows), ab.judgements_per_item, ab.policy_a, ab.policy_b)
 
-        return self.store._run(work)
+        return self.store.transaction(work)
 
     def report(self, actor: Actor, set_ref: int | str, confidence: float = 0.95) -> dict:
         """Win rate of policy A with its interval, position bias, and every judgement (admins)."""
@@ -133,10 +133,11 @@ class AbService:
         still needs judgements, with a freshly drawn blind order. None when none is left."""
 
         def work(s: Session) -> AbItemView | None:
-            ab = self._set(s, set_ref)
-            # Walked-away reviewers: their unanswered judgements expire and the items open again.
+            ab, now = self._set(s, set_ref), self.store.now()
+            # Walked-away reviewers: their unanswered judgements expire and the items open again. The
+            # store's rule, lease_expired(lease_expires_at(shown_at), now), written as SQL.
             s.execute(delete(AbJudgement).where(AbJudgement.verdict.is_(None),
-                                                AbJudgement.shown_at <= self.store.clock() - self.store.lease_seconds))
+                                                AbJudgement.shown_at + self.store.lease_seconds <= now))
             held = s.scalar(select(AbJudgement).join(AbItem, AbItem.id == AbJudgement.item_id)
                             .where(AbItem.set_id == ab.id, AbJudgement.user_id == actor.id,
                                    AbJudgement.verdict.is_(None)).order_by(AbJudgement.id).limit(1))
@@ -153,12 +154,12 @@ class AbService:
             # Random item order and random sides, both stored in the judgement row (shown_at, left_is_a).
             item_id = self.rng.choice(sorted(open_items))
             judgement = AbJudgement(item_id=item_id, user_id=actor.id, left_is_a=self.rng.random() < 0.5,
-                                    shown_at=self.store.clock())
+                                    shown_at=now)
             s.add(judgement)
             s.flush()  # a second hand-out of the same item to this reviewer fails here (unique) and retries
             return _view(judgement, ab.id)
 
-        return self.store._run(work, attempts=10)
+        return self.store.transaction(work, attempts=10)
 
     def judge(self, actor: Actor, judgement_id: int, verdict: str, seconds: float | None = None,
               simulated: bool = False) -> dict:
@@ -176,22 +177,26 @@ class AbService:
                                f"{self.store.lease_seconds:.0f} s; fetch the next item again)")
             if j.user_id != actor.id:
                 raise Forbidden(f"judgement {judgement_id}: handed to another reviewer")
-            if j.verdict is None and j.shown_at <= self.store.clock() - self.store.lease_seconds:
+            now = self.store.now()
+            if j.verdict is None and self.store.lease_expired(self.store.lease_expires_at(j.shown_at), now):
                 raise LeaseExpired(f"judgement {judgement_id}: your lease expired; fetch the next item again")
             if j.verdict is not None:
                 if j.verdict != verdict:
                     raise Conflict(f"judgement {judgement_id}: already answered '{j.verdict}'")
                 return {"judgement_id": j.id, "verdict": j.verdict, "replayed": True}
             j.verdict, j.winner = verdict, winner_of(verdict, j.left_is_a)
-            j.seconds, j.simulated, j.answered_at = seconds, bool(simulated), self.store.clock()
+            j.seconds, j.simulated, j.answered_at = seconds, bool(simulated), now
             return {"judgement_id": j.id, "verdict": j.verdict, "replayed": False}
 
-        return self.store._run(work)
+        return self.store.transaction(work)
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def _set(self, s: Session, set_ref: int | str) -> AbSet:
-        where = AbSet.id == int(set_ref) if str(set_ref).isdigit() else AbSet.name == str(set_ref)
+        ref = str(set_ref)
+        # An id is ASCII digits within BIGINT ("²" passes str.isdigit, int() refuses it); else a name.
+        numeric = ref.isascii() and ref.isdigit() and len(ref) <= 18
+        where = AbSet.id == int(ref) if numeric else AbSet.name == ref
         ab = s.scalar(select(AbSet).where(AbSet.project_id == self.store.project.id, where))
         if ab is None:
             raise NotFound(f"A/B set {set_ref!r}: not found")

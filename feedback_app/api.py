@@ -9,9 +9,11 @@ see only their own rankings, and cannot reach ``/api/admin/*``. Errors come back
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
 import orjson
+from annotated_types import Ge, Le
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
@@ -75,6 +77,12 @@ def _fast(payload: Any, status_code: int = 200) -> Response:
 # ---------------------------------------------------------------------------------------------------
 # Request bodies
 
+# Ids and rounds are SQL BIGINTs: a larger number (2**63, or 10**30 sent as JSON 1e30) is a 422 here,
+# not an overflow in the database driver (a 500). One type for every id and round of the API.
+BIGINT_MAX = 2**63 - 1
+Id = Annotated[int, Ge(0), Le(BIGINT_MAX)]
+Round = Annotated[int, Ge(0), Le(BIGINT_MAX)]
+
 
 class LoginIn(BaseModel):
     username: str = Field(..., max_length=100)
@@ -82,11 +90,11 @@ class LoginIn(BaseModel):
 
 
 class RankingIn(BaseModel):
-    item_id: int
+    item_id: Id
     ranks: list[Any] = Field(..., description="one rank per candidate, in the order shown; 1 best; ties allowed")
     idempotency_key: str | None = Field(None, description="unique per submission (e.g. a UUID); a retry with "
                                         "the same key returns the stored ranking (or send Idempotency-Key)")
-    seconds: float | None = Field(None, description="seconds the reviewer spent on the item")
+    seconds: float | None = Field(None, allow_inf_nan=False, description="seconds the reviewer spent on the item")
     simulated: bool = Field(False, description="true when a scripted reviewer wrote it")
     fetch_next: bool = Field(False, description="also hand out your next item (returned as `next_item`): "
                              "one round trip per ranking")
@@ -99,7 +107,7 @@ class EditIn(BaseModel):
 class FlagIn(BaseModel):
     kind: Literal["unsafe", "broken", "off-topic"]
     comment: str = Field("", max_length=2000)
-    candidate_id: int | None = Field(None, description="the flagged reply; omit to flag the whole item")
+    candidate_id: Id | None = Field(None, description="the flagged reply; omit to flag the whole item")
 
 
 class UserIn(BaseModel):
@@ -109,7 +117,7 @@ class UserIn(BaseModel):
 
 
 class GenerateIn(BaseModel):
-    round: int = Field(0, ge=0, description="generation round the new items belong to")
+    round: Round = Field(0, description="generation round the new items belong to")
     model: str | None = Field(None, description="policy: 'bundled', or a model directory on the server")
 
 
@@ -117,7 +125,7 @@ class ExportIn(BaseModel):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
                              description="folder under the server's export directory (default: a timestamp)")
     reviewers: list[str] | None = None
-    rounds: list[int] | None = None
+    rounds: list[Round] | None = None
     source: Literal["all", "human", "simulated"] = "all"
     include_flagged: bool = False
 
@@ -182,7 +190,7 @@ async def submit_ranking(body: RankingIn, request: Request, actor: Actor = Depen
 
 
 @router.put("/rankings/{ranking_id}", tags=["review"], summary="Edit one of your rankings")
-def edit_ranking(ranking_id: int, body: EditIn, request: Request, actor: Actor = Depends(current_actor)):
+def edit_ranking(ranking_id: Id, body: EditIn, request: Request, actor: Actor = Depends(current_actor)):
     return _json(services(request).store.edit_ranking(actor, ranking_id, body.ranks))
 
 
@@ -197,14 +205,14 @@ def my_rankings(request: Request, limit: int = 50, actor: Actor = Depends(curren
 
 
 @router.post("/items/{item_id}/skip", tags=["review"], summary="Skip an item handed to you")
-def skip(item_id: int, request: Request, actor: Actor = Depends(current_actor)):
+def skip(item_id: Id, request: Request, actor: Actor = Depends(current_actor)):
     services(request).store.skip(actor, item_id)
     return {"ok": True}
 
 
 @router.post("/items/{item_id}/flags", tags=["review"], status_code=201,
              summary="Flag a reply (or the whole item) as unsafe, broken or off-topic")
-def flag(item_id: int, body: FlagIn, request: Request, actor: Actor = Depends(current_actor)):
+def flag(item_id: Id, body: FlagIn, request: Request, actor: Actor = Depends(current_actor)):
     flag_id = services(request).store.flag(actor, item_id, body.kind, body.comment, body.candidate_id)
     return {"flag_id": flag_id}
 
@@ -223,7 +231,7 @@ def add_user(body: UserIn, request: Request, actor: Actor = Depends(admin_actor)
 
 
 @router.post("/admin/import", tags=["admin"], summary="Import prompts (JSONL or CSV upload; optional replies)")
-def import_prompts(request: Request, file: UploadFile = File(...), round: int = Form(0),
+def import_prompts(request: Request, file: UploadFile = File(...), round: Annotated[Round, Form()] = 0,
                    actor: Actor = Depends(admin_actor)):
     from feedback_app.importing import parse_bytes
 

@@ -29,16 +29,13 @@ def _app_config(args):
 
 
 def _store(args, setup: bool = True):
-    """The config and the project's store. Only commands that set a store up (``setup``: users add,
-    import, serve, demo) may create the database or the project and write the project's settings;
-    the others (generate, export, backup, ab) refuse a missing one, so a forgotten ``--config`` does
-    not quietly work on a new, empty database."""
-    from feedback_app.db import open_store
+    """The config and the project's store (``Store.open``). Only commands that set a store up
+    (``setup``: users add, import, serve, demo) may create the database or the project and write the
+    project's settings; the others (generate, export, backup, ab) refuse a missing one."""
     from feedback_app.store import Store
 
     config = _app_config(args)
-    _, sessions = open_store(config.database_url, config.busy_timeout_ms, create=setup)
-    return config, Store.from_config(sessions, config, create=setup)
+    return config, Store.open(config, create=setup)
 
 
 def register(subparsers) -> None:
@@ -153,9 +150,17 @@ def run_serve(args) -> int:
         mount_pages(app)
     print(f"feedback app on http://{config.host}:{config.port}  (pages: /review, /admin; API page: /docs, "
           f"health: /health)", flush=True)
+    from feedback_app.security import transport_warning
+
+    warning = transport_warning(config.host, config.behind_proxy)
+    if warning:
+        print(warning, flush=True)
     # Open pages hold event streams; stop waiting for them a few seconds after Ctrl-C/SIGTERM.
+    # Forwarded headers only with --behind-proxy: otherwise any local client could forge its address
+    # (the login limits count per address) or claim HTTPS.
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, proxy_headers=config.behind_proxy,
+                forwarded_allow_ips=config.forwarded_allow_ips)
     return 0
 
 

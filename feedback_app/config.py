@@ -28,6 +28,11 @@ class AppConfig(Config):
     lease_seconds: int = Field(900, ge=5, description="seconds a handed-out item stays reserved for its reviewer")
     host: str = Field("127.0.0.1", description="address `rlhf app serve` listens on")
     port: int = Field(8765, ge=1, le=65535, description="port `rlhf app serve` listens on")
+    behind_proxy: bool = Field(
+        False, description="a TLS proxy on this machine or network forwards HTTPS to the app: trust its "
+                           "X-Forwarded-Proto/-For headers (from --forwarded-allow-ips only) and mark cookies Secure")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="comma-separated addresses of the TLS proxies whose "
+                                                              "forwarded headers are trusted (with --behind-proxy)")
     token_max_age: int = Field(7 * 24 * 3600, ge=60, description="seconds a login token stays valid")
     login_attempts_per_minute: int = Field(10, ge=1, description="failed logins allowed per user and client per minute")
     busy_timeout_ms: int = Field(30000, ge=100, description="SQLite busy timeout (ms) before a locked write fails")

@@ -16,22 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from feedback_app import ab_api, api
 from feedback_app.auth import LoginRateLimiter, TokenSigner, load_or_create_secret
 from feedback_app.config import AppConfig
-from feedback_app.db import open_store
 from feedback_app.generate import Jobs
+from feedback_app.security import BodyLimit, CrossSiteGuard
 from feedback_app.store import ServiceError, Store
 from rlhf.errors import UserError
 
 # Same-origin everything; no remote scripts, styles, fonts or images (a reply cannot load a tracking
-# pixel); inline scripts and styles stay allowed because Gradio's pages need them.
+# pixel) and no connection to another host; inline scripts and styles stay allowed because Gradio's
+# pages need them, eval does not (the browser tests run the pages under this policy).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; media-src 'self' data: blob:; "
-    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
@@ -77,8 +79,7 @@ class Services:
 
 def build_services(config: AppConfig) -> Services:
     """Open (and migrate) the database, load the signing secret; shared by the server and the CLI."""
-    engine, sessions = open_store(config.database_url, config.busy_timeout_ms)
-    store = Store.from_config(sessions, config)
+    store = Store.open(config)
     signer = TokenSigner(load_or_create_secret(config.resolved_secret_file()), config.token_max_age)
     export_dir = config.resolved_secret_file().parent / "exports"
     return Services(config, store, signer, LoginRateLimiter(config.login_attempts_per_minute), Jobs(), export_dir)
@@ -102,7 +103,14 @@ def build_app(config: AppConfig) -> FastAPI:
                               "`Authorization: Bearer <token>`.",
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.services = svc
+    # Outermost last: the headers go on every answer, refusals included; sizes are checked first.
+    app.add_middleware(CrossSiteGuard)
+    app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": validation_details(exc.errors())}, status_code=422)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
@@ -123,6 +131,13 @@ def build_app(config: AppConfig) -> FastAPI:
     app.include_router(api.router)
     app.include_router(ab_api.router)  # blind A/B evaluation
     return app
+
+
+def validation_details(errors) -> list[dict]:
+    """FastAPI's 422 body without the offending input: each error keeps where (``loc``), what
+    (``msg``) and its kind (``type``), so a 10 MB string is never sent back, nor a password."""
+    return [{"loc": [part if isinstance(part, int) else str(part)[:100] for part in e.get("loc", ())],
+             "msg": str(e.get("msg", ""))[:300], "type": str(e.get("type", ""))} for e in errors]
 
 
 def render_docs(schema: dict) -> str:

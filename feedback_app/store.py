@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback_app import auth
-from feedback_app.db import relaxed_durability
+from feedback_app.db import open_store, relaxed_durability
 from feedback_app.auth import Actor
 from feedback_app.models import (DONE, FLAG_KINDS, LEASED, ROLES, SKIPPED, Assignment, Candidate, Flag, Item,
                                  Project, PromptRow, RankingRow, User)
@@ -187,6 +187,36 @@ class Store:
         config's settings; without, it must exist and keeps its stored settings."""
         return cls(sessions, config.project, config.k, config.reviewers_per_item, config.guideline,
                    config.guideline_version, config.lease_seconds, create=create)
+
+    @classmethod
+    def open(cls, config, create: bool = True) -> "Store":
+        """The store of an ``AppConfig``: its database opened (and migrated to head), then its project
+        (``from_config``). The one way the server and the CLI build it. Only commands that set a store
+        up (``create``) may create a missing SQLite file or project; the others refuse a missing one,
+        so a forgotten ``--config`` does not quietly work on a new, empty database."""
+        _, sessions = open_store(config.database_url, config.busy_timeout_ms, create=create)
+        return cls.from_config(sessions, config, create=create)
+
+    # -- for services built on the store (the A/B evaluation) ------------------------------------
+
+    def transaction(self, work: Callable[[Session], T], attempts: int = 5) -> T:
+        """Run ``work(session)`` in one short write transaction, retried when a concurrent writer won
+        a unique constraint: the same runner, lock and retries as the store's own writes."""
+        return self._run(work, attempts=attempts)
+
+    def now(self) -> float:
+        """The store's clock (UNIX seconds; a test may pass its own clock to ``Store``)."""
+        return self.clock()
+
+    def lease_expires_at(self, handed_out_at: float) -> float:
+        """The one lease rule, for ranking and A/B leases alike: a lease handed out at ``handed_out_at``
+        holds for ``lease_seconds`` and is expired from then on (see ``lease_expired``)."""
+        return handed_out_at + self.lease_seconds
+
+    @staticmethod
+    def lease_expired(expires_at: float | None, now: float) -> bool:
+        """True once ``now`` reaches ``expires_at`` (None: the lease was closed or never held)."""
+        return expires_at is None or expires_at <= now
 
     # -- transactions -----------------------------------------------------------------------------
 
@@ -398,7 +428,7 @@ class Store:
             rows = conn.execute(_Hot.view, {"item": item_id}).all()
             order = [r.position for r in rows]
             random.shuffle(order)  # position bias: each reviewer sees the candidates in their own order
-            expires = now + self.lease_seconds
+            expires = self.lease_expires_at(now)
             # A concurrent holder of this slot (PostgreSQL) fails here on the unique constraint; we retry.
             conn.execute(_Hot.add_lease, {"item_id": item_id, "user_id": actor.id, "slot": slot, "state": LEASED,
                                           "shown_order": order, "leased_at": now, "expires_at": expires})
@@ -476,7 +506,7 @@ class Store:
             if lease.state == SKIPPED:
                 raise Conflict(f"item {item_id}: you skipped it")
             now = self.clock()
-            if lease.expires_at is None or lease.expires_at <= now:
+            if self.lease_expired(lease.expires_at, now):
                 raise LeaseExpired(f"item {item_id}: your lease expired {now - (lease.expires_at or now):.0f} s ago; "
                                    f"fetch the next item again")
             canonical = _to_positions(_check_ranks(ranks, len(lease.shown_order)), lease.shown_order)
@@ -523,7 +553,7 @@ class Store:
             s.delete(row)
             s.flush()
             now = self.clock()
-            lease.state, lease.leased_at, lease.expires_at = LEASED, now, now + self.lease_seconds
+            lease.state, lease.leased_at, lease.expires_at = LEASED, now, self.lease_expires_at(now)
             s.flush()
             return self._item_view_core(s.connection(), lease.item_id, lease.shown_order, lease.expires_at)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from feedback_app.ab_store import AbItemView, AbService
 from feedback_app.auth import Actor
 from feedback_app.pages.reviewer import prompt_markdown
+from feedback_app.security import inert_markdown
 from feedback_app.store import ServiceError
 
 BUTTONS = (("Left is better", "left"), ("Right is better", "right"), ("Tie", "tie"), ("Both bad", "both_bad"))
@@ -83,8 +84,8 @@ def build_ab_page(svc, service: AbService):
 
     def render(view: AbView):
         item = view.item
-        return (prompt_markdown(item.prompt) if item else "", item.left if item else "",
-                item.right if item else "", view.message, view.state())
+        return (prompt_markdown(item.prompt) if item else "", inert_markdown(item.left) if item else "",
+                inert_markdown(item.right) if item else "", view.message, view.state())
 
     def sets_choices(request: gr.Request):
         names = [s.name for s in service.list_sets(who(request))]

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from feedback_app.auth import Actor
 from feedback_app.models import RankingRow
+from feedback_app.security import inert_markdown
 from feedback_app.store import ItemView, ServiceError, Store
 
 LETTERS = "ABCDEF"
@@ -41,13 +42,14 @@ class View:
 
 
 def prompt_markdown(prompt: Any) -> str:
-    """A prompt (text or chat messages) as Markdown; earlier turns labelled by role."""
+    """A prompt (text or chat messages) as Markdown that loads nothing (``inert_markdown``); earlier
+    turns labelled by role."""
     if isinstance(prompt, str):
-        return prompt
+        return inert_markdown(prompt)
     lines = []
     for message in prompt:
-        role = str(message.get("role", "")).capitalize()
-        lines.append(f"**{role}:** {message.get('content', '')}")
+        role = inert_markdown(str(message.get("role", "")).capitalize())
+        lines.append(f"**{role}:** {inert_markdown(str(message.get('content', '')))}")
     return "\n\n".join(lines)
 
 
@@ -215,7 +217,7 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                 return [None, head, "", *[""] * k, *[gr.update(value=None, interactive=False)] * k,
                         view.message, view.progress, gr.update(interactive=False), gr.update(interactive=False)]
             ranks = [str(r) if r else None for r in view.ranks]
-            return [view.state(), head, prompt_markdown(item.prompt), *[c.text for c in item.candidates],
+            return [view.state(), head, prompt_markdown(item.prompt), *[inert_markdown(c.text) for c in item.candidates],
                     *[gr.update(value=r, interactive=True) for r in ranks], view.message, view.progress,
                     gr.update(interactive=True), gr.update(interactive=True)]
 
