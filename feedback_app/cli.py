@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from rlhf.config import add_config_flags, config_from_args
@@ -125,6 +126,10 @@ def register(subparsers) -> None:
                      help="create missing accounts first (needs --admin and $RLHF_ADMIN_PASSWORD)")
     sim.add_argument("--admin", default=None, help="admin account used by --create-accounts")
     sim.add_argument("--rule", required=True, help="score of a reply: expression of `text`, or module:function")
+    # A rule may start with '-' ("-text.count('sorry')", "fewer apologies"); argparse would take it for
+    # an option and stop with "expected one argument". This parser has no single-dash options but -h,
+    # which is matched before this pattern is consulted, so every other '-word' is read as a value.
+    sim._negative_number_matcher = re.compile(r"^-[^-]")
     sim.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to each score")
     sim.add_argument("--disagreement", type=float, default=0.0, help="share of accounts using the flipped rule")
     sim.add_argument("--seed", type=int, default=0)
