@@ -7,8 +7,8 @@ Standard library at import (numpy and scipy inside the functions), so any stage 
 * ``length_controlled_win_rate``: the A/B win rate as length-controlled AlpacaEval computes it
   (Dubois et al. 2024, "Length-Controlled AlpacaEval: A Simple Way to Debias Automatic Evaluators"),
   beside the raw one.
-* ``counterfactual_probes`` and ``score_shift``: prompts with names, gendered words or dialect
-  markers swapped, and how much a reward model's scores move between the two.
+* ``counterfactual_probes``, ``score_shift`` and ``reply_shift``: prompts with names, gendered words or
+  dialect markers swapped, and how much a reward model's scores and a policy's replies move.
 """
 
 from __future__ import annotations
@@ -350,3 +350,41 @@ def score_shift(original: Sequence[Sequence[float]], variant: Sequence[Sequence[
             ks = [k for k, c in enumerate(categories) if c == category]
             by_category[category] = score_shift([original[k] for k in ks], [variant[k] for k in ks])
     return ScoreShift(len(original), len(changes), _mean(changes), pairs, flipped, by_category)
+
+
+@dataclass(frozen=True)
+class ReplyShift:
+    """How much a policy's replies move when only the probe's words change (greedy replies compare best:
+    sampled ones differ anyway)."""
+
+    probes: int
+    identical: int  # variant reply == original reply with the probe's words swapped the same way
+    mean_similarity: float | None  # difflib's ratio 2M/T of those two texts: 1 identical, 0 nothing shared
+    mean_length_difference: float | None  # characters, variant minus original: > 0 longer for the variant
+    by_category: dict[str, "ReplyShift"] = field(default_factory=dict)
+
+
+def reply_shift(probes: Sequence[CounterfactualProbe], original_replies: Sequence[str],
+                variant_replies: Sequence[str]) -> ReplyShift:
+    """Compare the policy's reply to each probe's original and variant prompt.
+
+    The original reply is first swapped like its prompt (a reply greeting "Sarah" should greet "Jamal"
+    in the variant), then compared with the variant reply by ``difflib.SequenceMatcher.ratio``.
+    """
+    from difflib import SequenceMatcher
+
+    if not len(probes) == len(original_replies) == len(variant_replies):
+        raise ValueError("probes, original_replies and variant_replies must have the same length")
+    identical, similarity, difference = 0, [], []
+    for probe, before, after in zip(probes, original_replies, variant_replies):
+        expected, _ = swap_text(before, probe.category)
+        identical += expected == after
+        similarity.append(SequenceMatcher(None, expected, after, autojunk=False).ratio())
+        difference.append(len(after) - len(before))
+    by_category = {}
+    if len({p.category for p in probes}) > 1:
+        for category in sorted({p.category for p in probes}):
+            ks = [k for k, p in enumerate(probes) if p.category == category]
+            by_category[category] = reply_shift([probes[k] for k in ks], [original_replies[k] for k in ks],
+                                                [variant_replies[k] for k in ks])
+    return ReplyShift(len(probes), identical, _mean(similarity), _mean(difference), by_category)

@@ -6,7 +6,7 @@ the functions that need them), so ``import rlhf.gate`` stays light and any stage
 
 * ``gate_decision``: held-out pairwise accuracy of a reward model with a 95% interval that accounts
   for pairs of one prompt not being independent; passes when the interval's lower end clears chance
-  (0.5) or the user's threshold.
+  (0.5) or the user's threshold. ``pair_credits`` turns K-wise rows and reward scores into its input.
 * ``check_rule_discriminates``, ``check_usable_pairs``, ``check_held_out_size``: bad input, one line
   each (``UserError``), before any training.
 * ``learning_curve_fit``, ``reviewer_agreement``, ``tie_share`` and ``failure_advice``: the paragraph
@@ -112,6 +112,25 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pair_credits(rows: Sequence[dict[str, Any]],
+                 scores: Sequence[Sequence[float | None]]) -> tuple[list[float], list[str]]:
+    """Per held-out pair, the reward model's credit and the pair's prompt key: ``gate_decision``'s input.
+
+    ``rows``: K-wise rows; ``scores[r][j]``: the reward of reply j of row r (None: not scored, e.g. too
+    long; its pairs are left out). Every pair of distinct ranks counts: credit 1 when the better-ranked
+    reply scores higher, 0 when lower, 0.5 for an exact tie.
+    """
+    credits, prompts = [], []
+    for row, row_scores in zip(rows, scores):
+        key = prompt_key(row["prompt"])
+        for better, worse in pair_indices(list(row["ranks"])):
+            rb, rw = row_scores[better], row_scores[worse]
+            if rb is not None and rw is not None:
+                credits.append(1.0 if rb > rw else 0.5 if rb == rw else 0.0)
+                prompts.append(key)
+    return credits, prompts
 
 
 def gate_decision(credits: Sequence[float], prompts: Sequence[Hashable], threshold: float = 0.5,

@@ -8,6 +8,7 @@ from rlhf.bias import (
     counterfactual_probes,
     length_bias,
     length_controlled_win_rate,
+    reply_shift,
     score_shift,
     swap_text,
 )
@@ -150,3 +151,17 @@ def test_score_shift_by_hand():
     assert (names.mean_abs_change, names.pairs, names.flipped) == (pytest.approx(1 / 3), 3, 0)
     assert (gender.replies, gender.mean_abs_change, gender.pairs, gender.flipped) == (4, pytest.approx(7 / 4), 1, 1)
     assert score_shift([], []).flip_share is None
+
+
+def test_reply_shift_by_hand():
+    probes = counterfactual_probes(["Sarah asks for a refund.", "He wants a refund."])
+    assert [p.category for p in probes] == ["names", "gender"]
+    original = ["Hello Sarah, sorry.", "Yes."]
+    variant = ["Hello Jamal, sorry.", "Yes, sure."]  # the first moves only by the swapped name
+    shift = reply_shift(probes, original, variant)
+    # "Yes." vs "Yes, sure.": matching blocks "Yes" and "." -> M = 4, T = 14, ratio 8/14.
+    assert (shift.probes, shift.identical) == (2, 1)
+    assert shift.mean_similarity == pytest.approx((1 + 8 / 14) / 2)
+    assert shift.mean_length_difference == pytest.approx((0 + 6) / 2)
+    assert shift.by_category["gender"].mean_similarity == pytest.approx(8 / 14)
+    assert reply_shift([], [], []).mean_similarity is None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.errors import UserError
+from rlhf.schema import prompt_key
 from rlhf.gate import (
     GateResult,
     accuracy_interval,
@@ -18,6 +19,7 @@ from rlhf.gate import (
     gate_decision,
     gate_target,
     learning_curve_fit,
+    pair_credits,
     reviewer_agreement,
     tie_share,
     wilson_interval,
@@ -83,6 +85,15 @@ def test_gate_counts_prompts_not_pairs_as_the_independent_unit():
     assert result.interval[0] == pytest.approx(lo) and lo == pytest.approx(0.420972, abs=1e-6)
     assert not result.passed
     assert "does not pass" in result.summary()
+
+
+def test_pair_credits_from_k_wise_rows_and_scores():
+    rows = [{"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 2, 2]},  # pairs a>b, a>c
+            {"prompt": "q", "completions": ["x", "y"], "ranks": [2, 1]}]  # pair y>x
+    credits, prompts = pair_credits(rows, [[1.0, 0.5, 2.0], [None, 3.0]])
+    assert credits == [1.0, 0.0]  # a beats b; a loses to c; y's pair has no score for x: left out
+    assert prompts == [prompt_key("p")] * 2
+    assert pair_credits([rows[1]], [[3.0, 3.0]]) == ([0.5], [prompt_key("q")])
 
 
 def test_gate_threshold_set_by_the_user():
