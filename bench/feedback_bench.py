@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from rlhf.runtime import free_port, wait_for_http  # noqa: E402  (after the path insert)
 
-PASSWORD = "benchpass1"
+PASSWORD = "bench-otter-41"
 
 
 def pct(values: list[float], q: float) -> float:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Reque
 from pydantic import BaseModel, Field
 
 from feedback_app.auth import Actor
-from feedback_app.store import ServiceError
+from feedback_app.store import TooManyLogins
 
 TOKEN_COOKIE = "rlhf_token"
 
@@ -111,9 +111,12 @@ class FlagIn(BaseModel):
 
 
 class UserIn(BaseModel):
-    username: str
-    password: str
+    username: str = Field(..., max_length=100, description="1 to 100 characters; no spaces, control or invisible "
+                          "characters; case-insensitive ('Admin' is 'admin')")
+    password: str = Field(..., max_length=256, description="8 to 256 characters, zxcvbn strength 3 or more")
     role: Literal["admin", "reviewer"] = "reviewer"
+    replace: bool = Field(False, description="reset the password and role of an existing account (ends its "
+                          "sessions, enables it again)")
 
 
 class GenerateIn(BaseModel):
@@ -140,23 +143,21 @@ router = APIRouter(prefix="/api")
 def login(body: LoginIn, request: Request, response: Response):
     svc = services(request)
     client = request.client.host if request.client else "?"
-    wait = svc.limiter.retry_after(body.username, client)
-    if wait > 0:
-        raise HTTPException(429, f"too many failed logins for '{body.username}'; retry in {wait:.0f} s",
-                            headers={"Retry-After": str(int(wait) + 1)})
     try:
-        actor = svc.store.authenticate(body.username, body.password)
-    except ServiceError:
-        svc.limiter.failed(body.username, client)
-        raise
-    svc.limiter.succeeded(body.username, client)
+        actor = svc.store.login(body.username, body.password, client)
+    except TooManyLogins as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
     token = svc.signer.issue(actor)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", max_age=svc.signer.max_age)
     return {"token": token, "username": actor.username, "role": actor.role}
 
 
-@router.post("/logout", tags=["session"], summary="Forget the login cookie")
-def logout(response: Response):
+@router.post("/logout", tags=["session"], summary="End every session of your account and forget the cookie")
+def logout(request: Request, response: Response):
+    svc = services(request)
+    actor = actor_of(svc, request)
+    if actor is not None:  # the token stops working on the server, not only in this browser
+        svc.store.logout(actor)
     response.delete_cookie(TOKEN_COOKIE)
     return {"ok": True}
 
@@ -225,9 +226,26 @@ def progress(request: Request, actor: Actor = Depends(current_actor)):
 # -- admin ----------------------------------------------------------------------------------------
 
 
-@router.post("/admin/users", tags=["admin"], status_code=201, summary="Create an account")
+@router.post("/admin/users", tags=["admin"], status_code=201, summary="Create (or reset) an account")
 def add_user(body: UserIn, request: Request, actor: Actor = Depends(admin_actor)):
-    return _json(services(request).store.add_user(body.username, body.password, body.role))
+    return _json(services(request).store.add_user(body.username, body.password, body.role, body.replace, by=actor))
+
+
+@router.get("/admin/users", tags=["admin"], summary="Every account with its role and whether it is active")
+def list_users(request: Request, actor: Actor = Depends(admin_actor)):
+    return {"users": [_json(a) for a in services(request).store.accounts_table()]}
+
+
+@router.post("/admin/users/{username}/disable", tags=["admin"],
+             summary="Disable an account: its sessions end, its leases return, its rankings stay")
+def disable_user(username: str, request: Request, actor: Actor = Depends(admin_actor)):
+    disabled = services(request).store.disable_user(username, by=actor)
+    return {"username": disabled.username, "active": False}
+
+
+@router.get("/admin/audit", tags=["admin"], summary="The audit log of admin actions, newest first")
+def audit_log(request: Request, limit: int = 200, actor: Actor = Depends(admin_actor)):
+    return {"entries": [_json(e) for e in services(request).store.audit_log(min(max(limit, 1), 1000))]}
 
 
 @router.post("/admin/import", tags=["admin"], summary="Import prompts (JSONL or CSV upload; optional replies)")
@@ -236,14 +254,16 @@ def import_prompts(request: Request, file: UploadFile = File(...), round: Annota
     from feedback_app.importing import parse_bytes
 
     rows = parse_bytes(file.filename or "upload.jsonl", file.file.read())
-    return services(request).store.import_rows(rows, round=round)
+    return services(request).store.import_rows(rows, round=round, by=actor)
 
 
 @router.post("/admin/generate", tags=["admin"], status_code=202,
              summary="Start generating K candidates for prompts without an item in the round (background)")
 def start_generation(body: GenerateIn, request: Request, actor: Actor = Depends(admin_actor)):
     svc = services(request)
-    return svc.jobs.start_generation(svc.store, svc.config, body.round, body.model)
+    job = svc.jobs.start_generation(svc.store, svc.config, body.round, body.model)
+    svc.store.audit(actor, "generation started", f"round {body.round}", {"job": job["id"], "model": body.model})
+    return job
 
 
 @router.get("/admin/jobs/{job_id}", tags=["admin"], summary="Progress of a background job")
@@ -259,4 +279,5 @@ def export(body: ExportIn, request: Request, actor: Actor = Depends(admin_actor)
     out = export_path(svc.export_dir, body.name)
     filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged)
     manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
+    svc.store.audit(actor, "export", str(out), manifest["counts"])
     return {"path": str(out), "manifest": {k: v for k, v in manifest.items() if k != "ranking_ids"}}

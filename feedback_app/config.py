@@ -34,7 +34,15 @@ class AppConfig(Config):
     forwarded_allow_ips: str = Field("127.0.0.1", description="comma-separated addresses of the TLS proxies whose "
                                                               "forwarded headers are trusted (with --behind-proxy)")
     token_max_age: int = Field(7 * 24 * 3600, ge=60, description="seconds a login token stays valid")
-    login_attempts_per_minute: int = Field(10, ge=1, description="failed logins allowed per user and client per minute")
+    login_attempts_per_minute: int = Field(
+        10, ge=1, description="failed logins an account may have before each further attempt waits (1 s, doubling "
+                              "up to 60 s; forgotten after 15 quiet minutes)")
+    login_attempts_per_address: int = Field(60, ge=1, description="login attempts per client address per minute "
+                                                                  "(counted before the password is checked)")
+    session_check_seconds: float = Field(
+        2.0, ge=0.0, le=60.0, description="seconds a server process may trust its cached copy of an account's role "
+                                          "and session version; a logout, reset, role change or disable reaches "
+                                          "other processes on the same database within this bound")
     busy_timeout_ms: int = Field(30000, ge=100, description="SQLite busy timeout (ms) before a locked write fails")
     # Candidate generation
     model: str = Field("bundled", description="policy that writes candidates: 'bundled', a model directory or HF id")

@@ -80,7 +80,22 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         if connection.info.get("synchronous") != want:
             connection.exec_driver_sql(f"PRAGMA synchronous={want}")  # outside a transaction: allowed
             connection.info["synchronous"] = want
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only transaction (``read_only``) takes no write lock: in WAL mode it reads a snapshot
+        # without waiting for the writer.
+        connection.exec_driver_sql("BEGIN" if READ_ONLY.get() else "BEGIN IMMEDIATE")
+
+
+READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("feedback_sqlite_read_only", default=False)
+
+
+@contextmanager
+def read_only() -> Iterator[None]:
+    """Transactions in this block only read: on SQLite they begin deferred, never waiting for a writer."""
+    token = READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        READ_ONLY.reset(token)
 
 
 DURABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("feedback_sqlite_durable", default=True)

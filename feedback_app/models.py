@@ -6,6 +6,9 @@ Constraints carry the hand-out rules, because SQLite has no row locks:
   assignments (item, slot) unique       two reviewers never hold the same open slot of an item
   rankings (item, reviewer) unique      no duplicate ranking
   rankings (reviewer, idempotency key)  a retried submission finds the ranking it already stored
+
+Foreign keys to ``users`` are RESTRICT: accounts are disabled, never deleted, and no delete of an
+account may take its rankings (or the leases and flags behind them) with it.
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(20))  # admin | reviewer
     created_at: Mapped[float] = mapped_column(Float)
     active: Mapped[bool] = mapped_column(Boolean, default=True)  # added in revision 0002
+    # Revision 0004: case-folded NFKC name (auth.username_key), unique, so "Admin" cannot sit beside
+    # "admin"; and the session version every login token must match (bumped to end its sessions).
+    username_key: Mapped[str] = mapped_column(String(100), unique=True)
+    session_version: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Assignment(Base):
@@ -95,7 +102,7 @@ class Assignment(Base):
                       Index("ix_assignments_state_expires", "state", "expires_at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     slot: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(20))
     shown_order: Mapped[Any] = mapped_column(JSON)  # candidate positions in the order shown
@@ -109,7 +116,7 @@ class RankingRow(Base):
     __table_args__ = (UniqueConstraint("item_id", "user_id"), UniqueConstraint("user_id", "idempotency_key"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
     ranks: Mapped[Any] = mapped_column(JSON)  # ranks[p] = rank of the candidate at position p
     shown_order: Mapped[Any] = mapped_column(JSON)  # positions in the (shuffled) order the reviewer saw
@@ -131,7 +138,7 @@ class Flag(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     candidate_id: Mapped[Optional[int]] = mapped_column(ForeignKey("candidates.id", ondelete="CASCADE"), nullable=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     kind: Mapped[str] = mapped_column(String(20))
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
@@ -169,7 +176,7 @@ class AbJudgement(Base):
     __table_args__ = (UniqueConstraint("item_id", "user_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("ab_items.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     left_is_a: Mapped[bool] = mapped_column(Boolean)  # the blind order, drawn when handed out
     verdict: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)  # left|right|tie|both_bad
     winner: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)  # a|b|tie|both_bad
@@ -178,3 +185,32 @@ class AbJudgement(Base):
     shown_at: Mapped[float] = mapped_column(Float)
     answered_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     item: Mapped[AbItem] = relationship(lazy="joined")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Accounts' security (revision 0004)
+
+
+class LoginThrottle(Base):
+    """A login counter shared by every server process: one row per account ("account:<key>") and per
+    client address ("address:<ip>"). Attempts are counted before the password is checked
+    (``Store.login``); the arithmetic is ``auth.account_wait`` and ``auth.address_wait``."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)  # failures (account) or attempts (address)
+    started_at: Mapped[float] = mapped_column(Float)  # start of the address's counting window
+    last_at: Mapped[float] = mapped_column(Float)  # the latest counted attempt
+
+
+class AuditEntry(Base):
+    """An admin action: account created, role changed, disabled, password reset, import, export,
+    generation started. Names, not foreign keys: the log outlives whatever it mentions."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(100))  # username of the admin, or "cli"
+    action: Mapped[str] = mapped_column(String(50))
+    target: Mapped[str] = mapped_column(String(500), default="")
+    detail: Mapped[Any] = mapped_column(JSON, default=dict)

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from feedback_app import ab_api, api
-from feedback_app.auth import LoginRateLimiter, TokenSigner, load_or_create_secret
+from feedback_app.auth import TokenSigner, load_or_create_secret
 from feedback_app.config import AppConfig
 from feedback_app.generate import Jobs
 from feedback_app.security import BodyLimit, CrossSiteGuard
@@ -71,8 +71,7 @@ class Services:
 
     config: AppConfig
     store: Store
-    signer: TokenSigner
-    limiter: LoginRateLimiter
+    signer: TokenSigner  # checks tokens against the store's accounts (role, active, session version)
     jobs: Jobs
     export_dir: Path
 
@@ -80,9 +79,9 @@ class Services:
 def build_services(config: AppConfig) -> Services:
     """Open (and migrate) the database, load the signing secret; shared by the server and the CLI."""
     store = Store.open(config)
-    signer = TokenSigner(load_or_create_secret(config.resolved_secret_file()), config.token_max_age)
+    signer = TokenSigner(load_or_create_secret(config.resolved_secret_file()), config.token_max_age, store.accounts)
     export_dir = config.resolved_secret_file().parent / "exports"
-    return Services(config, store, signer, LoginRateLimiter(config.login_attempts_per_minute), Jobs(), export_dir)
+    return Services(config, store, signer, Jobs(), export_dir)
 
 
 def build_app(config: AppConfig) -> FastAPI:

@@ -16,6 +16,7 @@ Errors are ``ServiceError`` (a ``UserError``) with an HTTP status; nothing is st
 from __future__ import annotations
 
 import asyncio
+import math
 import queue
 import random
 import threading
@@ -31,10 +32,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback_app import auth
-from feedback_app.db import open_store, relaxed_durability
+from feedback_app.db import open_store, read_only, relaxed_durability
 from feedback_app.auth import Actor
-from feedback_app.models import (DONE, FLAG_KINDS, LEASED, ROLES, SKIPPED, Assignment, Candidate, Flag, Item,
-                                 Project, PromptRow, RankingRow, User)
+from feedback_app.models import (DONE, FLAG_KINDS, LEASED, ROLES, SKIPPED, AbJudgement, Assignment, AuditEntry,
+                                 Candidate, Flag, Item, LoginThrottle, Project, PromptRow, RankingRow, User)
 from rlhf.errors import UserError
 from rlhf.schema import prompt_key, validate_prompt, validate_ranks
 
@@ -74,6 +75,8 @@ class _Hot:
     close_lease = update(Assignment).where(A.id == bindparam("aid")).values(state=DONE, expires_at=None)
     add_ranking = RankingRow.__table__.insert()
     candidate_ids = select(C.position, C.id).where(C.item_id == bindparam("item"))
+    U = User.__table__.c
+    account = select(U.username, U.role, U.active, U.session_version).where(U.id == bindparam("uid"))
 
 
 class ServiceError(UserError):
@@ -102,6 +105,14 @@ class LeaseExpired(ServiceError):
 
 class BadLogin(ServiceError):
     status = 401
+
+
+class TooManyLogins(ServiceError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,6 +159,23 @@ class Progress:
 
 
 @dataclass
+class AccountInfo:
+    username: str
+    role: str
+    active: bool
+    created_at: float
+
+
+@dataclass
+class AuditView:
+    at: float
+    actor: str  # the admin's username, or "cli"
+    action: str  # account created | role changed | account disabled | account enabled | password reset | ...
+    target: str
+    detail: dict
+
+
+@dataclass
 class ImportRow:
     """One prompt to import; ``replies`` (exactly K) become a ready item of ``round``."""
 
@@ -165,7 +193,8 @@ class Store:
 
     def __init__(self, sessions: sessionmaker[Session], project: str = "default", k: int = 4,
                  reviewers_per_item: int = 1, guideline: str = "", guideline_version: str = "1",
-                 lease_seconds: float = 900.0, clock: Callable[[], float] = time.time, create: bool = True):
+                 lease_seconds: float = 900.0, clock: Callable[[], float] = time.time, create: bool = True,
+                 session_check_seconds: float = 2.0, login_free_failures: int = 10, login_per_address: int = 60):
         self.sessions = sessions
         # SQLite allows one writer. Within this process, threads queue on a lock instead of on
         # SQLite's busy handler, which sleeps and polls and gave multi-second tails under 50
@@ -178,6 +207,10 @@ class Store:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._next_sweep = float("-inf")  # when expired leases are next deleted (at most once a second)
+        # Accounts' current role and session version, for checking login tokens (auth.SessionCheck).
+        self.accounts = auth.SessionCheck(self._account_state, session_check_seconds)
+        self.login_free_failures, self.login_per_address = login_free_failures, login_per_address
+        self._next_throttle_sweep = float("-inf")
         self.project = (self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version) if create
                         else self._existing_project(project))
 
@@ -186,7 +219,10 @@ class Store:
         """The store of ``config.project``. With ``create`` the project is made if missing and takes the
         config's settings; without, it must exist and keeps its stored settings."""
         return cls(sessions, config.project, config.k, config.reviewers_per_item, config.guideline,
-                   config.guideline_version, config.lease_seconds, create=create)
+                   config.guideline_version, config.lease_seconds, create=create,
+                   session_check_seconds=config.session_check_seconds,
+                   login_free_failures=config.login_attempts_per_minute,
+                   login_per_address=config.login_attempts_per_address)
 
     @classmethod
     def open(cls, config, create: bool = True) -> "Store":
@@ -287,42 +323,113 @@ class Store:
         return self.project
 
     # -- users ------------------------------------------------------------------------------------
+    # Accounts are created, reset and disabled here only (CLI, REST API and admin page call these);
+    # each change ends the account's sessions (``session_version``), forgets this process's cached
+    # state of it (``self.accounts``), and is written to the audit log in the same transaction.
 
-    def add_user(self, username: str, password: str, role: str = "reviewer", replace: bool = False) -> Actor:
-        """Create (or with ``replace``, reset) an account. Only the CLI and admins call this."""
-        username = (username or "").strip()
-        if not username or len(username) > 100 or any(c.isspace() for c in username):
-            raise Invalid("username: give 1 to 100 characters without spaces")
+    def add_user(self, username: str, password: str, role: str = "reviewer", replace: bool = False,
+                 by: Actor | None = None) -> Actor:
+        """Create an account, or with ``replace`` reset its password and role (and enable it again).
+        ``by``: the admin doing it, for the audit log (None: the command line)."""
+        try:
+            name = auth.normalize_username(username)
+            key = auth.username_key(name)
+            auth.check_password(password, name)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         if role not in ROLES:
             raise Invalid(f"role: must be one of {', '.join(ROLES)} (got {role!r})")
-        if len(password or "") < auth.MIN_PASSWORD:
-            raise Invalid(f"password: at least {auth.MIN_PASSWORD} characters")
         hashed = auth.hash_password(password)
 
         def work(s: Session) -> Actor:
-            user = s.scalar(select(User).where(User.username == username))
+            user = s.scalar(select(User).where(User.username_key == key))
             if user is not None and not replace:
-                raise Conflict(f"user '{username}' already exists (use --replace to reset the password and role)")
+                raise Conflict(f"user '{user.username}' already exists (use --replace to reset the password and role)")
             if user is None:
-                user = User(username=username, created_at=self.clock())
+                user = User(username=name, username_key=key, created_at=self.clock(), session_version=0)
                 s.add(user)
+                _audit(s, by, self.clock(), "account created", name, {"role": role})
+            else:
+                _audit(s, by, self.clock(), "password reset", user.username, {})
+                if user.role != role:
+                    _audit(s, by, self.clock(), "role changed", user.username, {"from": user.role, "to": role})
+                if not user.active:
+                    _audit(s, by, self.clock(), "account enabled", user.username, {})
+                user.session_version += 1
             user.password_hash, user.role, user.active = hashed, role, True
             s.flush()
             return Actor(user.id, user.username, user.role)
 
-        return self._run(work)
+        actor = self._run(work)
+        self.accounts.forget(actor.id)
+        return actor
+
+    def disable_user(self, username: str, by: Actor | None = None) -> Actor:
+        """Disable an account: its sessions end, its leases (ranking and A/B) go back to the pool, its
+        rankings stay. ``add_user(..., replace=True)`` enables it again."""
+        try:
+            key = auth.username_key(username)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+        def work(s: Session) -> Actor:
+            user = s.scalar(select(User).where(User.username_key == key))
+            if user is None:
+                raise NotFound(f"user '{username}': no such account")
+            if by is not None and by.id == user.id:
+                raise Forbidden("you cannot disable your own account")
+            if user.active:
+                freed = s.execute(delete(Assignment).where(Assignment.user_id == user.id,
+                                                           Assignment.state == LEASED)).rowcount
+                freed_ab = s.execute(delete(AbJudgement).where(AbJudgement.user_id == user.id,
+                                                               AbJudgement.verdict.is_(None))).rowcount
+                user.active, user.session_version = False, user.session_version + 1
+                _audit(s, by, self.clock(), "account disabled", user.username,
+                       {"leases_freed": freed, "ab_leases_freed": freed_ab})
+            return Actor(user.id, user.username, user.role)
+
+        actor = self._run(work)
+        self.accounts.forget(actor.id)
+        return actor
+
+    def logout(self, actor: Actor) -> None:
+        """End every session of ``actor``'s account (all its tokens, on every device)."""
+        def work(s: Session) -> None:
+            s.execute(update(User).where(User.id == actor.id).values(session_version=User.session_version + 1))
+
+        self._run(work, durable=False)
+        self.accounts.forget(actor.id)
 
     def list_users(self) -> list[Actor]:
         with self.sessions() as s:
             return [Actor(u.id, u.username, u.role) for u in s.scalars(select(User).order_by(User.id))]
 
+    def accounts_table(self) -> list[AccountInfo]:
+        """Every account with its role and state, oldest first (admin page, REST API, CLI)."""
+        with self.sessions() as s:
+            return [AccountInfo(u.username, u.role, bool(u.active), u.created_at)
+                    for u in s.scalars(select(User).order_by(User.id))]
+
+    def _account_state(self, user_id: int) -> auth.AccountState | None:
+        """One account's role, active flag and session version, read without taking the write lock."""
+        with read_only(), self.sessions() as s:
+            row = s.execute(_Hot.account, {"uid": user_id}).first()
+        return None if row is None else auth.AccountState(row.username, row.role, bool(row.active),
+                                                           row.session_version)
+
     def authenticate(self, username: str, password: str) -> Actor:
         """The account for ``username`` if ``password`` is right; ``BadLogin`` otherwise (same message
-        whether the user exists or not)."""
-        with self.sessions() as s:
-            user = s.scalar(select(User).where(User.username == username))
+        whether the user exists or not). No throttle here: logins go through ``login``."""
+        try:
+            key = auth.username_key(username)
+        except ValueError:
+            key = None  # a name no account can have: checked against the dummy hash all the same
+        if not isinstance(password, str) or len(password) > auth.MAX_PASSWORD:
+            password = ""
+        with read_only(), self.sessions() as s:
+            user = s.scalar(select(User).where(User.username_key == key)) if key else None
             stored = user.password_hash if user is not None and user.active else auth.DUMMY_HASH
-        if not auth.verify_password(stored, password or "") or user is None or not user.active:
+        if not auth.verify_password(stored, password) or user is None or not user.active:
             raise BadLogin("wrong username or password")
         if auth.needs_rehash(stored):
             def rehash(s: Session) -> None:
@@ -330,11 +437,81 @@ class Store:
             self._run(rehash)
         return Actor(user.id, user.username, user.role)
 
+    def login(self, username: str, password: str, client: str) -> Actor:
+        """``authenticate`` behind the login throttle: ``TooManyLogins`` (429) when the account is
+        backing off or the client address used its attempts for this minute.
+
+        The attempt is counted in the database BEFORE the password is checked, in one transaction
+        (SQLite's write lock, PostgreSQL's row locks), so simultaneous attempts and other server
+        processes see each other's counts. A success gives its own attempt back; it does not wipe
+        the failures others made."""
+        try:
+            account = "account:" + auth.username_key(username)
+        except ValueError:
+            account = "account:?" + str(username)[:100]
+        keys = (account[:200], "address:" + (client or "?")[:150])
+        wait = self._run(partial(self._count_login, keys), durable=False)
+        if wait > 0:
+            raise TooManyLogins(f"too many failed logins for '{str(username)[:100]}'; retry in {math.ceil(wait)} s",
+                                retry_after=wait)
+        actor = self.authenticate(username, password)
+        self._run(partial(self._refund_login, keys), durable=False)
+        return actor
+
+    def _throttle_rows(self, s: Session, keys: tuple[str, str], now: float) -> dict[str, LoginThrottle]:
+        """The throttle rows of ``keys``, created if missing, locked until the transaction ends."""
+        dialect = s.get_bind().dialect.name
+        rows = [{"key": k, "count": 0, "started_at": now, "last_at": now} for k in keys]
+        if dialect in ("sqlite", "postgresql"):
+            insert = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"]).insert
+            s.execute(insert(LoginThrottle).values(rows).on_conflict_do_nothing(index_elements=["key"]))
+        else:
+            for row in rows:
+                if s.get(LoginThrottle, row["key"]) is None:
+                    with s.begin_nested():
+                        s.add(LoginThrottle(**row))
+        found = s.scalars(select(LoginThrottle).where(LoginThrottle.key.in_(keys)).order_by(LoginThrottle.key)
+                          .with_for_update().execution_options(populate_existing=True))
+        return {row.key: row for row in found}
+
+    def _count_login(self, keys: tuple[str, str], s: Session) -> float:
+        now = self.clock()
+        if now >= self._next_throttle_sweep:  # counters idle for a day are gone for good
+            s.execute(delete(LoginThrottle).where(LoginThrottle.last_at < now - 86400))
+            self._next_throttle_sweep = now + 3600
+        rows = self._throttle_rows(s, keys, now)
+        account, address = rows[keys[0]], rows[keys[1]]
+        wait_account, failures = auth.account_wait(account.count, account.last_at, now, self.login_free_failures)
+        wait_address, count, started = auth.address_wait(address.count, address.started_at, now,
+                                                         self.login_per_address)
+        if wait_account > 0 or wait_address > 0:
+            return max(wait_account, wait_address)
+        account.count, account.last_at = failures + 1, now  # counted as a failure until proven otherwise
+        address.count, address.started_at, address.last_at = count + 1, started, now
+        return 0.0
+
+    def _refund_login(self, keys: tuple[str, str], s: Session) -> None:
+        for row in self._throttle_rows(s, keys, self.clock()).values():
+            row.count = max(0, row.count - 1)
+
+    # -- audit log --------------------------------------------------------------------------------
+
+    def audit(self, by: Actor | None, action: str, target: str = "", detail: dict | None = None) -> None:
+        """Record an admin action done outside the store's own transactions (an export, a generation)."""
+        self._run(lambda s: _audit(s, by, self.clock(), action, target, detail or {}))
+
+    def audit_log(self, limit: int = 200) -> list[AuditView]:
+        """The latest admin actions, newest first."""
+        with self.sessions() as s:
+            rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+            return [AuditView(r.at, r.actor, r.action, r.target, r.detail or {}) for r in rows]
+
     # -- prompts and items ------------------------------------------------------------------------
 
-    def import_rows(self, rows: Iterable[ImportRow], round: int = 0) -> dict[str, int]:
+    def import_rows(self, rows: Iterable[ImportRow], round: int = 0, by: Actor | None = None) -> dict[str, int]:
         """Add prompts (a prompt already in the project is kept once) and, for rows with replies,
-        their item of ``round``. All rows in one transaction: a bad row stores nothing."""
+        their item of ``round``. All rows in one transaction: a bad row stores nothing. The import is
+        written to the audit log as done by ``by`` (None: the command line)."""
         rows = list(rows)
         k = self.refresh_project().k
         for i, row in enumerate(rows):
@@ -353,6 +530,8 @@ class Store:
                 if row.replies is not None:
                     added = self._add_item(s, prompt.id, round, row.replies, row.model, "", {})
                     counts["items_added" if added else "items_existing"] += 1
+            _audit(s, by, self.clock(), "import", rows[0].source.split(" line ")[0] if rows else "",
+                   {"round": round, **counts})
             return counts
 
         return self._run(work)
@@ -717,6 +896,11 @@ def _retryable(exc: Exception) -> bool:
         return True
     text = str(exc).lower()
     return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
+
+
+def _audit(s: Session, by: Actor | None, at: float, action: str, target: str, detail: dict) -> None:
+    s.add(AuditEntry(at=at, actor=by.username if by is not None else "cli", action=action, target=target[:500],
+                     detail=detail))
 
 
 def _check_key(key: Any) -> str:

@@ -10,13 +10,14 @@ page itself is sent to the login form instead.
 from __future__ import annotations
 
 import html
+import math
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from feedback_app.api import TOKEN_COOKIE, actor_of
-from feedback_app.store import ServiceError
+from feedback_app.store import ServiceError, TooManyLogins
 
 REVIEW_PATH, ADMIN_PATH = "/review", "/admin"
 AB_PATH = "/ab"  # blind A/B judgements (feedback_app/pages/ab.py)
@@ -98,16 +99,14 @@ def add_login_routes(app: FastAPI, svc) -> None:
                      next: str = Form(REVIEW_PATH)):
         client = request.client.host if request.client else "?"
         target = safe_next(next)
-        wait = svc.limiter.retry_after(username, client)
-        if wait > 0:
-            return HTMLResponse(login_page(f"Too many failed logins; retry in {wait:.0f} s.", target, username),
-                                status_code=429, headers={"Retry-After": str(int(wait) + 1)})
         try:
-            actor = svc.store.authenticate(username, password)
+            actor = svc.store.login(username, password, client)  # the REST API's login, throttle and all
+        except TooManyLogins as exc:
+            wait = math.ceil(exc.retry_after)
+            return HTMLResponse(login_page(f"Too many failed logins; retry in {wait} s.", target, username),
+                                status_code=429, headers={"Retry-After": str(wait)})
         except ServiceError:
-            svc.limiter.failed(username, client)
             return HTMLResponse(login_page("Wrong username or password.", target, username), status_code=401)
-        svc.limiter.succeeded(username, client)
         if target.startswith(ADMIN_PATH) and not actor.is_admin:
             target = REVIEW_PATH
         response = RedirectResponse(target, status_code=303)
@@ -116,7 +115,10 @@ def add_login_routes(app: FastAPI, svc) -> None:
         return response
 
     @app.get("/logout", include_in_schema=False)
-    def logout():
+    def logout(request: Request):
+        actor = actor_of(svc, request)
+        if actor is not None:  # ends the account's sessions on the server too (the token stops working)
+            svc.store.logout(actor)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(TOKEN_COOKIE)
         return response

@@ -22,9 +22,9 @@ def app_config(tmp_path):
     config = make_config(tmp_path)
     app = build_app(config)
     store = app.state.services.store
-    store.add_user("admin", "adminpass1", "admin")
-    store.add_user("alice", "alicepass1")
-    store.add_user("bob", "bobpass123")
+    store.add_user("admin", "admin-pass-1", "admin")
+    store.add_user("alice", "alice-pass-1")
+    store.add_user("bob", "bob-pass-12")
     return config
 
 
@@ -46,7 +46,7 @@ def upload(client, headers, name: str, text: str):
 
 
 def seed(client, n=2) -> dict:
-    admin = login(client, "admin", "adminpass1")
+    admin = login(client, "admin", "admin-pass-1")
     rows = "\n".join(json.dumps({"prompt": f"q{i}", "replies": [f"r{i}a", f"r{i}b", f"r{i}c"]}) for i in range(n))
     assert upload(client, admin, "p.jsonl", rows).json()["items_added"] == n
     return admin
@@ -54,7 +54,7 @@ def seed(client, n=2) -> dict:
 
 def test_login_rank_undo_and_idempotent_retry(client):
     seed(client)
-    alice = login(client, "alice", "alicepass1")
+    alice = login(client, "alice", "alice-pass-1")
     item = client.get("/api/items/next", headers=alice).json()["item"]
     assert len(item["candidates"]) == 3 and item["prompt"] in ("q0", "q1")
     body = {"item_id": item["item_id"], "ranks": [2, 1, 3], "seconds": 4.0}
@@ -74,7 +74,7 @@ def test_login_rank_undo_and_idempotent_retry(client):
 
 def test_submit_with_fetch_next_hands_out_the_next_item_in_the_same_response(client):
     seed(client, n=3)
-    alice = login(client, "alice", "alicepass1")
+    alice = login(client, "alice", "alice-pass-1")
     item = client.get("/api/items/next", headers=alice).json()["item"]
     seen = [item["item_id"]]
     for expect_more in (True, True, False):
@@ -98,14 +98,14 @@ def test_submit_with_fetch_next_hands_out_the_next_item_in_the_same_response(cli
 
 def test_a_restart_logs_no_one_out(app_config):
     with TestClient(build_app(app_config)) as c:
-        token = c.post("/api/login", json={"username": "alice", "password": "alicepass1"}).json()["token"]
+        token = c.post("/api/login", json={"username": "alice", "password": "alice-pass-1"}).json()["token"]
     with TestClient(build_app(app_config)) as c:  # a new app over the same database and secret file
         assert c.get("/api/me", headers={"Authorization": f"Bearer {token}"}).json()["username"] == "alice"
 
 
 def test_reviewers_cannot_act_as_others_read_others_or_export(client):
     seed(client)
-    alice, bob = login(client, "alice", "alicepass1"), login(client, "bob", "bobpass123")
+    alice, bob = login(client, "alice", "alice-pass-1"), login(client, "bob", "bob-pass-12")
     item = client.get("/api/items/next", headers=alice).json()["item"]
     ranking = client.post("/api/rankings", headers=alice,
                           json={"item_id": item["item_id"], "ranks": [1, 2, 3], "idempotency_key": "k"}).json()
@@ -134,7 +134,7 @@ def test_reviewers_cannot_act_as_others_read_others_or_export(client):
 ])
 def test_bad_submissions_are_refused_and_nothing_is_stored(client, body, status, message):
     seed(client)
-    alice = login(client, "alice", "alicepass1")
+    alice = login(client, "alice", "alice-pass-1")
     item = client.get("/api/items/next", headers=alice).json()["item"]
     resp = client.post("/api/rankings", headers=alice, json={"item_id": item["item_id"], **body})
     assert resp.status_code == status and message in resp.json()["detail"], resp.text
@@ -143,7 +143,7 @@ def test_bad_submissions_are_refused_and_nothing_is_stored(client, body, status,
 
 def test_an_expired_lease_is_refused(client):
     seed(client, n=1)
-    alice = login(client, "alice", "alicepass1")
+    alice = login(client, "alice", "alice-pass-1")
     item = client.get("/api/items/next", headers=alice).json()["item"]
     store = client.app.state.services.store
     store.clock = lambda: time.time() + 3600  # an hour later: the 60 s lease is long gone
@@ -155,7 +155,7 @@ def test_an_expired_lease_is_refused(client):
 
 def test_skip_and_flag(client):
     seed(client, n=1)
-    alice, bob = login(client, "alice", "alicepass1"), login(client, "bob", "bobpass123")
+    alice, bob = login(client, "alice", "alice-pass-1"), login(client, "bob", "bob-pass-12")
     item = client.get("/api/items/next", headers=alice).json()["item"]
     cand = item["candidates"][0]["id"]
     resp = client.post(f"/api/items/{item['item_id']}/flags", headers=alice,
@@ -171,11 +171,11 @@ def test_skip_and_flag(client):
 def test_login_rate_limit_and_wrong_password(tmp_path):
     config = make_config(tmp_path, login_attempts_per_minute=3)
     app = build_app(config)
-    app.state.services.store.add_user("alice", "alicepass1")
+    app.state.services.store.add_user("alice", "alice-pass-1")
     with TestClient(app) as c:
         codes = [c.post("/api/login", json={"username": "alice", "password": "nope"}).status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429]
-        assert c.post("/api/login", json={"username": "alice", "password": "alicepass1"}).status_code == 429
+        assert c.post("/api/login", json={"username": "alice", "password": "alice-pass-1"}).status_code == 429
 
 
 def test_security_headers_docs_and_health_everywhere(client):
@@ -191,7 +191,7 @@ def test_security_headers_docs_and_health_everywhere(client):
 
 
 def test_admin_import_errors_name_the_line(client):
-    admin = login(client, "admin", "adminpass1")
+    admin = login(client, "admin", "admin-pass-1")
     resp = upload(client, admin, "bad.jsonl", '{"prompt": "ok"}\n{"prompt": \n')
     assert resp.status_code == 400 and resp.json()["detail"].startswith("bad.jsonl:2: malformed JSON")
     resp = upload(client, admin, "bad.jsonl", '{"prompt": "ok", "replies": ["a", "b"]}\n')
@@ -202,10 +202,10 @@ def test_admin_import_errors_name_the_line(client):
 def test_admin_generates_in_the_background_and_exports(tmp_path, tiny_model_dir):
     config = make_config(tmp_path, k=2, model=str(tiny_model_dir), max_new_tokens=4, batch_size=4)
     app = build_app(config)
-    app.state.services.store.add_user("admin", "adminpass1", "admin")
-    app.state.services.store.add_user("alice", "alicepass1")
+    app.state.services.store.add_user("admin", "admin-pass-1", "admin")
+    app.state.services.store.add_user("alice", "alice-pass-1")
     with TestClient(app) as c:
-        admin = login(c, "admin", "adminpass1")
+        admin = login(c, "admin", "admin-pass-1")
         upload(c, admin, "p.csv", "prompt\nWhere is my parcel?\nCan I return shoes?\n")
         job = c.post("/api/admin/generate", headers=admin, json={"round": 0}).json()
         assert job["state"] == "running"
@@ -213,7 +213,7 @@ def test_admin_generates_in_the_background_and_exports(tmp_path, tiny_model_dir)
         status = app.state.services.jobs.wait(job["id"], timeout=300)
         assert status["state"] == "done", status
         assert c.get(f"/api/admin/jobs/{job['id']}", headers=admin).json()["result"]["items_added"] == 2
-        alice = login(c, "alice", "alicepass1")
+        alice = login(c, "alice", "alice-pass-1")
         for i in range(2):
             item = c.get("/api/items/next", headers=alice).json()["item"]
             assert len(item["candidates"]) == 2

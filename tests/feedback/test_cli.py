@@ -22,7 +22,7 @@ def app(db, *args, stdin: str | None = None, **kw):
 
 def prompts_in(db) -> int:
     store = new_store(f"sqlite:///{db}", k=2)
-    return store.progress(store.add_user("counter", "password1", "admin")).totals["prompts"]
+    return store.progress(store.add_user("counter", "plum-otter-41", "admin")).totals["prompts"]
 
 
 def assert_user_error(result, *fragments):
@@ -67,8 +67,8 @@ def test_import_csv_jsonl_and_dataset_folder(tmp_path):
 
 def test_users_generate_export_and_backup(tmp_path, tiny_model_dir):
     db = tmp_path / "fb.db"
-    assert app(db, "users", "add", "admin", "--role", "admin", "--password-stdin", stdin="adminpass1\n").returncode == 0
-    assert_user_error(app(db, "users", "add", "admin", "--password-stdin", stdin="adminpass1\n"), "already exists")
+    assert app(db, "users", "add", "admin", "--role", "admin", "--password-stdin", stdin="admin-pass-1\n").returncode == 0
+    assert_user_error(app(db, "users", "add", "admin", "--password-stdin", stdin="admin-pass-1\n"), "already exists")
     assert_user_error(app(db, "users", "add", "bob", "--password-stdin", stdin="short\n"), "password")
     (tmp_path / "p.jsonl").write_text('{"prompt": "Where is my order?"}\n{"prompt": "Can I pay later?"}\n')
     assert app(db, "import", str(tmp_path / "p.jsonl")).returncode == 0
@@ -91,7 +91,7 @@ def test_simulate_ranks_through_the_api_and_export_trains_the_reward_model_forma
     db = tmp_path / "fb.db"
     url = f"sqlite:///{db}"
     store = new_store(url, k=2, reviewers_per_item=2)
-    store.add_user("admin", "adminpass1", "admin")
+    store.add_user("admin", "admin-pass-1", "admin")
     rows = "\n".join(json.dumps({"prompt": f"q{i}", "replies": ["no", "yes indeed, gladly"]}) for i in range(6))
     (tmp_path / "p.jsonl").write_text(rows + "\n")
     assert app(db, "import", str(tmp_path / "p.jsonl")).returncode == 0
@@ -102,9 +102,9 @@ def test_simulate_ranks_through_the_api_and_export_trains_the_reward_model_forma
     try:
         assert f"http://127.0.0.1:{port}" in server.output()  # the app prints its address
         result = run_cli("simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "s1,s2",
-                         "--password", "simpass123", "--create-accounts", "--admin", "admin",
+                         "--password", "sim-otter-41", "--create-accounts", "--admin", "admin",
                          "--rule", "len(text)", "--disagreement", "0.5", "--seed", "1",
-                         env={"RLHF_ADMIN_PASSWORD": "adminpass1"})
+                         env={"RLHF_ADMIN_PASSWORD": "admin-pass-1"})
         assert result.returncode == 0, result.stderr
         assert "total: 12 simulated rankings" in result.stdout
         assert_user_error(run_cli("simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "s1",

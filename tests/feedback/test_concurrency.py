@@ -47,12 +47,12 @@ def seeded(url: str, n_items: int):
     store = new_store(url, k=3, reviewers_per_item=1)
     items(store, [(f"prompt {i}", [f"{i}a", f"{i}b", f"{i}c"]) for i in range(n_items)])
     for r in range(REVIEWERS):
-        store.add_user(f"rev{r}", "password1")
+        store.add_user(f"rev{r}", "plum-otter-41")
     return store
 
 
 def start_clients(port: int, out_dir: Path, double: bool = False) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, str(CLIENT), f"http://127.0.0.1:{port}", f"rev{r}", "password1",
+    return [subprocess.Popen([sys.executable, str(CLIENT), f"http://127.0.0.1:{port}", f"rev{r}", "plum-otter-41",
                               str(out_dir / f"rev{r}.jsonl"), str(PER_REVIEWER)] + (["--double"] if double else []))
             for r in range(REVIEWERS)]
 
@@ -121,7 +121,7 @@ def test_simultaneous_retries_with_one_key_store_one_ranking(database_url, tmp_p
     server = start_server(database_url, port, tmp_path / "server.log")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            token = client.post("/api/login", json={"username": "rev0", "password": "password1"}).json()["token"]
+            token = client.post("/api/login", json={"username": "rev0", "password": "plum-otter-41"}).json()["token"]
             headers = {"Authorization": f"Bearer {token}"}
             item = client.get("/api/items/next", headers=headers).json()["item"]
             body = {"item_id": item["item_id"], "ranks": [1, 2, 3], "idempotency_key": uuid.uuid4().hex}

@@ -19,7 +19,7 @@ def ranked(sqlite_url):
     store = new_store(sqlite_url, k=3, reviewers_per_item=2)
     items(store, [("prompt A", ["a0", "a1", "a2"])])
     items(store, [("prompt B", ["b0", "b1", "b2"])], round=1)
-    alice, bob = store.add_user("alice", "password1"), store.add_user("bob", "password1")
+    alice, bob = store.add_user("alice", "plum-otter-41"), store.add_user("bob", "plum-otter-41")
     rank_by_text(store, alice, {"a0": 1, "a1": 2, "a2": 2}, "k1")  # a tie between a1 and a2
     rank_by_text(store, alice, {"b0": 1, "b1": 1, "b2": 1}, "k2", simulated=True)  # a full tie
     item, _ = rank_by_text(store, bob, {"a0": 3, "a1": 1, "a2": 2}, "k3")
@@ -90,7 +90,7 @@ def test_chat_prompts_make_the_whole_export_conversational(sqlite_url):
     store = new_store(sqlite_url, k=2, reviewers_per_item=1)
     chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     items(store, [("plain", ["p0", "p1"]), (chat, ["c0", "c1"])])
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     rank_by_text(store, alice, {"p0": 2, "p1": 1}, "a")
     rank_by_text(store, alice, {"c0": 1, "c1": 2}, "b")
     rows = build_rows(load_rankings(store, ExportFilters()), 0.0)
@@ -107,7 +107,7 @@ def test_the_split_follows_the_prompt_hash_and_is_stable(sqlite_url, tmp_path):
     store = new_store(sqlite_url, k=2, reviewers_per_item=1)
     prompts = [f"question {i}" for i in range(20)]
     items(store, [(p, [f"{p} x", f"{p} yy"]) for p in prompts])
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     for i, p in enumerate(prompts):
         rank_by_text(store, alice, {f"{p} x": 1, f"{p} yy": 2}, f"k{i}")
     first = build_rows(load_rankings(store, ExportFilters()), 0.5)

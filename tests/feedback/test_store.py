@@ -34,7 +34,7 @@ def count(engine, model) -> int:
 
 def test_each_item_reaches_its_reviewers_and_never_the_same_one_twice(database_url):
     engine, store = make_store(database_url, reviewers_per_item=2, items=2)
-    users = [store.add_user(f"r{i}", "password1") for i in range(3)]
+    users = [store.add_user(f"r{i}", "plum-otter-41") for i in range(3)]
     handed: dict[int, list[str]] = {}
     for n in range(3):
         for user in users:
@@ -52,7 +52,7 @@ def test_each_item_reaches_its_reviewers_and_never_the_same_one_twice(database_u
 def test_the_last_open_slot_goes_to_one_reviewer_until_the_lease_expires(database_url):
     clock = Clock()
     engine, store = make_store(database_url, reviewers_per_item=1, items=1, lease_seconds=60, clock=clock)
-    alice, bob = store.add_user("alice", "password1"), store.add_user("bob", "password1")
+    alice, bob = store.add_user("alice", "plum-otter-41"), store.add_user("bob", "plum-otter-41")
     item = store.next_item(alice)
     assert store.next_item(bob) is None  # alice holds the only slot
     assert store.next_item(alice).item_id == item.item_id  # asking again returns her lease
@@ -66,7 +66,7 @@ def test_the_last_open_slot_goes_to_one_reviewer_until_the_lease_expires(databas
 def test_an_expired_lease_rejects_the_submission_and_stores_nothing(database_url):
     clock = Clock()
     engine, store = make_store(database_url, reviewers_per_item=1, items=1, lease_seconds=60, clock=clock)
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     item = store.next_item(alice)
     clock.t += 61
     with pytest.raises(LeaseExpired, match="lease expired"):
@@ -76,7 +76,7 @@ def test_an_expired_lease_rejects_the_submission_and_stores_nothing(database_url
 
 def test_ranks_follow_the_shown_order_and_are_stored_by_position(database_url):
     engine, store = make_store(database_url, items=1)
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     item = store.next_item(alice)
     texts = [c.text for c in item.candidates]
     shown_ranks = [2, 1, 3]
@@ -92,7 +92,7 @@ def test_ranks_follow_the_shown_order_and_are_stored_by_position(database_url):
 
 def test_retries_with_the_same_idempotency_key_store_one_ranking(database_url):
     engine, store = make_store(database_url, items=2)
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     item = store.next_item(alice)
     first = store.submit_ranking(alice, item.item_id, [1, 1, 2], "key-1")
     again = store.submit_ranking(alice, item.item_id, [1, 1, 2], "key-1")
@@ -114,7 +114,7 @@ def test_retries_with_the_same_idempotency_key_store_one_ranking(database_url):
 ])
 def test_bad_ranks_are_refused_and_nothing_is_stored(sqlite_url, ranks, message):
     engine, store = make_store(sqlite_url, items=1)
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     item = store.next_item(alice)
     with pytest.raises(Invalid, match=message):
         store.submit_ranking(alice, item.item_id, ranks, "k")
@@ -124,7 +124,7 @@ def test_bad_ranks_are_refused_and_nothing_is_stored(sqlite_url, ranks, message)
 
 def test_unknown_item_and_foreign_rankings(database_url):
     engine, store = make_store(database_url, items=1)
-    alice, bob = store.add_user("alice", "password1"), store.add_user("bob", "password1")
+    alice, bob = store.add_user("alice", "plum-otter-41"), store.add_user("bob", "plum-otter-41")
     with pytest.raises(NotFound, match="unknown item"):
         store.submit_ranking(alice, 999, [1, 2, 3], "k")
     item = store.next_item(alice)
@@ -140,7 +140,7 @@ def test_unknown_item_and_foreign_rankings(database_url):
 
 def test_undo_and_edit_the_last_ranking(database_url):
     engine, store = make_store(database_url, items=2, reviewers_per_item=1)
-    alice = store.add_user("alice", "password1")
+    alice = store.add_user("alice", "plum-otter-41")
     first = store.next_item(alice)
     store.submit_ranking(alice, first.item_id, [1, 2, 3], "a")
     second = store.next_item(alice)
@@ -158,7 +158,7 @@ def test_undo_and_edit_the_last_ranking(database_url):
 
 def test_skip_gives_the_slot_to_someone_else_and_flags_are_checked(database_url):
     engine, store = make_store(database_url, items=1, reviewers_per_item=1)
-    alice, bob = store.add_user("alice", "password1"), store.add_user("bob", "password1")
+    alice, bob = store.add_user("alice", "plum-otter-41"), store.add_user("bob", "plum-otter-41")
     item = store.next_item(alice)
     with pytest.raises(NotFound, match="not handed to you"):
         store.flag(bob, item.item_id, "unsafe")
@@ -176,21 +176,21 @@ def test_skip_gives_the_slot_to_someone_else_and_flags_are_checked(database_url)
 
 def test_users_and_passwords(database_url):
     engine, store = make_store(database_url, items=0)
-    store.add_user("admin", "password1", role="admin")
-    assert store.authenticate("admin", "password1").role == "admin"
+    store.add_user("admin", "plum-otter-41", role="admin")
+    assert store.authenticate("admin", "plum-otter-41").role == "admin"
     with pytest.raises(BadLogin):
         store.authenticate("admin", "wrong-password")
     with pytest.raises(BadLogin):
-        store.authenticate("nobody", "password1")
+        store.authenticate("nobody", "plum-otter-41")
     with pytest.raises(Conflict, match="already exists"):
-        store.add_user("admin", "password2")
+        store.add_user("admin", "plum-otter-42")
     with pytest.raises(Invalid, match="role"):
-        store.add_user("x", "password1", role="root")
+        store.add_user("x", "plum-otter-41", role="root")
     with pytest.raises(Invalid, match="password"):
         store.add_user("x", "short")
     with store.sessions() as s:
         stored = s.execute(text("SELECT password_hash FROM users")).scalar()
-    assert stored.startswith("$argon2id$") and "password1" not in stored
+    assert stored.startswith("$argon2id$") and "plum-otter-41" not in stored
 
 
 def test_import_refuses_wrong_reply_counts_and_stores_nothing(database_url):
@@ -198,7 +198,7 @@ def test_import_refuses_wrong_reply_counts_and_stores_nothing(database_url):
     with pytest.raises(Invalid, match="line 2: replies must be a list of exactly K=3"):
         store.import_rows([ImportRow("ok", ["a", "b", "c"], source="f.jsonl line 1"),
                            ImportRow("bad", ["a"], source="f.jsonl line 2")])
-    assert store.progress(store.add_user("admin", "password1", "admin")).totals["prompts"] == 0
+    assert store.progress(store.add_user("admin", "plum-otter-41", "admin")).totals["prompts"] == 0
     counts = store.import_rows([ImportRow("ok", ["a", "b", "c"]), ImportRow("ok", ["a", "b", "c"])])
     assert counts == {"prompts_added": 1, "prompts_existing": 1, "items_added": 1, "items_existing": 1}
 
@@ -228,6 +228,7 @@ def test_an_old_database_upgrades_with_every_row_kept(database_url):
     assert current_revision(engine) == "0001"
     upgrade(engine, "0002")  # later revisions (0003: A/B tables) add tables only
     assert current_revision(engine) == "0002"
+    upgrade(engine)  # the models hold columns of later revisions (0004: username_key, session_version)
     sessions = make_sessionmaker(engine)
     with sessions() as s:
         row = s.scalar(select(RankingRow))
@@ -242,7 +243,7 @@ def test_group_commit_keeps_one_callers_error_to_itself(sqlite_url):
     import threading
 
     engine, store = make_store(sqlite_url, reviewers_per_item=1, items=8)
-    users = [store.add_user(f"r{i}", "password1") for i in range(8)]
+    users = [store.add_user(f"r{i}", "plum-otter-41") for i in range(8)]
     leases = [store.next_item(u) for u in users]
     outcomes: dict[int, object] = {}
     barrier = threading.Barrier(len(users))

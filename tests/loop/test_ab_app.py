@@ -21,9 +21,9 @@ def client(tmp_path):
     config = AppConfig(database_url=f"sqlite:///{tmp_path / 'fb.db'}", k=2)
     app = build_app(config)
     store = app.state.services.store
-    store.add_user("admin", "adminpass1", "admin")
-    store.add_user("alice", "alicepass1")
-    store.add_user("bob", "bobpass123")
+    store.add_user("admin", "admin-pass-1", "admin")
+    store.add_user("alice", "alice-pass-1")
+    store.add_user("bob", "bob-pass-12")
     with TestClient(app) as c:
         yield c
 
@@ -43,7 +43,7 @@ def create(client, admin, n: int, name="s", per_item=1):
 
 def test_reviewers_judge_blind_and_the_report_maps_verdicts_back(client):
     admin, alice, bob = (login(client, u, p) for u, p in
-                         [("admin", "adminpass1"), ("alice", "alicepass1"), ("bob", "bobpass123")])
+                         [("admin", "admin-pass-1"), ("alice", "alice-pass-1"), ("bob", "bob-pass-12")])
     assert create(client, alice, 2).status_code == 403
     resp = create(client, admin, 4, per_item=2)
     assert resp.status_code == 201 and resp.json()["items"] == 4
@@ -80,7 +80,7 @@ def test_reviewers_judge_blind_and_the_report_maps_verdicts_back(client):
 
 def test_answers_are_checked_and_idempotent(client):
     admin, alice, bob = (login(client, u, p) for u, p in
-                         [("admin", "adminpass1"), ("alice", "alicepass1"), ("bob", "bobpass123")])
+                         [("admin", "admin-pass-1"), ("alice", "alice-pass-1"), ("bob", "bob-pass-12")])
     create(client, admin, 1)
     item = client.get("/api/ab/sets/s/next", headers=alice).json()["item"]
     url = f"/api/ab/judgements/{item['judgement_id']}"
@@ -99,7 +99,7 @@ def test_answers_are_checked_and_idempotent(client):
 
 
 def test_blind_order_is_random_and_recorded(client):
-    admin, alice = login(client, "admin", "adminpass1"), login(client, "alice", "alicepass1")
+    admin, alice = login(client, "admin", "admin-pass-1"), login(client, "alice", "alice-pass-1")
     create(client, admin, 120)
     seen, prompts = [], []
     while (item := client.get("/api/ab/sets/s/next", headers=alice).json()["item"]) is not None:
@@ -138,7 +138,7 @@ def test_cli_create_simulate_and_report(tmp_path):
     _user_error(run_cli(*create, "--replies-b", str(tmp_path / "none.jsonl"), *flags), "none.jsonl", "not found")
     # `ab` never creates a database: the admin account sets the store up first.
     admin = subprocess.run([sys.executable, "-m", "rlhf.cli", "app", "users", "add", "admin", "--role", "admin",
-                            "--password-stdin", *flags], input="adminpass1\n", capture_output=True, text=True)
+                            "--password-stdin", *flags], input="admin-pass-1\n", capture_output=True, text=True)
     assert admin.returncode == 0, admin.stderr
     result = run_cli(*create, "--replies-b", str(base), *flags)
     assert result.returncode == 0, result.stderr
@@ -147,10 +147,10 @@ def test_cli_create_simulate_and_report(tmp_path):
     port = free_port()
     server = start_app(["app", "serve", *flags], port, tmp_path / "server.log")
     try:
-        sim = ["simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "j1,j2", "--password", "judgepass1",
+        sim = ["simulate", "--url", f"http://127.0.0.1:{port}", "--accounts", "j1,j2", "--password", "judge-otter-41",
                "--rule=-text.count('sorry')"]
         _user_error(run_cli(*sim, "--ab", "nope", "--create-accounts", "--admin", "admin",
-                            env={"RLHF_ADMIN_PASSWORD": "adminpass1"}), "nope", "not found")
+                            env={"RLHF_ADMIN_PASSWORD": "admin-pass-1"}), "nope", "not found")
         result = run_cli(*sim, "--ab", "eval")
         assert result.returncode == 0, result.stderr
         assert "total: 12 simulated A/B judgements" in result.stdout
@@ -176,8 +176,8 @@ def test_an_unanswered_judgement_expires_and_its_item_goes_to_another_reviewer(t
     now = [1000.0]
     _, sessions = open_store(f"sqlite:///{tmp_path / 'ab.db'}")
     store = Store(sessions, "p", k=2, lease_seconds=60, clock=lambda: now[0])
-    admin, alice, bob = store.add_user("admin", "adminpass1", "admin"), store.add_user("alice", "alicepass1"), \
-        store.add_user("bob", "bobpass123")
+    admin, alice, bob = store.add_user("admin", "admin-pass-1", "admin"), store.add_user("alice", "alice-pass-1"), \
+        store.add_user("bob", "bob-pass-12")
     service = AbService(store)
     service.create_set(admin, "s", "base", "aligned", [{"prompt": "q", "reply_a": "A", "reply_b": "B"}])
     held = service.next_item(alice, "s")

@@ -13,7 +13,7 @@ from feedback_app.server import build_app
 def test_handlers_judge_blind_and_admins_see_the_win_rate(tmp_path):
     app = build_app(AppConfig(database_url=f"sqlite:///{tmp_path / 'fb.db'}"))
     store = app.state.services.store
-    admin, alice = store.add_user("admin", "adminpass1", "admin"), store.add_user("alice", "alicepass1")
+    admin, alice = store.add_user("admin", "admin-pass-1", "admin"), store.add_user("alice", "alice-pass-1")
     service = AbService(store)
     service.create_set(admin, "s", "aligned", "base", [{"prompt": f"q{i}", "reply_a": f"A{i}", "reply_b": f"B{i}"}
                                                       for i in range(3)])
@@ -34,11 +34,11 @@ def test_page_is_behind_the_login(tmp_path):
     from feedback_app.pages import mount_pages
 
     app = build_app(AppConfig(database_url=f"sqlite:///{tmp_path / 'fb.db'}"))
-    app.state.services.store.add_user("alice", "alicepass1")
+    app.state.services.store.add_user("alice", "alice-pass-1")
     mount_pages(app)
     with TestClient(app) as client:
         resp = client.get("/ab", follow_redirects=False)
         assert resp.status_code == 303 and resp.headers["location"].startswith("/login")
-        client.post("/login", data={"username": "alice", "password": "alicepass1", "next": "/ab"},
+        client.post("/login", data={"username": "alice", "password": "alice-pass-1", "next": "/ab"},
                     follow_redirects=False)
         assert client.get("/ab/").status_code == 200
