@@ -74,8 +74,8 @@ def accuracy_interval(credits: Sequence[float], prompts: Sequence[Hashable],
     Shapes: ``credits[i]`` and ``prompts[i]`` describe held-out pair i; N pairs, G distinct prompts.
 
     Method: the cluster-robust (CR1) variance of a ratio estimator with a t quantile on G - 1 degrees
-    of freedom (Cameron & Miller 2015, eqs. 11 and 13; the ratio form is Cochran 1977, "Sampling
-    Techniques", eq. 6.13), where p = S/N, e_g = s_g - p n_g per prompt g, and
+    of freedom (Cameron & Miller 2015, on few clusters; the linearised ratio variance is Cochran 1977,
+    "Sampling Techniques", ch. 6), where p = S/N and e_g = s_g - p n_g for prompt g's s_g of n_g, and
 
         Var(p) = G/(G-1) * sum_g e_g^2 / N^2,     interval p -/+ t_{G-1} sqrt(Var(p)).
 
@@ -92,9 +92,9 @@ def accuracy_interval(credits: Sequence[float], prompts: Sequence[Hashable],
         raise ValueError("credits and prompts must have the same length")
     sums: dict[Hashable, float] = defaultdict(float)
     counts: dict[Hashable, int] = defaultdict(int)
-    for c, g in zip(credits, prompts):
-        sums[g] += float(c)
-        counts[g] += 1
+    for credit, key in zip(credits, prompts):
+        sums[key] += float(credit)
+        counts[key] += 1
     n, g = len(credits), len(sums)
     if n == 0 or g < 2:
         raise ValueError("an interval needs pairs from at least two prompts")
