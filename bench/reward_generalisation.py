@@ -314,8 +314,6 @@ def method_lpft(ctx) -> dict:
     """LP-FT: the last-token probe (fit on train, L2 chosen on validation) as the score head, then
     LoRA (default.yaml's r 16, alpha 32) on training rankings with a small learning rate; validation
     loss after every half epoch, the best state kept (the probe itself counts: step 0)."""
-    import copy
-
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -380,7 +378,6 @@ def method_lpft(ctx) -> dict:
     test = parts["test"]
     with torch.no_grad():
         s = torch.cat([scores_of(test[j:j + 8], False) for j in range(0, len(test), 8)])
-    del copy
     return {"scores": s.tolist(), "seconds": time.perf_counter() - started, "kept_step": best["step"],
             "steps": step, "curve": curve, "probe_l2": probe.l2}
 

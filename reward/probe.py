@@ -82,6 +82,29 @@ def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[
     return out
 
 
+def ranking_features(model, tokenizer, rows: list[dict], feature: str,
+                     batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-wise rows (``prompt``, ``completions``, ``ranks``) -> features [B, K_max, H] and ranks
+    [B, K_max] (0 and zeros in the slots of a ranking with fewer replies). ``feature``: ``"last@L"``
+    or ``"mean@L"``. Replies are tokenized as the reward model reads them (``reward.data.reply_ids``).
+    """
+    from reward.data import reply_ids
+
+    pooling, layer = feature.split("@")
+    ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
+    flat = reply_features(model, ids, tokenizer.pad_token_id, [int(layer)], (pooling,), batch_size)[feature]
+    k_max = max(len(row["completions"]) for row in rows)
+    features = torch.zeros(len(rows), k_max, flat.shape[1])
+    ranks = torch.zeros(len(rows), k_max, dtype=torch.long)
+    start = 0
+    for b, row in enumerate(rows):
+        k = len(row["completions"])
+        features[b, :k] = flat[start:start + k]
+        ranks[b, :k] = torch.tensor(list(row["ranks"]))
+        start += k
+    return features, ranks
+
+
 # ---------------------------------------------------------------------------------------------------
 # The probe: K-wise Bradley-Terry on standardised features, L2-regularised
 

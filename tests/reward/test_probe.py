@@ -100,6 +100,21 @@ def test_reply_features_do_not_depend_on_padding(tiny_score_model):
     assert torch.allclose(together["mean@1"][1], hidden.mean(0), atol=1e-5)
 
 
+def test_ranking_features_pad_a_shorter_ranking(tiny_score_model):
+    from reward.data import reply_ids
+    from reward.probe import ranking_features
+
+    model, tokenizer = tiny_score_model
+    rows = [{"prompt": "Where is my parcel?", "completions": ["It ships today.", "No idea.", "Soon."], "ranks": [1, 3, 2]},
+            {"prompt": "Refund?", "completions": ["Yes.", "No.", "Maybe.", "Ask later."], "ranks": [2, 1, 1, 4]}]
+    features, ranks = ranking_features(model, tokenizer, rows, "last@2")
+    assert features.shape == (2, 4, model.config.hidden_size)
+    assert ranks.tolist() == [[1, 3, 2, 0], [2, 1, 1, 4]]
+    assert features[0, 3].abs().sum() == 0  # the empty slot
+    alone = reply_features(model, [reply_ids(tokenizer, "Refund?", "No.")], tokenizer.pad_token_id, [2], ("last",))
+    assert torch.allclose(features[1, 1], alone["last@2"][0], atol=1e-5)
+
+
 def test_probe_written_into_the_score_head_scores_as_the_probe(tiny_score_model):
     from reward.evaluate import score_ids
 
