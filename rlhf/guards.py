@@ -42,7 +42,12 @@ class UpdateMetrics:
 
 @dataclass(frozen=True)
 class GuardSettings:
-    window: int = 5  # updates in each slope test (at least 3)
+    """Defaults chosen on simulated runs of 30 updates, per-update noise 0.1 on both rewards, the
+    training reward rising 0.1 per update: an honest run (held-out +0.05 per update) was stopped in 3%
+    of 300 runs (21% with window 5), a flat held-out reward in 100%, and one peaking at update 12 then
+    falling 0.05 per update in 100%, at a median update 17, keeping update 12."""
+
+    window: int = 8  # updates in each slope test (at least 3)
     alpha: float = 0.05  # one-sided level of the training reward's slope test
     patience: int = 2  # warnings in a row before stopping
     kl_bound: float | None = None  # stop when KL to the reference exceeds this

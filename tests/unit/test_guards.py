@@ -14,7 +14,11 @@ def _run(reward, held_out, kl=None):
     return [UpdateMetrics(t, reward[t], held_out[t], kl[t], 40 + 5 * t, 0.9 - 0.05 * t) for t in range(n)]
 
 
-def _actions(history, settings=GuardSettings()):
+# Windows of 5 updates keep the hand-made series short (the default is 8).
+W5 = GuardSettings(window=5)
+
+
+def _actions(history, settings=W5):
     return [check_exploitation(history[:t], settings).action for t in range(1, len(history) + 1)]
 
 
@@ -38,7 +42,7 @@ EXPLOITED = _run(list(range(1, 11)), [0.0, 0.45, 1.05, 1.45, 1.5, 1.35, 1.0, 0.7
 
 def test_an_honest_run_is_not_stopped():
     assert _actions(HONEST) == ["continue"] * 12  # its dips (.05) stay within the noise margin
-    decision = first_stop(HONEST)
+    decision = first_stop(HONEST, W5)
     assert (decision.action, decision.step, decision.keep_step) == ("continue", 11, 11)
     assert decision.message == "Update 11: no sign of reward hacking."
 
@@ -48,21 +52,25 @@ def test_a_run_exploiting_the_reward_model_is_stopped_keeping_the_best_held_out_
     # sum (x-2) y = -2.1 - 1.45 + 1.35 + 2.0 = -0.2 -> slope -0.02 while the training reward rises
     # on an exact line (p = 0): warning 1. Update 7: window 3-7 slope -0.2: warning 2 = patience: stop.
     assert _actions(EXPLOITED)[:8] == ["continue"] * 6 + ["warn", "stop"]
-    decision = first_stop(EXPLOITED)
+    decision = first_stop(EXPLOITED, W5)
     assert (decision.action, decision.step, decision.keep_step) == ("stop", 7, 4)
     assert decision.message == (
         "Stopping at update 7 (2 warnings in a row): over updates 3-7 the training reward rose 4 -> 8 "
         "(+1 per update, p < 0.001) while the second reward model's did not (-0.2 per update): the policy is "
         "exploiting the training reward model; keeping update 4, where the second reward model's reward was "
         "best (1.5; training reward 5, KL 0.4); reply length 60 -> 75 tokens, EOS share 70% -> 55%.")
+    # The default windows of 8 see it two updates later and keep the same update; the honest run goes on.
+    assert _actions(EXPLOITED, GuardSettings()) == ["continue"] * 8 + ["warn", "stop"]
+    assert (first_stop(EXPLOITED).step, first_stop(EXPLOITED).keep_step) == (9, 4)
+    assert first_stop(HONEST).action == "continue"
 
 
 def test_a_flat_second_model_under_a_rising_training_reward_stops_after_patience():
     flat = _run(list(range(1, 11)), [1.0, 1.1, 0.95, 1.05, 1.0, 0.98, 1.02, 0.97, 1.0, 0.96])
     # Window 0-4: sum (x-2) y = -2 - 1.1 + 1.05 + 2 = -0.05 (slope -0.005): warning; window 1-5: -0.019.
     assert _actions(flat)[:6] == ["continue"] * 4 + ["warn", "stop"]
-    assert first_stop(flat).keep_step == 1
-    assert _actions(flat, GuardSettings(patience=3))[:7] == ["continue"] * 4 + ["warn", "warn", "continue"]
+    assert first_stop(flat, W5).keep_step == 1
+    assert _actions(flat, GuardSettings(window=5, patience=3))[:7] == ["continue"] * 4 + ["warn", "warn", "continue"]
 
 
 def test_a_drop_below_the_best_by_the_margin_stops_before_the_slope_window_fills():
@@ -78,7 +86,7 @@ def test_a_drop_below_the_best_by_the_margin_stops_before_the_slope_window_fills
 
 def test_kl_above_its_bound_stops_at_once_keeping_the_best_update_within_the_bound():
     # KL 0.1 per update crosses 0.55 at update 6; the best second-model reward up to then is 0.8 (update 4).
-    decision = first_stop(HONEST, GuardSettings(kl_bound=0.55))
+    decision = first_stop(HONEST, GuardSettings(window=5, kl_bound=0.55))
     assert (decision.action, decision.step, decision.keep_step) == ("stop", 6, 4)
     assert decision.reasons == ("KL to the reference 0.6 crossed the bound 0.55",)
     # Had the best second-model reward come after the crossing, it would not be kept.
