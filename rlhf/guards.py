@@ -158,8 +158,8 @@ def check_exploitation(history: Sequence[UpdateMetrics], settings: GuardSettings
 
 def first_stop(history: Sequence[UpdateMetrics], settings: GuardSettings = GuardSettings()) -> GuardDecision:
     """Replay ``history`` update by update: the first ``stop`` decision, else the last decision."""
-    decision = None
-    for t in range(1, len(history) + 1):
+    decision = check_exploitation(history[:1], settings)
+    for t in range(2, len(history) + 1):
         decision = check_exploitation(history[:t], settings)
         if decision.action == "stop":
             break

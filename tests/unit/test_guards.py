@@ -99,3 +99,5 @@ def test_settings_are_checked():
         check_exploitation(HONEST, GuardSettings(window=2))
     with pytest.raises(ValueError, match="no update"):
         check_exploitation([])
+    with pytest.raises(ValueError, match="no update"):
+        first_stop([])
