@@ -134,20 +134,20 @@ def _origin_of(url: str) -> str:
 
 def same_origin(scope) -> bool:
     """Whether an unsafe request comes from the app's own pages. Browsers send ``Origin`` with every
-    POST (``null`` from sandboxed or privacy-stripped contexts: refused), and ``Sec-Fetch-Site`` when
-    they do not; an old browser may only send ``Referer``. A request with none of the three does not
-    come from a browser page (curl, ``rlhf simulate``, the tests' HTTP clients), so it is no cross-site
-    request."""
+    POST, but ``null`` under this app's ``Referrer-Policy: no-referrer`` (Chromium's forms) and from
+    sandboxed contexts; then ``Sec-Fetch-Site`` (sent by current browsers) decides, and an old browser's
+    ``Referer``; a ``null`` with neither is refused. A request with none of the three does not come
+    from a browser page (curl, ``rlhf simulate``, the tests' HTTP clients): it is no cross-site request."""
     origin = _header(scope, b"origin")
-    if origin is not None:
+    if origin is not None and origin.strip().lower() != "null":
         return origin.strip().lower() == own_origin(scope)
     site = _header(scope, b"sec-fetch-site")
     if site is not None:
-        return site.strip().lower() in ("same-origin", "none")  # none: typed by the user
+        return site.strip().lower() in ("same-origin", "none")  # none: typed or bookmarked by the user
     referer = _header(scope, b"referer")
     if referer is not None:
         return _origin_of(referer.strip()) == own_origin(scope)
-    return True
+    return origin is None
 
 
 def from_browser(scope) -> bool:

@@ -14,7 +14,8 @@ The database holds the three accounts in ``PASSWORDS`` (admin; reviewers alice a
 ``ITEMS`` imported items with K replies each. Tests share the server: do not log these accounts out
 for good, change their passwords, or rely on the exact number of items left; create your own
 accounts or prompts when a test needs a known state. A test that needs a server of its own (other
-flags, a restart) calls ``serve(root, tiny_model_dir, *extra_args)``.
+flags, a restart) calls ``serve(root, tiny_model_dir, *extra_args)``. ``browser`` (Debian's Chromium
+through playwright, from tests/web) is available here too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningApp, free_port, start_app, stop_app
+from tests.web.conftest import browser  # noqa: F401  (Chromium for the attack tests run in a browser)
 
 PROJECT, K, ITEMS = "attack", 3, 8
 # Strong enough for the password-strength rule new accounts must pass.
