@@ -115,15 +115,15 @@ def test_k_changed_by_the_cli_while_the_server_runs(k_server, tmp_path):
 
 def test_database_wal_backup_and_export_files_are_not_world_readable(k_server, tmp_path):
     app, db, common = k_server
-    import_three_replies(common, tmp_path)
-    rank_one(app.url, login(app.url, "rita"))  # something to export (4 items; the K test ranks 2)
-    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):  # the server holds them open
         assert path.exists(), path
         assert mode(path) == 0o600, (path, oct(mode(path)))
     backup = tmp_path / "copy.db"
     result = cli("app", "backup", str(backup), *common)
     assert result.returncode == 0, result.stderr
     assert mode(backup) == 0o600
+    import_three_replies(common, tmp_path)
+    rank_one(app.url, login(app.url, "rita"))  # something to export (4 items; the K test ranks 2)
     answer = httpx.post(app.url + "/api/admin/export", headers=login(app.url, "boss"), json={}, timeout=120)
     assert answer.status_code == 200, answer.text
     out = Path(answer.json()["path"])
