@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 
 from feedback_app.ab import verdict_from_scores
+from feedback_app.config import SimulateConfig
 from feedback_app.simulate import ReviewerResult, _client, _login, _post_with_retry, run_accounts
 from rlhf.errors import UserError
-from rlhf.rules import Rule, score_replies
+from rlhf.rules import Rule, load_rule, score_replies
 
 
 def judge_as(url: str, username: str, password: str, set_ref: str, rule: Rule, noise: float, flipped: bool,
@@ -41,8 +42,11 @@ def judge_as(url: str, username: str, password: str, set_ref: str, rule: Rule, n
     return result
 
 
-def simulate_ab(url: str, accounts: list[str], password: str, set_ref: str, rule: Rule, noise: float = 0.0,
-                disagreement: float = 0.0, seed: int = 0, max_items: int | None = None) -> list[ReviewerResult]:
-    """Every account judges at once until the set has no item left for it."""
-    return run_accounts(accounts, noise, disagreement, seed, lambda name, flipped, account_seed: judge_as(
-        url, name, password, set_ref, rule, noise, flipped, account_seed, max_items))
+def simulate_ab(config: SimulateConfig) -> list[ReviewerResult]:
+    """Every account of ``config`` judges the A/B set ``config.ab`` at once until the set has no item
+    left for it (at most ``config.max_rankings`` each)."""
+    rule = load_rule(config.rule)
+    return run_accounts(config.accounts, config.noise, config.disagreement, config.seed,
+                        lambda name, flipped, account_seed: judge_as(
+                            config.url, name, config.password, config.ab, rule, config.noise, flipped,
+                            account_seed, config.max_rankings))

@@ -29,27 +29,29 @@ def _app_config(args):
     return config_from_args(AppConfig, args)
 
 
-def _store(args, setup: bool = True):
-    """The config and the project's store (``Store.open``). Only commands that set a store up
-    (``setup``: users add, import, serve, demo) may create the database or the project and write the
-    project's settings; the others (generate, export, backup, ab) refuse a missing one."""
+def _store(args, setup: bool = True, config_class=None):
+    """The command's config (``config_class``, an ``AppConfig`` by default) and the project's store
+    (``Store.open``). Only commands that set a store up (``setup``: users add, import, serve, demo) may
+    create the database or the project and write the project's settings; the others (generate,
+    export, backup, ab) refuse a missing one."""
+    from feedback_app.config import AppConfig
     from feedback_app.store import Store
 
-    config = _app_config(args)
+    config = config_from_args(config_class or AppConfig, args)
     return config, Store.open(config, create=setup)
 
 
 def register(subparsers) -> None:
-    from feedback_app.config import AppConfig
+    from feedback_app.config import (AbCreateConfig, AbReportConfig, AppConfig, DemoConfig, ExportConfig,
+                                     SimulateConfig)
 
     app = subparsers.add_parser("app", help="the feedback app: store, REST API, import, generate, export",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
 
-    def command(name: str, help: str, run, config: bool = True):
+    def command(name: str, help: str, run, config=AppConfig):
         parser = sub.add_parser(name, help=help, description=help)
-        if config:
-            add_config_flags(parser, AppConfig)
+        add_config_flags(parser, config)
         parser.set_defaults(run=run)
         return parser
 
@@ -57,11 +59,8 @@ def register(subparsers) -> None:
     serve.add_argument("--no-pages", action="store_true", help="serve the REST API only (no Gradio pages)")
 
     demo = command("demo", "the app on the embedded defaults: import example prompts, create an admin, "
-                           "generate candidates in the background, serve the pages (make demo)", _run_demo)
-    demo.add_argument("--prompts", default="configs/prompts/support_questions.jsonl", metavar="FILE",
-                      help="prompts to import first (JSONL or CSV)")
-    demo.add_argument("--admin", default="admin", help="admin account created when missing "
-                                                       "(password: $RLHF_ADMIN_PASSWORD, or generated and printed)")
+                           "generate candidates in the background, serve the pages (make demo)", _run_demo,
+                   DemoConfig)
 
     users = sub.add_parser("users", help="manage reviewer and admin accounts")
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
@@ -86,13 +85,14 @@ def register(subparsers) -> None:
     gen.add_argument("--round", type=int, default=0, help="generation round the new items belong to")
 
     exp = command("export", "export rankings as TRL datasets (pairwise + K-wise + manifest), or the prompts",
-                  run_export)
-    exp.add_argument("out", nargs="?", metavar="OUT", help="output folder for the datasets")
-    exp.add_argument("--prompts", metavar="FILE.jsonl", help="instead write the prompt set PPO reads")
-    exp.add_argument("--reviewer", action="append", help="only this reviewer's rankings (repeat for several)")
-    exp.add_argument("--round", action="append", type=int, help="only this generation round (repeatable)")
-    exp.add_argument("--source", choices=("all", "human", "simulated"), default="all")
-    exp.add_argument("--include-flagged", action="store_true", help="keep flagged replies and items")
+                  run_export, ExportConfig)
+    # The usual shapes of three ExportConfig fields, beside their generated --out/--reviewers/--rounds.
+    exp.add_argument("cfg:out", nargs="?", metavar="OUT", default=argparse.SUPPRESS,
+                     help="output folder for the datasets")
+    exp.add_argument("--reviewer", action="append", dest="cfg:reviewers", default=argparse.SUPPRESS, metavar="NAME",
+                     help="only this reviewer's rankings (repeat for several)")
+    exp.add_argument("--round", action="append", type=int, dest="cfg:rounds", default=argparse.SUPPRESS, metavar="N",
+                     help="only this generation round (repeatable)")
 
     bak = command("backup", "copy the database while the app runs (SQLite online backup; PostgreSQL: pg_dump, "
                             "restore with psql -f FILE)", run_backup)
@@ -101,41 +101,22 @@ def register(subparsers) -> None:
     ab = sub.add_parser("ab", help="blind A/B evaluation of two policies (create a set, report win rates)")
     absub = ab.add_subparsers(dest="ab_command", metavar="ACTION", required=True)
     abc = absub.add_parser("create", help="create an A/B set from two `rlhf generate --output` files")
-    abc.add_argument("name", help="name of the set")
-    abc.add_argument("--policy-a", required=True, help="name of policy A (e.g. base)")
-    abc.add_argument("--replies-a", required=True, metavar="FILE.jsonl", help="policy A's replies")
-    abc.add_argument("--policy-b", required=True, help="name of policy B (e.g. aligned)")
-    abc.add_argument("--replies-b", required=True, metavar="FILE.jsonl", help="policy B's replies, same prompts")
-    abc.add_argument("--judgements-per-item", type=int, default=1, help="different reviewers per item")
-    add_config_flags(abc, AppConfig)
+    abc.add_argument("cfg:name", metavar="NAME", help="name of the set")
+    add_config_flags(abc, AbCreateConfig)
     abc.set_defaults(run=run_ab_create)
     abr = absub.add_parser("report", help="win rate of policy A with its 95%% interval, and the position bias")
-    abr.add_argument("name", help="name or id of the set")
-    abr.add_argument("--output", metavar="FILE.json", help="also write the full report (every judgement) here")
-    add_config_flags(abr, AppConfig)
+    abr.add_argument("cfg:name", metavar="NAME", help="name or id of the set")
+    add_config_flags(abr, AbReportConfig)
     abr.set_defaults(run=run_ab_report)
 
     sim = subparsers.add_parser("simulate", help="scripted reviewers rank items through the REST API",
                                 description="Log in as several reviewer accounts and rank by a rule of the "
                                             "reply text. Everything written is marked simulated.")
-    sim.add_argument("--url", default="http://127.0.0.1:8765", help="address of a running `rlhf app serve`")
-    sim.add_argument("--accounts", default="sim-1,sim-2,sim-3", help="comma-separated reviewer accounts")
-    sim.add_argument("--password", default=None,
-                     help="the accounts' password (default: $RLHF_SIM_PASSWORD)")
-    sim.add_argument("--create-accounts", action="store_true",
-                     help="create missing accounts first (needs --admin and $RLHF_ADMIN_PASSWORD)")
-    sim.add_argument("--admin", default=None, help="admin account used by --create-accounts")
-    sim.add_argument("--rule", required=True, help="score of a reply: expression of `text`, or module:function")
+    add_config_flags(sim, SimulateConfig)
     # A rule may start with '-' ("-text.count('sorry')", "fewer apologies"); argparse would take it for
     # an option and stop with "expected one argument". This parser has no single-dash options but -h,
     # which is matched before this pattern is consulted, so every other '-word' is read as a value.
     sim._negative_number_matcher = re.compile(r"^-[^-]")
-    sim.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to each score")
-    sim.add_argument("--disagreement", type=float, default=0.0, help="share of accounts using the flipped rule")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--max-rankings", type=int, default=None, help="per account at most (default: until done)")
-    sim.add_argument("--ab", metavar="SET", default=None,
-                     help="judge the blind A/B set SET (name or id) with the rule instead of ranking items")
     sim.set_defaults(run=run_simulate)
 
 
@@ -170,9 +151,10 @@ def run_serve(args) -> int:
 
 
 def _run_demo(args) -> int:
+    from feedback_app.config import DemoConfig
     from feedback_app.pages.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(config_from_args(DemoConfig, args))
 
 
 def _read_password(args) -> str:
@@ -223,19 +205,23 @@ def run_generate(args) -> int:
 
 
 def run_export(args) -> int:
-    from feedback_app.export import ExportFilters, export_prompts, export_rankings
+    from feedback_app.config import ExportConfig
+    from feedback_app.export import export_prompts, export_rankings
+    from feedback_app.store import Store
 
-    if not args.prompts and not args.out:
+    config = config_from_args(ExportConfig, args)
+    if not config.prompts and not config.out:
         raise UserError("give an output folder (rlhf app export OUT) or --prompts FILE.jsonl")
-    config, store = _store(args, setup=False)
-    if args.prompts:
-        n = export_prompts(store, args.prompts)
-        print(f"wrote {n} prompts to {args.prompts}")
-        if not args.out:
+    filters = config.filters()  # a bad --source stops here, before the store is opened
+    store = Store.open(config, create=False)
+    if config.prompts:
+        n = export_prompts(store, config.prompts)
+        print(f"wrote {n} prompts to {config.prompts}")
+        if not config.out:
             return 0
-    filters = ExportFilters(args.reviewer, args.round, args.source, args.include_flagged)
-    manifest = export_rankings(store, args.out, filters, config.test_fraction)
-    print(json.dumps({"out": args.out, **manifest["counts"]}))
+    manifest = export_rankings(store, config.out, filters, config.test_fraction)
+    store.audit(None, "export", str(config.out), manifest["counts"])  # the audit log names "cli"
+    print(json.dumps({"out": config.out, **manifest["counts"]}))
     return 0
 
 
@@ -248,30 +234,30 @@ def run_backup(args) -> int:
 
 
 def run_simulate(args) -> int:
+    from feedback_app.config import SimulateConfig
     from feedback_app.simulate import ensure_accounts, simulate
     from rlhf.rules import load_rule
 
-    rule = load_rule(args.rule)
-    password = args.password or os.environ.get("RLHF_SIM_PASSWORD")
+    config = config_from_args(SimulateConfig, args)
+    load_rule(config.rule)  # a bad rule stops here, before any account is touched
+    password = config.password or os.environ.get("RLHF_SIM_PASSWORD")
     if not password:
         raise UserError("--password: give the accounts' password (or set RLHF_SIM_PASSWORD)")
-    accounts = [a.strip() for a in args.accounts.split(",") if a.strip()]
-    if args.create_accounts:
+    config.password = password
+    if config.create_accounts:
         admin_password = os.environ.get("RLHF_ADMIN_PASSWORD")
-        if not args.admin or not admin_password:
+        if not config.admin or not admin_password:
             raise UserError("--create-accounts needs --admin NAME and $RLHF_ADMIN_PASSWORD")
-        ensure_accounts(args.url, args.admin, admin_password, accounts, password)
-    if args.ab:
+        ensure_accounts(config, admin_password)
+    if config.ab:
         from feedback_app.ab_simulate import simulate_ab
 
-        results = simulate_ab(args.url, accounts, password, args.ab, rule, args.noise, args.disagreement,
-                              args.seed, args.max_rankings)
+        results = simulate_ab(config)
         for r in results:
             print(f"{r.username}: {r.submitted} A/B judgements" + (f", {len(r.errors)} refused" if r.errors else ""))
         print(f"total: {sum(r.submitted for r in results)} simulated A/B judgements")
         return 0
-    results = simulate(args.url, accounts, password, rule, args.noise, args.disagreement, args.seed,
-                       args.max_rankings)
+    results = simulate(config)
     for r in results:
         print(f"{r.username}: {r.submitted} rankings{' (flipped rule)' if r.flipped else ''}"
               + (f", {len(r.errors)} refused: {r.errors[0]}" if r.errors else ""))
@@ -282,30 +268,34 @@ def run_simulate(args) -> int:
 def run_ab_create(args) -> int:
     from feedback_app.ab import pair_replies, read_replies_file
     from feedback_app.ab_store import AbService
+    from feedback_app.config import AbCreateConfig
+    from feedback_app.store import Store
 
+    config = config_from_args(AbCreateConfig, args)
     # Parse both files before opening the store: a bad line stores nothing.
-    items = pair_replies(read_replies_file(args.replies_a), read_replies_file(args.replies_b),
-                         f"{args.replies_a} / {args.replies_b}")
-    _, store = _store(args, setup=False)
+    items = pair_replies(read_replies_file(config.replies_a), read_replies_file(config.replies_b),
+                         f"{config.replies_a} / {config.replies_b}")
+    store = Store.open(config, create=False)
     admin = _cli_admin()
-    info = AbService(store).create_set(admin, args.name, args.policy_a, args.policy_b, items,
-                                       args.judgements_per_item)
+    info = AbService(store).create_set(admin, config.name, config.policy_a, config.policy_b, items,
+                                       config.judgements_per_item)
     print(json.dumps({"set_id": info.set_id, "name": info.name, "items": info.items}))
     return 0
 
 
 def run_ab_report(args) -> int:
     from feedback_app.ab_store import AbService
+    from feedback_app.config import AbReportConfig
 
-    _, store = _store(args, setup=False)
-    report = AbService(store).report(_cli_admin(), args.name)
-    if args.output:
+    config, store = _store(args, setup=False, config_class=AbReportConfig)
+    report = AbService(store).report(_cli_admin(), config.name)
+    if config.output:
         from feedback_app.files import path_error, prepare_parent
 
         try:
-            prepare_parent(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
+            prepare_parent(config.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
         except OSError as exc:
-            raise path_error(args.output, exc) from None
+            raise path_error(config.output, exc) from None
     wr, pb = report["win_rate"], report["position_bias"]
     rate = "n/a" if wr["win_rate_a"] is None else f"{wr['win_rate_a']:.3f} [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}]"
     print(json.dumps({k: report[k] for k in ("name", "policy_a", "policy_b", "items", "open")}))

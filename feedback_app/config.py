@@ -72,6 +72,81 @@ class AppConfig(Config):
         return (db.parent if db else Path("runs/feedback")) / "secret.key"
 
 
+# ---------------------------------------------------------------------------------------------------
+# One typed config per command beyond serve/import/generate (those take AppConfig itself). Each is
+# built by ``rlhf.config.config_from_args``: a YAML file, then flags; the flags keep the shapes users
+# know (a positional OUT or NAME, repeatable --reviewer/--round, --include-flagged alone).
+
+
+class DemoConfig(AppConfig):
+    """``rlhf app demo``: the app on the embedded defaults, with example prompts and an admin."""
+
+    prompts: str = Field("configs/prompts/support_questions.jsonl",
+                         description="prompts to import first (JSONL or CSV)")
+    admin: str = Field("admin", description="admin account created when missing "
+                                            "(password: $RLHF_ADMIN_PASSWORD, or generated and printed)")
+
+
+class ExportConfig(AppConfig):
+    """``rlhf app export``: rankings as TRL datasets (pairwise + K-wise + manifest), or the prompt set."""
+
+    out: str | None = Field(None, description="output folder for the datasets")
+    prompts: str | None = Field(None, description="instead (or also) write the prompt set PPO reads to this JSONL file")
+    reviewers: list[str] | None = Field(None, description="only these reviewers' rankings (--reviewer, repeatable)")
+    rounds: list[int] | None = Field(None, description="only these generation rounds (--round, repeatable)")
+    source: str = Field("all", description="all, human or simulated rankings")
+    include_flagged: bool = Field(False, description="keep flagged replies and items")
+
+    def filters(self):
+        """The export's row filters (``feedback_app.export.ExportFilters``, shared with the REST API)."""
+        from feedback_app.export import ExportFilters
+
+        return ExportFilters(self.reviewers, self.rounds, self.source, self.include_flagged)
+
+
+class AbCreateConfig(AppConfig):
+    """``rlhf app ab create``: an A/B set from two ``rlhf generate --output`` files of the same prompts."""
+
+    name: str = Field(..., description="name of the set")
+    policy_a: str = Field(..., description="name of policy A (e.g. base)")
+    replies_a: str = Field(..., description="policy A's replies (JSONL)")
+    policy_b: str = Field(..., description="name of policy B (e.g. aligned)")
+    replies_b: str = Field(..., description="policy B's replies (JSONL), same prompts")
+    judgements_per_item: int = Field(1, description="different reviewers per item")
+
+
+class AbReportConfig(AppConfig):
+    """``rlhf app ab report``: win rate of policy A with its interval, and the position bias."""
+
+    name: str = Field(..., description="name or id of the set")
+    output: str | None = Field(None, description="also write the full report (every judgement) here (JSON)")
+
+
+class SimulateConfig(Config):
+    """``rlhf simulate``: scripted reviewers rank items (or judge an A/B set) through a running app's
+    REST API. Everything they write is marked simulated."""
+
+    url: str = Field("http://127.0.0.1:8765", description="address of a running `rlhf app serve`")
+    accounts: list[str] = Field(["sim-1", "sim-2", "sim-3"], description="reviewer accounts (comma-separated)")
+    password: str | None = Field(None, description="the accounts' password (default: $RLHF_SIM_PASSWORD)")
+    create_accounts: bool = Field(False, description="create missing accounts first (needs --admin and "
+                                                     "$RLHF_ADMIN_PASSWORD)")
+    admin: str | None = Field(None, description="admin account used by --create-accounts")
+    rule: str = Field(..., description="score of a reply: expression of `text`, or module:function")
+    noise: float = Field(0.0, description="std of Gaussian noise added to each score")
+    disagreement: float = Field(0.0, description="share of accounts using the flipped rule")
+    seed: int = Field(0, description="random seed (noise, flipped accounts)")
+    max_rankings: int | None = Field(None, description="per account at most (default: until done)")
+    ab: str | None = Field(None, description="judge the blind A/B set with this name or id instead of ranking items")
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):  # the flag's form: "sim-1,sim-2"
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+
 def sqlite_path(database_url: str) -> Path | None:
     """The database file of a SQLite URL (``sqlite:///relative.db``, ``sqlite:////abs.db``, with or
     without a driver or query string); None for another database or an in-memory one. The one place

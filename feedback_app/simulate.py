@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from feedback_app.config import SimulateConfig
 from rlhf.errors import UserError
-from rlhf.rules import Rule, rank_replies
+from rlhf.rules import Rule, load_rule, rank_replies
 
 
 @dataclass
@@ -44,12 +45,14 @@ def _login(client, username: str, password: str) -> str:
     return resp.json()["token"]
 
 
-def ensure_accounts(url: str, admin: str, admin_password: str, accounts: list[str], password: str) -> None:
-    """Create missing reviewer accounts through the admin route."""
-    with _client(url) as client:
-        token = _login(client, admin, admin_password)
-        for name in accounts:
-            resp = client.post("/api/admin/users", json={"username": name, "password": password, "role": "reviewer"},
+def ensure_accounts(config: SimulateConfig, admin_password: str) -> None:
+    """Create the missing reviewer accounts of ``config`` (password ``config.password``) through the
+    admin route, logged in as ``config.admin``."""
+    with _client(config.url) as client:
+        token = _login(client, config.admin, admin_password)
+        for name in config.accounts:
+            resp = client.post("/api/admin/users",
+                               json={"username": name, "password": config.password, "role": "reviewer"},
                                headers={"Authorization": f"Bearer {token}"})
             if resp.status_code not in (201, 409):
                 raise UserError(f"creating account '{name}': {resp.json().get('detail', resp.text)}")
@@ -103,11 +106,14 @@ def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: floa
     return result
 
 
-def simulate(url: str, accounts: list[str], password: str, rule: Rule, noise: float = 0.0,
-             disagreement: float = 0.0, seed: int = 0, max_rankings: int | None = None) -> list[ReviewerResult]:
-    """Run every account at once; ``round(disagreement * len(accounts))`` of them use the flipped rule."""
-    return run_accounts(accounts, noise, disagreement, seed, lambda name, flipped, account_seed: run_reviewer(
-        url, name, password, rule, noise, flipped, account_seed, max_rankings))
+def simulate(config: SimulateConfig) -> list[ReviewerResult]:
+    """Run every account of ``config`` at once (password ``config.password``);
+    ``round(disagreement * len(accounts))`` of them use the flipped rule."""
+    rule = load_rule(config.rule)
+    return run_accounts(config.accounts, config.noise, config.disagreement, config.seed,
+                        lambda name, flipped, account_seed: run_reviewer(
+                            config.url, name, config.password, rule, config.noise, flipped, account_seed,
+                            config.max_rankings))
 
 
 def run_accounts(accounts: list[str], noise: float, disagreement: float, seed: int,

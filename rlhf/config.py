@@ -155,7 +155,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config], default
         flag = "--" + dotted.replace("_", "-")
         default = info.default if info.default is not None else "none"
         text = (info.description or "") + f" [default: {default}]"
-        group.add_argument(flag, dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="V", help=text)
+        if info.annotation is bool:  # `--include-flagged` alone means true; `--include-flagged false` still works
+            group.add_argument(flag, dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="V", help=text,
+                               nargs="?", const="true")
+        else:
+            group.add_argument(flag, dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="V", help=text)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
@@ -166,7 +170,9 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
         if not key.startswith("cfg:"):
             continue
         dotted = key[4:]
-        if _is_plain_str(fields[dotted].annotation):
+        if not isinstance(raw, str):  # already parsed by argparse (a repeatable flag's list, an int)
+            overrides[dotted] = raw
+        elif _is_plain_str(fields[dotted].annotation):
             overrides[dotted] = raw
         else:  # lists, numbers, booleans, null: parse the flag as a YAML scalar or flow sequence
             try:

@@ -13,9 +13,8 @@ import secrets
 import signal
 import sys
 
+from feedback_app.config import DemoConfig
 from rlhf.errors import UserError
-
-DEFAULT_PROMPTS = "configs/prompts/support_questions.jsonl"
 
 
 def ensure_admin(store, username: str) -> str | None:
@@ -44,30 +43,27 @@ def check_port_free(host: str, port: int) -> None:
                             f"--port") from None
 
 
-def run_demo(args) -> int:
+def run_demo(config: DemoConfig) -> int:
     import uvicorn
 
-    from feedback_app.config import AppConfig
     from feedback_app.importing import read_import_file
     from feedback_app.pages import mount_pages
     from feedback_app.server import build_app
-    from rlhf.config import config_from_args
 
-    config = config_from_args(AppConfig, args)
     check_port_free(config.host, config.port)
-    rows = read_import_file(args.prompts)  # a bad prompts file stops here, before anything is stored
+    rows = read_import_file(config.prompts)  # a bad prompts file stops here, before anything is stored
     app = build_app(config)
     svc = app.state.services
     counts = svc.store.import_rows(rows)
     print(f"prompts: {counts['prompts_added']} added, {counts['prompts_existing']} already in "
           f"{config.database_url}", flush=True)
-    password = ensure_admin(svc.store, args.admin)
+    password = ensure_admin(svc.store, config.admin)
     if password:
-        print(f"admin account '{args.admin}' created with password: {password}\n"
+        print(f"admin account '{config.admin}' created with password: {password}\n"
               f"  (shown once; set RLHF_ADMIN_PASSWORD to choose it, or reset it with "
-              f"`rlhf app users add {args.admin} --role admin --replace`)", flush=True)
+              f"`rlhf app users add {config.admin} --role admin --replace`)", flush=True)
     elif password == "":
-        print(f"admin account '{args.admin}' created with the password from RLHF_ADMIN_PASSWORD", flush=True)
+        print(f"admin account '{config.admin}' created with the password from RLHF_ADMIN_PASSWORD", flush=True)
     mount_pages(app)
     todo = len(svc.store.prompts_needing_candidates(0))
     if todo:
