@@ -2,35 +2,37 @@
 
 Each stage contributes a light module with ``register(subparsers)``; building the parser imports no
 torch, trl, deepspeed or gradio, so ``rlhf --help`` is instant. The stages' heavy imports happen
-inside the functions a subcommand runs.
+inside the functions a subcommand runs. This is the one core module that imports the ``reward`` and
+``feedback_app`` packages (their registration modules only).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from rlhf.errors import UserError
 from rlhf.runtime import apply_offline_env
 
-# Stage modules, imported lazily in this order to build the subcommands.
-COMMAND_MODULES = [
-    "rlhf.commands",  # models prepare, generate, doctor
-    "reward.cli",  # reward train, reward eval
-    "feedback_app.cli",  # app serve/users/import/generate/export/backup, simulate
-    "rlhf.ppo.cli",  # ppo, export
-]
-
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: ``import rlhf.cli`` stays cheap for tools that only need main().
+    import feedback_app.cli
+    import reward.cli
+    import rlhf.commands
+    import rlhf.pipeline
+    import rlhf.ppo.cli
+
     parser = argparse.ArgumentParser(
         prog="rlhf",
         description="Rankings from reviewers -> reward model -> PPO -> aligned checkpoint.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    rlhf.commands.register(subparsers)  # models prepare, generate, doctor
+    reward.cli.register(subparsers)  # reward train, reward eval, reward score
+    feedback_app.cli.register(subparsers)  # app serve/users/import/generate/export/backup/ab, simulate
+    rlhf.ppo.cli.register(subparsers)  # ppo, export
+    rlhf.pipeline.register(subparsers)  # loop: every stage above in order, with its report
     return parser
 
 

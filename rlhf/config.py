@@ -153,8 +153,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config], default
     group = parser.add_argument_group("config overrides (take precedence over the YAML file)")
     for dotted, info in _iter_fields(cls):
         flag = "--" + dotted.replace("_", "-")
-        default = info.default if info.default is not None else "none"
-        text = (info.description or "") + f" [default: {default}]"
+        if info.is_required():
+            shown = "required"
+        else:
+            default = info.default_factory() if info.default_factory is not None else info.default
+            shown = f"default: {'none' if default is None else default}"
+        text = (info.description or "") + f" [{shown}]"
         if info.annotation is bool:  # `--include-flagged` alone means true; `--include-flagged false` still works
             group.add_argument(flag, dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="V", help=text,
                                nargs="?", const="true")

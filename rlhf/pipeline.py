@@ -1,12 +1,14 @@
-"""The whole loop, one function per stage: rankings from scripted reviewers -> reward model -> PPO ->
-aligned checkpoint -> blind A/B judgement of base against aligned on held-out prompts.
+"""``rlhf loop``: the whole loop, one function per stage: rankings from scripted reviewers -> reward
+model -> PPO -> aligned checkpoint -> blind A/B judgement of base against aligned on held-out prompts.
 
 Every stage runs the documented ``rlhf`` command in a subprocess (the same command a user types,
-printed and appended to ``RUN/commands.sh``), so the stages hand data through files and the app's
-database is touched only by the app's own commands and REST API. This module is a composition root:
-the stages' heavy imports (the reward model's scoring, matplotlib) happen lazily inside functions.
+printed and appended to ``RUN/commands.sh``), so the stages hand data through files and this module
+imports neither the app nor the reward model: the app's database is touched only by the app's own
+commands and REST API, the reward model is loaded only by ``rlhf reward ...`` commands. Each stage's
+settings (``reward_flags``, ``ppo_flags``) are checked by that stage's own command with
+``--validate-only`` before the first stage runs. The report is ``rlhf/report.py``.
 
-  python -m rlhf.pipeline --config configs/quickstart/small.yaml --run-dir runs/quickstart-small
+  rlhf loop --config configs/quickstart/small.yaml --run-dir runs/quickstart-small [--resume]
   scripts/quickstart.sh [--small] [--config FILE] [--run-dir DIR]
 
 Run folder:
@@ -16,7 +18,7 @@ Run folder:
   reward/, reward/eval/          reward model and its held-out accuracy
   ppo/                           PPO run (metrics.jsonl, checkpoints)
   aligned/                       the exported aligned policy (plain Hugging Face directory)
-  eval/base.jsonl, aligned.jsonl replies to the held-out prompts
+  eval/base.jsonl, aligned.jsonl replies to the held-out prompts (+ .scores.json: reward and length)
   ab.json                        blind A/B report (every judgement, win rate, interval, position bias)
   summary.json, REPORT.md, *.png the figures
 """
@@ -29,23 +31,25 @@ import os
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from rlhf.config import Config, load_config, save_resolved
+from rlhf.config import Config, add_config_flags, config_from_args, save_resolved
 from rlhf.errors import UserError
-from rlhf.runtime import apply_offline_env
+from rlhf.runtime import ServerNotUp, apply_offline_env, free_port, wait_for_http
+
+if TYPE_CHECKING:
+    from rlhf.report import LoopSummary
 
 
 class QuickstartConfig(Config):
-    """``rlhf.pipeline``: the settings of one whole-loop run (the stages' own configs do the rest)."""
+    """``rlhf loop``: the settings of one whole-loop run (the stages' own configs do the rest)."""
 
     policy: str = Field("bundled", description="base policy: 'bundled' or a model directory")
     reward_base: str | None = Field(None, description="reward model's starting weights (default: the policy)")
@@ -61,9 +65,11 @@ class QuickstartConfig(Config):
     candidate_temperature: float = Field(0.8, ge=0.0, description="sampling temperature of the candidates")
     generation_batch_size: int = Field(16, ge=1, description="sequences per forward pass in generation")
     reward_config: str = Field("configs/reward/default.yaml", description="'rlhf reward train' config")
-    reward_flags: dict[str, Any] = Field(default_factory=dict, description="overrides: flag name -> value")
+    reward_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf reward train' overrides: "
+                                         "field -> value (checked by that command before any stage runs)")
     ppo_config: str = Field("configs/ppo/default.yaml", description="'rlhf ppo' config")
-    ppo_flags: dict[str, Any] = Field(default_factory=dict, description="overrides: flag name -> value")
+    ppo_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf ppo' overrides: field -> value "
+                                      "(checked by that command before any stage runs)")
     eval_replies_per_prompt: int = Field(2, ge=1, le=16, description="replies per held-out prompt and policy")
     eval_max_new_tokens: int = Field(48, ge=1, description="new tokens per held-out reply")
     eval_temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the held-out replies")
@@ -101,14 +107,18 @@ class Run:
         print(f"$ {shown}", flush=True)
         with open(self.dir / "commands.sh", "a", encoding="utf-8") as log:
             log.write(shown + "\n")
-        proc = subprocess.run([self.python, "-m", "rlhf.cli", *args], input=stdin, capture_output=True, text=True,
-                              env={**os.environ, **self.env})
+        proc = self.call(*args, stdin=stdin)
         with open(self.dir / "stages.log", "a", encoding="utf-8") as log:
             log.write(f"$ {shown}\n{proc.stdout}{proc.stderr}\n")
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise UserError(f"stage command failed ({shown}): {tail}; full output in {self.dir / 'stages.log'}")
         return proc.stdout
+
+    def call(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """``rlhf ARGS`` in a subprocess with the run's environment; neither printed nor logged."""
+        return subprocess.run([self.python, "-m", "rlhf.cli", *args], input=stdin, capture_output=True, text=True,
+                              env={**os.environ, **self.env})
 
 
 def timed(name: str, resumable: bool = True, outputs: tuple[str, ...] = ()):
@@ -149,12 +159,6 @@ def _flags(overrides: dict[str, Any]) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Stages
 
@@ -176,25 +180,17 @@ def start_app(run: Run) -> None:
         for name in _accounts(run).split(","):
             run.rlhf("app", "users", "add", name, "--password-stdin", "--replace", *run.db_flags,
                      stdin=run.env["RLHF_SIM_PASSWORD"] + "\n")
-    port = _free_port()
+    port = free_port()
     args = ["app", "serve", *run.db_flags, "--port", str(port), "--no-pages"]  # REST only: starts faster
     print("$ rlhf " + " ".join(shlex.quote(a) for a in args) + " &", flush=True)
     log = open(run.dir / "app.log", "w", encoding="utf-8")
     run.server = subprocess.Popen([run.python, "-m", "rlhf.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **run.env})
     run.url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if run.server.poll() is not None:
-            raise UserError(f"the feedback app stopped at start-up; see {run.dir / 'app.log'}")
-        try:
-            if httpx.get(run.url + "/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise UserError(f"the feedback app did not answer on {run.url} within 120 s; see {run.dir / 'app.log'}")
+    try:
+        wait_for_http(run.url + "/health", run.server, timeout=120)
+    except ServerNotUp as exc:
+        raise UserError(f"the feedback app did not start ({exc}); see {run.dir / 'app.log'}") from None
 
 
 def stop_app(run: Run) -> None:
@@ -236,13 +232,16 @@ def export_rankings(run: Run) -> None:
     run.rlhf("app", "export", str(run.dir / "export"), "--prompts", str(run.dir / "ppo_prompts.jsonl"), *run.db_flags)
 
 
+def reward_train_args(run: Run) -> list[str]:
+    c = run.config
+    return ["reward", "train", "--config", c.reward_config, "--model", c.reward_base or c.policy, "--policy-model",
+            c.policy, "--data", str(run.dir / "export"), "--output-dir", str(run.dir / "reward"), "--seed", str(c.seed),
+            *_flags(c.reward_flags)]
+
+
 @timed("train reward model", outputs=("reward",))
 def train_reward(run: Run) -> None:
-    c = run.config
-    base = c.reward_base or c.policy
-    run.rlhf("reward", "train", "--config", c.reward_config, "--model", base, "--policy-model", c.policy,
-             "--data", str(run.dir / "export"), "--output-dir", str(run.dir / "reward"), "--seed", str(c.seed),
-             *_flags(c.reward_flags))
+    run.rlhf(*reward_train_args(run))
 
 
 @timed("evaluate reward model", outputs=("reward/eval",))
@@ -253,14 +252,18 @@ def eval_reward(run: Run) -> None:
 
 @timed("PPO")
 def ppo(run: Run) -> None:
-    c = run.config
     # An interrupted PPO run continues from its newest complete checkpoint instead of starting over.
     resume = run.resume and any((run.dir / "ppo" / "checkpoints").glob("step-*"))
     if run.resume and not resume and (run.dir / "ppo").exists():
         shutil.rmtree(run.dir / "ppo")
-    run.rlhf("ppo", "--config", c.ppo_config, "--policy", c.policy, "--reward-model", str(run.dir / "reward"),
-             "--prompts-file", str(run.dir / "ppo_prompts.jsonl"), "--output-dir", str(run.dir / "ppo"),
-             "--seed", str(c.seed), *_flags(c.ppo_flags), *(["--resume"] if resume else []))
+    run.rlhf(*ppo_args(run), *(["--resume"] if resume else []))
+
+
+def ppo_args(run: Run) -> list[str]:
+    c = run.config
+    return ["ppo", "--config", c.ppo_config, "--policy", c.policy, "--reward-model", str(run.dir / "reward"),
+            "--prompts-file", str(run.dir / "ppo_prompts.jsonl"), "--output-dir", str(run.dir / "ppo"),
+            "--seed", str(c.seed), *_flags(c.ppo_flags)]
 
 
 @timed("export aligned", outputs=("aligned",))
@@ -297,161 +300,51 @@ def ab_judgement(run: Run) -> None:
     run.rlhf("app", "ab", "report", "aligned-vs-base", "--output", str(run.dir / "ab.json"), *run.db_flags)
 
 
-@timed("score held-out replies")
-def score_heldout(run: Run) -> dict:
-    """Reward-model score, length in tokens and the rule's score of base and aligned held-out replies."""
-    from rlhf.rules import load_rule
-    from reward.evaluate import score_rows
-    from rlhf.modeling import load_score_model, load_tokenizer
-
-    rule = load_rule(run.config.rule)
-    tokenizer = load_tokenizer(str(run.dir / "reward"), padding_side="right")
-    model = load_score_model(str(run.dir / "reward"))
-    out = {}
+@timed("score held-out replies", outputs=("eval/base.scores.json", "eval/aligned.scores.json"))
+def score_heldout(run: Run) -> None:
+    """Reward-model score and length in tokens of the base and aligned held-out replies."""
     for name in ("base", "aligned"):
-        rows = [json.loads(line) for line in (run.dir / "eval" / f"{name}.jsonl").read_text().splitlines() if line]
-        kwise = [{"prompt": r["prompt"], "completions": r["replies"]} for r in rows]
-        scores = [s for row in score_rows(model, tokenizer, kwise, max_length=1024) for s in row if s is not None]
-        replies = [reply for r in rows for reply in r["replies"]]
-        lengths = [len(tokenizer(reply, add_special_tokens=False)["input_ids"]) for reply in replies]
-        rule_scores = [rule(reply) for reply in replies]
-        out[name] = {"reward_mean": _mean(scores), "length_mean": _mean(lengths), "rule_mean": _mean(rule_scores),
-                     "lengths": lengths, "rewards": scores, "rule_scores": rule_scores}
-    return out
+        run.rlhf("reward", "score", "--reward-model", str(run.dir / "reward"), "--replies",
+                 str(run.dir / "eval" / f"{name}.jsonl"), "--output", str(run.dir / "eval" / f"{name}.scores.json"))
 
 
-def _mean(xs) -> float | None:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Report
-
-
-def ppo_summary(run_dir: Path) -> dict:
-    from rlhf.ppo.metrics import read_metrics
-
-    rows = read_metrics(run_dir)
-    if not rows:
-        return {"updates": 0}
-    head, tail = rows[: max(1, len(rows) // 5)], rows[-max(1, len(rows) // 5):]
-    return {"updates": len(rows),
-            "reward_first": _mean(r.get("reward", 0.0) for r in head),
-            "reward_last": _mean(r.get("reward", 0.0) for r in tail),
-            "kl_last": _mean(r.get("kl", 0.0) for r in tail),
-            "kl_max": max(r.get("kl", 0.0) for r in rows),
-            "rows": rows}
-
-
-def write_report(run: Run, summary: dict) -> Path:
-    """REPORT.md with PNG plots (PPO curves, reply lengths, win rate with its interval)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = []
-    rows = summary["ppo"].get("rows", [])
-    if rows:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        steps = [r.get("step", i + 1) for i, r in enumerate(rows)]
-        axes[0].plot(steps, [r.get("reward", 0.0) for r in rows])
-        axes[0].set(title="PPO: reward of rollouts", xlabel="update")
-        axes[1].plot(steps, [r.get("kl", 0.0) for r in rows], color="tab:red")
-        axes[1].set(title="PPO: KL to the reference", xlabel="update")
-        fig.tight_layout()
-        fig.savefig(run.dir / "ppo_curves.png", dpi=90)
-        plt.close(fig)
-        plots.append(("PPO curves", "ppo_curves.png"))
-    held = summary["heldout"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].hist([held["base"]["lengths"], held["aligned"]["lengths"]], label=["base", "aligned"], bins=12)
-    axes[0].set(title="Held-out reply length (tokens)")
-    axes[0].legend()
-    axes[1].hist([held["base"]["rewards"], held["aligned"]["rewards"]], label=["base", "aligned"], bins=12)
-    axes[1].set(title="Held-out reward-model score")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(run.dir / "heldout.png", dpi=90)
-    plt.close(fig)
-    plots.append(("Held-out replies", "heldout.png"))
-    wr = summary["ab"]["win_rate"]
-    if wr["win_rate_a"] is not None:
-        fig, ax = plt.subplots(figsize=(5, 2.2))
-        ax.errorbar([wr["win_rate_a"]], [0], xerr=[[wr["win_rate_a"] - wr["ci_low"]], [wr["ci_high"] - wr["win_rate_a"]]],
-                    fmt="o", capsize=6)
-        ax.axvline(0.5, color="grey", ls="--")
-        ax.set(xlim=(0, 1), yticks=[], title="Aligned vs base: win rate (95% CI, non-tied)")
-        fig.tight_layout()
-        fig.savefig(run.dir / "win_rate.png", dpi=90)
-        plt.close(fig)
-        plots.append(("Win rate", "win_rate.png"))
-
-    lines = [f"# Quickstart report: rule `{run.config.rule}` ({run.config.rule_name})", "",
-             f"Run folder `{run.dir}`; commands in `commands.sh`; figures in `summary.json`.", "",
-             "## Figures", "", render_figures(summary), "", "## Stage wall times", "", "```",
-             render_stage_table(summary["times"]), "```", ""]
-    for title, name in plots:
-        lines += [f"### {title}", "", f"![{title}]({name})", ""]
-    path = run.dir / "REPORT.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def render_stage_table(times: dict[str, float]) -> str:
-    total = sum(times.values())
-    lines = [f"{'stage':<26}{'wall time':>12}"]
-    lines += [f"{name:<26}{_clock(seconds):>12}" for name, seconds in times.items()]
-    lines.append(f"{'total':<26}{_clock(total):>12}")
-    return "\n".join(lines)
-
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
-
-
-def render_figures(summary: dict) -> str:
-    held, wr, pb = summary["heldout"], summary["ab"]["win_rate"], summary["ab"]["position_bias"]
-    p = summary["ppo"]
-
-    def f(x, fmt=".3f"):
-        return "n/a" if x is None else format(x, fmt)
-
-    rate = "n/a" if wr["win_rate_a"] is None else \
-        f"{wr['win_rate_a']:.3f} [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}] (95% {wr['method']})"
-    rows = [
-        ("rule", f"`{summary['rule']}`"),
-        ("reward model held-out accuracy", f"{f(summary['reward_eval'].get('accuracy'))} "
-                                           f"({summary['reward_eval'].get('pairs', 'n/a')} pairs)"),
-        ("held-out reward, base -> aligned", f"{f(held['base']['reward_mean'])} -> {f(held['aligned']['reward_mean'])}"),
-        ("PPO rollout reward, first -> last fifth", f"{f(p.get('reward_first'))} -> {f(p.get('reward_last'))}"),
-        ("KL to reference, last fifth (max)", f"{f(p.get('kl_last'))} ({f(p.get('kl_max'))})"),
-        ("mean reply length (tokens), base -> aligned",
-         f"{f(held['base']['length_mean'], '.1f')} -> {f(held['aligned']['length_mean'], '.1f')}"),
-        ("mean rule score, base -> aligned", f"{f(held['base']['rule_mean'])} -> {f(held['aligned']['rule_mean'])}"),
-        ("aligned vs base (wins/losses/ties/both bad)", f"{wr['wins_a']}/{wr['wins_b']}/{wr['ties']}/{wr['both_bad']}"),
-        ("aligned win rate, non-tied", rate),
-        ("position bias: left side won", f"{f(pb['left_share'])} (p={f(pb['p_value'], '.3g')})"),
-    ]
-    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+def check_stage_settings(run: Run, source: str) -> None:
+    """Each stage's own command validates its config file plus the loop's overrides (``--validate-only``):
+    a typo in ``reward_flags`` fails now, not after the app, generation and ranking have run."""
+    for fields, args in (("reward_config + reward_flags", reward_train_args(run)),
+                         ("ppo_config + ppo_flags", ppo_args(run))):
+        proc = run.call(*args, "--validate-only")
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            tail = tail.removeprefix("rlhf: ").removeprefix("error: ")
+            command = " ".join(args[:2] if args[0] == "reward" else args[:1])
+            raise UserError(f"{source}: {fields}: 'rlhf {command} --validate-only' refused them: {tail}")
 
 
 # ---------------------------------------------------------------------------------------------------
 # The loop
 
 
-def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False) -> dict:
+def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False,
+             source: str = "loop config") -> LoopSummary:
     """Every stage in order; returns the summary (also in RUN/summary.json and RUN/REPORT.md).
-    With ``resume``, stages finished by an earlier call on the same folder are skipped."""
+    With ``resume``, stages finished by an earlier call on the same folder are skipped. ``source``
+    names the config in error messages."""
+    from rlhf.report import HeldoutScores, LoopSummary, PpoSummary, RewardEvalSummary, render_figures, \
+        render_stage_table, write_report, write_summary
+    from rlhf.rules import load_rule
+    from rlhf.schema import AbReport, ScoredReplies
+
     apply_offline_env()
     out = Path(run_dir)
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"{out}: run folder exists and is not empty; choose a new --run-dir (or --resume)")
-    out.mkdir(parents=True, exist_ok=True)
+    rule = load_rule(config.rule)  # a bad rule fails now, not when the reviewers start
     run = Run(config, out.resolve(), resume=resume)
     if config.threads:
         run.env["OMP_NUM_THREADS"] = str(config.threads)
+    check_stage_settings(run, source)
+    out.mkdir(parents=True, exist_ok=True)
     save_resolved(config, run.dir, name="quickstart.yaml")
     if not (run.dir / "commands.sh").exists():
         (run.dir / "commands.sh").write_text("# the rlhf commands this run executed, in order\n")
@@ -469,42 +362,44 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
         ab_judgement(run)
     finally:
         stop_app(run)
-    reward_eval = json.loads((run.dir / "reward" / "eval" / "eval.json").read_text())
-    ab = json.loads((run.dir / "ab.json").read_text())
-    heldout = score_heldout(run)
-    summary = {"rule": config.rule, "rule_name": config.rule_name, "times": dict(run.times),
-               "reward_eval": {k: reward_eval.get(k) for k in ("accuracy", "pairs", "rankings")},
-               "ppo": ppo_summary(run.dir / "ppo"), "heldout": heldout,
-               "ab": {k: ab[k] for k in ("win_rate", "position_bias", "items", "open")}}
+    score_heldout(run)
+
+    def heldout(name: str) -> HeldoutScores:
+        scored = ScoredReplies.from_dict(json.loads((run.dir / "eval" / f"{name}.scores.json").read_text()))
+        return HeldoutScores.of(scored, rule)
+
+    summary = LoopSummary(config.rule, config.rule_name, run.times,
+                          RewardEvalSummary.read(run.dir / "reward" / "eval" / "eval.json"),
+                          PpoSummary.read(run.dir / "ppo"), heldout("base"), heldout("aligned"),
+                          AbReport.from_dict(json.loads((run.dir / "ab.json").read_text())))
     start = time.perf_counter()
-    write_report(run, summary)
-    summary["times"]["report"] = time.perf_counter() - start
-    slim = {**summary, "ppo": {k: v for k, v in summary["ppo"].items() if k != "rows"}}
-    (run.dir / "summary.json").write_text(json.dumps(slim, indent=2), encoding="utf-8")
-    print("\n" + render_stage_table(summary["times"]) + "\n\n" + render_figures(summary))
+    write_report(summary, run.dir)
+    run.times["report"] = time.perf_counter() - start
+    write_summary(summary, run.dir)
+    print("\n" + render_stage_table(run.times) + "\n\n" + render_figures(summary))
     print(f"\nreport: {run.dir / 'REPORT.md'}")
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/quickstart/full.yaml", help="a configs/quickstart/ file")
-    parser.add_argument("--run-dir", default=None, help="run folder (default: runs/quickstart-<time>)")
-    parser.add_argument("--policy", default=None, help="override the config's policy (a model directory)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
-    args = parser.parse_args(argv)
-    try:
-        overrides = {"policy": args.policy} if args.policy else None
-        config = load_config(QuickstartConfig, args.config, overrides)
-        if args.resume and not args.run_dir:
-            raise UserError("--resume: give the --run-dir of the run to continue")
-        run_loop(config, args.run_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}", args.resume)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+# ---------------------------------------------------------------------------------------------------
+# The command
+
+
+def register(subparsers) -> None:
+    loop = subparsers.add_parser(
+        "loop", help="the whole loop: app, scripted reviewers, reward model, PPO, export, blind A/B, report",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    loop.add_argument("--run-dir", default=None, help="run folder (default: runs/quickstart-<time>)")
+    loop.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    add_config_flags(loop, QuickstartConfig, default_config="configs/quickstart/full.yaml")
+    loop.set_defaults(run=run_loop_command)
+
+
+def run_loop_command(args) -> int:
+    config = config_from_args(QuickstartConfig, args)
+    if args.resume and not args.run_dir:
+        raise UserError("--resume: give the --run-dir of the run to continue")
+    run_loop(config, args.run_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}", args.resume,
+             source=args.config or "command line")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

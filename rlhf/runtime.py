@@ -72,7 +72,7 @@ def process_rank() -> int:
 
 
 def is_main_process() -> bool:
-    """Only the main process logs and writes shared files (STYLE.md principle 8)."""
+    """Only the main process logs and writes shared files; the others stay quiet."""
     return process_rank() == 0
 
 

@@ -3,8 +3,8 @@
 #   start the feedback app -> import prompts -> generate K candidates -> scripted reviewers rank them
 #   -> export -> train the reward model -> PPO -> export the aligned checkpoint -> replies of base and
 #   aligned to held-out prompts -> scripted reviewers judge them blind (A/B) -> REPORT.md
-# Each stage is the documented `rlhf` command (rlhf/pipeline.py runs them in order, prints each one
-# and keeps them in RUN_DIR/commands.sh), so every step can be re-run by hand.
+# A thin wrapper of `rlhf loop` (rlhf/pipeline.py), which runs each stage as the documented `rlhf`
+# command, prints each one and keeps them in RUN_DIR/commands.sh, so every step can be re-run by hand.
 #
 #   scripts/quickstart.sh                       full loop, rule "fewer apologies" (configs/quickstart/full.yaml)
 #   scripts/quickstart.sh --small               a few-minute smoke run (configs/quickstart/small.yaml)
@@ -29,4 +29,4 @@ while [ $# -gt 0 ]; do
 done
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
 "$PY" -m rlhf.cli models prepare >/dev/null   # convert the bundled model once (no-op when cached)
-exec "$PY" -m rlhf.pipeline --config "$CONFIG" "${ARGS[@]}"
+exec "$PY" -m rlhf.cli loop --config "$CONFIG" "${ARGS[@]}"

@@ -1,4 +1,5 @@
-"""`scripts/quickstart.sh --small` on a tiny model: every stage runs for real and leaves its artefact."""
+"""`rlhf loop` (and its wrapper `scripts/quickstart.sh`) on a tiny model: every stage runs for real and
+leaves its artefact; bad settings fail before any stage starts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
+import time
 
 import datasets
+import pytest
 
 from tests.conftest import REPO
 
@@ -48,6 +52,9 @@ def test_small_quickstart_produces_every_artefact(tmp_path, tiny_model_dir):
     for command in ("rlhf app import", "rlhf simulate", "rlhf reward train", "rlhf ppo", "rlhf export",
                     "rlhf app ab create", "rlhf app ab report"):
         assert command in commands
+    # held-out replies scored by the reward model's own command, not inside the loop's process
+    assert commands.count("rlhf reward score") == 2
+    assert summary["heldout"]["aligned"]["length_mean"] > 0 and len(summary["heldout"]["base"]["rewards"]) == 8
 
     # Interrupted while exporting the aligned model: later stages never ran, the export is half written.
     for stage in ("PPO", "export_aligned", "held-out_replies", "blind_A/B_judgement", "score_held-out_replies"):
@@ -59,7 +66,7 @@ def test_small_quickstart_produces_every_artefact(tmp_path, tiny_model_dir):
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:1000])
     (run / "REPORT.md").unlink()
-    again = subprocess.run([str(REPO / "scripts" / "quickstart.sh"), "--config", str(config), "--policy",
+    again = subprocess.run([sys.executable, "-m", "rlhf.cli", "loop", "--config", str(config), "--policy",
                             str(tiny_model_dir), "--run-dir", str(run), "--resume"], cwd=REPO, capture_output=True,
                            text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -83,3 +90,31 @@ def test_quickstart_refuses_a_used_run_folder_and_a_bad_config(tmp_path):
     result = subprocess.run([str(REPO / "scripts" / "quickstart.sh"), "--config", str(bad)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "k" in result.stderr and result.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("reward_flags: {max_steps: 10", "reward_flags: {max_stepz: 10", "--max-stepz"),  # a typo in a field name
+    ("ppo_flags: {total_updates: 3", "ppo_flags: {total_updates: three", "total_updates"),  # a bad value
+    ("reward_config: configs/reward/default.yaml", "reward_config: configs/reward/nope.yaml", "nope.yaml"),
+])
+def test_a_bad_stage_setting_fails_before_any_stage_runs(tmp_path, old, new, field):
+    small = (REPO / "configs" / "quickstart" / "small.yaml").read_text()
+    assert old in small
+    config = tmp_path / "bad.yaml"
+    config.write_text(small.replace(old, new))
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "loop", "--config", str(config), "--run-dir",
+                             str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: {config}: ") and len(result.stderr.strip().splitlines()) == 1
+    assert field in result.stderr and ("reward_flags" in result.stderr or "ppo_flags" in result.stderr)
+    assert result.stdout == "" and not (tmp_path / "run").exists()  # no stage started, no run folder made
+    assert seconds < 30, seconds  # the stage commands' parsers, not a model or the app
+
+
+def test_loop_is_an_rlhf_command():
+    listed = subprocess.run([sys.executable, "-m", "rlhf.cli", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert listed.returncode == 0 and "    loop " in listed.stdout
+    own = subprocess.run([sys.executable, "-m", "rlhf.cli", "loop", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert own.returncode == 0 and "--resume" in own.stdout and "--reward-flags" in own.stdout

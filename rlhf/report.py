@@ -1,0 +1,210 @@
+"""The loop's report: what ``rlhf loop`` measured, as small dataclasses, turned into JSON
+(``summary.json``), a Markdown page (``REPORT.md``) and PNG figures only here, at the edge.
+
+Every figure comes from a file a stage wrote: ``reward/eval/eval.json`` (``rlhf reward eval``),
+``ppo/metrics.jsonl`` (``rlhf ppo``), ``eval/{base,aligned}.scores.json`` (``rlhf reward score``) and
+``ab.json`` (``rlhf app ab report``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf.schema import AbReport, ScoredReplies
+
+
+def mean(xs) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+@dataclass
+class RewardEvalSummary:
+    """The reward model's held-out accuracy (pairs of held-out prompts), from ``eval.json``."""
+
+    accuracy: float | None
+    pairs: int | None
+    rankings: int | None
+
+    @classmethod
+    def read(cls, path: Path) -> "RewardEvalSummary":
+        data = json.loads(path.read_text())
+        return cls(data.get("accuracy"), data.get("pairs"), data.get("rankings"))
+
+
+@dataclass
+class PpoSummary:
+    """PPO's rollout reward and KL to the reference, first and last fifth of the updates."""
+
+    updates: int
+    reward_first: float | None = None
+    reward_last: float | None = None
+    kl_last: float | None = None
+    kl_max: float | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # metrics.jsonl, for the plot only
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "PpoSummary":
+        from rlhf.ppo.metrics import read_metrics
+
+        rows = read_metrics(run_dir)
+        if not rows:
+            return cls(updates=0)
+        fifth = max(1, len(rows) // 5)
+        head, tail = rows[:fifth], rows[-fifth:]
+        return cls(len(rows), mean(r.get("reward", 0.0) for r in head), mean(r.get("reward", 0.0) for r in tail),
+                   mean(r.get("kl", 0.0) for r in tail), max(r.get("kl", 0.0) for r in rows), rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "rows"}
+
+
+@dataclass
+class HeldoutScores:
+    """One policy's replies to the held-out prompts: reward-model score, length in tokens, rule score."""
+
+    reward_mean: float | None
+    length_mean: float | None
+    rule_mean: float | None
+    lengths: list[int]
+    rewards: list[float]
+    rule_scores: list[float]
+
+    @classmethod
+    def of(cls, scored: ScoredReplies, rule) -> "HeldoutScores":
+        rewards, lengths = scored.flat_scores(), scored.flat_lengths()
+        rule_scores = [rule(reply) for reply in scored.flat_replies()]
+        return cls(mean(rewards), mean(lengths), mean(rule_scores), lengths, rewards, rule_scores)
+
+
+@dataclass
+class LoopSummary:
+    """Everything ``REPORT.md`` and ``summary.json`` show about one run of the loop."""
+
+    rule: str
+    rule_name: str
+    times: dict[str, float]  # stage name -> wall time in seconds, in the order the stages ran
+    reward_eval: RewardEvalSummary
+    ppo: PpoSummary
+    base: HeldoutScores
+    aligned: HeldoutScores
+    ab: AbReport  # aligned is policy A, base is B
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``summary.json`` (PPO's per-update rows and the A/B judgements left out)."""
+        ab = self.ab.to_dict()
+        return {"rule": self.rule, "rule_name": self.rule_name, "times": dict(self.times),
+                "reward_eval": asdict(self.reward_eval), "ppo": self.ppo.to_dict(),
+                "heldout": {"base": asdict(self.base), "aligned": asdict(self.aligned)},
+                "ab": {k: ab[k] for k in ("win_rate", "position_bias", "items", "open")}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+def render_stage_table(times: dict[str, float]) -> str:
+    lines = [f"{'stage':<26}{'wall time':>12}"]
+    lines += [f"{name:<26}{_clock(seconds):>12}" for name, seconds in times.items()]
+    lines.append(f"{'total':<26}{_clock(sum(times.values())):>12}")
+    return "\n".join(lines)
+
+
+def _fmt(x, fmt=".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def render_figures(s: LoopSummary) -> str:
+    """The run's headline figures as a Markdown table."""
+    wr, pb, p = s.ab.win_rate, s.ab.position_bias, s.ppo
+    rate = "n/a" if wr.win_rate_a is None else \
+        f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}] ({wr.confidence:.0%} {wr.method})"
+    rows = [
+        ("rule", f"`{s.rule}`"),
+        ("reward model held-out accuracy", f"{_fmt(s.reward_eval.accuracy)} ({s.reward_eval.pairs or 'n/a'} pairs)"),
+        ("held-out reward, base -> aligned", f"{_fmt(s.base.reward_mean)} -> {_fmt(s.aligned.reward_mean)}"),
+        ("PPO rollout reward, first -> last fifth", f"{_fmt(p.reward_first)} -> {_fmt(p.reward_last)}"),
+        ("KL to reference, last fifth (max)", f"{_fmt(p.kl_last)} ({_fmt(p.kl_max)})"),
+        ("mean reply length (tokens), base -> aligned",
+         f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.aligned.length_mean, '.1f')}"),
+        ("mean rule score, base -> aligned", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.aligned.rule_mean)}"),
+        ("aligned vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
+        ("aligned win rate, non-tied", rate),
+        ("position bias: left side won", f"{_fmt(pb.left_share)} (p={_fmt(pb.p_value, '.3g')})"),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def _plots(s: LoopSummary, out: Path) -> list[tuple[str, str]]:
+    """PPO curves, held-out lengths and rewards, win rate with its interval: (title, PNG name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    if s.ppo.rows:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        steps = [r.get("step", i + 1) for i, r in enumerate(s.ppo.rows)]
+        axes[0].plot(steps, [r.get("reward", 0.0) for r in s.ppo.rows])
+        axes[0].set(title="PPO: reward of rollouts", xlabel="update")
+        axes[1].plot(steps, [r.get("kl", 0.0) for r in s.ppo.rows], color="tab:red")
+        axes[1].set(title="PPO: KL to the reference", xlabel="update")
+        fig.tight_layout()
+        fig.savefig(out / "ppo_curves.png", dpi=90)
+        plt.close(fig)
+        plots.append(("PPO curves", "ppo_curves.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].hist([s.base.lengths, s.aligned.lengths], label=["base", "aligned"], bins=12)
+    axes[0].set(title="Held-out reply length (tokens)")
+    axes[0].legend()
+    axes[1].hist([s.base.rewards, s.aligned.rewards], label=["base", "aligned"], bins=12)
+    axes[1].set(title="Held-out reward-model score")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "heldout.png", dpi=90)
+    plt.close(fig)
+    plots.append(("Held-out replies", "heldout.png"))
+    wr = s.ab.win_rate
+    if wr.win_rate_a is not None:
+        fig, ax = plt.subplots(figsize=(5, 2.2))
+        ax.errorbar([wr.win_rate_a], [0], xerr=[[wr.win_rate_a - wr.ci_low], [wr.ci_high - wr.win_rate_a]],
+                    fmt="o", capsize=6)
+        ax.axvline(0.5, color="grey", ls="--")
+        ax.set(xlim=(0, 1), yticks=[], title=f"Aligned vs base: win rate ({wr.confidence:.0%} CI, non-tied)")
+        fig.tight_layout()
+        fig.savefig(out / "win_rate.png", dpi=90)
+        plt.close(fig)
+        plots.append(("Win rate", "win_rate.png"))
+    return plots
+
+
+def write_report(s: LoopSummary, out: Path) -> Path:
+    """``REPORT.md`` with its PNG figures, in the run folder ``out``."""
+    plots = _plots(s, out)
+    lines = [f"# Loop report: rule `{s.rule}` ({s.rule_name})", "",
+             f"Run folder `{out}`; commands in `commands.sh`; figures in `summary.json`.", "",
+             "## Figures", "", render_figures(s), "", "## Stage wall times", "", "```",
+             render_stage_table(s.times), "```", ""]
+    for title, name in plots:
+        lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def write_summary(s: LoopSummary, out: Path) -> Path:
+    path = out / "summary.json"
+    path.write_text(json.dumps(s.to_dict(), indent=2), encoding="utf-8")
+    return path
