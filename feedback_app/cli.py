@@ -206,13 +206,14 @@ def run_generate(args) -> int:
 
 def run_export(args) -> int:
     from feedback_app.config import ExportConfig
-    from feedback_app.export import export_prompts, export_rankings
+    from feedback_app.export import ExportFilters, export_prompts, export_rankings
     from feedback_app.store import Store
 
     config = config_from_args(ExportConfig, args)
     if not config.prompts and not config.out:
         raise UserError("give an output folder (rlhf app export OUT) or --prompts FILE.jsonl")
-    filters = config.filters()  # a bad --source stops here, before the store is opened
+    # The REST API's filters; a bad --source stops here, before the store is opened.
+    filters = ExportFilters(config.reviewers, config.rounds, config.source, config.include_flagged)
     store = Store.open(config, create=False)
     if config.prompts:
         n = export_prompts(store, config.prompts)

@@ -97,12 +97,6 @@ class ExportConfig(AppConfig):
     source: str = Field("all", description="all, human or simulated rankings")
     include_flagged: bool = Field(False, description="keep flagged replies and items")
 
-    def filters(self):
-        """The export's row filters (``feedback_app.export.ExportFilters``, shared with the REST API)."""
-        from feedback_app.export import ExportFilters
-
-        return ExportFilters(self.reviewers, self.rounds, self.source, self.include_flagged)
-
 
 class AbCreateConfig(AppConfig):
     """``rlhf app ab create``: an A/B set from two ``rlhf generate --output`` files of the same prompts."""

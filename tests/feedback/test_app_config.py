@@ -43,9 +43,6 @@ def test_export_flags_keep_their_shapes_and_fill_the_typed_config():
     assert (config.out, config.reviewers, config.rounds, config.include_flagged, config.source) == \
         ("out-dir", ["ann", "bob"], [2], True, "human")
     assert config.database_url == "sqlite:///x.db" and config.prompts is None
-    filters = config.filters()
-    assert (filters.reviewers, filters.rounds, filters.source, filters.include_flagged) == \
-        (["ann", "bob"], [2], "human", True)
     plain = config_from_args(ExportConfig, _parsed("app", "export", "--prompts", "p.jsonl",
                                                    "--include-flagged", "false"))
     assert (plain.out, plain.prompts, plain.reviewers, plain.rounds, plain.include_flagged) == \
