@@ -86,7 +86,7 @@ Round = Annotated[int, Ge(0), Le(BIGINT_MAX)]
 
 class LoginIn(BaseModel):
     username: str = Field(..., max_length=100)
-    password: str = Field(..., max_length=1000)
+    password: str = Field(..., max_length=256)  # auth.MAX_PASSWORD: the same limit as the form and the CLI
 
 
 class RankingIn(BaseModel):

@@ -3,6 +3,7 @@
   rlhf app serve                      the web server (pages, REST API, /docs, /health) on 127.0.0.1
   rlhf app demo                       make demo: example prompts, an admin, background generation, pages
   rlhf app users add NAME --role R    create an account (password asked, or --password-stdin)
+  rlhf app users disable NAME         end an account's sessions and leases (its rankings stay)
   rlhf app import FILE                prompts (JSONL, CSV or a datasets folder; optional replies)
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
   rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
@@ -71,9 +72,14 @@ def register(subparsers) -> None:
     add.add_argument("--replace", action="store_true", help="reset the password and role of an existing account")
     add_config_flags(add, AppConfig)
     add.set_defaults(run=run_users_add)
-    ls = usub.add_parser("list", help="list accounts")
+    ls = usub.add_parser("list", help="list accounts (name, role, active or disabled)")
     add_config_flags(ls, AppConfig)
     ls.set_defaults(run=run_users_list)
+    dis = usub.add_parser("disable", help="disable an account: its sessions end at once, its leases go back "
+                                          "to the pool, its rankings stay (add --replace enables it again)")
+    dis.add_argument("username")
+    add_config_flags(dis, AppConfig)
+    dis.set_defaults(run=run_users_disable)
 
     imp = command("import", "import prompts from JSONL, CSV or a datasets folder (rows may carry K replies)",
                   run_import)
@@ -180,8 +186,15 @@ def run_users_add(args) -> int:
 
 def run_users_list(args) -> int:
     _, store = _store(args)
-    for actor in store.list_users():
-        print(f"{actor.username}\t{actor.role}")
+    for account in store.accounts_table():
+        print(f"{account.username}\t{account.role}\t{'active' if account.active else 'disabled'}")
+    return 0
+
+
+def run_users_disable(args) -> int:
+    _, store = _store(args, setup=False)
+    actor = store.disable_user(args.username)
+    print(f"disabled {actor.role} '{actor.username}': its sessions ended, its leases were freed")
     return 0
 
 

@@ -19,6 +19,7 @@ import asyncio
 import math
 import queue
 import random
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -530,8 +531,9 @@ class Store:
                 if row.replies is not None:
                     added = self._add_item(s, prompt.id, round, row.replies, row.model, "", {})
                     counts["items_added" if added else "items_existing"] += 1
-            _audit(s, by, self.clock(), "import", rows[0].source.split(" line ")[0] if rows else "",
-                   {"round": round, **counts})
+            # Rows' sources read "FILE:LINE" (or "FILE line N"): the audit names the file.
+            source = re.sub(r"(:| line )\d+$", "", rows[0].source) if rows else ""
+            _audit(s, by, self.clock(), "import", source, {"round": round, **counts})
             return counts
 
         return self._run(work)

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from feedback_app.api import actor_of
 from feedback_app.store import ServiceError
 from rlhf.errors import UserError
 
@@ -23,25 +24,44 @@ def users_table(store) -> list[list[str]]:
     return [[a.username, a.role] for a in store.list_users()]
 
 
-def add_account(store, username: str, password: str, role: str, replace: bool) -> str:
-    actor = store.add_user(username, password, role, replace=replace)
+def accounts_rows(store) -> list[list[str]]:
+    return [[a.username, a.role, "active" if a.active else "disabled"] for a in store.accounts_table()]
+
+
+def add_account(store, username: str, password: str, role: str, replace: bool, by=None) -> str:
+    actor = store.add_user(username, password, role, replace=replace, by=by)
     return f"{'Reset' if replace else 'Created'} {actor.role} account '{actor.username}'."
 
 
-def import_file(store, path: str | None, round: int) -> str:
+def disable_account(store, username: str, by=None) -> str:
+    if not (username or "").strip():
+        raise UserError("username: choose the account to disable")
+    actor = store.disable_user(username.strip(), by=by)
+    return f"Disabled '{actor.username}': signed out everywhere, its items went back to the pool, its rankings stay."
+
+
+def audit_rows(store, limit: int = 200) -> list[list[str]]:
+    """The audit log for the page: when (UTC), admin, action, target, details."""
+    return [[time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at)), e.actor, e.action, e.target,
+             ", ".join(f"{k}={v}" for k, v in e.detail.items())] for e in store.audit_log(limit)]
+
+
+def import_file(store, path: str | None, round: int, by=None) -> str:
     from feedback_app.importing import parse_bytes
 
     if not path:
         raise UserError("file: choose a JSONL or CSV file of prompts first")
     file = Path(path)
     rows = parse_bytes(file.name, file.read_bytes())
-    counts = store.import_rows(rows, round=int(round))
+    counts = store.import_rows(rows, round=int(round), by=by)
     return (f"{file.name}: {counts['prompts_added']} prompts added ({counts['prompts_existing']} already there), "
             f"{counts['items_added']} items with replies added.")
 
 
-def start_generation(svc, round: int, model: str) -> str:
-    job = svc.jobs.start_generation(svc.store, svc.config, int(round), (model or "").strip() or None)
+def start_generation(svc, round: int, model: str, by=None) -> str:
+    model = (model or "").strip() or None
+    job = svc.jobs.start_generation(svc.store, svc.config, int(round), model)
+    svc.store.audit(by, "generation started", f"round {int(round)}", {"job": job["id"], "model": model})
     return f"Generation started (job {job['id']}); progress below."
 
 
@@ -71,7 +91,7 @@ def parse_rounds(text: str) -> list[int] | None:
 
 
 def export(svc, name: str, reviewers: list[str] | None, rounds: str, source: str,
-           include_flagged: bool) -> tuple[str, str]:
+           include_flagged: bool, by=None) -> tuple[str, str]:
     """Export into the server's export folder; returns a message and a zip of the export to download."""
     from feedback_app.export import ExportFilters, export_path, export_rankings
 
@@ -79,6 +99,7 @@ def export(svc, name: str, reviewers: list[str] | None, rounds: str, source: str
     filters = ExportFilters(list(reviewers) or None if reviewers else None, parse_rounds(rounds), source,
                             bool(include_flagged))
     manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
+    svc.store.audit(by, "export", str(out), manifest["counts"])
     archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="rlhf-export-")) / out.name), "zip", out)
     c = manifest["counts"]
     return (f"Exported {c['rankings']} rankings from {c['reviewers']} reviewers to `{out}`: pairwise "
@@ -134,16 +155,23 @@ def build_admin_page(svc) -> "gr.Blocks":
                                          label="Flagged replies", interactive=False, elem_id="dash-flags",
                                          wrap=True)
             with gr.Tab("Accounts", id="accounts"):
-                users = gr.Dataframe(headers=["username", "role"], value=lambda: users_table(store),
+                users = gr.Dataframe(headers=["username", "role", "state"], value=lambda: accounts_rows(store),
                                      interactive=False, label="Accounts", elem_id="users")
                 with gr.Row():
                     new_name = gr.Textbox(label="Username", elem_id="new-username")
-                    new_password = gr.Textbox(label="Password (8+ characters)", type="password",
+                    new_password = gr.Textbox(label="Password (8 to 256 characters, hard to guess)", type="password",
                                               elem_id="new-password")
                     new_role = gr.Radio(["reviewer", "admin"], value="reviewer", label="Role", elem_id="new-role")
-                    replace = gr.Checkbox(False, label="Reset an existing account")
+                    replace = gr.Checkbox(False, label="Reset an existing account (also enables it)")
                 add_btn = gr.Button("Save account", variant="primary", elem_id="add-user")
+                with gr.Row():
+                    disable_name = gr.Textbox(label="Account to disable (its rankings stay)", elem_id="disable-username")
+                    disable_btn = gr.Button("Disable account", variant="stop", elem_id="disable-user")
                 account_msg = gr.Markdown("", elem_id="account-message")
+            with gr.Tab("Audit log", id="audit") as audit_tab:
+                audit = gr.Dataframe(headers=["when (UTC)", "admin", "action", "target", "details"],
+                                     value=lambda: audit_rows(store), interactive=False, wrap=True,
+                                     label="Admin actions, newest first", elem_id="audit-log")
             with gr.Tab("Prompts and generation", id="prompts"):
                 gr.Markdown("Import prompts from JSONL (`{\"prompt\": ...}` per line, optional `\"replies\"`: K "
                             "texts) or CSV (a `prompt` column, optional `reply_1`..`reply_K`).")
@@ -183,21 +211,36 @@ def build_admin_page(svc) -> "gr.Blocks":
         refresh_btn.click(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
         include_sim.change(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
 
-        def on_add(name, password, role, reset):
-            message = guarded(add_account)(store, name, password, role, reset)
-            return message, users_table(store), ("" if not message.startswith("**Error") else gr.skip())
+        def admin_of(request: gr.Request):
+            """The signed-in admin who clicked (the page is mounted for admins only), for the audit log."""
+            return actor_of(svc, request)
 
-        add_btn.click(on_add, [new_name, new_password, new_role, replace], [account_msg, users, new_password],
+        def on_add(name, password, role, reset, request: gr.Request):
+            message = guarded(add_account)(store, name, password, role, reset, admin_of(request))
+            return (message, accounts_rows(store), ("" if not message.startswith("**Error") else gr.skip()),
+                    audit_rows(store))
+
+        def on_disable(name, request: gr.Request):
+            message = guarded(disable_account)(store, name, admin_of(request))
+            return message, accounts_rows(store), audit_rows(store)
+
+        add_btn.click(on_add, [new_name, new_password, new_role, replace], [account_msg, users, new_password, audit],
                       concurrency_id="admin")
-        import_btn.click(lambda path, rnd: guarded(import_file)(store, path, rnd), [upload, import_round],
-                         import_msg, concurrency_id="admin")
-        gen_btn.click(lambda rnd, model: guarded(start_generation)(svc, rnd, model), [gen_round, gen_model], gen_msg,
-                      concurrency_id="admin")
+        disable_btn.click(on_disable, [disable_name], [account_msg, users, audit], concurrency_id="admin")
+        audit_tab.select(lambda: audit_rows(store), None, audit, concurrency_id="admin")
+        def on_import(path, rnd, request: gr.Request):
+            return guarded(import_file)(store, path, rnd, admin_of(request))
+
+        def on_generate(rnd, model, request: gr.Request):
+            return guarded(start_generation)(svc, rnd, model, admin_of(request))
+
+        import_btn.click(on_import, [upload, import_round], import_msg, concurrency_id="admin")
+        gen_btn.click(on_generate, [gen_round, gen_model], gen_msg, concurrency_id="admin")
         timer.tick(lambda: job_text(svc.jobs), None, job_status, concurrency_id="admin", show_progress="hidden")
 
-        def on_export(name, reviewers, rounds, source, flagged):
+        def on_export(name, reviewers, rounds, source, flagged, request: gr.Request):
             try:
-                return export(svc, name, reviewers, rounds, source, flagged)
+                return export(svc, name, reviewers, rounds, source, flagged, admin_of(request))
             except (ServiceError, UserError) as exc:
                 return f"**Error:** {exc}", None
 
