@@ -12,12 +12,15 @@ Win rate of A = wins of A / (wins of A + wins of B): ties and "both bad" carry n
 are counted apart. The 95% interval comes from ``scipy.stats.binomtest(...).proportion_ci`` (Wilson
 by default). Position bias: among non-tied verdicts, the share won by the LEFT reply, with a
 two-sided binomial test against 1/2; a blind order makes it independent of which policy is better.
+The report's records (``AbWinRate``, ``AbPositionBias``, ``AbReport``) are data contracts in
+``rlhf.schema``: the app writes them, the loop's report reads them.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+
+from rlhf.schema import AbPositionBias, AbWinRate
 
 VERDICTS = ("left", "right", "tie", "both_bad")
 WINNERS = ("a", "b", "tie", "both_bad")
@@ -47,32 +50,6 @@ def verdict_from_scores(score_left: float, score_right: float, both_bad_below: f
     return "left" if score_left > score_right else "right"
 
 
-@dataclass
-class WinRate:
-    """Policy A's record against B, and the interval of its win rate among non-tied judgements."""
-
-    wins_a: int
-    wins_b: int
-    ties: int
-    both_bad: int
-    win_rate_a: float | None  # wins_a / (wins_a + wins_b); None without a non-tied judgement
-    ci_low: float | None
-    ci_high: float | None
-    confidence: float
-    method: str
-
-    @property
-    def decided(self) -> int:
-        return self.wins_a + self.wins_b
-
-    @property
-    def total(self) -> int:
-        return self.decided + self.ties + self.both_bad
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "decided": self.decided, "total": self.total}
-
-
 def proportion_interval(successes: int, trials: int, confidence: float = 0.95,
                         method: str = "wilson") -> tuple[float, float]:
     """Confidence interval of a binomial proportion (``wilson``, ``wilsoncc`` or ``exact`` =
@@ -83,7 +60,7 @@ def proportion_interval(successes: int, trials: int, confidence: float = 0.95,
     return float(ci.low), float(ci.high)
 
 
-def win_rate(winners: list[str], confidence: float = 0.95, method: str = "wilson") -> WinRate:
+def win_rate(winners: list[str], confidence: float = 0.95, method: str = "wilson") -> AbWinRate:
     """Policy A's win rate over the judgements' winners (``a``, ``b``, ``tie``, ``both_bad``)."""
     unknown = set(winners) - set(WINNERS)
     if unknown:
@@ -91,27 +68,12 @@ def win_rate(winners: list[str], confidence: float = 0.95, method: str = "wilson
     a, b = winners.count("a"), winners.count("b")
     ties, both_bad = winners.count("tie"), winners.count("both_bad")
     if a + b == 0:
-        return WinRate(a, b, ties, both_bad, None, None, None, confidence, method)
+        return AbWinRate(a, b, ties, both_bad, None, None, None, confidence, method)
     low, high = proportion_interval(a, a + b, confidence, method)
-    return WinRate(a, b, ties, both_bad, a / (a + b), low, high, confidence, method)
+    return AbWinRate(a, b, ties, both_bad, a / (a + b), low, high, confidence, method)
 
 
-@dataclass
-class PositionBias:
-    """How often the reply shown on the left won, among non-tied verdicts."""
-
-    left_wins: int
-    right_wins: int
-    left_share: float | None
-    p_value: float | None  # two-sided binomial test of left_share = 1/2
-    a_on_left: int  # judgements that showed policy A on the left (the blind order's balance)
-    judgements: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def position_bias(verdicts: list[str], left_is_a: list[bool]) -> PositionBias:
+def position_bias(verdicts: list[str], left_is_a: list[bool]) -> AbPositionBias:
     """The left side's share of non-tied verdicts and its binomial p-value against 1/2."""
     from scipy.stats import binomtest
 
@@ -121,7 +83,7 @@ def position_bias(verdicts: list[str], left_is_a: list[bool]) -> PositionBias:
     n = left + right
     share = left / n if n else None
     p = float(binomtest(left, n, 0.5).pvalue) if n else None
-    return PositionBias(left, right, share, p, sum(bool(x) for x in left_is_a), len(verdicts))
+    return AbPositionBias(left, right, share, p, sum(bool(x) for x in left_is_a), len(verdicts))
 
 
 def summarize(judgements: list[dict], confidence: float = 0.95, method: str = "wilson") -> dict:
@@ -129,8 +91,8 @@ def summarize(judgements: list[dict], confidence: float = 0.95, method: str = "w
     verdicts = [j["verdict"] for j in judgements]
     sides = [bool(j["left_is_a"]) for j in judgements]
     winners = [winner_of(v, s) for v, s in zip(verdicts, sides)]
-    return {"win_rate": win_rate(winners, confidence, method).as_dict(),
-            "position_bias": position_bias(verdicts, sides).as_dict()}
+    return {"win_rate": win_rate(winners, confidence, method).to_dict(),
+            "position_bias": position_bias(verdicts, sides).to_dict()}
 
 
 def read_replies_file(path) -> list[dict]:

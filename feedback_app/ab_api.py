@@ -64,7 +64,7 @@ def create_set(body: AbSetIn, request: Request, actor: Actor = Depends(admin_act
 @router.get("/admin/ab/sets/{set_ref}/report", tags=["a/b"], summary="Win rate, interval, position bias")
 def report(set_ref: SetRef, request: Request,
            confidence: Annotated[float, Query(allow_inf_nan=False)] = 0.95, actor: Actor = Depends(admin_actor)):
-    return ab_service(request).report(actor, set_ref, min(max(confidence, 0.5), 0.999))
+    return ab_service(request).report(actor, set_ref, min(max(confidence, 0.5), 0.999)).to_dict()
 
 
 @router.get("/ab/sets", tags=["a/b"], summary="A/B sets (policy names for admins only)")

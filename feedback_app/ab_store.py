@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from feedback_app.ab import VERDICTS, summarize, winner_of
+from feedback_app.ab import VERDICTS, position_bias, win_rate, winner_of
 from feedback_app.auth import Actor
 from feedback_app.models import AbItem, AbJudgement, AbSet, User
 from feedback_app.store import Conflict, Forbidden, Invalid, LeaseExpired, NotFound, Store
-from rlhf.schema import validate_prompt
+from rlhf.schema import AbJudgementRecord, AbReport, validate_prompt
 
 # ---------------------------------------------------------------------------------------------------
 # What the service returns
@@ -99,7 +99,7 @@ class AbService:
 
         return self.store.transaction(work)
 
-    def report(self, actor: Actor, set_ref: int | str, confidence: float = 0.95) -> dict:
+    def report(self, actor: Actor, set_ref: int | str, confidence: float = 0.95) -> AbReport:
         """Win rate of policy A with its interval, position bias, and every judgement (admins)."""
         _admin(actor)
         with self.store.sessions() as s:
@@ -109,13 +109,13 @@ class AbService:
                              .where(AbItem.set_id == ab.id).order_by(AbJudgement.id)).all()
             n_items = s.scalar(select(func.count(AbItem.id)).where(AbItem.set_id == ab.id))
         answered = [(j, u) for j, u in rows if j.verdict is not None]
-        judgements = [{"judgement_id": j.id, "item_id": j.item_id, "reviewer": u, "left_is_a": j.left_is_a,
-                       "verdict": j.verdict, "winner": j.winner, "simulated": j.simulated,
-                       "shown_at": j.shown_at, "answered_at": j.answered_at} for j, u in answered]
-        stats = summarize(judgements, confidence)
-        return {"set_id": ab.id, "name": ab.name, "policy_a": ab.policy_a, "policy_b": ab.policy_b,
-                "items": n_items, "judgements_per_item": ab.judgements_per_item,
-                "open": len(rows) - len(answered), **stats, "judgements": judgements}
+        judgements = [AbJudgementRecord(j.id, j.item_id, u, j.left_is_a, j.verdict, j.winner, j.simulated,
+                                        j.shown_at, j.answered_at) for j, u in answered]
+        verdicts, sides = [j.verdict for j in judgements], [bool(j.left_is_a) for j in judgements]
+        return AbReport(ab.id, ab.name, ab.policy_a, ab.policy_b, n_items, ab.judgements_per_item,
+                        open=len(rows) - len(answered),
+                        win_rate=win_rate([winner_of(v, a) for v, a in zip(verdicts, sides)], confidence),
+                        position_bias=position_bias(verdicts, sides), judgements=judgements)
 
     def list_sets(self, actor: Actor) -> list[AbSetInfo]:
         with self.store.sessions() as s:

@@ -307,17 +307,18 @@ def run_ab_report(args) -> int:
         from feedback_app.files import path_error, prepare_parent
 
         try:
-            prepare_parent(config.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
+            prepare_parent(config.output).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         except OSError as exc:
             raise path_error(config.output, exc) from None
-    wr, pb = report["win_rate"], report["position_bias"]
-    rate = "n/a" if wr["win_rate_a"] is None else f"{wr['win_rate_a']:.3f} [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}]"
-    print(json.dumps({k: report[k] for k in ("name", "policy_a", "policy_b", "items", "open")}))
-    print(f"{report['policy_a']} vs {report['policy_b']}: {wr['wins_a']} wins, {wr['wins_b']} losses, "
-          f"{wr['ties']} ties, {wr['both_bad']} both bad; win rate of {report['policy_a']} {rate} "
-          f"({int(wr['confidence'] * 100)}% {wr['method']})")
-    share = "n/a" if pb["left_share"] is None else f"{pb['left_share']:.3f} (p={pb['p_value']:.3g})"
-    print(f"position bias: left side won {share}; policy A shown left in {pb['a_on_left']} of {pb['judgements']}")
+    wr, pb = report.win_rate, report.position_bias
+    rate = "n/a" if wr.win_rate_a is None else f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]"
+    print(json.dumps({"name": report.name, "policy_a": report.policy_a, "policy_b": report.policy_b,
+                      "items": report.items, "open": report.open}))
+    print(f"{report.policy_a} vs {report.policy_b}: {wr.wins_a} wins, {wr.wins_b} losses, "
+          f"{wr.ties} ties, {wr.both_bad} both bad; win rate of {report.policy_a} {rate} "
+          f"({int(wr.confidence * 100)}% {wr.method})")
+    share = "n/a" if pb.left_share is None else f"{pb.left_share:.3f} (p={pb.p_value:.3g})"
+    print(f"position bias: left side won {share}; policy A shown left in {pb.a_on_left} of {pb.judgements}")
     return 0
 
 

@@ -61,12 +61,11 @@ def report_markdown(service: AbService, actor: Actor) -> str:
              "|---|---|---|---|---|"]
     for info in service.list_sets(actor):
         r = service.report(actor, info.set_id)
-        wr, pb = r["win_rate"], r["position_bias"]
-        rate = "n/a" if wr["win_rate_a"] is None else \
-            f"{wr['win_rate_a']:.1%} [{wr['ci_low']:.1%}, {wr['ci_high']:.1%}]"
-        bias = "n/a" if pb["left_share"] is None else f"{pb['left_share']:.1%} (p={pb['p_value']:.3g})"
-        lines.append(f"| {info.name} | {r['policy_a']} vs {r['policy_b']} | {wr['wins_a']} / {wr['wins_b']} / "
-                     f"{wr['ties']} / {wr['both_bad']} | {rate} | {bias} |")
+        wr, pb = r.win_rate, r.position_bias
+        rate = "n/a" if wr.win_rate_a is None else f"{wr.win_rate_a:.1%} [{wr.ci_low:.1%}, {wr.ci_high:.1%}]"
+        bias = "n/a" if pb.left_share is None else f"{pb.left_share:.1%} (p={pb.p_value:.3g})"
+        lines.append(f"| {info.name} | {r.policy_a} vs {r.policy_b} | {wr.wins_a} / {wr.wins_b} / "
+                     f"{wr.ties} / {wr.both_bad} | {rate} | {bias} |")
     return "\n".join(lines) if len(lines) > 2 else "No A/B sets yet."
 
 

@@ -190,6 +190,6 @@ def test_an_unanswered_judgement_expires_and_its_item_goes_to_another_reviewer(t
     service.judge(bob, handed.judgement_id, "tie")
     with pytest.raises(ServiceError):  # alice's old judgement is gone (its id may now be bob's)
         service.judge(alice, held.judgement_id, "left")
-    report = service.report(admin, "s")["win_rate"]
+    report = service.report(admin, "s").to_dict()["win_rate"]
     assert (report["ties"], report["wins_a"], report["wins_b"]) == (1, 0, 0)
     assert service.next_item(alice, "s") is None  # the set is complete
