@@ -80,14 +80,25 @@ def save_training_state(accelerator, run_dir: str | os.PathLike, step: int, meta
     accelerator.save_state(str(tmp), safe_serialization=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**meta, "step": step}, indent=2), encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in complete_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_checkpoint(tmp, run_dir, step, meta, keep)
     accelerator.wait_for_everyone()
+    return final
+
+
+def publish_checkpoint(written: Path, run_dir: str | os.PathLike, step: int, meta: dict, keep: int) -> Path:
+    """Make a fully written checkpoint folder the complete ``step-N`` one (main process, after every
+    process has written its part): metadata last, files flushed, one atomic rename, oldest pruned.
+
+    Also used for the checkpoints Transformers' Trainer writes for the GRPO, RLOO and DPO runs.
+    """
+    final = checkpoint_dir(run_dir, step)
+    (written / STATE_FILE).write_text(json.dumps({**meta, "step": step}, indent=2), encoding="utf-8")
+    _fsync_tree(written)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(written, final)
+    for old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

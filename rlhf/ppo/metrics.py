@@ -7,10 +7,7 @@ Only the main process writes ``metrics.jsonl`` and TensorBoard.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from rlhf.runlog import read_metrics  # noqa: F401  (re-exported: rlhf.pipeline imports it from here)
+from rlhf.runlog import MetricsWriter, read_metrics  # noqa: F401  (re-exported: rlhf.pipeline imports them from here)
 
 # TRL metric name -> the name this project logs (the rest are kept under their TRL names)
 RENAMED = {
@@ -64,35 +61,3 @@ class RolloutProbe:
         out = (sum(self.lengths) / n, sum(self.ended) / n)
         self.lengths, self.ended = [], []
         return out
-
-
-class MetricsWriter:
-    """``metrics.jsonl`` (read by rlhf.runlog) + ``samples.jsonl`` + TensorBoard under the run directory
-    (main process only)."""
-
-    def __init__(self, run_dir: str | Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir = Path(run_dir)
-        self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-
-    def log_update(self, step: int, metrics: dict) -> None:
-        row = {"step": step, **metrics}
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.tb.add_scalar(key if "/" in key else f"ppo/{key}", value, step)
-        self.tb.flush()
-
-    def log_samples(self, step: int, samples: list[dict]) -> None:
-        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as handle:
-            for sample in samples:
-                handle.write(json.dumps({"step": step, **sample}, ensure_ascii=False) + "\n")
-        table = "| prompt | reply | score |\n|---|---|---|\n" + "\n".join(
-            f"| {s['prompt'][-200:]!r} | {s['reply']!r} | {s['score']:.3f} |" for s in samples)
-        self.tb.add_text("samples", table, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        self.tb.close()

@@ -34,6 +34,7 @@ from rlhf.lora import lora_config
 from rlhf.ppo.config import PPORunConfig
 from rlhf.ppo.data import batch_indices, load_prompt_ids
 from rlhf.ppo.metrics import RENAMED, MetricsWriter, RolloutProbe
+from rlhf.rewards import centre_reward_model, centred_head, check_reward_model  # noqa: F401  (centred_head: tests import it from here)
 from rlhf.runtime import zero_stage
 
 log = logging.getLogger(__name__)
@@ -62,55 +63,6 @@ def check_run_config(config: PPORunConfig, world_size: int, stage: int) -> None:
                         "adapter come out as empty partitions); empty it, or use ZeRO-2")
     if config.dtype not in ("float32", "bfloat16"):
         raise UserError(f"field 'dtype': {config.dtype!r} is not float32 or bfloat16")
-
-
-def check_reward_model(path: str, policy_tokenizer):
-    """The reward model directory must be a plain ``*ForSequenceClassification`` with one output that
-    shares the policy's vocabulary; returns its ``reward_stats.json`` (or None)."""
-    from rlhf.modeling import check_same_vocabulary, load_tokenizer, resolve_model_path
-
-    directory = Path(resolve_model_path(path))
-    if (directory / "adapter_config.json").is_file():
-        raise UserError(f"{directory}: the reward model is a LoRA adapter; TRL's PPO reads the backbone and "
-                        f"'score' head directly: merge the adapter into its base model first")
-    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    architectures = config.get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise UserError(f"{directory}: not a sequence-classification reward model (architectures: "
-                        f"{', '.join(architectures) or 'none'})")
-    labels = config.get("num_labels", len(config.get("id2label") or {}) or 2)
-    if labels != 1:
-        raise UserError(f"{directory}: the reward model has {labels} outputs; it needs num_labels=1")
-    check_same_vocabulary(policy_tokenizer, load_tokenizer(directory, padding_side="right"))
-    stats_file = directory / "reward_stats.json"
-    if not stats_file.is_file():
-        return None
-    try:
-        stats = json.loads(stats_file.read_text(encoding="utf-8"))
-        return {"mean": float(stats["mean"]), "std": float(stats["std"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise UserError(f"{stats_file}: expected {{\"mean\": number, \"std\": number}}") from None
-
-
-def centred_head(weight, bias, mean: float, std: float):
-    """Weights of a linear score head that outputs ``(score - mean) / std``.
-
-    ``score = W h + b`` becomes ``(W / std) h + (b - mean) / std``: rewards centred on the reward
-    model's training data, folded into the head so TRL's reward call is unchanged.
-    """
-    std = std if std > 1e-6 else 1.0
-    new_bias = (bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)) - mean
-    return weight / std, new_bias / std
-
-
-def _centre_reward_model(reward_model, stats: dict) -> None:
-    head = reward_model.score
-    weight, bias = centred_head(head.weight.data, None if head.bias is None else head.bias.data,
-                                stats["mean"], stats["std"])
-    new_head = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=weight.dtype)
-    new_head.weight.data.copy_(weight)
-    new_head.bias.data.copy_(bias)
-    reward_model.score = new_head
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -368,7 +320,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     if run.value_lora and zero_stage() < 3:
         add_value_adapter(value_model, run.lora)
     if stats and run.center_rewards:
-        _centre_reward_model(reward_model, stats)
+        centre_reward_model(reward_model, stats)
     probe = RolloutProbe(tokenizer.eos_token_id)
     backbone = getattr(reward_model, reward_model.base_model_prefix)
     backbone.register_forward_pre_hook(probe, with_kwargs=True)

@@ -1,0 +1,64 @@
+"""``rlhf grpo``, ``rlhf rloo``, ``rlhf dpo``: registration only; the heavy work is imported when a command runs.
+
+One command per algorithm, like ``rlhf ppo``: each has its own typed config and defaults, and
+``rlhf export`` turns any of their run directories into the same plain Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rlhf.config import add_config_flags, config_from_args
+
+HELP = {
+    "grpo": ("fine-tune the policy against a reward model with TRL's GRPO (groups of replies per prompt)",
+             "GRPO (TRL GRPOTrainer): num_generations replies per prompt, advantages relative to the group, KL to "
+             "the reference in the loss."),
+    "rloo": ("fine-tune the policy against a reward model with TRL's RLOO (leave-one-out REINFORCE)",
+             "RLOO (TRL RLOOTrainer): num_generations replies per prompt, each reply's baseline the mean reward of "
+             "the others, KL to the reference subtracted from the reward."),
+    "dpo": ("fine-tune the policy straight from the reviewers' preference pairs with TRL's DPO (no reward model)",
+            "DPO (TRL DPOTrainer) on an 'rlhf app export' folder (K-wise rankings expanded to pairs, the reward "
+            "model's prompt-level train/test split kept); the reference is the policy with its adapter off."),
+}
+
+
+def register(subparsers) -> None:
+    from rlhf.align.config import CONFIGS
+
+    for name, cls in CONFIGS.items():
+        short, long = HELP[name]
+        parser = subparsers.add_parser(
+            name, help=short, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            description=long + " One CPU, or under 'accelerate launch' with DDP or DeepSpeed ZeRO-2/3; "
+                               "'rlhf export RUN_DIR OUT_DIR' writes the aligned model.",
+        )
+        parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                            help="continue from the newest complete checkpoint of output_dir, or from CHECKPOINT")
+        add_config_flags(parser, cls, default_config=f"configs/{name}/default.yaml")
+        parser.add_argument("--validate-only", action="store_true",
+                            help="check the config and flags, print the resolved config, train nothing (exit 0 or 2)")
+        parser.set_defaults(run=run_command, algorithm=name)
+
+
+def run_command(args) -> int:
+    import os
+
+    from rlhf.align.config import CONFIGS, check_run_config
+    from rlhf.runtime import zero_stage
+
+    config = config_from_args(CONFIGS[args.algorithm], args)
+    # The combinations an algorithm cannot use are refused here, before TRL or any model is imported.
+    check_run_config(config, int(os.environ.get("WORLD_SIZE", "1")), zero_stage())
+    if args.validate_only:
+        print(config.model_dump_json())
+        return 0
+    if args.algorithm == "dpo":
+        from rlhf.align.dpo import run_dpo
+
+        run_dpo(config, resume=args.resume)
+    else:
+        from rlhf.align.online import run_online
+
+        run_online(config, resume=args.resume)
+    return 0
