@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf.runlog import read_metrics
 from rlhf.schema import AbReport, ScoredReplies
 
 
@@ -48,8 +49,6 @@ class PpoSummary:
 
     @classmethod
     def read(cls, run_dir: Path) -> "PpoSummary":
-        from rlhf.ppo.metrics import read_metrics
-
         rows = read_metrics(run_dir)
         if not rows:
             return cls(updates=0)

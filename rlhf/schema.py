@@ -8,6 +8,8 @@ Boundaries:
   preference     TRL's pairwise row: ``prompt``, ``chosen``, ``rejected`` (export -> reward model)
   K-wise row     ``prompt``, ``completions``, ``ranks`` keeping the whole ranking (export -> reward)
   prompt         plain text, or chat messages ``[{"role": ..., "content": ...}, ...]``
+  scored replies a reward model's score and token length of generated replies (``rlhf reward score``)
+  A/B report     a blind A/B set's win rate, interval, position bias, judgements (``rlhf app ab report``)
 
 Export layout (written by ``rlhf app export OUT``; read by the reward model, never the database):
   OUT/pairwise/       datasets.DatasetDict(train, test): prompt, chosen, rejected, reviewer, ranking_id
