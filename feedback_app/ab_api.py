@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from feedback_app.api import Id, admin_actor, current_actor, services
+from feedback_app.api import ERROR_RESPONSES, Id, admin_actor, current_actor, services
 from feedback_app.auth import Actor
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 
 # A set is named by its name or its id (``AbService._set``).
 SetRef = Annotated[str, Path(min_length=1, max_length=200)]

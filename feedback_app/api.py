@@ -136,7 +136,28 @@ class ExportIn(BaseModel):
 # ---------------------------------------------------------------------------------------------------
 # Routes
 
-router = APIRouter(prefix="/api")
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(..., description="where: 'body', 'query', 'path' or 'header', then the field")
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx answer (the request's own values are never echoed back)."""
+
+    detail: str | list[FieldError] = Field(..., description="one line naming the field and the problem, or "
+                                                            "(422 from request validation) one entry per field")
+
+
+# Declared once for every route: the schema (and clients generated from it) know every error's shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text} for status, text in {
+        400: "bad input (names the field)", 401: "not logged in", 403: "not allowed (role, or a cross-site request)",
+        404: "not found", 409: "conflict with the stored state", 410: "gone", 411: "body without a Content-Length",
+        413: "request body over the route's limit", 422: "invalid field values",
+        429: "too many attempts; see Retry-After"}.items()}
+
+router = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 
 
 @router.post("/login", tags=["session"], summary="Log in; returns a signed token (also set as a cookie)")
