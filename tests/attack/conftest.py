@@ -50,8 +50,9 @@ class AttackServer:
         return {"Authorization": f"Bearer {self.admin_token if who == 'admin' else self.reviewer_token}"}
 
 
-def seed_database(database_url: str) -> None:
-    """The accounts in ``PASSWORDS`` and ``ITEMS`` items with K imported replies each."""
+def seed_database(database_url: str, replies: list[str] | None = None) -> None:
+    """The accounts in ``PASSWORDS`` and ``ITEMS`` items with K imported replies each (``replies``, the
+    same K texts for every item, or plain ones)."""
     from feedback_app.db import open_store
     from feedback_app.store import ImportRow, Store
 
@@ -60,7 +61,8 @@ def seed_database(database_url: str) -> None:
     for name, password in PASSWORDS.items():
         store.add_user(name, password, "admin" if name == "admin" else "reviewer")
     store.import_rows([ImportRow(f"Attack prompt {i}: where is my order?",
-                                 [f"Reply {j} to prompt {i}." for j in range(K)], model="m") for i in range(ITEMS)])
+                                 [f"{replies[j]} (item {i})" if replies else f"Reply {j} to prompt {i}."
+                                  for j in range(K)], model="m") for i in range(ITEMS)])
     engine.dispose()
 
 
@@ -70,10 +72,11 @@ def login_token(url: str, username: str) -> str:
     return answer.json()["token"]
 
 
-def serve(root: Path, tiny_model_dir: Path, *extra_args: str) -> AttackServer:
-    """Seed a database under ``root`` and start ``rlhf app serve`` on it (stop it with ``stop_app(s.app)``)."""
+def serve(root: Path, tiny_model_dir: Path, *extra_args: str, replies: list[str] | None = None) -> AttackServer:
+    """Seed a database under ``root`` (``seed_database``) and start ``rlhf app serve`` on it (stop it
+    with ``stop_app(s.app)``)."""
     database_url = f"sqlite:///{root / 'feedback.db'}"
-    seed_database(database_url)
+    seed_database(database_url, replies)
     args = ["app", "serve", "--database-url", database_url, "--project", PROJECT, "--k", str(K),
             "--reviewers-per-item", "2", "--guideline", "Best first.", "--model", str(tiny_model_dir),
             "--max-new-tokens", "4", "--batch-size", "8", *extra_args]
