@@ -17,6 +17,7 @@ import httpx
 from sqlalchemy import select
 
 from feedback_app.models import RankingRow
+from rlhf.runtime import ServerNotUp, wait_for_http
 from tests.feedback.conftest import free_port
 from tests.feedback.helpers import items, new_store
 
@@ -29,18 +30,12 @@ def start_server(url: str, port: int, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "app", "serve", "--database-url", url,
                              "--port", str(port), "--k", "3", "--reviewers-per-item", "1", "--project", "p"],
                             stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", proc, timeout=60)
+    except ServerNotUp as exc:
+        proc.kill()
+        raise RuntimeError(f"{exc}: {log.read_text()[-2000:]}") from None
+    return proc
 
 
 def seeded(url: str, n_items: int):
