@@ -141,6 +141,36 @@ def consolidated_state_dict(checkpoint: str | os.PathLike) -> dict:
                     f"a DeepSpeed pytorch_model/ folder)")
 
 
+def policy_weights(checkpoint: str | os.PathLike) -> tuple[dict, bool]:
+    """The policy's weights in a checkpoint of any policy trainer, keyed as the policy's (peft-wrapped,
+    adapter ``default``) state dict, and whether they are the adapter alone.
+
+    * PPO (``accelerator.save_state``): the wrapper's ``policy.*`` weights, every one of them.
+    * GRPO, RLOO, DPO (Transformers' Trainer layout, ``trainer_state.json``): ``adapter_model.safetensors``
+      (the LoRA adapter alone, keys without the adapter's name) or ``model.safetensors`` (full model).
+    """
+    path = Path(checkpoint)
+    if not (path / "trainer_state.json").is_file():
+        return policy_state_dict(consolidated_state_dict(path)), False
+    from safetensors.torch import load_file
+
+    if (path / "adapter_model.safetensors").is_file():
+        adapter = load_file(path / "adapter_model.safetensors")
+        return {_with_adapter_name(k): v for k, v in adapter.items()}, True
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors"), False
+    raise UserError(f"{path}: checkpoint holds no policy weights (adapter_model.safetensors or model.safetensors)")
+
+
+def _with_adapter_name(key: str) -> str:
+    """peft saves ``...q_proj.lora_A.weight``; the live model holds ``...q_proj.lora_A.default.weight``."""
+    for part in (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B."):
+        if part in key:
+            head, tail = key.split(part, 1)
+            return f"{head}{part}default.{tail}"
+    return key
+
+
 def policy_state_dict(state: dict) -> dict:
     """The policy's part of the wrapper's state dict, with the ``policy.`` prefix removed."""
     prefix = "policy."

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: ``import rlhf.cli`` stays cheap for tools that only need main().
     import feedback_app.cli
     import reward.cli
+    import rlhf.align.cli
     import rlhf.commands
     import rlhf.pipeline
     import rlhf.ppo.cli
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward.cli.register(subparsers)  # reward train, reward eval, reward score
     feedback_app.cli.register(subparsers)  # app serve/users/import/generate/export/backup/ab, simulate
     rlhf.ppo.cli.register(subparsers)  # ppo, export
+    rlhf.align.cli.register(subparsers)  # grpo, rloo, dpo (exported by 'rlhf export' too)
     rlhf.pipeline.register(subparsers)  # loop: every stage above in order, with its report
     return parser
 

@@ -22,13 +22,22 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlhf.checkpoint import consolidated_state_dict, latest_checkpoint, policy_state_dict, read_state
+from rlhf.checkpoint import latest_checkpoint, policy_weights, read_state
 from rlhf.config import read_yaml, validate
 from rlhf.errors import UserError
 from rlhf.lora import LoraSettings, lora_config
 from rlhf.runlog import read_metrics
 
 PLOTTED = (("reward", "reward (centred score)"), ("kl", "KL to reference"), ("response_length", "reply length (tokens)"))
+# DPO generates nothing while training: its figures are the pairs' loss and implicit-reward margin.
+PLOTTED_DPO = (("loss", "DPO loss"), ("reward_margin", "implicit reward margin (chosen - rejected)"),
+               ("pair_accuracy", "pairs ranked as reviewers did"))
+ALGORITHMS = {"ppo": "PPO (TRL 1.12 PPOTrainer)", "grpo": "GRPO (TRL 1.12 GRPOTrainer)",
+              "rloo": "RLOO (TRL 1.12 RLOOTrainer)", "dpo": "DPO (TRL 1.12 DPOTrainer)"}
+FIGURES = {"ppo": ("reward", "kl", "entropy", "value_loss", "response_length", "eos_share"),
+           "grpo": ("reward", "kl", "entropy", "loss", "response_length", "eos_share"),
+           "rloo": ("reward", "kl", "entropy", "loss", "response_length", "eos_share"),
+           "dpo": ("loss", "reward_margin", "pair_accuracy", "entropy")}
 
 
 class PolicyRun(BaseModel):
@@ -62,7 +71,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _write_model(model, tokenizer, tmp, dtype, adapter_only)
-        shutil.copy(run_dir / "config.yaml", tmp / "ppo_config.yaml")
+        trainer = _run_info(run_dir).get("trainer", "ppo")
+        shutil.copy(run_dir / "config.yaml", tmp / f"{trainer}_config.yaml")
         plots = write_plots(run_dir, tmp / "plots")
         (tmp / "README.md").write_text(model_card(config, run_dir, ckpt, state, dtype, adapter_only, plots),
                                        encoding="utf-8")
@@ -78,7 +88,7 @@ def rebuild_policy(config: PolicyRun, checkpoint: Path, merge: bool = True):
     """The trained policy from a checkpoint: a plain causal LM (merged), or a PeftModel (merge=False)."""
     from rlhf.modeling import load_policy, load_tokenizer
 
-    weights = policy_state_dict(consolidated_state_dict(checkpoint))
+    weights, adapter_alone = policy_weights(checkpoint)
     if not weights:
         raise UserError(f"{checkpoint}: checkpoint holds no policy weights")
     model = load_policy(config.policy, dtype="float32")
@@ -88,6 +98,8 @@ def rebuild_policy(config: PolicyRun, checkpoint: Path, merge: bool = True):
         model = get_peft_model(model, lora_config(config.lora, "CAUSAL_LM"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")}  # tied to the embeddings
+    if adapter_alone:  # the base weights are the policy's own, frozen: only the adapter's must all be there
+        tied = {k for k in missing if "lora_" not in k}
     if set(missing) - tied or unexpected:
         raise UserError(f"{checkpoint}: weights do not fit the config's policy ({len(set(missing) - tied)} missing, "
                         f"{len(unexpected)} unexpected, e.g. {(sorted(set(missing) - tied) + list(unexpected))[:2]})")
@@ -128,11 +140,11 @@ def write_plots(run_dir: Path, out: Path) -> list[str]:
     rows = read_metrics(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, label in PLOTTED:
+    for key, label in PLOTTED_DPO if _run_info(run_dir).get("trainer") == "dpo" else PLOTTED:
         points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
-        ax.set_xlabel("PPO update")
+        ax.set_xlabel("update")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -165,13 +177,18 @@ def _sample_lines(run_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _run_info(run_dir: Path) -> dict:
+    """``run_info.json`` the trainer wrote (``trainer``: ppo, grpo, rloo or dpo; the reward model used)."""
+    return json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
+
+
 def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
                plots: list[str]) -> str:
     from rlhf.modeling import resolve_model_path
 
     base_dir = Path(resolve_model_path(config.policy))
     source = json.loads((base_dir / "rlhf_source.json").read_text()) if (base_dir / "rlhf_source.json").is_file() else {}
-    info = json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
+    info = _run_info(run_dir)
     rows = read_metrics(run_dir)
     first, last = (rows[0], rows[-1]) if rows else ({}, {})
     trainer = info.get("trainer", "ppo")  # written into run_info.json by the trainer
@@ -185,8 +202,12 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
         "",
         f"- Base model: `{source.get('base_model', config.policy)}` (licence {source.get('license', 'unknown')})"
         + (f", from `{source['source']}`" if source.get("source") else ""),
+        f"- Algorithm: {ALGORITHMS.get(trainer, trainer)}",
         f"- Reward model: `{info.get('reward_model_path', config.reward_model)}`; reward stats used for centring: "
-        f"{info.get('reward_stats')}",
+        f"{info.get('reward_stats')}" if trainer != "dpo" else
+        f"- Reward model: none (DPO learns from the reviewers' pairs directly); preference data `{info.get('data')}`: "
+        f"{info.get('train_pairs', '?')} training pairs, {info.get('heldout_pairs', '?')} held-out pairs "
+        f"(prompt-level split)",
         *([f"- Prompts: `{prompts}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
            f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else "")]
           if prompts else []),
@@ -195,8 +216,7 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
         f"- Weights dtype: {dtype}", "",
         "## Training figures", "",
         "| metric | first update | last update |", "|---|---|---|",
-        *[f"| {k} | {fig(first, k)} | {fig(last, k)} |" for k in ("reward", "kl", "entropy", "value_loss",
-                                                                  "response_length", "eos_share")],
+        *[f"| {k} | {fig(first, k)} | {fig(last, k)} |" for k in FIGURES.get(trainer, FIGURES["ppo"])],
         "", *[f"![{p}]({p})" for p in plots], "",
         *_sample_lines(run_dir),
         "## Config", "", "```yaml", (run_dir / "config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
