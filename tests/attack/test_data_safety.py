@@ -30,10 +30,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real `rlhf` command under umask 022 (the usual default, which makes new files 0644)."""
     return subprocess.run([sys.executable, "-m", "rlhf.cli", *args], cwd=REPO, input=stdin, capture_output=True,
-                          text=True, timeout=300, umask=0o022)
+                          text=True, timeout=300, umask=0o022, env={**os.environ, **(env or {})})
 
 
 def login(url: str, username: str) -> dict[str, str]:
@@ -208,7 +208,10 @@ def test_two_exports_at_once_never_overwrite_each_other(ranked_server):
 # PostgreSQL backup (pg_dump) and its restore
 
 
-def test_backup_of_a_postgresql_store_restores_with_every_row(postgres_server, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("dumper", ["pg_dump", "sql"])
+def test_backup_of_a_postgresql_store_restores_with_every_row(postgres_server, tmp_path, dumper):  # noqa: F811
+    """With pg_dump on PATH it writes the file; without (PATH holding no pg_dump), the app writes
+    the same kind of SQL file itself. Both restore with psql into a new database, row for row."""
     from sqlalchemy import text
 
     from feedback_app.db import open_store
@@ -223,14 +226,18 @@ def test_backup_of_a_postgresql_store_restores_with_every_row(postgres_server, t
         item = store.next_item(rita)
         store.submit_ranking(rita, item.item_id, [2, 1], f"key-{i}")
     backup = tmp_path / "pg-backup.sql"
-    result = cli("app", "backup", str(backup), "--database-url", url, "--project", "pg", "--k", "2")
+    no_pg_dump = tmp_path / "bin"
+    no_pg_dump.mkdir()
+    result = cli("app", "backup", str(backup), "--database-url", url, "--project", "pg", "--k", "2",
+                 env={"PATH": str(no_pg_dump)} if dumper == "sql" else None)
     assert result.returncode == 0, result.stderr
     assert mode(backup) == 0o600
+    assert ("rlhf app backup (SQL-level" in backup.read_text()) == (dumper == "sql")
     # Restore into a new, empty database with psql, as the README says, and compare every table.
     restored = new_postgres_database(postgres_server)
     host, port = postgres_server
     name = restored.rsplit("/", 1)[1]
-    done = subprocess.run(["psql", "-h", host, "-p", str(port), "-U", "postgres", "-d", name, "-v", "ON_ERROR_STOP=1",
+    done = subprocess.run(["/usr/bin/psql", "-h", host, "-p", str(port), "-U", "postgres", "-d", name, "-v", "ON_ERROR_STOP=1",
                            "-q", "-f", str(backup)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     copy_engine, copy_sessions = open_store(restored, migrate=False, create=False)
@@ -244,8 +251,11 @@ def test_backup_of_a_postgresql_store_restores_with_every_row(postgres_server, t
     original, copy = dump(engine), dump(copy_engine)
     assert copy == original
     assert len(original["rankings"]) == 2 and len(original["prompts"]) == 3 and len(original["users"]) == 1
-    # The app opens the restored store as it is (no set-up): the project and its K are there.
-    assert Store(copy_sessions, "pg", create=False).project.k == 2
+    # The app opens the restored store as it is (no set-up): the project and its K are there, and
+    # new rows get new ids (the sequences continue after the copied ones).
+    restored_store = Store(copy_sessions, "pg", create=False)
+    assert restored_store.project.k == 2
+    restored_store.import_rows([ImportRow("a new prompt", ["x", "y"], model="m")])
     engine.dispose()
     copy_engine.dispose()
 
@@ -254,4 +264,10 @@ def test_postgresql_backup_errors_are_one_line(tmp_path):
     result = cli("app", "backup", str(tmp_path / "b.sql"), "--database-url", "postgresql://u@127.0.0.1:1/none")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "pg_dump" in result.stderr and "u@127.0.0.1:1/none" in result.stderr
+    assert not (tmp_path / "b.sql").exists()
+    (tmp_path / "bin").mkdir()  # no pg_dump on PATH: the SQL-level dump meets the same refusal
+    result = cli("app", "backup", str(tmp_path / "b.sql"), "--database-url", "postgresql://u@127.0.0.1:1/none",
+                 env={"PATH": str(tmp_path / "bin")})
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot back up" in result.stderr and "u@127.0.0.1:1/none" in result.stderr
     assert not (tmp_path / "b.sql").exists()
