@@ -33,7 +33,7 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
     path = resolve_model_path(name)
     tokenizer = load_tokenizer(path, padding_side="left")
     policy = load_policy(path, dtype="float32")
-    k = store.project.k
+    k = store.refresh_project().k  # the stored K: a CLI import may have changed it since the server started
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.seed + round)
     sampling_record = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                        "top_p": sampling.top_p, "seed": sampling.seed}
