@@ -158,6 +158,15 @@ def from_browser(scope) -> bool:
                                                for h in (b"origin", b"sec-fetch-site", b"referer"))
 
 
+def login_csrf_ok(scope, cookie: str | None, sent: str) -> bool:
+    """The login form's double-submit check (its hidden field against its cookie, both set by
+    ``GET /login``), required of browsers: a login CSRF happens in the victim's browser, and a
+    script posting the form has no browser session to be tricked into."""
+    if not from_browser(scope):
+        return True
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
+
+
 def _cookies(scope) -> dict[str, str]:
     from http.cookies import SimpleCookie
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from feedback_app.api import TOKEN_COOKIE, actor_of
+from feedback_app.security import LOGIN_CSRF_COOKIE, login_csrf_ok, new_login_csrf
 from feedback_app.store import ServiceError, TooManyLogins
 
 REVIEW_PATH, ADMIN_PATH = "/review", "/admin"
@@ -39,7 +40,7 @@ def safe_next(path: str | None) -> str:
     return path
 
 
-def login_page(message: str = "", next_path: str = REVIEW_PATH, username: str = "") -> str:
+def login_page(message: str = "", next_path: str = REVIEW_PATH, username: str = "", csrf: str = "") -> str:
     esc = html.escape
     note = f"<p class='err' role='alert'>{esc(message)}</p>" if message else ""
     return (
@@ -51,6 +52,7 @@ def login_page(message: str = "", next_path: str = REVIEW_PATH, username: str = 
         "</head><body><h1>Rank model replies</h1>"
         f"{note}<form method='post' action='/login'>"
         f"<input type='hidden' name='next' value='{esc(next_path)}'>"
+        f"<input type='hidden' name='csrf' value='{esc(csrf)}'>"
         f"<label for='username'>Username</label><input id='username' name='username' value='{esc(username)}' "
         "autocomplete='username' required autofocus>"
         "<label for='password'>Password</label><input id='password' name='password' type='password' "
@@ -90,23 +92,32 @@ def add_login_routes(app: FastAPI, svc) -> None:
             return RedirectResponse("/login", status_code=303)
         return RedirectResponse(ADMIN_PATH if actor.is_admin else REVIEW_PATH, status_code=303)
 
+    def form_page(message: str, target: str, username: str, status: int = 200, headers=None) -> HTMLResponse:
+        """The login form with a fresh CSRF token, in its hidden field and its cookie."""
+        csrf = new_login_csrf()
+        response = HTMLResponse(login_page(message, target, username, csrf), status_code=status, headers=headers)
+        response.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login", max_age=3600)
+        return response
+
     @app.get("/login", include_in_schema=False)
     def login_form(next: str = REVIEW_PATH):
-        return HTMLResponse(login_page(next_path=safe_next(next)))
+        return form_page("", safe_next(next), "")
 
     @app.post("/login", include_in_schema=False)
     def login_submit(request: Request, username: str = Form(""), password: str = Form(""),
-                     next: str = Form(REVIEW_PATH)):
+                     next: str = Form(REVIEW_PATH), csrf: str = Form("")):
         client = request.client.host if request.client else "?"
         target = safe_next(next)
+        if not login_csrf_ok(request.scope, request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
+            return form_page("This form expired; please log in again.", target, username, status=403)
         try:
             actor = svc.store.login(username, password, client)  # the REST API's login, throttle and all
         except TooManyLogins as exc:
             wait = math.ceil(exc.retry_after)
-            return HTMLResponse(login_page(f"Too many failed logins; retry in {wait} s.", target, username),
-                                status_code=429, headers={"Retry-After": str(wait)})
+            return form_page(f"Too many failed logins; retry in {wait} s.", target, username, 429,
+                             {"Retry-After": str(wait)})
         except ServiceError:
-            return HTMLResponse(login_page("Wrong username or password.", target, username), status_code=401)
+            return form_page("Wrong username or password.", target, username, 401)
         if target.startswith(ADMIN_PATH) and not actor.is_admin:
             target = REVIEW_PATH
         response = RedirectResponse(target, status_code=303)
