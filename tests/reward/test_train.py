@@ -129,3 +129,21 @@ def test_train_bad_input_one_line_errors(args, message, capsys, monkeypatch):
 def test_eval_bad_checkpoint(tmp_path, planted_export, capsys):
     assert cli_main(["reward", "eval", str(tmp_path), str(planted_export)]) == 2
     assert "not a reward model checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "field 'checkpoint': Field required"),
+    (("ckpt", "data", "--split", "bogus"), "field 'split'"),
+    (("ckpt", "data", "--batch-size", "0"), "field 'batch_size'"),
+])
+def test_eval_config_errors_are_one_line(args, message, capsys):
+    assert cli_main(["reward", "eval", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_reads_its_fields_from_yaml(tmp_path, planted_export, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"checkpoint: {tmp_path}\ndataset: {planted_export}\nsplit: all\n")
+    assert cli_main(["reward", "eval", "--config", str(config)]) == 2
+    assert f"{tmp_path}: not a reward model checkpoint" in capsys.readouterr().err
