@@ -59,3 +59,18 @@ def test_the_422_names_the_field_but_never_echoes_the_input(attack_server):
                         json={"item_id": "not-a-number-" + "y" * 3000, "ranks": [1]}, timeout=30)
     assert answer.status_code == 422 and "not-a-number" not in answer.text
     assert ["body", "item_id"] in [e["loc"] for e in answer.json()["detail"]]
+
+
+def test_report_confidence_must_be_a_number(attack_server):
+    admin = attack_server.headers("admin")
+    created = httpx.post(attack_server.url + "/api/admin/ab/sets", headers=admin, timeout=30, json={
+        "name": "confidence-nan", "policy_a": "a", "policy_b": "b",
+        "items": [{"prompt": "q", "reply_a": "A", "reply_b": "B"}]})
+    assert created.status_code == 201, created.text
+    for bad in ("nan", "inf", "-inf"):
+        answer = httpx.get(f"{attack_server.url}/api/admin/ab/sets/confidence-nan/report?confidence={bad}",
+                           headers=admin, timeout=30)
+        assert answer.status_code == 422, (bad, answer.text[:300])
+    answer = httpx.get(attack_server.url + "/api/admin/ab/sets/confidence-nan/report?confidence=0.9",
+                       headers=admin, timeout=30)
+    assert answer.status_code == 200
