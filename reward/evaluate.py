@@ -250,6 +250,16 @@ def render_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def trained_max_length(checkpoint: Path, fallback: int = 1024) -> int:
+    """The ``max_length`` a reward model was trained with (its resolved ``config.yaml``), else ``fallback``."""
+    import yaml
+
+    trained = checkpoint / "config.yaml"
+    if not trained.is_file():
+        return fallback
+    return (yaml.safe_load(trained.read_text()) or {}).get("max_length", fallback)
+
+
 def evaluate_checkpoint(checkpoint: str | Path, rows: list[dict[str, Any]], out_dir: Path, max_length: int,
                         batch_size: int = 16, model=None, tokenizer=None) -> dict[str, Any]:
     """Score ``rows`` with the checkpoint, write ``eval.json`` and plots into ``out_dir``; return metrics."""
@@ -283,12 +293,7 @@ def run_eval(config: RewardEvalConfig) -> int:
     if not rows:
         raise UserError(f"{config.dataset}: the {config.split} split is empty; nothing to evaluate")
     out_dir = Path(config.output) if config.output else checkpoint / "eval"
-    max_length = config.max_length
-    if max_length is None:  # the limit the model was trained with, from its resolved config
-        import yaml
-
-        trained = checkpoint / "config.yaml"
-        max_length = (yaml.safe_load(trained.read_text()) or {}).get("max_length", 1024) if trained.is_file() else 1024
+    max_length = config.max_length or trained_max_length(checkpoint)
     metrics = evaluate_checkpoint(checkpoint, rows, out_dir, max_length, config.batch_size)
     save_resolved(config, out_dir, "eval_config.yaml")
     print(render_table(metrics))

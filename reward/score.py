@@ -31,16 +31,6 @@ class ScoreConfig(Config):
     batch_size: int = Field(16, ge=1, description="replies per forward pass")
 
 
-def trained_max_length(checkpoint: Path, fallback: int = 1024) -> int:
-    """The ``max_length`` a reward model was trained with (its resolved ``config.yaml``), else ``fallback``."""
-    import yaml
-
-    trained = checkpoint / "config.yaml"
-    if not trained.is_file():
-        return fallback
-    return (yaml.safe_load(trained.read_text()) or {}).get("max_length", fallback)
-
-
 def read_replies(path: Path) -> tuple[list, list[list[str]]]:
     """Prompts and replies of an ``rlhf generate --output`` file; a bad line is a ``UserError`` naming it."""
     from rlhf.jsonl import jsonl_rows, read_text
@@ -70,10 +60,11 @@ def score_replies_file(config: ScoreConfig) -> ScoredReplies:
     if output.is_dir():
         raise UserError(f"{output}: output must be a file path, not a directory")
     prompts, replies = read_replies(Path(config.replies))
-    max_length = config.max_length or trained_max_length(checkpoint)
 
-    from reward.evaluate import score_rows
+    from reward.evaluate import score_rows, trained_max_length
     from rlhf.modeling import load_score_model, load_tokenizer
+
+    max_length = config.max_length or trained_max_length(checkpoint)
 
     tokenizer = load_tokenizer(str(checkpoint), padding_side="right")
     model = load_score_model(str(checkpoint))
