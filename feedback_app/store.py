@@ -398,7 +398,7 @@ class Store:
         def work(s: Session) -> None:
             s.execute(update(User).where(User.id == actor.id).values(session_version=User.session_version + 1))
 
-        self._run(work, durable=False)
+        self._run(work)
         self.accounts.forget(actor.id)
 
     def list_users(self) -> list[Actor]:
@@ -457,6 +457,9 @@ class Store:
                                 retry_after=wait)
         actor = self.authenticate(username, password)
         self._run(partial(self._refund_login, keys), durable=False)
+        # The token about to be issued carries the version the database holds now, not a cached one
+        # another process may have moved on from.
+        self.accounts.forget(actor.id)
         return actor
 
     def _throttle_rows(self, s: Session, keys: tuple[str, str], now: float) -> dict[str, LoginThrottle]:

@@ -6,8 +6,8 @@ Generation runs in ``Jobs``' own thread (never in the page's event queue), and t
 progress with a timer, so reviewers' pages never wait for it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Gradio finds a handler's `request: gr.Request` parameter by
+# its annotation, which must be the class itself, not a string.
 import shutil
 import tempfile
 import time

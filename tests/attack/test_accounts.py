@@ -264,3 +264,24 @@ def test_admin_actions_are_in_the_audit_log(attack_server):
                for e in entries)
     # The CLI's actions are there too, under "cli" (test_a_demoted_account... reset carol).
     assert ("cli", "account created", "admin") in seen
+
+
+def test_the_admin_page_disables_an_account_and_shows_the_audit_log(attack_server, browser):
+    """The page path: the signed-in admin disables ivy from the Accounts tab; her token dies at once
+    (same process) and the Audit log tab names the admin who did it."""
+    from tests.web.conftest import Recorder, login as page_login, open_page
+
+    assert create(attack_server, "ivy").status_code == 201
+    token = login(attack_server.url, "ivy").json()["token"]
+    page = open_page(browser, Recorder())
+    page_login(page, attack_server.url, "admin", PASSWORDS["admin"], path="/admin")
+    page.get_by_role("tab", name="Accounts").click()
+    page.locator("#disable-username").locator("input, textarea").first.fill("ivy")
+    page.click("#disable-user")
+    page.get_by_text("Disabled 'ivy'").wait_for(timeout=15000)
+    assert httpx.get(attack_server.url + "/api/me", headers=bearer(token)).status_code == 401
+    page.get_by_role("tab", name="Audit log").click()
+    audit = page.locator("#audit-log")
+    audit.get_by_text("account disabled").first.wait_for(timeout=15000)
+    assert "ivy" in audit.inner_text() and "admin" in audit.inner_text()
+    page.context.close()
