@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -70,6 +70,13 @@ class QuickstartConfig(Config):
     ppo_config: str = Field("configs/ppo/default.yaml", description="'rlhf ppo' config")
     ppo_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf ppo' overrides: field -> value "
                                       "(checked by that command before any stage runs)")
+    algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = Field(
+        "ppo", description="policy training: ppo (ppo_config), or grpo, rloo (the same reward model) or dpo (the "
+        "reviewers' pairs, no reward model) with align_config")
+    align_config: str | None = Field(None, description="'rlhf grpo|rloo|dpo' config (default: "
+                                     "configs/<algorithm>/default.yaml)")
+    align_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf grpo|rloo|dpo' overrides: field -> "
+                                        "value (checked by that command before any stage runs)")
     eval_replies_per_prompt: int = Field(2, ge=1, le=16, description="replies per held-out prompt and policy")
     eval_max_new_tokens: int = Field(48, ge=1, description="new tokens per held-out reply")
     eval_temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the held-out replies")
@@ -266,9 +273,33 @@ def ppo_args(run: Run) -> list[str]:
             "--seed", str(c.seed), *_flags(c.ppo_flags)]
 
 
+def align(run: Run) -> None:
+    """GRPO, RLOO or DPO in place of PPO (``algorithm``); an interrupted run continues from its checkpoint."""
+    folder = run.dir / run.config.algorithm
+    resume = run.resume and any((folder / "checkpoints").glob("step-*"))
+    if run.resume and not resume and folder.exists():
+        shutil.rmtree(folder)
+    run.rlhf(*policy_args(run), *(["--resume"] if resume else []))
+
+
+ALIGN_STAGES = {name: timed(name.upper())(align) for name in ("grpo", "rloo", "dpo")}
+
+
+def policy_args(run: Run) -> list[str]:
+    """The policy-training command of ``algorithm``: PPO's, or GRPO/RLOO (reward model and prompts, like
+    PPO) or DPO (the exported rankings themselves)."""
+    c = run.config
+    if c.algorithm == "ppo":
+        return ppo_args(run)
+    inputs = ["--data", str(run.dir / "export")] if c.algorithm == "dpo" else \
+        ["--reward-model", str(run.dir / "reward"), "--prompts-file", str(run.dir / "ppo_prompts.jsonl")]
+    return [c.algorithm, "--config", c.align_config or f"configs/{c.algorithm}/default.yaml", "--policy", c.policy,
+            *inputs, "--output-dir", str(run.dir / c.algorithm), "--seed", str(c.seed), *_flags(c.align_flags)]
+
+
 @timed("export aligned", outputs=("aligned",))
 def export_aligned(run: Run) -> None:
-    run.rlhf("export", str(run.dir / "ppo"), str(run.dir / "aligned"))
+    run.rlhf("export", str(run.dir / run.config.algorithm), str(run.dir / "aligned"))
 
 
 @timed("held-out replies", outputs=("eval",))
@@ -312,7 +343,8 @@ def check_stage_settings(run: Run, source: str) -> None:
     """Each stage's own command validates its config file plus the loop's overrides (``--validate-only``):
     a typo in ``reward_flags`` fails now, not after the app, generation and ranking have run."""
     for fields, args in (("reward_config + reward_flags", reward_train_args(run)),
-                         ("ppo_config + ppo_flags", ppo_args(run))):
+                         ("ppo_config + ppo_flags" if run.config.algorithm == "ppo" else "align_config + align_flags",
+                          policy_args(run))):
         proc = run.call(*args, "--validate-only")
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -356,7 +388,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
         export_rankings(run)
         train_reward(run)
         eval_reward(run)
-        ppo(run)
+        ppo(run) if config.algorithm == "ppo" else ALIGN_STAGES[config.algorithm](run)
         export_aligned(run)
         heldout_replies(run)
         ab_judgement(run)
@@ -370,7 +402,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
 
     summary = LoopSummary(config.rule, config.rule_name, run.times,
                           RewardEvalSummary.read(run.dir / "reward" / "eval" / "eval.json"),
-                          PpoSummary.read(run.dir / "ppo"), heldout("base"), heldout("aligned"),
+                          PpoSummary.read(run.dir / config.algorithm), heldout("base"), heldout("aligned"),
                           AbReport.from_dict(json.loads((run.dir / "ab.json").read_text())))
     start = time.perf_counter()
     write_report(summary, run.dir)

@@ -10,7 +10,8 @@
 #   scripts/quickstart.sh --small               a few-minute smoke run (configs/quickstart/small.yaml)
 #   scripts/quickstart.sh --config configs/quickstart/full_concise.yaml   the second rule (shorter replies)
 #   options: --run-dir DIR (default runs/quickstart-<time>), --policy MODEL_DIR (instead of the bundled model),
-#            --resume (with --run-dir: continue an interrupted run, finished stages are skipped)
+#            --resume (with --run-dir: continue an interrupted run, finished stages are skipped),
+#            --algorithm ppo|grpo|rloo|dpo (policy training; default ppo; dpo trains on the rankings directly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=configs/quickstart/full.yaml
@@ -21,8 +22,9 @@ while [ $# -gt 0 ]; do
     --config) CONFIG="$2"; shift ;;
     --run-dir) ARGS+=(--run-dir "$2"); shift ;;
     --policy) ARGS+=(--policy "$2"); shift ;;
+    --algorithm) ARGS+=(--algorithm "$2"); shift ;;
     --resume) ARGS+=(--resume) ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
   shift

@@ -104,15 +104,23 @@ def build_trainer(run: DPORunConfig, resume: str | None = None) -> ResumableDPOT
     return trainer
 
 
+def score_heldout(trainer: ResumableDPOTrainer, run: DPORunConfig) -> dict | None:
+    """Held-out pairs (prompts never trained on): how often the implicit reward ranks them as reviewers
+    did, and by what margin; written to ``heldout.json``. None when the data has no held-out pair."""
+    if trainer.eval_dataset is None:
+        return None
+    metrics = trainer.evaluate()
+    if trainer.accelerator.is_main_process:
+        (Path(run.output_dir) / "heldout.json").write_text(json.dumps(metrics, indent=2))
+    trainer.say(f"held-out pairs: accuracy {metrics.get('eval_rewards/accuracies', float('nan')):.3f}  "
+                f"margin {metrics.get('eval_rewards/margins', float('nan')):+.3f}")
+    return metrics
+
+
 def run_dpo(run: DPORunConfig, resume: str | None = None) -> int:
     trainer = build_trainer(run, resume)
     step = trainer.train()
-    if step >= run.total_updates and trainer.eval_dataset is not None:
-        # Held-out pairs (prompts never trained on): how often the implicit reward ranks them as reviewers did.
-        metrics = trainer.evaluate()
-        if trainer.accelerator.is_main_process:
-            (Path(run.output_dir) / "heldout.json").write_text(json.dumps(metrics, indent=2))
-        trainer.say(f"held-out pairs: accuracy {metrics.get('eval_rewards/accuracies', float('nan')):.3f}  "
-                    f"margin {metrics.get('eval_rewards/margins', float('nan')):+.3f}")
+    if step >= run.total_updates:
+        score_heldout(trainer, run)
     trainer.say(f"done: {step}/{run.total_updates} updates; run directory {Path(run.output_dir)}")
     return step
