@@ -26,6 +26,10 @@ def _config_class(path: Path):
         from rlhf.ppo.config import PPORunConfig
 
         return PPORunConfig
+    if rel.parts[0] in ("grpo", "rloo", "dpo"):
+        from rlhf.align.config import CONFIGS
+
+        return CONFIGS[rel.parts[0]]
     if rel.parts[0] == "quickstart":
         from rlhf.pipeline import QuickstartConfig
 
