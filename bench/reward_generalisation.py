@@ -303,7 +303,8 @@ def method_lora_default(ctx) -> dict:
     command = [str(REPO / ".venv" / "bin" / "rlhf"), "reward", "train", "--config", "configs/reward/default.yaml",
                "--data", str(data), "--output-dir", str(work / "model"), "--report-to", "[none]"]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(ctx["threads"])})
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -317,14 +318,15 @@ def method_lora_default(ctx) -> dict:
 
 
 LPFT_LR = 5e-5
-LPFT_EPOCHS = 3
+LPFT_EPOCHS = 2
 LPFT_BATCH = 2  # rankings per step, as default.yaml
 
 
 def method_lpft(ctx) -> dict:
     """LP-FT: the last-token probe (fit on train, L2 chosen on validation) as the score head, then
-    LoRA (default.yaml's r 16, alpha 32) on training rankings with a small learning rate; validation
-    loss after every half epoch, the best state kept (the probe itself counts: step 0)."""
+    LoRA (default.yaml's r 16, alpha 32) on training rankings with a small learning rate under
+    bfloat16 autocast; validation loss after every half epoch, the best state kept (the probe itself
+    counts: step 0); test replies scored in float32, as PPO scores them."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -345,11 +347,11 @@ def method_lpft(ctx) -> dict:
     ids = {i: [reply_ids(tokenizer, labelled[i]["prompt"], c) for c in labelled[i]["completions"]]
            for i in parts["train"] + parts["val"] + parts["test"]}
 
-    def scores_of(idx: list[int], grad: bool) -> torch.Tensor:
+    def scores_of(idx: list[int], grad: bool, bf16: bool = True) -> torch.Tensor:
         seqs = [torch.tensor(x) for i in idx for x in ids[i]]
         input_ids = pad(seqs, padding_value=tokenizer.pad_token_id, padding_side="right")
         mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right")
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.view(len(idx), K).float()
 
     def val_loss() -> float:
@@ -388,7 +390,7 @@ def method_lpft(ctx) -> dict:
     model.eval()
     test = parts["test"]
     with torch.no_grad():
-        s = torch.cat([scores_of(test[j:j + 8], False) for j in range(0, len(test), 8)])
+        s = torch.cat([scores_of(test[j:j + 8], False, bf16=False) for j in range(0, len(test), 8)])
     return {"scores": s.tolist(), "seconds": time.perf_counter() - started, "kept_step": best["step"],
             "steps": step, "curve": curve, "probe_l2": probe.l2}
 
@@ -431,6 +433,15 @@ def ceiling(labelled: list[dict], test_idx: list[int]) -> dict:
     return {"ceiling": m["accuracy"], "ci95": m["ci95_bootstrap_prompts"], "pairs": m["pairs"]}
 
 
+def length_correlation(labelled: list[dict]) -> float:
+    """Pearson correlation of the noiseless rule with reply length in words, over every candidate."""
+    import statistics
+
+    scores = [s for r in labelled for s in r["clean"]]
+    lengths = [len(c.split()) for r in labelled for c in r["completions"]]
+    return statistics.correlation(scores, lengths) if len(set(scores)) > 1 else 0.0
+
+
 def closed(accuracy: float, top: float) -> float:
     """Share of the distance from chance (0.5) to the ceiling that a method covers."""
     return (accuracy - 0.5) / (top - 0.5) if top > 0.5 else float("nan")
@@ -440,12 +451,13 @@ def closed(accuracy: float, top: float) -> float:
 # The run
 
 
-def run_rule(out: Path, rule: str, rows, feats, per_reply, parts, methods: list[str]) -> dict:
+def run_rule(out: Path, rule: str, rows, feats, per_reply, parts, methods: list[str], threads: int) -> dict:
     labelled = label(rule, rows)
     top = ceiling(labelled, parts["test"])
+    top["length_correlation"] = length_correlation(labelled)
     write_json(out / "results" / rule / "ceiling.json", top)
     ctx = {"labelled": labelled, "parts": parts, "features": feats, "seconds_per_reply": per_reply,
-           "work": out / "work" / rule}
+           "work": out / "work" / rule, "threads": threads}
     results = {}
     for name in methods:
         path = out / "results" / rule / f"{name}.json"
@@ -464,8 +476,8 @@ def run_rule(out: Path, rule: str, rows, feats, per_reply, parts, methods: list[
 
 
 def table(summary: dict, methods: list[str]) -> str:
-    lines = [f"{'rule':<13}{'ceiling':>8}  " + "  ".join(f"{m:>22}" for m in methods)]
-    lines.append(f"{'':<13}{'':>8}  " + "  ".join(f"{'acc [95%]  closed':>22}" for _ in methods))
+    lines = [f"{'rule':<13}{'ceiling':>8}{'r(len)':>7}  " + "  ".join(f"{m:>22}" for m in methods)]
+    lines.append(f"{'':<28}" + "  ".join(f"{'acc [95%]  closed':>22}" for _ in methods))
     mean_closed = {m: [] for m in methods}
     for rule, s in summary.items():
         cells = []
@@ -478,14 +490,20 @@ def table(summary: dict, methods: list[str]) -> str:
             cells.append(f"{r['accuracy']:.3f} [{lo:.2f},{hi:.2f}] {r['closed']:>4.0%}".rjust(22))
             if rule != "hash":
                 mean_closed[m].append(r["closed"])
-        lines.append(f"{rule:<13}{s['ceiling']['ceiling']:>8.3f}  " + "  ".join(cells))
-    lines.append(f"{'mean closed':<13}{'(learnable)':>8}  " + "  ".join(
+        lines.append(f"{rule:<13}{s['ceiling']['ceiling']:>8.3f}{s['ceiling']['length_correlation']:>+7.2f}  "
+                     + "  ".join(cells))
+    lines.append(f"{'mean closed (learnable)':<28}" + "  ".join(
         f"{(sum(v) / len(v) if v else float('nan')):>22.0%}" for v in mean_closed.values()))
     seconds = []
     for m in methods:
         ts = [s["methods"][m]["seconds"] for s in summary.values() if m in s["methods"]]
         seconds.append(f"{(sum(ts) / len(ts) if ts else float('nan')):>21.0f}s")
-    lines.append(f"{'wall time':<13}{'(mean)':>8}  " + "  ".join(seconds))
+    noiseless = []
+    for m in methods:
+        v = [s["methods"][m]["accuracy_vs_noiseless"] for r, s in summary.items() if m in s["methods"] and r != "hash"]
+        noiseless.append(f"{(sum(v) / len(v) if v else float('nan')):>22.3f}")
+    lines.append(f"{'mean acc. vs noiseless rule':<28}" + "  ".join(noiseless))
+    lines.append(f"{'wall time (mean)':<28}" + "  ".join(seconds))
     return "\n".join(lines)
 
 
@@ -518,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(rows)} prompts x {K} replies: train {len(parts['train'])}, validation {len(parts['val'])}, "
         f"test {len(parts['test'])}")
     rules, methods = args.rules.split(","), args.methods.split(",")
-    summary = {rule: run_rule(out, rule, rows, feats, per_reply, parts, methods) for rule in rules}
+    summary = {rule: run_rule(out, rule, rows, feats, per_reply, parts, methods, args.threads)
+               for rule in rules}
     report = table(summary, methods)
     (out / "table.txt").write_text(report + "\n")
     print(report)
