@@ -170,7 +170,9 @@ def _sample_lines(run_dir: Path) -> list[str]:
     if not last:
         return []
     mean = sum(r["score"] for r in last) / len(last)
-    lines = [f"## Sample replies at update {last[0]['step']} (greedy; mean reward-model score {mean:+.3f})", ""]
+    # DPO has no reward model: its samples carry DPO's implicit reward, beta * log(pi / pi_ref).
+    score = "implicit reward" if _run_info(run_dir).get("trainer") == "dpo" else "reward-model score"
+    lines = [f"## Sample replies at update {last[0]['step']} (greedy; mean {score} {mean:+.3f})", ""]
     for r in last:
         prompt = r["prompt"].strip().splitlines()[-2] if "\n" in r["prompt"].strip() else r["prompt"].strip()
         lines += [f"- **{prompt[-160:]}** ({r['score']:+.3f}): {r['reply'].strip()[:400]!r}"]

@@ -23,11 +23,11 @@ def register(subparsers) -> None:
     ppo.set_defaults(run=run_ppo_command)
 
     exp = subparsers.add_parser(
-        "export", help="write a PPO run's aligned policy as one Hugging Face model directory",
+        "export", help="write a policy run's aligned policy (ppo, grpo, rloo, dpo) as one Hugging Face model directory",
         description="Consolidate the newest checkpoint of RUN_DIR (ZeRO shards gathered, LoRA merged) into OUT_DIR "
                     "with tokenizer, generation config, model card and plots.",
     )
-    exp.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of an 'rlhf ppo' run")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of an 'rlhf ppo|grpo|rloo|dpo' run")
     exp.add_argument("out_dir", metavar="OUT_DIR", help="where to write the model directory (must not exist)")
     exp.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the newest complete one)")
     exp.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone, not merged")
