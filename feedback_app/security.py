@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
+import time
 from urllib.parse import urlsplit
 
 KB, MB = 1024, 1024 * 1024
@@ -36,7 +36,6 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 TOKEN_COOKIE = "rlhf_token"  # the login cookie (feedback_app.api.TOKEN_COOKIE)
 CSRF_COOKIE = "rlhf_csrf"  # readable by the page's scripts; the value to send as X-CSRF-Token
 CSRF_HEADER = "x-csrf-token"
-LOGIN_CSRF_COOKIE = "rlhf_login_csrf"  # the login form's token, before there is a session
 # REST routes that a cookie cannot authenticate, hence need no X-CSRF-Token (the origin check applies).
 CSRF_EXEMPT = frozenset({"/api/login"})
 
@@ -117,10 +116,6 @@ def csrf_token(login_token: str) -> str:
     return hashlib.sha256(b"rlhf-csrf:" + login_token.encode()).hexdigest()[:32]
 
 
-def new_login_csrf() -> str:
-    return secrets.token_urlsafe(24)
-
-
 def own_origin(scope) -> str:
     """``scheme://host[:port]`` this request was addressed to (scheme and client as uvicorn resolved
     them: behind ``--behind-proxy`` the proxy's X-Forwarded-Proto counts; the proxy must pass Host)."""
@@ -158,13 +153,22 @@ def from_browser(scope) -> bool:
                                                for h in (b"origin", b"sec-fetch-site", b"referer"))
 
 
-def login_csrf_ok(scope, cookie: str | None, sent: str) -> bool:
-    """The login form's double-submit check (its hidden field against its cookie, both set by
-    ``GET /login``), required of browsers: a login CSRF happens in the victim's browser, and a
-    script posting the form has no browser session to be tricked into."""
+def login_form_token(secret: bytes, scope, hours_ago: int = 0, now: float | None = None) -> str:
+    """The login form's CSRF token before there is a session: an HMAC of the client's address and
+    User-Agent and the hour, so the form needs no cookie (a failed login leaves none) and a page on
+    another origin, which cannot read the form, cannot forge one."""
+    hour = int((time.time() if now is None else now) // 3600) - hours_ago
+    client = (scope.get("client") or ("?", 0))[0]
+    agent = _header(scope, b"user-agent") or ""
+    return hmac.new(secret, f"login-form|{client}|{agent}|{hour}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def login_form_token_ok(secret: bytes, scope, sent: str, now: float | None = None) -> bool:
+    """Required of browsers (a login CSRF happens in the victim's browser; a script posting the form
+    has no browser session to be tricked into); a form stays valid for one to two hours."""
     if not from_browser(scope):
         return True
-    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
+    return any(hmac.compare_digest(sent.encode(), login_form_token(secret, scope, h, now).encode()) for h in (0, 1))
 
 
 def _cookies(scope) -> dict[str, str]:

@@ -17,7 +17,8 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from feedback_app.api import TOKEN_COOKIE, actor_of
-from feedback_app.security import LOGIN_CSRF_COOKIE, login_csrf_ok, new_login_csrf
+from feedback_app.auth import load_or_create_secret
+from feedback_app.security import login_form_token, login_form_token_ok
 from feedback_app.store import ServiceError, TooManyLogins
 
 REVIEW_PATH, ADMIN_PATH = "/review", "/admin"
@@ -92,32 +93,33 @@ def add_login_routes(app: FastAPI, svc) -> None:
             return RedirectResponse("/login", status_code=303)
         return RedirectResponse(ADMIN_PATH if actor.is_admin else REVIEW_PATH, status_code=303)
 
-    def form_page(message: str, target: str, username: str, status: int = 200, headers=None) -> HTMLResponse:
-        """The login form with a fresh CSRF token, in its hidden field and its cookie."""
-        csrf = new_login_csrf()
-        response = HTMLResponse(login_page(message, target, username, csrf), status_code=status, headers=headers)
-        response.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login", max_age=3600)
-        return response
+    secret = load_or_create_secret(svc.config.resolved_secret_file())
+
+    def form_page(request: Request, message: str, target: str, username: str, status: int = 200,
+                  headers=None) -> HTMLResponse:
+        """The login form carrying its CSRF token (``login_form_token``: no cookie needed)."""
+        csrf = login_form_token(secret, request.scope)
+        return HTMLResponse(login_page(message, target, username, csrf), status_code=status, headers=headers)
 
     @app.get("/login", include_in_schema=False)
-    def login_form(next: str = REVIEW_PATH):
-        return form_page("", safe_next(next), "")
+    def login_form(request: Request, next: str = REVIEW_PATH):
+        return form_page(request, "", safe_next(next), "")
 
     @app.post("/login", include_in_schema=False)
     def login_submit(request: Request, username: str = Form(""), password: str = Form(""),
                      next: str = Form(REVIEW_PATH), csrf: str = Form("")):
         client = request.client.host if request.client else "?"
         target = safe_next(next)
-        if not login_csrf_ok(request.scope, request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
-            return form_page("This form expired; please log in again.", target, username, status=403)
+        if not login_form_token_ok(secret, request.scope, csrf):
+            return form_page(request, "This form expired; please log in again.", target, username, 403)
         try:
             actor = svc.store.login(username, password, client)  # the REST API's login, throttle and all
         except TooManyLogins as exc:
             wait = math.ceil(exc.retry_after)
-            return form_page(f"Too many failed logins; retry in {wait} s.", target, username, 429,
+            return form_page(request, f"Too many failed logins; retry in {wait} s.", target, username, 429,
                              {"Retry-After": str(wait)})
         except ServiceError:
-            return form_page("Wrong username or password.", target, username, 401)
+            return form_page(request, "Wrong username or password.", target, username, 401)
         if target.startswith(ADMIN_PATH) and not actor.is_admin:
             target = REVIEW_PATH
         response = RedirectResponse(target, status_code=303)

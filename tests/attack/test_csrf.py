@@ -30,6 +30,24 @@ def was_imported(server, prompt: str) -> bool:
     return answer.json()["prompts_existing"] == 1
 
 
+def test_tokens_by_hand():
+    import hashlib
+    import hmac
+
+    from feedback_app.security import csrf_token, login_form_token, login_form_token_ok
+
+    assert csrf_token("abc") == hashlib.sha256(b"rlhf-csrf:abc").hexdigest()[:32]
+    scope = {"client": ("10.0.0.7", 5555), "headers": [(b"user-agent", b"Mozilla/5.0 X")]}
+    # hour 2 (7200 s .. 10799 s) of the epoch
+    expected = hmac.new(b"k" * 32, b"login-form|10.0.0.7|Mozilla/5.0 X|2", hashlib.sha256).hexdigest()[:32]
+    assert login_form_token(b"k" * 32, scope, now=7300.0) == expected
+    assert login_form_token_ok(b"k" * 32, scope, expected, now=10799.0)  # the same hour
+    assert login_form_token_ok(b"k" * 32, scope, expected, now=14000.0)  # the next hour
+    assert not login_form_token_ok(b"k" * 32, scope, expected, now=14400.0)  # two hours on: expired
+    assert not login_form_token_ok(b"k" * 32, {**scope, "client": ("10.0.0.8", 1)}, expected, now=7300.0)
+    assert login_form_token_ok(b"k" * 32, {"client": ("10.0.0.7", 1), "headers": []}, "", now=7300.0)  # a script
+
+
 @pytest.mark.parametrize("browser_headers", [
     {"Origin": FOREIGN}, {"Origin": "null"}, {"Origin": "null", "Sec-Fetch-Site": "same-site"},
     {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
@@ -67,11 +85,13 @@ def test_login_form_in_a_browser_needs_its_token(attack_server):
         refused = browser_like.post("/login", data=form)  # same origin, but no token from the form
         assert refused.status_code == 403 and "rlhf_token" not in browser_like.cookies
         page = browser_like.get("/login").text
-        token = browser_like.cookies["rlhf_login_csrf"]
-        assert f"name='csrf' value='{token}'" in page
-        forged = browser_like.post("/login", data={**form, "csrf": "forged"})
+        token = page.split("name='csrf' value='", 1)[1].split("'", 1)[0]
+        assert len(token) == 32
+        forged = browser_like.post("/login", data={**form, "csrf": "0" * 32})
         assert forged.status_code == 403 and "rlhf_token" not in browser_like.cookies
-        token = browser_like.cookies["rlhf_login_csrf"]  # each form shown carries a fresh token
+        # The token is bound to the browser (User-Agent) and its address: another browser's is refused.
+        other = browser_like.post("/login", data={**form, "csrf": token}, headers={"User-Agent": "Mozilla/5.0 (Mac)"})
+        assert other.status_code == 403 and "rlhf_token" not in browser_like.cookies
         accepted = browser_like.post("/login", data={**form, "csrf": token})
         assert accepted.status_code == 303 and "rlhf_token" in browser_like.cookies
         assert browser_like.cookies["rlhf_csrf"]  # the session's X-CSRF-Token, readable by the page
