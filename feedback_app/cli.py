@@ -85,6 +85,7 @@ def register(subparsers) -> None:
                   run_import)
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--round", type=int, default=0, help="generation round of imported replies")
+    _chat_log_flags(imp)
 
     gen = command("generate", "generate K candidate replies for every prompt without an item in the round",
                   run_generate)
@@ -198,13 +199,35 @@ def run_users_disable(args) -> int:
     return 0
 
 
-def run_import(args) -> int:
-    from feedback_app.importing import read_import_file
+def _chat_log_flags(parser) -> None:
+    from feedback_app.chatlog import ChatLogFormat
 
-    rows = read_import_file(args.file)  # parse everything before opening the store: a bad line stores nothing
+    group = parser.add_argument_group("chat logs (one row per turn; read when the file has the conversation and "
+                                      "speaker columns, or with --chat-log)")
+    group.add_argument("--chat-log", action="store_true", help="read FILE as a chat log (CSV or JSONL, a row per turn)")
+    for name, info in ChatLogFormat.model_fields.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=f"chat:{name}", default=info.default,
+                           help=f"{info.description} [default: {info.default}]")
+
+
+def run_import(args) -> int:
+    from feedback_app.chatlog import ChatLogFormat, import_file
+
+    config = _app_config(args)
+    fmt = ChatLogFormat(**{k[5:]: v for k, v in vars(args).items() if k.startswith("chat:")})
+    # parse and redact everything before opening the store: a bad line stores nothing
+    rows, report = import_file(args.file, fmt, config.redaction, chat_log=args.chat_log)
     _, store = _store(args)
+    store.set_redaction(config.redaction.model_dump())
     counts = store.import_rows(rows, round=args.round)
+    store.audit(None, "redaction report", str(args.file), report.as_dict())
     print(json.dumps(counts))
+    if config.redaction.enabled:
+        print(report.summary())
+        for sample in report.samples:
+            print("  sample: " + sample.replace("\n", " / "))
+    else:
+        print("redaction is OFF for this project (recorded in the audit log): texts were stored as given")
     return 0
 
 

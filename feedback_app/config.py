@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from feedback_app.redact import RedactionSettings
 from rlhf.config import Config
 
 
@@ -51,6 +52,9 @@ class AppConfig(Config):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass in generation")
     seed: int = Field(0, description="random seed for generation")
+    # Personal data (feedback_app/redact.py)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings,
+                                         description="personal data replaced by placeholders before storage")
     # Export
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of prompts in the test split (by prompt hash)")
 

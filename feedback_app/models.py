@@ -36,6 +36,10 @@ class Project(Base):
     guideline: Mapped[str] = mapped_column(Text, default="")
     guideline_version: Mapped[str] = mapped_column(String(50), default="1")
     created_at: Mapped[float] = mapped_column(Float)
+    # added in revision 0005: feedback_app.redact.RedactionSettings as stored (NULL: the defaults), and
+    # the salt of the conversation/customer hashes (erasure on request finds prompts by them)
+    redaction: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
+    redaction_salt: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
 
 
 class PromptRow(Base):
@@ -47,6 +51,11 @@ class PromptRow(Base):
     prompt_key: Mapped[str] = mapped_column(String(64))  # rlhf.schema.prompt_key
     source: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[float] = mapped_column(Float)
+    # added in revision 0005: the agent's real reply that followed (redacted), and salted hashes of the
+    # chat log's conversation id and customer identifier (never the raw values)
+    reference_reply: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    conversation_key: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
+    customer_key: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
 
 
 class Item(Base):

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
+from rlhf.config import Config
 from rlhf.errors import UserError
 
 # Presidio's entity names -> the placeholder's label. Order = priority when two detections overlap
@@ -44,7 +45,7 @@ LABELS = {
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*)_(\d+)>")
 
 
-class RedactionSettings(BaseModel):
+class RedactionSettings(Config):
     """A project's redaction settings (stored with the project, recorded in every export manifest)."""
 
     enabled: bool = Field(True, description="replace personal data by placeholders before storage; "
@@ -91,11 +92,11 @@ _CUE_BEFORE = re.compile(
     r"(?:\bmy name is|\bname's|\bname is|\bi am|\bi'm|\bthis is|\bcall me|\bspeaking with|\bspoke (?:to|with)|"
     r"\btalked to|\bassisted by|\bhi|\bhello|\bhey|\bdear|\bthanks|\bthank you|\bregards|\bcheers|\bbest|"
     r"\bsincerely|\bunder the name|\bnamed|\bin the name of|\bhusband|\bwife|\bpartner|\bson|\bdaughter|"
-    r"\bcolleague|\bmanager|\bneighbour|\bneighbor|\bfor|\bby|\bwith|\bask|\bcontact)[.,:!]?\s*$",
+    r"\bcolleague|\bmanager|\bneighbour|\bneighbor|\bfor|\bby|\bwith|\bask|\bcontact)[,:!]?\s*$",
     re.IGNORECASE,
 )
 _STRONG_CUE = re.compile(r"(?:\bmy name is|\bname's|\bname is|\bcall me|\bunder the name|\bin the name of|"
-                         r"\bregards|\bsincerely|\bcheers|\bthanks|\bthank you|\bhusband|\bwife)[.,:!]?\s*$",
+                         r"\bregards|\bsincerely|\bcheers|\bthanks|\bthank you|\bhusband|\bwife)[,:!]?\s*$",
                          re.IGNORECASE)
 # Titles: the capitalised words after one are a name, the title itself is not personal data.
 TITLES = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "herr", "frau", "monsieur", "madame", "mme", "mlle", "sr",
@@ -133,6 +134,7 @@ class NameLists:
     last: frozenset[str]
     common: frozenset[str]
     any: frozenset[str]  # first | last
+    stop: frozenset[str]  # function words of six languages, greetings, weekdays, months, titles
 
 
 @lru_cache(maxsize=1)
@@ -147,13 +149,16 @@ def name_lists() -> NameLists:
     # zxcvbn keeps each word in one list only (where it ranks best), so greetings, weekdays and
     # months that people also use as passwords are missing from its word lists: spaCy's stop words
     # and a few chat words (with other languages' weekdays and months) fill that in.
-    from spacy.lang.en.stop_words import STOP_WORDS
+    import importlib
 
+    stop = set(_CHAT_WORDS) | TITLES
+    for lang in ("en", "de", "fr", "es", "it", "nl"):
+        stop.update(importlib.import_module(f"spacy.lang.{lang}.stop_words").STOP_WORDS)
     common = set(FREQUENCY_LISTS["english_wikipedia"][:_COMMON_WORDS])
     # the film-subtitle list ranks characters' names high ("cristian"): only its other words count
     common.update(w for w in FREQUENCY_LISTS["us_tv_and_film"][:_COMMON_WORDS] if w not in first and w not in last)
-    common.update(STOP_WORDS, _CHAT_WORDS, TITLES)
-    return NameLists(frozenset(first), frozenset(last), frozenset(common), frozenset(first | last))
+    common.update(stop)
+    return NameLists(frozenset(first), frozenset(last), frozenset(common), frozenset(first | last), frozenset(stop))
 
 
 def _particles_then_capital(words: list, j: int) -> bool:
@@ -225,9 +230,9 @@ def find_names(text: str, lists: NameLists | None = None) -> list[tuple[int, int
             i = j
             continue
         # greeting or sentence-opening words before the name ("Hi John", "Thanks Anna Berg")
-        while run and (run[0][2].lower() in TITLES or len(run) > 1 and not strong and run[0][2].lower() in
-                       lists.common and not listed(run[0][2]) and not (run[0][2].lower() in lists.first and len(run[0][2]) > 3 and
-                                                  run[0][2].lower() not in _CHAT_WORDS and listed(run[1][2]))):
+        while run and (run[0][2].lower() in TITLES or len(run) > 1 and (
+                run[0][2].lower() in lists.stop or not strong and run[0][2].lower() in lists.common
+                and run[0][2].lower() not in lists.any)):
             run = run[1:]
             if run:
                 cue, strong, thing = cues(run[0][0])
@@ -242,7 +247,7 @@ def find_names(text: str, lists: NameLists | None = None) -> list[tuple[int, int
         # "I understand, Odalys." / "address, Tygo?": a lone word addressed to someone
         vocative = (len(run) == 1 and text[:run[0][0]].endswith(", ") and run[0][2].lower() not in lists.common
                     and bool(re.match(r"[.?!,]", text[run[-1][1]:run[-1][1] + 1])))
-        if strong or here:
+        if (strong or here) and run[0][2].lower() not in lists.stop:
             score = 0.7
         elif thing:
             score = 0.0
@@ -490,6 +495,13 @@ class ConversationRedactor:
 
     def _number(self, label: str, value: str) -> int:
         key = (label, _normalise(label, value))
+        if key not in self._numbers and label == "PERSON":
+            # "Maria" after "Maria Kowalczyk" (or before it) is the same person: the same placeholder
+            words = set(key[1].split())
+            for (other_label, other), number in self._numbers.items():
+                if other_label == "PERSON" and (words <= set(other.split()) or set(other.split()) <= words):
+                    self._numbers[key] = number
+                    break
         if key not in self._numbers:
             self._next[label] += 1
             self._numbers[key] = self._next[label]

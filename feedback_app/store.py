@@ -184,6 +184,28 @@ class ImportRow:
     replies: list[str] | None = None
     model: str = ""
     source: str = ""
+    # from a chat log (feedback_app.chatlog): the agent's reply that followed, already redacted, and
+    # the raw conversation id and customer identifier, stored only as salted hashes (conversation_key)
+    reference: str | None = None
+    conversation: str = ""
+    customer: str = ""
+
+
+def conversation_key(salt: str, identifier: str) -> str:
+    """The salted hash a conversation id or customer identifier is stored as (sha256 hex)."""
+    import hashlib
+
+    return hashlib.sha256(f"{salt}:{identifier.strip()}".encode()).hexdigest()
+
+
+def _project_salt(s: Session, project_id: int) -> str:
+    """The project's hash salt, made on first use (projects made before revision 0005 got one there)."""
+    import secrets
+
+    project = s.get(Project, project_id)
+    if not project.redaction_salt:
+        project.redaction_salt = secrets.token_hex(16)
+    return project.redaction_salt
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -504,6 +526,23 @@ class Store:
         """Record an admin action done outside the store's own transactions (an export, a generation)."""
         self._run(lambda s: _audit(s, by, self.clock(), action, target, detail or {}))
 
+    def set_redaction(self, settings: dict, by: Actor | None = None) -> None:
+        """Record the project's redaction settings (``RedactionSettings`` as a dict); a change is
+        audited, turning redaction off or on under its own action name so the trail shows it."""
+        def work(s: Session) -> None:
+            project = s.get(Project, self.project.id)
+            _project_salt(s, project.id)
+            before = project.redaction
+            if before == settings:
+                return
+            project.redaction = settings
+            was_on, now_on = (before or {}).get("enabled", True), settings.get("enabled", True)
+            action = ("redaction off" if was_on and not now_on else "redaction on" if now_on and not was_on
+                      else "redaction settings")
+            _audit(s, by, self.clock(), action, project.name, {"before": before, "after": settings})
+
+        self._run(work)
+
     def audit_log(self, limit: int = 200) -> list[AuditView]:
         """The latest admin actions, newest first."""
         with self.sessions() as s:
@@ -529,8 +568,15 @@ class Store:
 
         def work(s: Session) -> dict[str, int]:
             counts = {"prompts_added": 0, "prompts_existing": 0, "items_added": 0, "items_existing": 0}
+            salt = _project_salt(s, self.project.id)
             for row in rows:
                 prompt = self._get_or_add_prompt(s, row.prompt, row.source, counts)
+                if row.reference is not None and prompt.reference_reply is None:
+                    prompt.reference_reply = row.reference
+                if row.conversation:
+                    prompt.conversation_key = conversation_key(salt, row.conversation)
+                if row.customer:
+                    prompt.customer_key = conversation_key(salt, row.customer)
                 if row.replies is not None:
                     added = self._add_item(s, prompt.id, round, row.replies, row.model, "", {})
                     counts["items_added" if added else "items_existing"] += 1

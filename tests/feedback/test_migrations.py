@@ -93,6 +93,12 @@ def test_a_database_of_the_previous_head_upgrades_with_every_row_intact(database
         assert [tuple(k) for k in keys] == [(1, "alice", 0), (2, "bob", 0), (3, "bob#3", 0)]
         assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar() == 0
         assert conn.execute(text("SELECT count(*) FROM login_throttle")).scalar() == 0
+        # 0005: old prompts have no reference reply or conversation/customer hash; old projects get a salt
+        added = conn.execute(text("SELECT id, reference_reply, conversation_key, customer_key FROM prompts "
+                                  "ORDER BY id")).all()
+        assert [tuple(r) for r in added] == [(1, None, None, None), (2, None, None, None)]
+        salt, redaction = conn.execute(text("SELECT redaction_salt, redaction FROM projects")).one()
+        assert len(salt) == 32 and redaction is None
     # The user foreign keys no longer cascade: deleting an account with rankings is refused.
     fks = {t: [fk for fk in inspect(engine).get_foreign_keys(t) if fk["referred_table"] == "users"]
            for t in ("assignments", "rankings", "flags", "ab_judgements")}
