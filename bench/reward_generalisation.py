@@ -195,11 +195,12 @@ def split(n: int, n_val: int, n_train: int, seed: int = 0) -> dict[str, list[int
 # Stage 2: frozen features of every reply (once for every rule)
 
 
-def features(out: Path, rows: list[dict], layers: list[int]) -> tuple[dict, float]:
-    """{"last@L"/"mean@L": [P, K, H]} and seconds per reply; cached."""
+def features(out: Path, rows: list[dict], layers: list[int], poolings=("last", "mean"),
+             name: str = "features.pt") -> tuple[dict, float]:
+    """{"last@L"/"mean@L"/"rmean@L": [P, K, H]} and seconds per reply; cached."""
     import torch
 
-    path = out / "features.pt"
+    path = out / name
     if path.exists():
         cached = torch.load(path)
         return cached["features"], cached["seconds_per_reply"]
@@ -210,8 +211,9 @@ def features(out: Path, rows: list[dict], layers: list[int]) -> tuple[dict, floa
     started = time.perf_counter()
     model, tokenizer = load_score_model("bundled"), load_tokenizer("bundled", padding_side="right")
     ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
-    log(f"features of {len(ids)} replies, layers {layers}")
-    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, batch_size=16)
+    starts = [len(tokenizer(row["prompt"])["input_ids"]) for row in rows for _ in row["completions"]]
+    log(f"features of {len(ids)} replies, layers {layers}, {poolings}")
+    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, poolings, batch_size=16, reply_starts=starts)
     per_reply = (time.perf_counter() - started) / len(ids)
     feats = {k: v.view(len(rows), K, -1) for k, v in flat.items()}
     torch.save({"features": feats, "seconds_per_reply": per_reply}, path)
@@ -251,14 +253,14 @@ def method_probe(key: str):
 ENSEMBLE = ("last@30", "mean@30", "last@20", "mean@20", "last@15", "mean@15")
 
 
-def method_ensemble(ctx) -> dict:
+def method_ensemble(ctx, keys=ENSEMBLE) -> dict:
     """Mean of the probes' scores, each standardised by its spread on the labelled replies."""
     import torch
 
     started = time.perf_counter()
     labelled_idx = ctx["parts"]["train"] + ctx["parts"]["val"]
     total = 0
-    for key in ENSEMBLE:
+    for key in keys:
         probe = fit_probe_on(ctx["features"], key, ctx["labelled"], ctx["parts"])
         spread = probe.scores(ctx["features"][key][labelled_idx]).std()
         total = total + probe.scores(ctx["features"][key][ctx["parts"]["test"]]) / spread
@@ -395,8 +397,15 @@ def method_lpft(ctx) -> dict:
             "steps": step, "curve": curve, "probe_l2": probe.l2}
 
 
+CONCAT = "mean@15+20+30"
+
+
 METHODS = {
     "lora_default": method_lora_default,
+    "probe_rmean": method_probe("rmean@30"),
+    "probe_rmean_20": method_probe("rmean@20"),
+    "probe_mean_concat": method_probe(CONCAT),
+    "ensemble_mean": None,  # set below: the mean-pooled probes of three layers, averaged
     "probe_last": method_probe("last@30"),
     "probe_mean": method_probe("mean@30"),
     "probe_last_mid": method_probe("last@15"),
@@ -406,6 +415,8 @@ METHODS = {
     "lpft": method_lpft,
 }
 LAYERS = [15, 20, 30]
+METHODS["ensemble_mean"] = lambda ctx: method_ensemble(ctx, ("mean@15", "mean@20", "mean@30"))
+FEATURE_METHODS = [m for m in METHODS if m not in ("lora_default", "lpft")]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -451,20 +462,22 @@ def closed(accuracy: float, top: float) -> float:
 # The run
 
 
-def run_rule(out: Path, rule: str, rows, feats, per_reply, parts, methods: list[str], threads: int) -> dict:
+def run_rule(out: Path, rule: str, rows, feats, per_reply, parts, methods: list[str], threads: int,
+             seed: int = 0) -> dict:
     labelled = label(rule, rows)
     top = ceiling(labelled, parts["test"])
     top["length_correlation"] = length_correlation(labelled)
-    write_json(out / "results" / rule / "ceiling.json", top)
+    where = out / "results" / rule / (f"split{seed}" if seed else "")
+    write_json(where / "ceiling.json", top)
     ctx = {"labelled": labelled, "parts": parts, "features": feats, "seconds_per_reply": per_reply,
            "work": out / "work" / rule, "threads": threads}
     results = {}
     for name in methods:
-        path = out / "results" / rule / f"{name}.json"
+        path = where / f"{name}.json"
         if path.exists():
             results[name] = json.loads(path.read_text())
             continue
-        log(f"{rule}: {name}")
+        log(f"{rule}: {name}" + (f" (split {seed})" if seed else ""))
         result = METHODS[name](ctx)
         result.update(evaluate(labelled, parts["test"], result["scores"]))
         result["closed"] = closed(result["accuracy"], top["ceiling"])
@@ -507,15 +520,30 @@ def table(summary: dict, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def splits_table(closed_by: dict, rules: list[str], n: int) -> str:
+    """Share of the distance closed, mean over n splits (held-out prompts drawn afresh each time)."""
+    import statistics
+
+    lines = [f"share of the distance from chance to the ceiling closed, mean (min..max) over {n} splits",
+             f"{'method':<20}" + "".join(f"{r:>18}" for r in rules) + f"{'mean (learnable)':>18}"]
+    for m, by_rule in closed_by.items():
+        cells = [f"{statistics.mean(v):>8.0%} ({min(v):.0%}..{max(v):.0%})".rjust(18) for v in by_rule.values()]
+        learnable = [statistics.mean(v) for r, v in by_rule.items() if r != "hash"]
+        lines.append(f"{m:<20}" + "".join(cells) + f"{statistics.mean(learnable):>18.0%}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "reward_generalisation"))
     parser.add_argument("--rules", default=",".join(RULES), help=f"comma list of {', '.join(RULES)}")
-    parser.add_argument("--methods", default="probe_last,probe_mean,probe_last_mid,probe_mean_mid,probe_mean_20,"
-                        "ensemble,lora_default,lpft", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default="lora_default,probe_last,probe_mean,probe_rmean,probe_mean_concat,"
+                        "ensemble_mean,lpft", help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--train", type=int, default=80, help="training rankings (prompts)")
     parser.add_argument("--val", type=int, default=20, help="validation rankings, held out by prompt")
     parser.add_argument("--stage", default="all", choices=["candidates", "features", "all"])
+    parser.add_argument("--splits", type=int, default=1,
+                        help="repeat the frozen-feature methods on this many random train/val/test splits")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch threads (1 is as fast on a machine shared with other busy processes)")
     args = parser.parse_args(argv)
@@ -530,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "candidates":
         return 0
     feats, per_reply = features(out, rows, LAYERS)
+    reply_only, _ = features(out, rows, LAYERS, ("rmean",), "features_rmean.pt")
+    feats = {**feats, **reply_only}
+    feats[CONCAT] = torch.cat([feats["mean@15"], feats["mean@20"], feats["mean@30"]], dim=-1)
     if args.stage == "features":
         return 0
     parts = split(len(rows), args.val, args.train)
@@ -539,10 +570,20 @@ def main(argv: list[str] | None = None) -> int:
     summary = {rule: run_rule(out, rule, rows, feats, per_reply, parts, methods, args.threads)
                for rule in rules}
     report = table(summary, methods)
+    repeat = [m for m in methods if m in FEATURE_METHODS]
+    if args.splits > 1 and repeat:
+        closed_by = {m: {r: [summary[r]["methods"][m]["closed"]] for r in rules} for m in repeat}
+        for seed in range(1, args.splits):
+            other = split(len(rows), args.val, args.train, seed)
+            for rule in rules:
+                got = run_rule(out, rule, rows, feats, per_reply, other, repeat, args.threads, seed)
+                for m in repeat:
+                    closed_by[m][rule].append(got["methods"][m]["closed"])
+        report += "\n\n" + splits_table(closed_by, rules, args.splits)
     (out / "table.txt").write_text(report + "\n")
     print(report)
     print(f"\nreproduce: nice -n 10 .venv/bin/python bench/reward_generalisation.py --rules {args.rules} "
-          f"--methods {args.methods} --train {args.train} --val {args.val}")
+          f"--methods {args.methods} --train {args.train} --val {args.val} --splits {args.splits}")
     return 0
 
 

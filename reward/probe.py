@@ -27,7 +27,7 @@ import torch
 from reward.losses import kwise_loss
 
 L2_GRID = tuple(10.0 ** e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0))  # on standardised features
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean")  # "rmean" (reply tokens only) needs reply_starts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -40,14 +40,16 @@ def backbone(model):
 
 
 def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[int],
-                   poolings: tuple[str, ...] = POOLINGS, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Frozen features of each token sequence: ``{"last@L" or "mean@L": [N, H]}``, float32.
+                   poolings: tuple[str, ...] = POOLINGS, batch_size: int = 16,
+                   reply_starts: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Frozen features of each token sequence: ``{"last@L", "mean@L" or "rmean@L": [N, H]}``, float32.
 
     ``layers``: 1..num_hidden_layers; the last layer is ``last_hidden_state`` (after the final norm,
     exactly what the score head reads), the others are that block's output (the residual stream).
     ``last`` is the hidden state of the last token (the sequences are right-padded, and the pad token
     is never EOS, so this is the token a ``*ForSequenceClassification`` model scores); ``mean``
-    averages every token of prompt + reply.
+    averages every token of prompt + reply; ``rmean`` only the tokens from ``reply_starts[i]`` on
+    (the reply and its EOS).
     """
     from trl.trainer.utils import pad
 
@@ -78,6 +80,11 @@ def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[
                 if "mean" in poolings:
                     m = mask.unsqueeze(-1).to(h.dtype)
                     out[f"mean@{layer}"][chunk] = ((h * m).sum(1) / m.sum(1)).cpu()
+                if "rmean" in poolings:
+                    starts = torch.tensor([reply_starts[i] for i in chunk], device=device)
+                    positions = torch.arange(input_ids.shape[1], device=device)
+                    m = (mask.bool() & (positions >= starts.unsqueeze(1))).unsqueeze(-1).to(h.dtype)
+                    out[f"rmean@{layer}"][chunk] = ((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu()
     model.train(was_training)
     return out
 

@@ -98,6 +98,9 @@ def test_reply_features_do_not_depend_on_padding(tiny_score_model):
     with torch.no_grad():  # the mean of one unpadded sequence's block-1 output, by hand
         hidden = model.model(input_ids=torch.tensor([ids[1]]), output_hidden_states=True).hidden_states[1][0]
     assert torch.allclose(together["mean@1"][1], hidden.mean(0), atol=1e-5)
+    starts = [len(x) - 3 for x in ids]  # the last three tokens of each sequence
+    reply = reply_features(model, ids, tokenizer.pad_token_id, [1], ("rmean",), batch_size=4, reply_starts=starts)
+    assert torch.allclose(reply["rmean@1"][1], hidden[-3:].mean(0), atol=1e-5)
 
 
 def test_ranking_features_pad_a_shorter_ranking(tiny_score_model):
