@@ -11,7 +11,8 @@ only learn what the base model already represents. Read top to bottom:
   fit_probe        the convex fit (L-BFGS) on standardised features
   select_l2        the L2 strength with the lowest validation loss, then a refit on train + validation
   write_score_head the fitted probe as the ``score`` weight, so the model is a plain reward model
-                   that PPO uses as is (last-token features of the last layer only)
+                   that PPO uses as is (last-token features of the last layer; mean-pooled ones
+                   after ``use_mean_pooling``)
 
 This is the linear-probe half of LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained
 Features"): a good head first, so that any fine-tuning afterwards starts from it.
@@ -222,14 +223,42 @@ def pad_k(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=1)
 
 
+def use_mean_pooling(model) -> None:
+    """Make a ``*ForSequenceClassification`` model score the MEAN of its final hidden states.
+
+    The backbone's last hidden state at position t becomes the mean over the non-padding tokens up to
+    t (causal attention: nothing later is involved), so at the last token, where both the model's own
+    forward and TRL's PPO (``score(hidden_states[-1])`` read at the sequence end) take the score, a
+    linear head reads the mean-pooled ``mean@<num_hidden_layers>`` features. A forward hook, not a
+    new class: weights and checkpoint layout stay those of the plain model; whoever loads the
+    checkpoint must call this again (``config.score_pooling`` records it).
+    """
+    def hook(module, args, kwargs, output):
+        hidden = output.last_hidden_state
+        mask = kwargs.get("attention_mask")
+        m = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).to(hidden.dtype)
+        m = m.unsqueeze(-1)
+        running = (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+        output.last_hidden_state = running
+        if output.hidden_states is not None:
+            output.hidden_states = (*output.hidden_states[:-1], running)
+        return output
+
+    backbone(model).register_forward_hook(hook, with_kwargs=True)
+    model.config.score_pooling = "mean"
+
+
 def write_score_head(model, probe: Probe) -> None:
     """Put the probe into ``model.score`` so the model scores replies as the probe does.
 
-    Only a probe on the last token of the last layer (``last@<num_hidden_layers>``) is a score head;
-    a mean-pooled or middle-layer probe would need a different model class.
+    A probe on the last token of the last layer (``last@<num_hidden_layers>``) is a plain score head;
+    a mean-pooled one (``mean@<num_hidden_layers>``) needs ``use_mean_pooling`` first; a
+    middle-layer probe would need the later layers dropped (not done here).
     """
     n_layers = model.config.num_hidden_layers
-    if probe.feature != f"last@{n_layers}":
-        raise ValueError(f"probe on {probe.feature} cannot be a score head (needs last@{n_layers})")
+    pooling = "mean" if getattr(model.config, "score_pooling", None) == "mean" else "last"
+    if probe.feature != f"{pooling}@{n_layers}":
+        raise ValueError(f"probe on {probe.feature} cannot be this model's score head (needs {pooling}@{n_layers}"
+                         + (", or use_mean_pooling for mean@" + str(n_layers) if pooling == "last" else "") + ")")
     with torch.no_grad():
         model.score.weight.copy_(probe.head_weight().to(model.score.weight.dtype).unsqueeze(0))

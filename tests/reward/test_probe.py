@@ -132,5 +132,30 @@ def test_probe_written_into_the_score_head_scores_as_the_probe(tiny_score_model)
     expected = probe.scores(features)
     # Equal up to one constant (the head has no bias): every difference between replies agrees.
     assert torch.allclose(scores - scores[0], expected - expected[0], atol=1e-4)
-    with pytest.raises(ValueError, match="cannot be a score head"):
+    with pytest.raises(ValueError, match="cannot be this model.s score head"):
         write_score_head(model, Probe("mean@2", probe.weight, probe.mean, probe.std, 0.1))
+
+
+def test_mean_pooled_probe_as_score_head(tiny_model_dir):
+    from reward.evaluate import score_ids
+    from reward.probe import use_mean_pooling
+    from rlhf.modeling import load_score_model, load_tokenizer
+
+    model, tokenizer = load_score_model(tiny_model_dir), load_tokenizer(tiny_model_dir, padding_side="right")
+    ids = _ids(tokenizer)
+    features = reply_features(model, ids, tokenizer.pad_token_id, layers=[2], poolings=("mean",))["mean@2"]
+    g = torch.Generator().manual_seed(1)
+    probe = Probe("mean@2", torch.randn(features.shape[1], generator=g, dtype=torch.float64),
+                  features.double().mean(0), features.double().std(0), l2=0.1)
+    with pytest.raises(ValueError, match="use_mean_pooling"):
+        write_score_head(model, probe)
+    use_mean_pooling(model)
+    write_score_head(model, probe)
+    scores = torch.tensor(score_ids(model, ids, tokenizer.pad_token_id, batch_size=4), dtype=torch.float64)
+    expected = probe.scores(features)
+    assert torch.allclose(scores - scores[0], expected - expected[0], atol=1e-4)
+    # TRL's PPO reads score(hidden_states[-1]) at the last token of left-padded sequences: same scores.
+    seq = torch.tensor([[tokenizer.pad_token_id] * 3 + ids[1]])
+    mask = (seq != tokenizer.pad_token_id).long()
+    out = model.model(input_ids=seq, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    assert model.score(out.hidden_states[-1])[0, -1].item() == pytest.approx(scores[1].item(), abs=1e-4)
