@@ -97,7 +97,8 @@ def conversation(rng: random.Random, locale: str, seed: int):
         "lower_name": f"{first} {last}".lower(),
         "agent_first": agent_first,
         "agent_full": f"{agent_first} {agent_last}",
-        "other_name": fake.name() if rng.random() < 0.5 else f"{fake.first_name()} {fake.last_name()}",
+        # first and last name only: a title ("Mrs", "Dott.") is not personal data and stays (tested apart)
+        "other_name": f"{fake.first_name()} {fake.last_name()}",
         "email": fake.email() if rng.random() < 0.5 else f"{first}.{last}@{fake.free_email_domain()}".lower()
         .replace(" ", ""),
         "phone": fake.phone_number(),

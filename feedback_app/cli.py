@@ -221,13 +221,14 @@ def run_import(args) -> int:
     store.set_redaction(config.redaction.model_dump())
     counts = store.import_rows(rows, round=args.round)
     store.audit(None, "redaction report", str(args.file), report.as_dict())
-    print(json.dumps(counts))
+    print(json.dumps(counts))  # stdout stays one JSON line for scripts; the report goes to stderr
     if config.redaction.enabled:
-        print(report.summary())
+        print(report.summary(), file=sys.stderr)
         for sample in report.samples:
-            print("  sample: " + sample.replace("\n", " / "))
+            print("  sample: " + sample.replace("\n", " / "), file=sys.stderr)
     else:
-        print("redaction is OFF for this project (recorded in the audit log): texts were stored as given")
+        print("redaction is OFF for this project (recorded in the audit log): texts were stored as given",
+              file=sys.stderr)
     return 0
 
 

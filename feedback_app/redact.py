@@ -98,6 +98,8 @@ _CUE_BEFORE = re.compile(
 _STRONG_CUE = re.compile(r"(?:\bmy name is|\bname's|\bname is|\bcall me|\bunder the name|\bin the name of|"
                          r"\bregards|\bsincerely|\bcheers|\bthanks|\bthank you|\bhusband|\bwife)[,:!]?\s*$",
                          re.IGNORECASE)
+_INTRODUCTION = re.compile(r"(?:\bmy name is|\bname's|\bname is|\bcall me|\bunder the name|\bin the name of)"
+                           r"[,:]?\s*$", re.IGNORECASE)  # only these take a lower-case name
 # Titles: the capitalised words after one are a name, the title itself is not personal data.
 TITLES = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "herr", "frau", "monsieur", "madame", "mme", "mlle", "sr",
           "sra", "srta", "don", "doña", "signora", "signor", "sig", "dott", "dottssa", "ing", "ind", "dipl", "avv",
@@ -112,6 +114,7 @@ _PLACE_WORDS = {"saint", "sainte", "san", "santa", "santo", "sankt", "st", "port
                 "borgo", "monte", "puerto", "villanueva"}
 _PARTICLES = {"van", "von", "de", "der", "den", "da", "di", "del", "della", "dos", "das", "du", "la", "le", "ten",
               "ter", "y", "zu", "al", "el", "bin", "ibn", "mac", "st"}
+_TRAILING_PARTICLES = re.compile(r"(?:\b(?:" + "|".join(sorted(_PARTICLES)) + r")\s+)+$", re.IGNORECASE)
 _TOKEN = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
 _COMMON_WORDS = 6000  # an English word this frequent is a name only with a cue or beside another name
 _CHAT_WORDS = set("""hi hello hey hiya thanks thank thx cheers ok okay yes yeah yep no nope please sorry welcome
@@ -185,14 +188,15 @@ def find_names(text: str, lists: NameLists | None = None) -> list[tuple[int, int
     """
     lists = lists or name_lists()
 
-    def listed(w: str) -> bool:
-        return any(p in lists.any and p not in lists.common for p in w.lower().split("-"))
+    def listed(w: str) -> bool:  # parts too: "Karl-Peter", "O'Connor"
+        return any(p in lists.any and p not in lists.common for p in re.split(r"[-'’]", w.lower()))
 
     def any_listed(w: str) -> bool:
-        return any(p in lists.any for p in w.lower().split("-"))
+        return any(p in lists.any for p in re.split(r"[-'’]", w.lower()))
 
     def cues(at: int) -> tuple[bool, bool, bool]:
-        before = text[max(0, at - 40):at]
+        # "Hello de la Texier": the cue stands before the name's particles
+        before = _TRAILING_PARTICLES.sub("", text[max(0, at - 40):at])
         title = bool(_TITLE_BEFORE.search(before))
         return (bool(_CUE_BEFORE.search(before)) or title, bool(_STRONG_CUE.search(before)) or title,
                 bool(_NOT_A_PERSON_BEFORE.search(before)))
@@ -208,10 +212,11 @@ def find_names(text: str, lists: NameLists | None = None) -> list[tuple[int, int
             continue
         cue, strong, thing = cues(start)
         if not _is_capitalised(word):
-            if strong and text[start - 1:start].isspace() and low not in lists.common and (low in lists.any or not low.isascii() or len(low) > 2):
+            if (text[start - 1:start].isspace() and low not in lists.stop and len(low) > 1
+                    and _INTRODUCTION.search(text[max(0, start - 40):start])):
                 j = i + 1  # lower-case name after "my name is"
                 while j < len(words) and j - i < 4 and text[words[j - 1][1]:words[j][0]] == " " and (
-                        words[j][2].lower() not in lists.common or words[j][2].lower() in _PARTICLES):
+                        words[j][2].lower() not in lists.stop or words[j][2].lower() in _PARTICLES):
                     j += 1
                 spans.append((start, words[j - 1][1], 0.6))
                 i = j
@@ -238,7 +243,7 @@ def find_names(text: str, lists: NameLists | None = None) -> list[tuple[int, int
                 cue, strong, thing = cues(run[0][0])
         while run and run[-1][2].lower() in _PARTICLES:
             run = run[:-1]
-        while len(run) > 1 and run[-1][2].lower() in lists.common and not any_listed(run[-1][2]):
+        while len(run) > 1 and run[-1][2].lower() in lists.stop and not any_listed(run[-1][2]):
             run = run[:-1]
         if not run:
             i = j

@@ -1,0 +1,116 @@
+"""Chat logs in, personal data out (issue 15): the shipped synthetic sample, whose planted personal data
+must reach neither the database (file and WAL), an export, nor the prompts file PPO reads; the
+store side on real SQLite and PostgreSQL; bad chat-log files as one line naming file, line and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from feedback_app.chatlog import ChatLogFormat, conversation_rows, read_conversations
+from feedback_app.redact import RedactionReport, RedactionSettings
+from feedback_app.store import conversation_key
+from tests.conftest import REPO, run_cli
+from tests.feedback.helpers import new_store
+from tests.feedback.test_cli import assert_user_error
+
+SAMPLE = REPO / "configs" / "chatlogs" / "contact_centre_sample.csv"
+ORDER = r"{ORDER_ID: 'ORD-\d{6}'}"
+# Every personal value planted in the sample (and the raw ids, which are stored only as hashes).
+PLANTED = ["Maria", "Kowalczyk", "maria.kowalczyk@example.com", "7946 0321", "27 Elmfield Road", "ORD-204118",
+           "ORD-204957", "4539 1488 0343 6467", "301-7788", "Priya", "Tom", "Jürgen", "Oberhauser",
+           "Lindenstraße 14", "901820", "j.oberhauser@example.de", "GB33BUKB20201555555555", "Daniel",
+           "O'Connor", "07700 900 461", "Sam", "CUST-77120", "CUST-80455", "CUST-91002", "CUST-66031", "C-1001"]
+
+
+def app(db: Path, *args: str):
+    return run_cli("app", *args, "--database-url", f"sqlite:///{db}", "--k", "2", "--project", "p")
+
+
+def leaks(data: bytes | str) -> list[str]:
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    return [value for value in PLANTED if value in text or json.dumps(value)[1:-1] in text]
+
+
+def test_sample_import_keeps_personal_data_out_of_the_database_exports_and_prompts_file(tmp_path):
+    db = tmp_path / "fb.db"
+    result = app(db, "import", str(SAMPLE), "--customer-column", "customer_id", "--redaction.patterns", ORDER)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["prompts_added"] == 10  # one per customer message (consecutive ones joined)
+    assert "redacted" in result.stderr and "sample: Hi, my name is <PERSON_1>." in result.stderr
+
+    # Rank every item through the store (as reviewers would), then export both ways.
+    store = new_store(f"sqlite:///{db}", k=2)
+    reviewer = store.add_user("rev", "plum-otter-41", "reviewer")
+    for prompt_id, prompt in store.prompts_needing_candidates(0):
+        store.add_candidates(prompt_id, 0, [f"Reply A to {prompt_id}", f"Reply B to {prompt_id}"], "m")
+    while (item := store.next_item(reviewer)) is not None:
+        ranks = [1 if c.text.startswith("Reply A") else 2 for c in item.candidates]
+        store.submit_ranking(reviewer, item.item_id, ranks, f"key-{item.item_id}")
+    assert app(db, "export", str(tmp_path / "out")).returncode == 0
+    assert app(db, "export", "--prompts", str(tmp_path / "prompts.jsonl")).returncode == 0
+
+    files = [db, *db.parent.glob("fb.db-*"), tmp_path / "prompts.jsonl", *(tmp_path / "out").rglob("*")]
+    checked = [f for f in files if f.is_file()]
+    assert len(checked) >= 5, checked
+    for f in checked:
+        assert leaks(f.read_bytes()) == [], f
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert prompts[0] == [{"role": "user", "content": "Hi, my name is <PERSON_1>. My order <ORDER_ID_1> still says "
+                                                      "processing after a week."}]
+
+
+def test_conversations_become_prompts_with_the_agents_reply_on_sqlite_and_postgresql(database_url):
+    report = RedactionReport()
+    settings = RedactionSettings(patterns={"ORDER_ID": r"ORD-\d{6}"})
+    rows = conversation_rows(read_conversations(str(SAMPLE), SAMPLE.read_bytes(),
+                                                ChatLogFormat(customer_column="customer_id")), settings, report)
+    assert report.counts["EMAIL"] == 4 and report.counts["CARD"] == 1 and report.counts["IBAN"] == 1
+    store = new_store(database_url, k=2)
+    assert store.import_rows(rows)["prompts_added"] == 10
+    with store.sessions() as s:
+        from sqlalchemy import select
+
+        from feedback_app.models import Project, PromptRow
+
+        salt = s.scalar(select(Project.redaction_salt))
+        stored = s.execute(select(PromptRow.prompt, PromptRow.reference_reply, PromptRow.conversation_key,
+                                  PromptRow.customer_key).order_by(PromptRow.id)).all()
+    first, second = stored[0], stored[1]
+    assert first.reference_reply == ("Hello <PERSON_1>, I'm <PERSON_2> from the support team. Let me look at "
+                                     "<ORDER_ID_1> for you.")
+    assert second.prompt[-1]["content"] == "Thanks. You can also reach me at <EMAIL_1> or <PHONE_1>."
+    assert first.conversation_key == conversation_key(salt, "C-1001") != conversation_key("other", "C-1001")
+    # C-1001 and C-1004 are the same customer: found together by the customer's hash
+    assert sum(r.customer_key == conversation_key(salt, "CUST-77120") for r in stored) == 4
+    last = stored[-1]
+    assert last.prompt[-1]["content"] == "Perfect.\nOh and my new number is <PHONE_1>."  # two turns joined
+    assert leaks(repr(stored)) == []
+
+
+def test_bad_chat_logs_are_one_line_naming_file_line_and_field(tmp_path):
+    db = tmp_path / "fb.db"
+    log = tmp_path / "log.csv"
+    header = "conversation_id,turn,speaker,text\n"
+    cases = [
+        ("conv,turn,speaker,text\nc1,1,customer,hi\n", ["--chat-log"], ["log.csv:1", "conversation_id: no such column"]),
+        (header + "c1,1,customer,hi\nc1,2,,hello\n", [], ["log.csv:3", "speaker: missing"]),
+        (header + "c1,1,customer,hi\nc1,2,bot,hello\n", [], ["log.csv:3", "'bot' is neither"]),
+        (header + "c1,2,customer,hi\nc1,1,agent,hello\n", [], ["log.csv:3", "turn: turn 1 of conversation 'c1' comes "
+                                                                           "after turn 2"]),
+        (header + "c1,1,customer,hi\nc1,1,agent,hello\n", [], ["log.csv:3", "duplicated (first at", "log.csv:2"]),
+        (header + "c1,1,customer,hi\nc2,1,agent,hello\n", [], ["log.csv:3", "conversation 'c2' has no customer turn"]),
+        (header + "c1,1,customer,\n", [], ["log.csv:2", "text: empty turn"]),
+        (header + "c1,x,customer,hi\n", [], ["log.csv:2", "turn: 'x' is not a whole number"]),
+        (header + "c1,1,customer,hi\n", ["--redaction.patterns", "{ORDER_ID: 'ORD-(\\d'}"],
+         ["redaction.patterns", "ORDER_ID: not a valid regular expression"]),
+        (header, ["--chat-log"], ["log.csv: no turns found"]),
+    ]
+    for content, flags, fragments in cases:
+        log.write_text(content)
+        assert_user_error(app(db, "import", str(log), *flags), *fragments)
+    jsonl = tmp_path / "log.jsonl"
+    jsonl.write_text('{"conversation_id": "c1", "turn": 1, "speaker": "customer", "text": "hi"}\n'
+                     '{"conversation_id": "c1", "turn": 2, "speaker": "agent"}\n')
+    assert_user_error(app(db, "import", str(jsonl)), "log.jsonl:2", "text: no such field")
+    assert not db.exists() or new_store(f"sqlite:///{db}", k=2).prompts_needing_candidates(0) == []
