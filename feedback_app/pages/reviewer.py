@@ -22,6 +22,11 @@ from feedback_app.store import ItemView, ServiceError, Store
 LETTERS = "ABCDEF"
 FLAG_KINDS = ("unsafe", "broken", "off-topic")
 WHOLE_ITEM = "the whole item"
+# Shown beside the item; the keys themselves are handled by review.js (a same-origin file).
+KEY_LEGEND = ("### Keys\n"
+              "- **1** to **{k}**: rank the reply in focus (then the next one is in focus; equal digits tie)\n"
+              "- **J** / **K** or **Up** / **Down**: previous or next reply\n"
+              "- **Ctrl+Enter**: submit · **S**: skip · **U**: undo · **F**: flag the reply in focus")
 
 
 @dataclass
@@ -74,6 +79,12 @@ def next_view(store: Store, actor: Actor, message: str = "", jobs=None) -> View:
         message = (message + " " if message else "") + "Nothing left to rank right now. Check again later."
     return View(item, [None] * len(item.candidates) if item else [], message.strip(),
                 progress_text(store, actor, jobs))
+
+
+def done_text(view: View) -> str:
+    """The card shown when the queue is empty: the day's count and what to do next."""
+    return ("### All done\n\nThere is nothing left for you to rank right now. New items appear when "
+            "candidates are generated; press *Check for new items* later.\n\n" + view.progress)
 
 
 def check_ranks(ranks: list[Any], k: int) -> list[str | None]:
@@ -177,49 +188,59 @@ def build_reviewer_page(svc) -> "gr.Blocks":
         with gr.Row():
             header = gr.Markdown("")
             gr.Markdown("[Log out](/logout)", elem_id="logout")
+        # "Saved." sits at the top, where the page scrolls after Submit or Skip (review.js).
+        message = gr.Markdown("", elem_id="message")
         with gr.Row():
             with gr.Column(scale=3):
-                gr.Markdown("### Prompt")
-                prompt = gr.Markdown("", elem_id="prompt", container=True)
-                replies, rank_controls = [], []
-                for i in range(k):
-                    with gr.Group(elem_classes="reply-card"):
-                        gr.Markdown(f"#### Reply {LETTERS[i]}")
-                        replies.append(gr.Markdown("", elem_id=f"reply-{i}"))
-                        rank_controls.append(gr.Radio(rank_choices, value=None, label=f"Rank of reply {LETTERS[i]}",
-                                                      info="1 = best; give equal ranks for a tie",
-                                                      elem_id=f"rank-{i}"))
-                with gr.Row():
+                done_card = gr.Markdown("", elem_id="all-done", container=True, visible=False)
+                with gr.Column(elem_id="item-area") as item_area:
+                    gr.Markdown("### Prompt")
+                    prompt = gr.Markdown("", elem_id="prompt", container=True)
+                    replies, rank_controls = [], []
+                    for i in range(k):
+                        with gr.Group(elem_classes="reply-card", elem_id=f"card-{i}"):
+                            gr.Markdown(f"#### Reply {LETTERS[i]}")
+                            replies.append(gr.Markdown("", elem_id=f"reply-{i}"))
+                            rank_controls.append(gr.Radio(rank_choices, value=None, label=f"Rank of reply {LETTERS[i]}",
+                                                          info="1 = best; give equal ranks for a tie",
+                                                          elem_id=f"rank-{i}"))
+                # Sticky at the bottom of the window (CSS in web.py): reachable without scrolling. Outside
+                # the item area, so Undo stays there once the queue is empty.
+                with gr.Row(elem_id="action-bar"):
                     submit_btn = gr.Button("Submit ranking", variant="primary", elem_id="submit")
                     skip_btn = gr.Button("Skip", elem_id="skip")
                     undo_btn = gr.Button("Undo last ranking", elem_id="undo")
-                message = gr.Markdown("", elem_id="message")
             with gr.Column(scale=1):
+                gr.Markdown(KEY_LEGEND.format(k=k), elem_id="key-legend")
                 gr.Markdown("### Guidelines")
                 gr.Markdown(store.project.guideline or "Rank the replies from best (1) to worst.",
                             elem_id="guidelines")
-                gr.Markdown("Keyboard: Tab moves from rank to rank, Space chooses the focused rank, Enter presses the focused button.")
                 progress = gr.Markdown("", elem_id="progress")
                 refresh_btn = gr.Button("Check for new items", size="sm", elem_id="refresh")
                 with gr.Accordion("Flag a reply", open=False, elem_id="flag-box"):
-                    flag_target = gr.Dropdown(targets, value=targets[0], label="Which reply", elem_id="flag-target")
+                    # Radios, not a dropdown, so the F key can pick the reply in focus (review.js).
+                    flag_target = gr.Radio(targets, value=targets[0], label="Which reply", elem_id="flag-target")
                     flag_kind = gr.Radio(list(FLAG_KINDS), value=None, label="Problem", elem_id="flag-kind")
                     flag_comment = gr.Textbox(label="Comment", lines=2, max_length=2000, elem_id="flag-comment")
                     flag_btn = gr.Button("Flag", elem_id="flag")
                     flag_message = gr.Markdown("", elem_id="flag-message")
 
-        view_outputs = [state, header, prompt, *replies, *rank_controls, message, progress, submit_btn, skip_btn]
+        view_outputs = [state, header, prompt, *replies, *rank_controls, message, progress, submit_btn, skip_btn,
+                        item_area, done_card]
 
         def render(view: View, actor: Actor) -> list:
             item = view.item
             head = f"Signed in as **{actor.username}**" + (" · [Admin pages](/admin)" if actor.is_admin else "")
             if item is None:
+                # The item area is hidden and its ranks cleared, so no earlier item's ranks stay checked.
                 return [None, head, "", *[""] * k, *[gr.update(value=None, interactive=False)] * k,
-                        view.message, view.progress, gr.update(interactive=False), gr.update(interactive=False)]
+                        view.message, view.progress, gr.update(interactive=False), gr.update(interactive=False),
+                        gr.update(visible=False), gr.update(value=done_text(view), visible=True)]
             ranks = [str(r) if r else None for r in view.ranks]
             return [view.state(), head, prompt_markdown(item.prompt), *[inert_markdown(c.text) for c in item.candidates],
                     *[gr.update(value=r, interactive=True) for r in ranks], view.message, view.progress,
-                    gr.update(interactive=True), gr.update(interactive=True)]
+                    gr.update(interactive=True), gr.update(interactive=True),
+                    gr.update(visible=True), gr.update(value="", visible=False)]
 
         def on_load(request: gr.Request):
             actor = who(request)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import html
 import math
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from feedback_app.api import TOKEN_COOKIE, actor_of
 from feedback_app.auth import load_or_create_secret
@@ -31,7 +32,16 @@ CSS = """
 .reply-card .prose {max-height: 22em; overflow-y: auto;}
 .invalid {outline: 2px solid #c00;}
 footer {display: none !important;}
+.reply-card.current {border: 2px solid #1d4ed8;}
+.reply-card:focus-visible, #prompt:focus-visible, #all-done:focus-visible {outline: 3px solid #1d4ed8; outline-offset: 2px;}
+.gradio-container {overflow: clip !important;}  /* 'hidden' would make it the sticky bar's scroller */
+#action-bar {position: sticky; bottom: 0; z-index: 20; background: var(--background-fill-primary);
+             padding: 8px 0; border-top: 1px solid var(--border-color-primary);}
 """
+# The reviewer page's keys (feedback_app/pages/review.js), served by the app itself: a same-origin
+# script file, so the Content-Security-Policy needs neither inline script nor eval for it.
+REVIEW_SCRIPT = Path(__file__).with_name("review.js")
+REVIEW_SCRIPT_PATH = "/static/review.js"
 
 
 def safe_next(path: str | None) -> str:
@@ -127,6 +137,10 @@ def add_login_routes(app: FastAPI, svc) -> None:
                             max_age=svc.signer.max_age)
         return response
 
+    @app.get(REVIEW_SCRIPT_PATH, include_in_schema=False)
+    def review_script():
+        return FileResponse(REVIEW_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
     @app.get("/logout", include_in_schema=False)
     def logout(request: Request):
         actor = actor_of(svc, request)
@@ -159,7 +173,8 @@ def mount_pages(app: FastAPI) -> FastAPI:
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     common = dict(footer_links=[], run_history=False, mcp_server=False, ssr_mode=False, theme=theme, css=CSS,
                   show_error=False, pwa=False, enable_monitoring=False)
-    gr.mount_gradio_app(app, build_reviewer_page(svc), path=REVIEW_PATH, auth_dependency=any_user, **common)
+    gr.mount_gradio_app(app, build_reviewer_page(svc), path=REVIEW_PATH, auth_dependency=any_user,
+                        head=f'<script src="{REVIEW_SCRIPT_PATH}"></script>', **common)
     gr.mount_gradio_app(app, build_admin_page(svc), path=ADMIN_PATH, auth_dependency=admin_only,
                         max_file_size="20mb", **common)
     from feedback_app.ab_store import AbService

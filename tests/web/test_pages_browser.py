@@ -141,13 +141,14 @@ def test_rank_with_tie_skip_flag_undo_submit(app, browser):
     third = wait_for_item_change(page, second)
     assert count(app.db, Assignment, Assignment.state == "skipped") == 1
 
-    # Rank the third item from the keyboard: Tab reaches each rank option, Space chooses, Enter submits.
+    # Rank the third item from the keyboard: each rank control is one radio group (one Tab stop),
+    # Space chooses the focused rank, arrows move it, Enter submits.
     page.locator("#rank-0 input[value='1']").focus()
     for slot, rank in enumerate([2, 1, 3]):
-        page.locator(f"#rank-{slot} input[value='1']").focus()  # where Tab from the reply above lands
-        for _ in range(rank - 1):
-            page.keyboard.press("Tab")
+        page.locator(f"#rank-{slot} input[value='1']").focus()  # where Tab from the group above lands
         page.keyboard.press("Space")
+        for _ in range(rank - 1):
+            page.keyboard.press("ArrowRight")
     page.locator("#submit").focus()
     page.keyboard.press("Enter")
     fourth = wait_for_item_change(page, third)
@@ -295,3 +296,101 @@ def test_blind_ab_page_stores_the_verdict_against_the_hidden_policy(app, browser
     assert "1 / 0 / 0 / 1" in row or "0 / 1 / 0 / 1" in row, row
     assert "left side won" in page.locator("#ab-report").inner_text()
     page.context.close()
+
+
+def prompt_text(page) -> str:
+    """The prompt on screen, or '' while none is (read in one step: the item area may be re-rendering)."""
+    return page.evaluate("(document.querySelector('#prompt .prose') || {}).innerText || ''")
+
+
+def checked_ranks(page) -> list[str | None]:
+    """The rank checked in each control on screen, in the order shown (None where none is)."""
+    return page.eval_on_selector_all(
+        "[id^=rank-]", "gs => gs.map(g => (g.querySelector('input:checked') || {}).value || null)")
+
+
+def test_rank_with_the_keyboard_only(app, browser):
+    """K digits and one Ctrl+Enter per ranking, no Tab, no mouse: the reply in focus takes the digit's
+    rank and focus moves on; after Submit the page is at the top with the prompt in focus, 'Saved.'
+    in view and no rank checked; an empty queue shows the all-done card."""
+    store = open_db(app.db)
+    store.add_user("erin", "erin-pass-12")
+    store.import_rows([ImportRow(f"Keyboard question {i}?", [f"Keyboard reply {j} of {i}." for j in range(K)],
+                                 model="m") for i in range(2)])
+    rec = Recorder()
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    page.on("request", lambda r: rec.urls.append(r.url))
+    login(page, app.url, "erin", "erin-pass-12")
+    wait_until(lambda: "question" in prompt_text(page), 30, "an item")
+    assert app.url + "/static/review.js" in rec.urls  # the keys' script is a same-origin file
+    # Each rank control is one radio group with a name: one Tab stop, arrows inside it.
+    for slot in range(K):
+        group = page.locator(f"#rank-{slot}")
+        assert group.get_attribute("role") == "radiogroup"
+        assert group.get_attribute("aria-label") == f"Rank of reply {'ABC'[slot]}"
+        assert set(group.locator("input").evaluate_all("els => els.map(e => e.name)")) == {f"rank-{slot}"}
+    # The action bar is in view without scrolling at 1366x900.
+    box = page.locator("#submit").bounding_box()
+    assert box and box["y"] + box["height"] <= 900, box
+    wait_until(lambda: page.evaluate("document.activeElement.id") == "prompt", 10, "the prompt in focus")
+
+    wanted = [[2, 1, 3], [3, 1, 2], [1, 3, 2]]
+    stored, rounds = 0, 0
+    while page.locator("#all-done").is_visible() is False and rounds < 15:
+        before = prompt_text(page)
+        ranks = wanted[rounds % len(wanted)]
+        keys = [str(r) for r in ranks] + ["Control+Enter"]
+        page.evaluate("window.scrollTo(0, 400)")  # wherever the reviewer was, the next item starts at the top
+        for key in keys:
+            page.keyboard.press(key)
+        assert len(keys) == K + 1 and "Tab" not in keys  # K=4 would take 5 keystrokes
+        wait_until(lambda: prompt_text(page) != before or page.locator("#all-done").is_visible(), 30, "the next item")
+        rounds += 1
+        mine = rankings_of(app.db, "erin")
+        assert len(mine) == stored + 1
+        assert [mine[-1].ranks[p] for p in mine[-1].shown_order] == ranks
+        stored += 1
+        if page.locator("#all-done").is_visible():
+            break
+        wait_until(lambda: page.evaluate("document.activeElement.id") == "prompt", 10, "the prompt in focus")
+        assert page.evaluate("window.scrollY") == 0
+        assert page.locator("#message").is_visible() and "Saved." in page.locator("#message").inner_text()
+        assert page.locator("#message").bounding_box()["y"] < 900
+        assert checked_ranks(page) == [None] * K  # the previous item's ranks are gone
+    assert page.locator("#all-done").is_visible() and "All done" in page.locator("#all-done").inner_text()
+    assert not page.locator("#item-area").is_visible()  # no earlier item's ranks left on screen
+    wait_until(lambda: page.evaluate("document.activeElement.id") == "all-done", 10, "the all-done card in focus")
+
+    # S skips and U takes the last ranking back, from the keyboard.
+    page.keyboard.press("u")
+    page.get_by_text("Your last ranking was taken back").wait_for(timeout=30000)
+    assert len(rankings_of(app.db, "erin")) == stored - 1
+    assert checked_ranks(page) == [str(r) for r in wanted[(rounds - 1) % len(wanted)]]
+    page.keyboard.press("s")
+    page.locator("#all-done").wait_for(state="visible", timeout=30000)
+    assert count(app.db, Assignment, Assignment.state == "skipped") >= 1
+    assert outside_requests(rec) == []
+    context.close()
+
+
+def test_rank_group_keys_and_narrow_screen(app, browser):
+    """Arrows move the rank inside a group, Tab leaves it at once; at 390 px the action bar is in view."""
+    store = open_db(app.db)
+    store.add_user("fay", "fay-pass-1234")
+    store.import_rows([ImportRow("Narrow screen question?", [f"Reply {j} " + "long words " * 80 for j in range(K)],
+                                 model="m")])
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login(page, app.url, "fay", "fay-pass-1234")
+    wait_until(lambda: prompt_text(page).strip(), 30, "an item")
+    box = page.locator("#submit").bounding_box()
+    assert box and 0 <= box["y"] and box["y"] + box["height"] <= 844, box
+    first = page.locator("#rank-0 input[value='1']")
+    first.focus()
+    page.keyboard.press("Space")
+    page.keyboard.press("ArrowRight")
+    assert checked_ranks(page)[0] == "2"
+    page.keyboard.press("Tab")  # one Tab stop per group: the next group, not the next option
+    assert page.evaluate("document.activeElement.closest('[id^=rank-]')?.id") != "rank-0"
+    context.close()
