@@ -5,11 +5,15 @@ rule of a suite of preferences nobody tuned for, scripted reviewers rank ~100 tr
 each method is scored on held-out prompts against the reviewers' (noisy) labels:
 
   lora_default  today's default: ``rlhf reward train --config configs/reward/default.yaml`` (real CLI)
-  probe_last    K-wise Bradley-Terry linear probe on the frozen last-token hidden state of the last
-                layer (what a ``*ForSequenceClassification`` score head reads: the probe IS a head)
-  probe_*       the same on other features (mean-pooled, middle layer), L2 chosen on validation
-  ensemble      mean of the standardised scores of the probes above
-  lpft          probe_last as the head, then LoRA fine-tuning with early stopping on validation
+                on all 100 labelled rankings
+  probe_last    K-wise Bradley-Terry linear probe (reward/probe.py) on the frozen last-token hidden
+                state of the last layer (what a ``*ForSequenceClassification`` score head reads: the
+                probe IS a head); L2 chosen on validation, then refit on train + validation
+  probe_mean    the same on the mean over prompt + reply tokens (a score head after
+                ``reward.probe.use_mean_pooling``); probe_rmean: reply tokens only; *_mid, *_20:
+                layer 15 or 20 of 30; probe_mean_concat: layers 15, 20 and 30 side by side
+  ensemble      mean of the standardised scores of several probes (ensemble_mean: mean-pooled ones)
+  lpft          probe_mean as the head, then LoRA fine-tuning with early stopping on validation
                 (LP-FT, Kumar et al. 2022)
 
 Ceiling: how often the reviewers' labels agree with the noiseless rule on held-out pairs. Reported:
@@ -18,7 +22,10 @@ chance to the ceiling closed, and wall time. Resumable: candidates, features and
 result are cached under --out.
 
     nice -n 10 .venv/bin/python bench/reward_generalisation.py            # the whole suite
-    .venv/bin/python bench/reward_generalisation.py --rules vader,hash --methods probe_last
+    .venv/bin/python bench/reward_generalisation.py --rules vader,hash --methods probe_mean --splits 5
+
+Wall times count the frozen forward passes over the labelled replies for the probes (measured once
+for all replies), the whole CLI run (load, train, save, its own evaluation) for lora_default.
 """
 
 from __future__ import annotations
@@ -325,7 +332,7 @@ LPFT_BATCH = 2  # rankings per step, as default.yaml
 
 
 def method_lpft(ctx) -> dict:
-    """LP-FT: the last-token probe (fit on train, L2 chosen on validation) as the score head, then
+    """LP-FT: the mean-pooled probe (fit on train, L2 chosen on validation) as the score head, then
     LoRA (default.yaml's r 16, alpha 32) on training rankings with a small learning rate under
     bfloat16 autocast; validation loss after every half epoch, the best state kept (the probe itself
     counts: step 0); test replies scored in float32, as PPO scores them."""
@@ -334,15 +341,16 @@ def method_lpft(ctx) -> dict:
 
     from reward.data import reply_ids
     from reward.losses import kwise_loss
-    from reward.probe import write_score_head
+    from reward.probe import use_mean_pooling, write_score_head
     from rlhf.modeling import load_score_model, load_tokenizer
     from trl.trainer.utils import pad
 
     started = time.perf_counter()
     labelled, parts = ctx["labelled"], ctx["parts"]
     model, tokenizer = load_score_model("bundled"), load_tokenizer("bundled", padding_side="right")
-    last = f"last@{model.config.num_hidden_layers}"
-    probe = fit_probe_on(ctx["features"], last, labelled, parts, refit=False)
+    use_mean_pooling(model)
+    head = f"mean@{model.config.num_hidden_layers}"
+    probe = fit_probe_on(ctx["features"], head, labelled, parts, refit=False)
     write_score_head(model, probe)
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, lora_dropout=0.0,
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
