@@ -4,7 +4,9 @@
   rlhf app demo                       make demo: example prompts, an admin, background generation, pages
   rlhf app users add NAME --role R    create an account (password asked, or --password-stdin)
   rlhf app users disable NAME         end an account's sessions and leases (its rankings stay)
-  rlhf app import FILE                prompts (JSONL, CSV or a datasets folder; optional replies)
+  rlhf app import FILE                prompts (JSONL, CSV or a datasets folder; optional replies), or a chat
+                                      log (a row per turn); personal data redacted before storage
+  rlhf app erase --conversation ID    erase one conversation (or --customer ID); lists exports that held it
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
   rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
   rlhf app export --prompts FILE      the prompt set PPO reads
@@ -86,6 +88,12 @@ def register(subparsers) -> None:
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--round", type=int, default=0, help="generation round of imported replies")
     _chat_log_flags(imp)
+
+    era = command("erase", "erase one chat-log conversation or one customer: prompts, candidates, rankings; "
+                           "audited; lists the earlier exports that held the data", run_erase)
+    who = era.add_mutually_exclusive_group(required=True)
+    who.add_argument("--conversation", help="conversation id, as in the imported chat log")
+    who.add_argument("--customer", help="customer identifier, as in the chat log's --customer-column")
 
     gen = command("generate", "generate K candidate replies for every prompt without an item in the round",
                   run_generate)
@@ -228,6 +236,20 @@ def run_import(args) -> int:
             print("  sample: " + sample.replace("\n", " / "), file=sys.stderr)
     else:
         print("redaction is OFF for this project (recorded in the audit log): texts were stored as given",
+              file=sys.stderr)
+    return 0
+
+
+def run_erase(args) -> int:
+    from feedback_app.erasure import erase
+
+    _, store = _store(args, setup=False)
+    report = erase(store, conversation=args.conversation, customer=args.customer)
+    print(json.dumps({"prompts": report.prompts, "items": report.items, "rankings": report.rankings,
+                      "exports_with_data": report.exports_with_data,
+                      "exports_unreadable": report.exports_unreadable}))
+    if report.exports_with_data:
+        print("rebuild these exports (and the models trained on them): " + ", ".join(report.exports_with_data),
               file=sys.stderr)
     return 0
 

@@ -190,6 +190,8 @@ def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: floa
             EXPORT_KWISE: {k: len(v) for k, v in rows[EXPORT_KWISE].items()},
         },
         "ranking_ids": [r.ranking_id for r in rankings],
+        # the project's redaction settings at export time (None: the defaults, redaction on)
+        "redaction": store.refresh_project().redaction,
     }
     return manifest, rows
 

@@ -5,6 +5,7 @@ background thread for the admin route so reviewers' requests are never blocked.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import traceback
@@ -23,6 +24,7 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
     Prompts go through in chunks, each chunk stored as soon as it is generated, so an interrupted run
     keeps its work and a rerun continues where it stopped. Returns counts and the model used.
     """
+    from feedback_app.redact import ConversationRedactor
     from rlhf.generation import SamplingSettings, generate_replies
     from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
 
@@ -34,6 +36,7 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
     tokenizer = load_tokenizer(path, padding_side="left")
     policy = load_policy(path, dtype="float32")
     k = store.refresh_project().k  # the stored K: a CLI import may have changed it since the server started
+    redaction = config.redaction
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.seed + round)
     sampling_record = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                        "top_p": sampling.top_p, "seed": sampling.seed}
@@ -49,7 +52,12 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
             chunk = todo[start:start + per_chunk]
             replies = generate_replies(policy, tokenizer, [p for _, p in chunk], k, sampling, config.batch_size,
                                        progress=False)
-            for (prompt_id, _), texts in zip(chunk, replies):
+            for (prompt_id, prompt), texts in zip(chunk, replies):
+                # a policy can write personal data it learnt (or repeat a placeholder): redact before storing,
+                # numbering new values after the prompt's own placeholders
+                redactor = ConversationRedactor(redaction)
+                redactor.note_placeholders(json.dumps(prompt, ensure_ascii=False))
+                texts = [redactor.redact(t) for t in texts]
                 added += store.add_candidates(prompt_id, round, texts, model=name, checkpoint=str(path),
                                               sampling=sampling_record)
             bar.update(len(chunk))

@@ -477,8 +477,7 @@ class ConversationRedactor:
             return text
         from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
-        for m in PLACEHOLDER.finditer(text):
-            self._next[m.group(1)] = max(self._next[m.group(1)], int(m.group(2)))
+        self.note_placeholders(text)
         chosen = detect(text, self.settings)
         if not chosen:
             self.report.add([], text)
@@ -494,6 +493,11 @@ class ConversationRedactor:
             operators=operators).text
         self.report.add(labels, redacted)
         return redacted
+
+    def note_placeholders(self, text: str) -> None:
+        """New values get numbers after the placeholders already in ``text`` (no two meanings of one)."""
+        for m in PLACEHOLDER.finditer(text):
+            self._next[m.group(1)] = max(self._next[m.group(1)], int(m.group(2)))
 
     def label(self, entity_type: str) -> str:
         return LABELS.get(entity_type, entity_type)

@@ -551,6 +551,40 @@ class Store:
 
     # -- prompts and items ------------------------------------------------------------------------
 
+    def erase(self, conversation: str | None = None, customer: str | None = None,
+              by: Actor | None = None) -> dict:
+        """Delete every prompt of one chat-log conversation or one customer identifier, with their
+        items, candidates, assignments, rankings and flags (foreign keys cascade), in one transaction,
+        and audit it (under the salted hash: the raw identifier is personal data). Returns the counts
+        and the ids of the deleted rankings (to find the earlier exports that held them)."""
+        if bool(conversation) == bool(customer):
+            raise UserError("erase: give one conversation id (--conversation) or one customer identifier "
+                            "(--customer)")
+
+        def work(s: Session) -> dict:
+            salt = _project_salt(s, self.project.id)
+            column = PromptRow.conversation_key if conversation else PromptRow.customer_key
+            key = conversation_key(salt, conversation or customer)
+            prompt_ids = list(s.scalars(select(PromptRow.id).where(PromptRow.project_id == self.project.id,
+                                                                   column == key)))
+            if not prompt_ids:
+                what = f"conversation {conversation!r}" if conversation else f"customer {customer!r}"
+                raise UserError(f"erase: no prompts of {what} in project '{self.project.name}' (ids are matched "
+                                f"exactly, as imported)")
+            item_ids = list(s.scalars(select(Item.id).where(Item.prompt_id.in_(prompt_ids))))
+            ranking_ids = sorted(s.scalars(select(RankingRow.id).where(RankingRow.item_id.in_(item_ids))))
+            result = {"prompts": len(prompt_ids), "items": len(item_ids), "rankings": len(ranking_ids),
+                      "ranking_ids": ranking_ids}
+            if s.get_bind().dialect.name == "sqlite":  # overwrite the freed pages, not only unlink them
+                s.connection().exec_driver_sql("PRAGMA secure_delete=ON")
+            s.execute(delete(PromptRow).where(PromptRow.id.in_(prompt_ids)))
+            target = f"{'conversation' if conversation else 'customer'} {key[:16]}"
+            _audit(s, by, self.clock(), "erase", target,
+                   {k: v for k, v in result.items() if k != "ranking_ids"} | {"key": key})
+            return result
+
+        return self._run(work)
+
     def import_rows(self, rows: Iterable[ImportRow], round: int = 0, by: Actor | None = None) -> dict[str, int]:
         """Add prompts (a prompt already in the project is kept once) and, for rows with replies,
         their item of ``round``. All rows in one transaction: a bad row stores nothing. The import is

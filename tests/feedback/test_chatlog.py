@@ -114,3 +114,63 @@ def test_bad_chat_logs_are_one_line_naming_file_line_and_field(tmp_path):
                      '{"conversation_id": "c1", "turn": 2, "speaker": "agent"}\n')
     assert_user_error(app(db, "import", str(jsonl)), "log.jsonl:2", "text: no such field")
     assert not db.exists() or new_store(f"sqlite:///{db}", k=2).prompts_needing_candidates(0) == []
+
+
+def _imported_and_ranked(database_url):
+    rows = conversation_rows(read_conversations(str(SAMPLE), SAMPLE.read_bytes(),
+                                                ChatLogFormat(customer_column="customer_id")),
+                             RedactionSettings(patterns={"ORDER_ID": r"ORD-\d{6}"}), RedactionReport())
+    store = new_store(database_url, k=2, reviewers_per_item=1)
+    store.import_rows(rows)
+    reviewer = store.add_user("rev", "plum-otter-41", "reviewer")
+    for prompt_id, _ in store.prompts_needing_candidates(0):
+        store.add_candidates(prompt_id, 0, [f"Reply A to {prompt_id}", f"Reply B to {prompt_id}"], "m")
+    while (item := store.next_item(reviewer)) is not None:
+        store.submit_ranking(reviewer, item.item_id, [1 if c.text.startswith("Reply A") else 2
+                                                      for c in item.candidates], f"key-{item.item_id}")
+    return store
+
+
+def test_erasing_a_customer_removes_their_conversations_and_names_the_exports_on_sqlite_and_postgresql(
+        database_url, tmp_path):
+    from sqlalchemy import func, select
+
+    from feedback_app.erasure import erase
+    from feedback_app.export import ExportFilters, export_rankings
+    from feedback_app.models import Candidate, Item, PromptRow, RankingRow
+
+    store = _imported_and_ranked(database_url)
+    out = tmp_path / "export-1"
+    manifest = export_rankings(store, out, ExportFilters(), test_fraction=0.0)
+    store.audit(None, "export", str(out), manifest["counts"])
+
+    report = erase(store, customer="CUST-77120")  # conversations C-1001 (3 prompts) and C-1004 (1 prompt)
+    assert (report.prompts, report.items, report.rankings) == (4, 4, 4)
+    assert report.exports_with_data == [str(out)] and report.exports_unreadable == []
+    with store.sessions() as s:
+        counts = [s.scalar(select(func.count()).select_from(t)) for t in (PromptRow, Item, Candidate, RankingRow)]
+    assert counts == [6, 6, 12, 6]
+    entry = next(e for e in store.audit_log() if e.action == "erase")
+    assert entry.detail["prompts"] == 4 and "CUST-77120" not in json.dumps([entry.target, entry.detail])
+
+    report = erase(store, conversation="C-1002")  # its two prompts, also in that export
+    assert (report.prompts, report.rankings) == (2, 2) and report.exports_with_data == [str(out)]
+    from rlhf.errors import UserError
+
+    try:
+        erase(store, conversation="C-1002")
+        raise AssertionError("erasing twice must say there is nothing left")
+    except UserError as exc:
+        assert "no prompts of conversation 'C-1002'" in str(exc)
+
+
+def test_rlhf_app_erase_command(tmp_path):
+    db = tmp_path / "fb.db"
+    assert app(db, "import", str(SAMPLE), "--customer-column", "customer_id", "--redaction.patterns",
+               ORDER).returncode == 0
+    result = app(db, "erase", "--conversation", "C-1003")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"prompts": 2, "items": 0, "rankings": 0, "exports_with_data": [],
+                                         "exports_unreadable": []}
+    assert_user_error(app(db, "erase", "--customer", "CUST-00000"), "no prompts of customer 'CUST-00000'")
+    assert leaks(db.read_bytes()) == []

@@ -70,3 +70,11 @@ def test_invalid_pattern_is_one_line_naming_the_field():
         settings_from({"patterns": {"ORDER_ID": "ORD-(\\d+"}}, "configs/app/x.yaml")
     with pytest.raises(UserError, match=r"redaction.patterns.order: a label is upper-case"):
         settings_from({"patterns": {"order": "x"}}, "f.yaml")
+
+
+def test_candidates_number_after_the_prompts_placeholders():
+    from feedback_app.redact import ConversationRedactor
+
+    redactor = ConversationRedactor(SETTINGS)
+    redactor.note_placeholders('[{"role": "user", "content": "I am <PERSON_1>, mail <EMAIL_1>"}]')
+    assert redactor.redact("Dear <PERSON_1>, write to help@example.com") == "Dear <PERSON_1>, write to <EMAIL_2>"

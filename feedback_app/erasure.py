@@ -1,0 +1,47 @@
+"""Erasure on request: remove one conversation's or one customer's data, and name the earlier exports
+that held it (their manifests list the ranking ids they were built from), so the admin knows which
+datasets, reward models and policies to rebuild."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feedback_app.store import Store
+
+
+@dataclass
+class ErasureReport:
+    prompts: int
+    items: int
+    rankings: int
+    exports_with_data: list[str] = field(default_factory=list)  # export folders whose manifest lists a ranking
+    exports_unreadable: list[str] = field(default_factory=list)  # audited exports whose manifest is gone
+
+
+def affected_exports(store: Store, ranking_ids: list[int]) -> tuple[list[str], list[str]]:
+    """Export folders (from the audit log's "export" entries) whose manifest.json lists any of
+    ``ranking_ids``, and those whose manifest could not be read (moved or deleted since)."""
+    wanted = set(ranking_ids)
+    hit, unreadable = [], []
+    for entry in reversed(store.audit_log(limit=100000)):
+        if entry.action != "export" or entry.target in hit or entry.target in unreadable:
+            continue
+        manifest = Path(entry.target) / "manifest.json"
+        try:
+            listed = set(json.loads(manifest.read_text()).get("ranking_ids", []))
+        except (OSError, ValueError):
+            unreadable.append(entry.target)
+            continue
+        if listed & wanted:
+            hit.append(entry.target)
+    return hit, unreadable
+
+
+def erase(store: Store, conversation: str | None = None, customer: str | None = None, by=None) -> ErasureReport:
+    result = store.erase(conversation=conversation, customer=customer, by=by)
+    hit, unreadable = affected_exports(store, result["ranking_ids"]) if result["ranking_ids"] else ([], [])
+    report = ErasureReport(result["prompts"], result["items"], result["rankings"], hit, unreadable)
+    store.audit(by, "erase exports", "", {"exports_with_data": hit, "exports_unreadable": unreadable})
+    return report
