@@ -31,6 +31,32 @@ class RewardTrainConfig(Config):
     test_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="held-out share of prompts when the data has no test split"
     )
+    method: Literal["finetune", "probe", "probe_then_finetune"] = Field(
+        "finetune", description="finetune: train the model (full or LoRA) on the rankings; probe: a K-wise "
+        "Bradley-Terry linear probe on the frozen last-token features, L2 chosen on the validation split, written "
+        "into the score head (seconds, no fine-tuning); probe_then_finetune: that probe as the starting head, then "
+        "fine-tuning (LP-FT), early-stopped on validation (update 0 is the probe alone)",
+    )
+    validation_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of the training prompts held out (by prompt, apart from the test "
+        "split) to choose the schedule on: the probe's L2, and the early-stopping update"
+    )
+    validation_every: int | None = Field(
+        None, ge=1, description="finetune: score the validation split every N optimizer steps (default: about "
+        "four times per epoch)"
+    )
+    early_stopping_patience: int = Field(
+        3, ge=1, description="finetune: stop after this many validation checks without a lower validation loss, and "
+        "keep the weights of the best check"
+    )
+    gate_threshold: float = Field(
+        0.5, ge=0.5, lt=1.0, description="the gate passes when the lower end of the 95 percent interval of "
+        "held-out accuracy exceeds this (0.5: better than chance with confidence)"
+    )
+    allow_weak_reward_model: bool = Field(
+        False, description="train and save even when the held-out split is too small for the gate's interval "
+        "(recorded in gate.json and the model card: the gate is then not measured)"
+    )
     max_length: int = Field(512, ge=8, description="tokens per prompt+reply; longer replies are dropped and counted")
     batch_size: int = Field(4, ge=1, description="per process and step: rankings (kwise) or pairs (pairwise)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="steps per optimizer update")

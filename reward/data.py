@@ -199,6 +199,19 @@ def _ensure_train_test(splits: dict, test_fraction: float, where: str) -> dict:
     return {"train": train, "test": test}
 
 
+def split_validation(train, fraction: float):
+    """Training rankings -> (train, validation), split by prompt: a prompt's rankings stay on one side.
+
+    The bucket is a hash of ``"validation:" + prompt key``, independent of the test split's hash
+    (``prompt_split``), so the same prompts land in validation across exports and runs.
+    """
+    if fraction <= 0:
+        return train, train.select([])
+    sides = [int(hashlib.sha256(("validation:" + prompt_key(p)).encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+             < fraction for p in train["prompt"]]
+    return train.select([i for i, v in enumerate(sides) if not v]), train.select([i for i, v in enumerate(sides) if v])
+
+
 def _kwise_to_pairwise(split):
     from datasets import Dataset
 

@@ -261,13 +261,15 @@ def trained_max_length(checkpoint: Path, fallback: int = 1024) -> int:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, rows: list[dict[str, Any]], out_dir: Path, max_length: int,
-                        batch_size: int = 16, model=None, tokenizer=None) -> dict[str, Any]:
-    """Score ``rows`` with the checkpoint, write ``eval.json`` and plots into ``out_dir``; return metrics."""
+                        batch_size: int = 16, model=None, tokenizer=None, scores=None) -> dict[str, Any]:
+    """Score ``rows`` with the checkpoint (unless their ``scores`` [row][reply] are given), write
+    ``eval.json`` and plots into ``out_dir``; return metrics."""
     from rlhf.modeling import load_score_model, load_tokenizer
 
-    tokenizer = tokenizer or load_tokenizer(checkpoint, padding_side="right")
-    model = model or load_score_model(checkpoint)
-    scores = score_rows(model, tokenizer, rows, max_length, batch_size)
+    if scores is None:
+        tokenizer = tokenizer or load_tokenizer(checkpoint, padding_side="right")
+        model = model or load_score_model(checkpoint)
+        scores = score_rows(model, tokenizer, rows, max_length, batch_size)
     metrics = ranking_metrics(rows, scores)
     plots = write_plots(metrics, out_dir)
     margins = metrics.pop("_margins")

@@ -156,11 +156,12 @@ def trainer_args(config: RewardTrainConfig, out: Path):
     )
 
 
-def build_trainer(config: RewardTrainConfig, args, kwise_rows, pairwise_rows, tokenizer):
+def build_trainer(config: RewardTrainConfig, args, kwise_rows, pairwise_rows, tokenizer, head=None, callbacks=None):
     """Tokenize the training split and build the trainer of ``config.mode``.
 
     Returns (trainer, tokenized train set, pairs per epoch). The model is loaded here, after
-    ``args`` exist, so that under ZeRO-3 ``from_pretrained`` partitions it as it loads.
+    ``args`` exist, so that under ZeRO-3 ``from_pretrained`` partitions it as it loads. ``head``: a
+    fitted ``reward.probe.Probe`` written into the score head first (probe_then_finetune).
     """
     from reward.data import pair_agreement, tokenize_kwise, tokenize_pairwise
     from rlhf.modeling import load_score_model
@@ -173,16 +174,21 @@ def build_trainer(config: RewardTrainConfig, args, kwise_rows, pairwise_rows, to
         train_set = tokenize_pairwise(pairwise_rows, tokenizer, config.max_length)
         pairs = len(train_set)
     model = load_score_model(config.model)
+    if head is not None:
+        from reward.probe import write_score_head
+
+        write_score_head(model, head)
     # task SEQ_CLS keeps the newly initialised `score` head fully trainable beside the adapter.
     peft_config = lora_config(config.lora, "SEQ_CLS") if config.lora.enabled else None
     if config.mode == "kwise":
         trainer = _kwise_trainer_class()(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
-                                         data_collator=KWiseCollator(tokenizer.pad_token_id), peft_config=peft_config)
+                                         data_collator=KWiseCollator(tokenizer.pad_token_id), peft_config=peft_config,
+                                         callbacks=callbacks)
     else:
         from trl import RewardTrainer
 
         trainer = RewardTrainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
-                                peft_config=peft_config)
+                                peft_config=peft_config, callbacks=callbacks)
     return trainer, train_set, pairs
 
 
@@ -238,7 +244,8 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
                         "adapter can come out empty, and merging needs gathered weights); use ZeRO-2 or DDP for "
                         "LoRA, or full fine-tuning under ZeRO-3")
 
-    from reward.data import load_preference_data, warn
+    from reward.data import _kwise_to_pairwise, load_preference_data, split_validation, warn
+    from rlhf.gate import check_usable_pairs
     from rlhf.modeling import check_same_vocabulary, load_score_model, load_tokenizer
 
     data = load_preference_data(config.data, config.test_fraction)
@@ -246,12 +253,50 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     if config.policy_model:
         check_same_vocabulary(load_tokenizer(config.policy_model, padding_side="right"), tokenizer)
 
-    train_rows = data.kwise["train"]
-    args = trainer_args(config, out)  # before the model: under ZeRO-3 it makes from_pretrained partition
-    trainer, train_set, pairs = build_trainer(config, args, train_rows, data.pairwise["train"], tokenizer)
+    # Bad input, one line each, before any training.
+    check_usable_pairs(data.kwise["train"].to_list(), f"{config.data} (training rankings)")
+    test_rows = data.kwise["test"].to_list()
+    held_out_problem = check_gate_size(test_rows, config)
+    train_rows, val_rows = split_validation(data.kwise["train"], config.validation_fraction)
+    if len(train_rows) == 0:
+        raise UserError(f"{config.data}: every training prompt fell in the validation split; lower validation_fraction")
+    if len(val_rows) == 0 and config.method != "finetune":
+        raise UserError(f"method {config.method} chooses its L2 on the validation split, but no training prompt fell "
+                        f"in it ({len(train_rows)} rankings); raise validation_fraction (now {config.validation_fraction})")
+    if config.method == "probe_then_finetune" and stage == 3:
+        raise UserError("method probe_then_finetune under DeepSpeed ZeRO-3: the probe is written into a whole score "
+                        "head before training; use ZeRO-2 or DDP, or method finetune")
+
+    # The linear probe on frozen features: the method itself (probe), the starting head
+    # (probe_then_finetune), and in every case the learning curve (cheap: a convex fit per size).
+    probe, curve, probe_model = None, None, None
+    if len(val_rows):
+        probe_model = load_score_model(config.model)  # before trainer_args: loads whole even under ZeRO-3
+        probe, curve = fit_probe_and_curve(probe_model, tokenizer, train_rows.to_list(), val_rows.to_list(),
+                                           test_rows, config)
+    if config.method != "probe":
+        del probe_model
+        probe_model = None
 
     started = time.perf_counter()
-    result = trainer.train()
+    early = None
+    if config.method == "probe":
+        from reward.probe import write_score_head
+
+        write_score_head(probe_model, probe)
+        trainer, result, train_pairs = None, None, sum(len(pair_indices(r)) for r in train_rows["ranks"])
+    else:
+        args = trainer_args(config, out)  # before the model: under ZeRO-3 it makes from_pretrained partition
+        callbacks = None
+        if len(val_rows) and stage < 3:
+            early = early_stopping(config, train_rows, val_rows, tokenizer)
+            callbacks = [early]
+        elif len(val_rows):
+            warn("no early stopping under ZeRO-3 (the weights are partitioned): the whole schedule runs")
+        trainer, train_set, train_pairs = build_trainer(
+            config, args, train_rows, _kwise_to_pairwise(train_rows), tokenizer,
+            head=probe if config.method == "probe_then_finetune" else None, callbacks=callbacks)
+        result = trainer.train()
     seconds = time.perf_counter() - started
 
     # Scores of a few held-out replies from the in-memory model; the saved checkpoint must match them.
@@ -260,10 +305,16 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     from reward.evaluate import score_ids
 
     probe_ids = [reply_ids(tokenizer, r["prompt"], c) for r in probe_rows for c in r["completions"]][:PROBE_REPLIES]
-    probe_before = score_ids(trainer.model, probe_ids, tokenizer.pad_token_id)
+    model_now = probe_model if trainer is None else trainer.model
+    probe_before = score_ids(model_now, probe_ids, tokenizer.pad_token_id)
 
     out.mkdir(parents=True, exist_ok=True)
-    save_plain_checkpoint(trainer, tokenizer, out, lora=config.lora.enabled)
+    if trainer is None:
+        if is_main_process():
+            probe_model.save_pretrained(str(out), safe_serialization=True)
+            tokenizer.save_pretrained(str(out))
+    else:
+        save_plain_checkpoint(trainer, tokenizer, out, lora=config.lora.enabled)
     if not is_main_process():
         return {}
 
@@ -272,7 +323,7 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     # now finished, never join): load plain weights.
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from reward.evaluate import evaluate_checkpoint
+    from reward.evaluate import evaluate_checkpoint, score_rows
 
     unset_hf_deepspeed_config()
 
@@ -282,41 +333,202 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     stats = reward_stats(saved, saved_tokenizer, train_rows.to_list(), config.max_length, config.stats_max_replies,
                          config.eval_batch_size)
     (out / "reward_stats.json").write_text(json.dumps(stats, indent=2))
-    held_out = None
-    if len(data.kwise["test"]):
+    held_out, test_scores = None, None
+    if test_rows:
+        test_scores = score_rows(saved, saved_tokenizer, test_rows, config.max_length, config.eval_batch_size)
         try:
-            held_out = evaluate_checkpoint(out, data.kwise["test"].to_list(), out / "eval", config.max_length,
-                                           config.eval_batch_size, model=saved, tokenizer=saved_tokenizer)
+            held_out = evaluate_checkpoint(out, test_rows, out / "eval", config.max_length, config.eval_batch_size,
+                                           model=saved, tokenizer=saved_tokenizer, scores=test_scores)
         except UserError as exc:  # the checkpoint is saved; say why there is no held-out figure
             warn(f"no held-out evaluation: {exc}")
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    all_rows = data.kwise["train"].to_list() + test_rows
+    gate = write_gate(out, test_rows, test_scores, all_rows, curve, config, held_out_problem)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e] if trainer else []
+    selection = schedule_record(config, probe, curve, early, len(train_rows), len(val_rows))
     metrics = {
         "mode": config.mode,
-        "steps": trainer.state.global_step,
+        "method": config.method,
+        "steps": trainer.state.global_step if trainer else 0,
         "train_seconds": seconds,
-        "train_rows": len(train_set),
-        "train_pairs_per_epoch": pairs,
-        "train_loss": result.training_loss,
+        "train_rows": len(train_set) if trainer else len(train_rows),  # after long replies are dropped
+        "validation_rows": len(val_rows),
+        "train_pairs_per_epoch": train_pairs,
+        "train_loss": result.training_loss if result else None,
         "loss_history": losses,
-        "log_history": trainer.state.log_history,
-        "processes": trainer.accelerator.num_processes,
+        "log_history": trainer.state.log_history if trainer else [],
+        "processes": trainer.accelerator.num_processes if trainer else 1,
         "zero_stage": stage,
-        "lora": config.lora.enabled,
+        "lora": config.lora.enabled and trainer is not None,
         "probe": {"ids": probe_ids, "before_save": probe_before, "after_reload": probe_after,
                   "max_abs_diff": max(abs(a - b) for a, b in zip(probe_before, probe_after))},
         "reward_stats": stats,
         "held_out": {k: v for k, v in held_out.items() if k != "calibration"} if held_out else None,
+        "schedule": selection,
+        "gate": {k: v for k, v in gate.items() if k != "advice"},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "manifest.json").write_text(json.dumps({"data": data.source, **data.manifest}, indent=2, default=str))
     save_resolved(config, out)
-    print(f"reward model saved to {out} (steps {metrics['steps']}, mean training loss "
-          f"{result.training_loss:.4f})", file=sys.stderr)
+    (out / "README.md").write_text(model_card(config, metrics, gate))
+    print(f"reward model saved to {out} ({config.method}, steps {metrics['steps']}"
+          + (f", mean training loss {result.training_loss:.4f})" if result else ")"), file=sys.stderr)
+    print(selection["why"], file=sys.stderr)
     if held_out:
         lo, hi = held_out["ci95_bootstrap_prompts"]
         print(f"held-out pairwise accuracy {held_out['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on "
               f"{held_out['pairs']} pairs", file=sys.stderr)
+    print(f"gate: {gate['summary']}", file=sys.stderr)
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedule, learning curve, gate and model card
+
+
+def check_gate_size(test_rows: list[dict], config: RewardTrainConfig) -> str | None:
+    """A held-out split too small for the gate's interval is refused before training (one line), unless
+    ``allow_weak_reward_model``: then a warning, and the returned reason goes into gate.json."""
+    from rlhf.gate import check_held_out_size
+    from rlhf.schema import prompt_key
+
+    pairs = sum(len(pair_indices(list(r["ranks"]))) for r in test_rows)
+    try:
+        check_held_out_size(pairs, len({prompt_key(r["prompt"]) for r in test_rows}),
+                            where=f"{config.data}: the held-out (test) split")
+    except UserError as exc:
+        if not config.allow_weak_reward_model:
+            raise UserError(f"{exc}; or pass --allow-weak-reward-model to train without a gate") from None
+        from reward.data import warn
+
+        warn(f"{exc}; training anyway (--allow-weak-reward-model): the gate is not measured")
+        return str(exc)
+    return None
+
+
+def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, config: RewardTrainConfig):
+    """The probe on the last token of the last layer (what a score head reads), its L2 chosen on
+    validation and refitted on train + validation; and its learning curve on the test split
+    (None without one). Training rankings are shuffled by ``seed`` before taking a quarter and half."""
+    import random
+
+    from reward.probe import ranking_features, select_l2
+    from reward.schedule import probe_learning_curve
+
+    feature = f"last@{model.config.num_hidden_layers}"
+    tx, tr = ranking_features(model, tokenizer, train_rows, feature, config.eval_batch_size)
+    vx, vr = ranking_features(model, tokenizer, val_rows, feature, config.eval_batch_size)
+    probe = select_l2(feature, tx, tr, vx, vr)
+    curve = None
+    if test_rows:
+        sx, sr = ranking_features(model, tokenizer, test_rows, feature, config.eval_batch_size)
+        order = list(range(len(train_rows)))
+        random.Random(config.seed).shuffle(order)
+        curve = probe_learning_curve(feature, tx[order], tr[order], vx, vr, sx, sr)
+    return probe, curve
+
+
+def early_stopping(config: RewardTrainConfig, train_rows, val_rows, tokenizer):
+    """The validation callback: checks about four times per epoch unless ``validation_every`` says."""
+    import os
+
+    from reward.data import tokenize_kwise, warn
+    from reward.schedule import validation_callback
+
+    val = tokenize_kwise(val_rows, tokenizer, config.max_length, what="validation")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * world))
+                          // config.gradient_accumulation_steps)
+    every = config.validation_every or max(1, steps_per_epoch // 4)
+    ids = [x for row in val["completion_ids"] for x in row]
+    return validation_callback(ids, list(val["ranks"]), tokenizer.pad_token_id, every,
+                               config.early_stopping_patience, config.eval_batch_size,
+                               say=lambda text: is_main_process() and print(text, file=sys.stderr, flush=True))
+
+
+def schedule_record(config: RewardTrainConfig, probe, curve, early, n_train: int, n_val: int) -> dict[str, Any]:
+    """What was chosen on the validation split, and why, for metrics.json and the model card."""
+    from reward.schedule import checks_record
+
+    record: dict[str, Any] = {"method": config.method, "train_rankings": n_train, "validation_rankings": n_val,
+                              "probe_l2": probe.l2 if probe else None,
+                              "probe_selection": probe.selection if probe else None,
+                              "learning_curve": curve,
+                              "learning_curve_source": "linear probe on frozen features (L2 chosen on validation "
+                                                       "at each size), held-out test split" if curve else None}
+    parts = [f"method {config.method}"]
+    if probe:
+        best = min(probe.selection, key=lambda s: s["val_loss"])
+        parts.append(f"probe L2 {probe.l2:g} chosen on {n_val} validation rankings (validation loss "
+                     f"{best['val_loss']:.4f}, accuracy {best['val_accuracy']:.3f}; lowest of {len(probe.selection)})")
+    if early is not None and early.kept is not None:
+        record["validation_checks"] = checks_record(early.checks)
+        record["kept_step"] = early.kept.step
+        parts.append(f"fine-tuning kept the weights after {early.kept.step} steps, of {early.checks[-1].step} run "
+                     f"(lowest validation loss {early.kept.val_loss:.4f}, accuracy {early.kept.val_accuracy:.3f})")
+    elif config.method != "probe":
+        parts.append("no validation split: the whole schedule ran without early stopping")
+    if curve:
+        shown = ", ".join(f"{c['accuracy']:.3f} at {c['rankings']}" for c in curve)
+        parts.append(f"learning curve (probe estimate{'' if config.method == 'probe' else ' for a fine-tuned model'}"
+                     f"): held-out accuracy {shown} training rankings")
+    record["why"] = "schedule: " + "; ".join(parts)
+    return record
+
+
+def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: RewardTrainConfig,
+               problem: str | None) -> dict[str, Any]:
+    """``gate.json`` (the decision and, when it fails, the paragraph) and ``held_out_pairs.json`` (per-pair
+    credits and prompt keys, so policy trainers and reports need not rescore)."""
+    from rlhf.gate import (failure_advice, gate_decision, gate_target, learning_curve_fit, pair_credits,
+                           reviewer_agreement, tie_share)
+
+    if problem is not None or not test_scores:
+        gate = {"passed": False, "measured": False, "threshold": config.gate_threshold,
+                "summary": f"not measured: {problem or 'no held-out split'}",
+                "advice": f"The gate could not measure this reward model ({problem or 'no held-out split'}), so "
+                          "nothing shows it ranks replies better than chance."}
+        (out / "gate.json").write_text(json.dumps(gate, indent=2))
+        return gate
+    credits, prompts = pair_credits(test_rows, test_scores)
+    (out / "held_out_pairs.json").write_text(json.dumps({"credits": credits, "prompts": prompts}))
+    decision = gate_decision(credits, prompts, threshold=config.gate_threshold)
+    fit = learning_curve_fit([(c["rankings"], c["accuracy"]) for c in curve], gate_target(decision)) \
+        if curve and len({c["rankings"] for c in curve}) >= 2 else None
+    agreement = reviewer_agreement(all_rows)
+    ties = tie_share(all_rows)
+    gate = {"passed": decision.passed, "measured": True, "accuracy": decision.accuracy,
+            "interval": list(decision.interval), "n_pairs": decision.n_pairs, "n_prompts": decision.n_prompts,
+            "threshold": decision.threshold, "summary": decision.summary(),
+            "learning_curve": {"rankings": list(fit.rankings), "accuracy": list(fit.accuracy),
+                               "gain_per_doubling": fit.gain_per_doubling, "rankings_needed": fit.rankings_needed,
+                               "reason": fit.reason} if fit else None,
+            "reviewer_agreement": {"verdict": agreement.verdict, "pairwise_agreement": agreement.pairwise_agreement,
+                                   "krippendorff_alpha": agreement.krippendorff_alpha, "reason": agreement.reason},
+            "ties": {"rankings": ties.rankings, "all_tied_share": ties.all_tied_share,
+                     "tied_pair_share": ties.tied_pair_share},
+            "advice": None if decision.passed else failure_advice(decision, fit, agreement, ties)}
+    (out / "gate.json").write_text(json.dumps(gate, indent=2))
+    return gate
+
+
+def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[str, Any]) -> str:
+    """The reward model's README.md: how it was chosen, its learning curve, and the gate's decision."""
+    schedule = metrics["schedule"]
+    lines = ["---", "tags: [rlhf, reward-model, trl]", "---", "", "# Reward model", "",
+             f"- Base model: `{config.model}`; data `{config.data}`; mode {config.mode}; method {config.method}",
+             f"- Training rankings {metrics['train_rows']}, validation rankings {metrics['validation_rows']} "
+             f"(split by prompt, apart from the test split); optimizer steps {metrics['steps']}",
+             f"- Why: {schedule['why']}", ""]
+    if schedule.get("learning_curve"):
+        lines += ["## Learning curve (held-out accuracy)", "",
+                  f"Source: {schedule['learning_curve_source']}"
+                  + ("" if config.method == "probe" else "; used as the estimate for the fine-tuned model"), "",
+                  "| training rankings | held-out accuracy |", "|---|---|",
+                  *[f"| {c['rankings']} | {c['accuracy']:.3f} |" for c in schedule["learning_curve"]], ""]
+    lines += ["## Gate", "", f"- {gate['summary']}"]
+    if gate.get("advice"):
+        lines += [f"- What to do: {gate['advice']}"]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,6 +184,17 @@ def _run_info(run_dir: Path) -> dict:
     return json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
 
 
+def _gate_line(gate: dict) -> str:
+    """The reward-model gate as the trainer recorded it (``rlhf.gate.require_gate``)."""
+    if gate.get("status") == "not measured":
+        return "- Reward model gate: not measured (the reward model has no gate.json)"
+    line = f"- Reward model gate: {gate.get('status')}: {gate.get('summary')}"
+    if gate.get("overridden"):
+        line += (" **Overridden with --allow-weak-reward-model: this policy was trained against a reward model that "
+                 "did not clear chance on held-out pairs.**")
+    return line
+
+
 def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
                plots: list[str]) -> str:
     from rlhf.modeling import resolve_model_path
@@ -210,6 +221,7 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
         f"- Reward model: none (DPO learns from the reviewers' pairs directly); preference data `{info.get('data')}`: "
         f"{info.get('train_pairs', '?')} training pairs, {info.get('heldout_pairs', '?')} held-out pairs "
         f"(prompt-level split)",
+        *([_gate_line(info["reward_gate"])] if info.get("reward_gate") else []),
         *([f"- Prompts: `{prompts}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
            f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else "")]
           if prompts else []),

@@ -435,3 +435,44 @@ def gate_target(gate: GateResult) -> float:
     """Accuracy at which the gate would pass with the current interval width: threshold + half width."""
     lo, hi = gate.interval
     return gate.threshold + (hi - lo) / 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# The gate as every policy trainer applies it: read ``gate.json`` beside the reward model
+
+GATE_FILE = "gate.json"  # written by ``rlhf reward train`` beside the reward model
+OVERRIDE_FLAG = "--allow-weak-reward-model"
+
+
+def require_gate(reward_model: str, allow_weak: bool, say=None) -> dict[str, Any]:
+    """Refuse (``UserError``, exit 2, the failure paragraph) a reward model whose ``gate.json`` says it
+    did not pass, unless ``allow_weak``; return what the run metadata and the model card record.
+
+    A reward model without ``gate.json`` (a Hugging Face id, or one not trained by ``rlhf reward
+    train``) has no held-out measurement here: it is let through with a warning, and recorded so.
+    """
+    from pathlib import Path
+
+    say = say or (lambda text: print(text, flush=True))
+    path = Path(reward_model) / GATE_FILE
+    if not path.is_file():
+        say(f"warning: {reward_model} has no {GATE_FILE}: its held-out accuracy was never measured, so the gate "
+            "cannot check it (train it with 'rlhf reward train' to have one)")
+        return {"status": "not measured", "overridden": False, "file": None}
+    try:
+        gate = json.loads(path.read_text(encoding="utf-8"))
+        passed = bool(gate["passed"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a gate decision written by 'rlhf reward train' ({exc})") from None
+    record = {"status": "passed" if passed else "failed", "overridden": False, "file": str(path),
+              "summary": gate.get("summary"), "accuracy": gate.get("accuracy"), "interval": gate.get("interval"),
+              "threshold": gate.get("threshold")}
+    if passed:
+        say(f"gate: {gate.get('summary') or 'passed'}")
+        return record
+    advice = gate.get("advice") or gate.get("summary") or "the reward model did not pass the gate"
+    if not allow_weak:
+        raise UserError(f"{path}: {advice} To train against it anyway, pass {OVERRIDE_FLAG} (the model card "
+                        "records it).")
+    say(f"warning: {OVERRIDE_FLAG}: training against a reward model that did not pass the gate: {advice}")
+    return {**record, "overridden": True}

@@ -28,8 +28,8 @@ class AlignRunConfig(Config):
     output_dir: str = Field("runs/align", description="run directory: config, checkpoints, logs, TensorBoard")
     seed: int = Field(0, description="random seed")
     dtype: str = Field("float32", description="weights dtype: float32 or bfloat16")
-    bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision; the "
-                                "CPU's AMX units make training steps about 3x faster than float32)")
+    bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision; "
+                                "the CPU's AMX units make training steps about 3x faster than float32)")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA on the policy (on unless "
                                "lora.enabled is false); the reference is then the policy with the adapter off")
     max_prompt_tokens: int = Field(256, ge=1, description="prompts longer than this (chat template applied) are dropped")
@@ -69,7 +69,7 @@ class AlignRunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file"}
+                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model"}
 
 
 class OnlineRunConfig(AlignRunConfig):
@@ -79,6 +79,8 @@ class OnlineRunConfig(AlignRunConfig):
     prompts_file: str = Field(..., description="prompts: 'rlhf app export --prompts' output, JSONL/TXT/JSON or a "
                               "datasets dir")
     center_rewards: bool = Field(True, description="centre and scale scores with reward_stats.json of the reward model")
+    allow_weak_reward_model: bool = Field(False, description="train against a reward model whose gate.json says it "
+                                          "did not pass the gate (recorded in run_info.json and the model card)")
     temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the replies")
     # Replies to one prompt are compared with each other (GRPO: against their mean and spread; RLOO: each
     # against the mean of the others), so a group needs at least 2. 4 is the smallest group whose

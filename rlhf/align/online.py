@@ -98,6 +98,9 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     check_run_config(run, world, zero_stage())
     resume_from = prepare_output_dir(run, resume)
 
+    from rlhf.gate import require_gate  # the same gate as PPO: a reward model at chance stops here (exit 2)
+
+    gate = require_gate(run.reward_model, run.allow_weak_reward_model)
     tokenizer = load_tokenizer(run.policy, padding_side="left")
     stats = check_reward_model(run.reward_model, tokenizer)
     prompts = load_prompts(run.prompts_file, tokenizer, run.max_prompt_tokens)
@@ -132,7 +135,7 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     trainer.setup_run(run, eval_prompts[:run.num_eval_prompts], reward_scorer(reward_model, reward_tokenizer),
                       resume_from)
     write_run_info(trainer, run, {"reward_model_path": resolve_model_path(run.reward_model), "reward_stats": stats,
-                                  "num_prompts": len(prompts), "num_generations": run.num_generations})
+                                  "reward_gate": gate, "num_prompts": len(prompts), "num_generations": run.num_generations})
     return trainer
 
 

@@ -50,6 +50,8 @@ class PPORunConfig(Config):
     whiten_rewards: bool = Field(False, description="whiten per-token rewards (needs minibatches of >= 8 per process)")
     missing_eos_penalty: float | None = Field(1.0, description="subtracted from the score of replies that never end with EOS")
     center_rewards: bool = Field(True, description="centre and scale scores with reward_stats.json of the reward model")
+    allow_weak_reward_model: bool = Field(False, description="train against a reward model whose gate.json says it "
+                                          "did not pass the gate (recorded in run_info.json and the model card)")
     cliprange: float = Field(0.2, gt=0.0, description="PPO policy clip range")
     cliprange_value: float = Field(0.2, gt=0.0, description="value clip range")
     vf_coef: float = Field(0.1, ge=0.0, description="value loss coefficient")
@@ -80,4 +82,4 @@ class PPORunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file", "freeze_gc"}
+                    "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model"}

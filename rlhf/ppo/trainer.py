@@ -30,12 +30,14 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 from rlhf.checkpoint import latest_checkpoint, load_training_state, read_state, save_training_state
 from rlhf.config import save_resolved
 from rlhf.errors import UserError
+from rlhf.gate import require_gate
 from rlhf.lora import lora_config
 from rlhf.ppo.config import PPORunConfig
 from rlhf.ppo.data import batch_indices, load_prompt_ids
 from rlhf.ppo.metrics import RENAMED, MetricsWriter, RolloutProbe
-from rlhf.rewards import centre_reward_model, centred_head, check_reward_model  # noqa: F401  (centred_head: tests import it from here)
-from rlhf.runtime import zero_stage
+# centred_head is re-exported: the PPO unit tests import it from here.
+from rlhf.rewards import centre_reward_model, centred_head, check_reward_model  # noqa: F401
+from rlhf.runtime import is_main_process, zero_stage
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +303,9 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     if resume_from is None and any(out.glob("checkpoints/step-*")):
         raise UserError(f"{out}: already holds checkpoints; pass --resume to continue, or choose another output_dir")
 
+    # The gate: a reward model that did not clear chance on held-out pairs stops here (exit 2).
+    gate = require_gate(run.reward_model, run.allow_weak_reward_model,
+                        say=lambda text: is_main_process() and print(text, file=sys.stderr, flush=True))
     tokenizer = load_tokenizer(run.policy, padding_side="left")
     stats = check_reward_model(run.reward_model, tokenizer)
     prompt_ids = load_prompt_ids(run.prompts_file, tokenizer, run.max_prompt_tokens)
@@ -353,7 +358,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
         (out / "run_info.json").write_text(json.dumps({
             "trainer": "ppo", "policy_path": resolve_model_path(run.policy),
             "reward_model_path": resolve_model_path(run.reward_model),
-            "reward_stats": stats, "num_prompts": len(prompt_ids), "world_size": trainer.accelerator.num_processes,
+            "reward_stats": stats, "reward_gate": gate, "num_prompts": len(prompt_ids), "world_size": trainer.accelerator.num_processes,
             "zero_stage": zero_stage(), "config_fingerprint": run.fingerprint()}, indent=2))
     return trainer
 

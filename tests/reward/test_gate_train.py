@@ -1,0 +1,141 @@
+"""The gate on real tiny reward models (issue 14): a reward model trained on shuffled rankings is
+refused, one trained on a planted preference passes; `rlhf ppo` refuses the failed one with exit 2 and
+the paragraph, and the override is recorded; the schedule is chosen on validation; bad input is one
+line before any training."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from reward.schedule import Check, best_check, should_stop
+from rlhf.cli import main as cli_main
+from tests.conftest import run_cli
+from tests.ppo.conftest import tiny_args
+from tests.reward.conftest import planted_rankings, write_export
+
+TINY = "configs/reward/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def gate_exports(tmp_path_factory):
+    """64 prompts x K=4 with the planted preference, and the same rankings with every ranking's ranks
+    shuffled (no preference left): about 17 held-out prompts, 100 pairs, enough for the interval."""
+    root = tmp_path_factory.mktemp("gate")
+    rankings = planted_rankings(64, seed=11)
+    planted = write_export(root / "planted", rankings, test_fraction=0.3)
+    rng = random.Random(0)
+    for r in rankings:
+        rng.shuffle(r.ranks)
+    return planted, write_export(root / "shuffled", rankings, test_fraction=0.3)
+
+
+@pytest.fixture(scope="module")
+def probe_models(tmp_path_factory, tiny_model_dir, gate_exports):
+    """``rlhf reward train --method probe`` on both exports (no fine-tuning: seconds of CPU)."""
+    root = tmp_path_factory.mktemp("gate-models")
+    out = {}
+    for name, data in zip(("planted", "shuffled"), gate_exports):
+        result = run_cli("reward", "train", "--config", TINY, "--model", str(tiny_model_dir), "--data", str(data),
+                         "--output-dir", str(root / name), "--method", "probe")
+        assert result.returncode == 0, result.stderr[-3000:]
+        out[name] = (root / name, result.stderr)
+    return out
+
+
+def test_gate_passes_planted_and_refuses_shuffled(probe_models):
+    planted, stderr = probe_models["planted"]
+    gate = json.loads((planted / "gate.json").read_text())
+    assert gate["passed"] and gate["measured"] and gate["interval"][0] > 0.5 and gate["advice"] is None
+    assert "passes the gate" in stderr
+    metrics = json.loads((planted / "metrics.json").read_text())
+    assert metrics["method"] == "probe" and metrics["steps"] == 0
+    schedule = metrics["schedule"]
+    assert [c["rankings"] for c in schedule["learning_curve"]][-1] == metrics["train_rows"]
+    assert len(schedule["learning_curve"]) == 3 and schedule["probe_l2"] in [s["l2"] for s in schedule["probe_selection"]]
+    pairs = json.loads((planted / "held_out_pairs.json").read_text())
+    assert len(pairs["credits"]) == len(pairs["prompts"]) == gate["n_pairs"] >= 30
+    assert sum(pairs["credits"]) / len(pairs["credits"]) == pytest.approx(gate["accuracy"])
+    card = (planted / "README.md").read_text()
+    assert "## Learning curve" in card and "passes the gate" in card
+
+    shuffled, stderr = probe_models["shuffled"]
+    gate = json.loads((shuffled / "gate.json").read_text())
+    assert not gate["passed"] and gate["interval"][0] <= 0.5
+    assert "does not pass the gate" in stderr
+    # The paragraph: what was measured, the learning curve, reviewers, replies.
+    advice = gate["advice"]
+    for part in ("held-out pairs like the reviewers", "Held-out accuracy by training rankings", "Reviewers:",
+                 "Replies:"):
+        assert part in advice, advice
+    assert "What to do:" in (shuffled / "README.md").read_text()
+
+
+def test_ppo_refuses_a_failed_gate_and_the_override_is_recorded(tmp_path, capsys, tiny_model_dir, probe_models):
+    shuffled, _ = probe_models["shuffled"]
+    code = cli_main(["ppo", *tiny_args(tiny_model_dir, shuffled, tmp_path / "refused")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    assert "does not clear 50%" in err[-1] and "--allow-weak-reward-model" in err[-1]
+    assert not any((tmp_path / "refused").glob("checkpoints/step-*"))
+
+    out = tmp_path / "overridden"
+    result = run_cli("ppo", *tiny_args(tiny_model_dir, shuffled, out), "--allow-weak-reward-model", "true",
+                     "--total-updates", "1", "--save-every", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--allow-weak-reward-model: training against a reward model that did not pass" in result.stderr
+    gate = json.loads((out / "run_info.json").read_text())["reward_gate"]
+    assert gate["status"] == "failed" and gate["overridden"] is True
+    result = run_cli("export", str(out), str(tmp_path / "aligned"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (tmp_path / "aligned" / "README.md").read_text()
+    assert "Reward model gate: failed" in card and "Overridden with --allow-weak-reward-model" in card
+
+
+def test_schedule_selection_picks_the_better_check():
+    # Validation loss falls to its lowest at step 20, then rises: the second schedule (20 steps) wins
+    # over the first (40 steps), and three checks without improvement stop the run.
+    checks = [Check(0, 0.69, 0.50), Check(10, 0.52, 0.70), Check(20, 0.41, 0.80), Check(30, 0.45, 0.80),
+              Check(40, 0.60, 0.75)]
+    assert best_check(checks).step == 20
+    assert not should_stop(checks, patience=3)
+    assert should_stop([*checks, Check(50, 0.62, 0.70)], patience=3)
+    # A tie in loss goes to the higher accuracy, then the earlier step.
+    assert best_check([Check(5, 0.4, 0.6), Check(9, 0.4, 0.7)]).step == 9
+    assert best_check([Check(5, 0.4, 0.7), Check(9, 0.4, 0.7)]).step == 5
+
+
+def test_probe_then_finetune_keeps_the_best_validation_check(tmp_path, tiny_model_dir, gate_exports):
+    planted, _ = gate_exports
+    out = tmp_path / "lpft"
+    result = run_cli("reward", "train", "--config", TINY, "--model", str(tiny_model_dir), "--data", str(planted),
+                     "--output-dir", str(out), "--method", "probe_then_finetune", "--max-steps", "6",
+                     "--validation-every", "2", "--report-to", "[none]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    schedule = json.loads((out / "metrics.json").read_text())["schedule"]
+    checks = schedule["validation_checks"]
+    assert checks[0]["step"] == 0  # the probe alone, before any fine-tuning step
+    best = min(checks, key=lambda c: (c["val_loss"], -c["val_accuracy"], c["step"]))
+    assert schedule["kept_step"] == best["step"]
+    assert f"kept the weights after {best['step']} steps" in result.stderr
+    assert json.loads((out / "gate.json").read_text())["passed"]
+
+
+def test_bad_input_is_one_line_before_training(tmp_path, capsys, tiny_model_dir):
+    # Every ranking ties all its replies: no usable pair.
+    data = tmp_path / "tied.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r.prompt, "completions": r.completions, "ranks": [1] * 4}) + "\n"
+                            for r in planted_rankings(12, seed=2)))
+    assert cli_main(["reward", "train", "--config", TINY, "--model", str(tiny_model_dir), "--data", str(data),
+                     "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "no ranking has two replies with distinct ranks" in err[-1], err
+    # A held-out split too small for an interval: refused before training, unless overridden.
+    small = write_export(tmp_path / "small", planted_rankings(12, seed=2))
+    assert cli_main(["reward", "train", "--config", TINY, "--model", str(tiny_model_dir), "--data", str(small),
+                     "--output-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "too small for an interval" in err[-1] and "--allow-weak-reward-model" in err[-1], err
+    assert not (tmp_path / "b").exists()
