@@ -33,6 +33,8 @@ CSS = """
 .invalid {outline: 2px solid #c00;}
 footer {display: none !important;}
 .reply-card.current {border: 2px solid #1d4ed8;}
+button:focus-visible, input:focus-visible, textarea:focus-visible, a:focus-visible,
+[role=tab]:focus-visible {outline: 3px solid #1d4ed8 !important; outline-offset: 2px;}
 .reply-card:focus-visible, #prompt:focus-visible, #all-done:focus-visible {outline: 3px solid #1d4ed8; outline-offset: 2px;}
 .gradio-container {overflow: clip !important;}  /* 'hidden' would make it the sticky bar's scroller */
 #action-bar {position: sticky; bottom: 0; z-index: 20; background: var(--background-fill-primary);
@@ -170,7 +172,17 @@ def mount_pages(app: FastAPI) -> FastAPI:
         actor = actor_of(svc, request)
         return actor.username if actor and actor.is_admin else None
 
-    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    # Text contrast at least 4.5:1 (WCAG AA, checked by axe-core in tests/web): the default theme's
+    # hints and placeholders (#bbbbc2 on white, 1.9:1) and its orange Submit (white on #f97316, 2.8:1)
+    # fall short; gray-600 hints, gray-500 placeholders and white on orange-700 (5.2:1) do not. Links
+    # are blue-700, readable on the grey reply cards too (6.8:1).
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]).set(
+        body_text_color_subdued="#4b5563", body_text_color_subdued_dark="#d1d5db",
+        input_placeholder_color="#6b7280", input_placeholder_color_dark="#9ca3af",
+        button_primary_background_fill="#c2410c", button_primary_background_fill_dark="#c2410c",
+        button_primary_background_fill_hover="#9a3412", button_primary_background_fill_hover_dark="#9a3412",
+        link_text_color="#1d4ed8", link_text_color_visited="#1d4ed8", link_text_color_active="#1d4ed8",
+        link_text_color_hover="#1e3a8a")
     common = dict(footer_links=[], run_history=False, mcp_server=False, ssr_mode=False, theme=theme, css=CSS,
                   show_error=False, pwa=False, enable_monitoring=False)
     gr.mount_gradio_app(app, build_reviewer_page(svc), path=REVIEW_PATH, auth_dependency=any_user,

@@ -394,3 +394,33 @@ def test_rank_group_keys_and_narrow_screen(app, browser):
     page.keyboard.press("Tab")  # one Tab stop per group: the next group, not the next option
     assert page.evaluate("document.activeElement.closest('[id^=rank-]')?.id") != "rank-0"
     context.close()
+
+
+def serious_violations(page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now, one line per rule."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes'][:3]]}"
+            for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+
+
+def test_axe_finds_no_serious_violations(app, browser):
+    """axe-core (through axe-playwright-python) on /login, /review, /ab and /admin, each once it has
+    loaded: no serious or critical violation (contrast of hints and buttons, names of controls...)."""
+    rec = Recorder()
+    page = open_page(browser, rec)
+    page.goto(app.url + "/login")
+    assert serious_violations(page) == []
+    login(page, app.url, "admin", PASSWORDS["admin"], path="/review")
+    wait_until(lambda: prompt_text(page).strip() or page.locator("#all-done").is_visible(), 30, "the reviewer page")
+    assert serious_violations(page) == []
+    page.goto(app.url + "/ab")
+    page.get_by_text("base-model vs aligned-model").wait_for(timeout=30000)
+    assert serious_violations(page) == []
+    page.goto(app.url + "/admin")
+    page.get_by_text("rankings by").wait_for(timeout=30000)
+    wait_until(lambda: page.locator(".pending, .generating").count() == 0, 30, "the dashboard to settle")
+    assert serious_violations(page) == []
+    assert outside_requests(rec) == []
+    page.context.close()
