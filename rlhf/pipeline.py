@@ -77,6 +77,9 @@ class QuickstartConfig(Config):
                                      "configs/<algorithm>/default.yaml)")
     align_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf grpo|rloo|dpo' overrides: field -> "
                                         "value (checked by that command before any stage runs)")
+    allow_weak_reward_model: bool = Field(False, description="go on to policy training even when the reward model "
+                                          "does not pass the gate (or the held-out split is too small to measure "
+                                          "it); recorded in the model card")
     eval_replies_per_prompt: int = Field(2, ge=1, le=16, description="replies per held-out prompt and policy")
     eval_max_new_tokens: int = Field(48, ge=1, description="new tokens per held-out reply")
     eval_temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the held-out replies")
@@ -243,12 +246,43 @@ def reward_train_args(run: Run) -> list[str]:
     c = run.config
     return ["reward", "train", "--config", c.reward_config, "--model", c.reward_base or c.policy, "--policy-model",
             c.policy, "--data", str(run.dir / "export"), "--output-dir", str(run.dir / "reward"), "--seed", str(c.seed),
-            *_flags(c.reward_flags)]
+            *_allow_weak(run), *_flags(c.reward_flags)]
+
+
+def _allow_weak(run: Run) -> list[str]:
+    return ["--allow-weak-reward-model", "true"] if run.config.allow_weak_reward_model else []
 
 
 @timed("train reward model", outputs=("reward",))
 def train_reward(run: Run) -> None:
     run.rlhf(*reward_train_args(run))
+
+
+def check_rule(run: Run, rule) -> None:
+    """Bad input before any training, one line each: rankings with no usable pair, and a rule that gives
+    every candidate of a prompt the same score (with the reviewers' noise its rankings are pure noise)."""
+    from datasets import load_from_disk
+
+    from rlhf.gate import check_rule_discriminates, check_usable_pairs
+    from rlhf.schema import EXPORT_KWISE
+
+    kwise = load_from_disk(str(run.dir / "export" / EXPORT_KWISE))
+    rows = [row for split in kwise.values() for row in split]
+    name = f"rule '{run.config.rule_name}' ({run.config.rule})"
+    check_usable_pairs(rows, f"the reviewers' rankings by {name}")
+    text = lambda reply: reply if isinstance(reply, str) else reply[-1]["content"]  # noqa: E731
+    check_rule_discriminates([[float(rule(text(c))) for c in row["completions"]] for row in rows], name)
+
+
+def gate(run: Run) -> None:
+    """The gate, right after the reward stage: a reward model that does not clear chance on held-out
+    pairs stops the loop here with the paragraph (for DPO too: the reward model trained on the same
+    split is the check that the rankings hold a learnable preference)."""
+    from rlhf.gate import require_gate
+
+    record = require_gate(str(run.dir / "reward"), run.config.allow_weak_reward_model,
+                          say=lambda text: print(f"   {text}", flush=True))
+    (run.dir / "gate.json").write_text(json.dumps(record, indent=2))
 
 
 @timed("evaluate reward model", outputs=("reward/eval",))
@@ -270,7 +304,7 @@ def ppo_args(run: Run) -> list[str]:
     c = run.config
     return ["ppo", "--config", c.ppo_config, "--policy", c.policy, "--reward-model", str(run.dir / "reward"),
             "--prompts-file", str(run.dir / "ppo_prompts.jsonl"), "--output-dir", str(run.dir / "ppo"),
-            "--seed", str(c.seed), *_flags(c.ppo_flags)]
+            "--seed", str(c.seed), *_allow_weak(run), *_flags(c.ppo_flags)]
 
 
 def align(run: Run) -> None:
@@ -294,7 +328,8 @@ def policy_args(run: Run) -> list[str]:
     inputs = ["--data", str(run.dir / "export")] if c.algorithm == "dpo" else \
         ["--reward-model", str(run.dir / "reward"), "--prompts-file", str(run.dir / "ppo_prompts.jsonl")]
     return [c.algorithm, "--config", c.align_config or f"configs/{c.algorithm}/default.yaml", "--policy", c.policy,
-            *inputs, "--output-dir", str(run.dir / c.algorithm), "--seed", str(c.seed), *_flags(c.align_flags)]
+            *inputs, "--output-dir", str(run.dir / c.algorithm), "--seed", str(c.seed),
+            *(_allow_weak(run) if c.algorithm != "dpo" else []), *_flags(c.align_flags)]
 
 
 @timed("export aligned", outputs=("aligned",))
@@ -386,8 +421,10 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
         generate_candidates(run)
         rank(run)
         export_rankings(run)
+        check_rule(run, rule)
         train_reward(run)
         eval_reward(run)
+        gate(run)
         ppo(run) if config.algorithm == "ppo" else ALIGN_STAGES[config.algorithm](run)
         export_aligned(run)
         heldout_replies(run)
