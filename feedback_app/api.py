@@ -269,13 +269,16 @@ def audit_log(request: Request, limit: int = 200, actor: Actor = Depends(admin_a
     return {"entries": [_json(e) for e in services(request).store.audit_log(min(max(limit, 1), 1000))]}
 
 
-@router.post("/admin/import", tags=["admin"], summary="Import prompts (JSONL or CSV upload; optional replies)")
+@router.post("/admin/import", tags=["admin"], summary="Import prompts or a chat log (JSONL/CSV); personal data redacted first")
 def import_prompts(request: Request, file: UploadFile = File(...), round: Annotated[Round, Form()] = 0,
                    actor: Actor = Depends(admin_actor)):
-    from feedback_app.importing import parse_bytes
+    from feedback_app.chatlog import import_bytes, store_import
 
-    rows = parse_bytes(file.filename or "upload.jsonl", file.file.read())
-    return services(request).store.import_rows(rows, round=round, by=actor)
+    svc = services(request)
+    name = file.filename or "upload.jsonl"
+    # a chat log (a row per turn, default column names) or prompts; redacted before anything is stored
+    rows, report = import_bytes(name, file.file.read(), svc.config.redaction)
+    return store_import(svc.store, rows, report, svc.config.redaction, name, round=round, by=actor)
 
 
 @router.post("/admin/generate", tags=["admin"], status_code=202,

@@ -205,6 +205,33 @@ def redact_rows(rows: list[ImportRow], settings: RedactionSettings, report: Reda
     return out
 
 
+def import_bytes(name: str, data: bytes, settings: RedactionSettings, fmt: ChatLogFormat | None = None,
+                 chat_log: bool = False) -> tuple[list[ImportRow], RedactionReport]:
+    """An uploaded file's rows (chat log or prompts), redacted, with the report; nothing is stored."""
+    from feedback_app.importing import parse_bytes
+
+    fmt = fmt or ChatLogFormat()
+    report = RedactionReport()
+    if chat_log or is_chat_log(name, data, fmt):
+        return conversation_rows(read_conversations(name, data, fmt), settings, report), report
+    return redact_rows(parse_bytes(name, data), settings, report), report
+
+
+def store_import(store, rows: list[ImportRow], report: RedactionReport, settings: RedactionSettings, source: str,
+                 round: int = 0, by=None) -> dict:
+    """Store redacted rows: the project's redaction settings (a change audited), the rows, and the
+    redaction report in the audit log. The counts of ``Store.import_rows`` plus the report."""
+    store.set_redaction(settings.model_dump(), by=by)
+    counts = store.import_rows(rows, round=round, by=by)
+    store.audit(by, "redaction report", source, report.as_dict())
+    return {**counts, "redaction": report.as_dict() if settings.enabled else None}
+
+
+def project_settings(store) -> RedactionSettings:
+    """The redaction settings stored with the project (defaults when none were recorded yet)."""
+    return RedactionSettings.model_validate(store.refresh_project().redaction or {})
+
+
 def import_file(path, fmt: ChatLogFormat, settings: RedactionSettings, chat_log: bool = False
                 ) -> tuple[list[ImportRow], RedactionReport]:
     """Rows of a chat log or a prompt file, redacted, with the report; nothing is stored here."""

@@ -219,16 +219,15 @@ def _chat_log_flags(parser) -> None:
 
 
 def run_import(args) -> int:
-    from feedback_app.chatlog import ChatLogFormat, import_file
+    from feedback_app.chatlog import ChatLogFormat, import_file, store_import
 
     config = _app_config(args)
     fmt = ChatLogFormat(**{k[5:]: v for k, v in vars(args).items() if k.startswith("chat:")})
     # parse and redact everything before opening the store: a bad line stores nothing
     rows, report = import_file(args.file, fmt, config.redaction, chat_log=args.chat_log)
     _, store = _store(args)
-    store.set_redaction(config.redaction.model_dump())
-    counts = store.import_rows(rows, round=args.round)
-    store.audit(None, "redaction report", str(args.file), report.as_dict())
+    counts = store_import(store, rows, report, config.redaction, str(args.file), round=args.round)
+    counts.pop("redaction")
     print(json.dumps(counts))  # stdout stays one JSON line for scripts; the report goes to stderr
     if config.redaction.enabled:
         print(report.summary(), file=sys.stderr)

@@ -20,6 +20,7 @@ Presidio is imported inside functions: ``import feedback_app`` stays light.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -416,11 +417,31 @@ def _recognizers(settings: RedactionSettings) -> list:
     return recognizers
 
 
-@lru_cache(maxsize=8)
+_BUILD_LOCK = threading.Lock()
+
+
 def _analyzer(settings_json: str):
+    with _BUILD_LOCK:  # a warm-up thread and a request may ask at once: build once
+        return _build_analyzer(settings_json)
+
+
+def warm_up(settings: RedactionSettings) -> threading.Thread | None:
+    """Build the analyzer in a background thread (importing Presidio takes seconds: a server does it
+    at start, so the first import request does not wait for it). None when redaction is off."""
+    if not settings.enabled:
+        return None
+    thread = threading.Thread(target=_analyzer, args=(settings.model_dump_json(),), name="redaction-warm-up",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+@lru_cache(maxsize=8)
+def _build_analyzer(settings_json: str):
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
     settings = RedactionSettings.model_validate_json(settings_json)
+    name_lists()
     registry = RecognizerRegistry(recognizers=_recognizers(settings), supported_languages=[settings.language])
     return AnalyzerEngine(nlp_engine=_blank_engine(settings.language), registry=registry,
                           supported_languages=[settings.language])

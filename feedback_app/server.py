@@ -79,6 +79,10 @@ class Services:
 def build_services(config: AppConfig) -> Services:
     """Open (and migrate) the database, load the signing secret; shared by the server and the CLI."""
     store = Store.open(config)
+    store.set_redaction(config.redaction.model_dump())  # audited when it changes (redaction off/on)
+    from feedback_app.redact import warm_up
+
+    warm_up(config.redaction)
     signer = TokenSigner(load_or_create_secret(config.resolved_secret_file()), config.token_max_age, store.accounts)
     export_dir = config.resolved_secret_file().parent / "exports"
     return Services(config, store, signer, Jobs(), export_dir)

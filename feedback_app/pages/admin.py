@@ -47,15 +47,17 @@ def audit_rows(store, limit: int = 200) -> list[list[str]]:
 
 
 def import_file(store, path: str | None, round: int, by=None) -> str:
-    from feedback_app.importing import parse_bytes
+    from feedback_app.chatlog import import_bytes, project_settings, store_import
 
     if not path:
         raise UserError("file: choose a JSONL or CSV file of prompts first")
     file = Path(path)
-    rows = parse_bytes(file.name, file.read_bytes())
-    counts = store.import_rows(rows, round=int(round), by=by)
+    settings = project_settings(store)  # the server records its config's settings in the project at start
+    rows, report = import_bytes(file.name, file.read_bytes(), settings)
+    counts = store_import(store, rows, report, settings, file.name, round=int(round), by=by)
+    redaction = report.summary() if settings.enabled else "redaction is OFF for this project: texts stored as given"
     return (f"{file.name}: {counts['prompts_added']} prompts added ({counts['prompts_existing']} already there), "
-            f"{counts['items_added']} items with replies added.")
+            f"{counts['items_added']} items with replies added; {redaction}.")
 
 
 def start_generation(svc, round: int, model: str, by=None) -> str:
@@ -137,7 +139,7 @@ def build_admin_page(svc) -> "gr.Blocks":
     def refresh_dashboard(simulated: bool):
         d = dashboard.load_dashboard(store, include_simulated=simulated)
         return (dashboard.summary_markdown(d), dashboard.figure(d), dashboard.per_day_table(d), d.flags,
-                gr.update(choices=[u for u, _ in users_table(store)]))
+                gr.update(choices=[u for u, _ in users_table(store)]), dashboard.reviewer_rows(d))
 
     with gr.Blocks(title="Admin: rlhf feedback", analytics_enabled=False) as page:
         gr.Markdown("## Admin · [Ranking page](/review) · [Log out](/logout)")
@@ -147,6 +149,9 @@ def build_admin_page(svc) -> "gr.Blocks":
                     include_sim = gr.Checkbox(True, label="Include simulated rankings")
                     refresh_btn = gr.Button("Refresh", size="sm", elem_id="dash-refresh")
                 summary = gr.Markdown("", elem_id="dash-summary")
+                per_reviewer = gr.Dataframe(headers=dashboard.REVIEWER_HEADERS, interactive=False, wrap=True,
+                                            label="Reviewers (agreement: share of reply pairs ordered like the "
+                                            "other reviewers' consensus, 0.5 = chance)", elem_id="dash-reviewers")
                 plot = gr.Plot(label="Plots", elem_id="dash-plot")
                 with gr.Row():
                     per_day = gr.Dataframe(headers=["reviewer", "day", "rankings"], label="Items done per reviewer "
@@ -206,7 +211,7 @@ def build_admin_page(svc) -> "gr.Blocks":
             with gr.Tab("Project", id="project"):
                 gr.Markdown(project_markdown(store, svc.config))
 
-        dash_outputs = [summary, plot, per_day, flags, export_reviewers]
+        dash_outputs = [summary, plot, per_day, flags, export_reviewers, per_reviewer]
         page.load(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
         refresh_btn.click(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
         include_sim.change(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")

@@ -46,15 +46,16 @@ def check_port_free(host: str, port: int) -> None:
 def run_demo(config: DemoConfig) -> int:
     import uvicorn
 
-    from feedback_app.importing import read_import_file
+    from feedback_app.chatlog import ChatLogFormat, import_file, store_import
     from feedback_app.pages import mount_pages
     from feedback_app.server import build_app
 
     check_port_free(config.host, config.port)
-    rows = read_import_file(config.prompts)  # a bad prompts file stops here, before anything is stored
+    # a bad prompts file stops here, before anything is stored; personal data is redacted before storage
+    rows, report = import_file(config.prompts, ChatLogFormat(), config.redaction)
     app = build_app(config)
     svc = app.state.services
-    counts = svc.store.import_rows(rows)
+    counts = store_import(svc.store, rows, report, config.redaction, str(config.prompts))
     print(f"prompts: {counts['prompts_added']} added, {counts['prompts_existing']} already in "
           f"{config.database_url}", flush=True)
     password = ensure_admin(svc.store, config.admin)

@@ -174,3 +174,26 @@ def test_rlhf_app_erase_command(tmp_path):
                                          "exports_unreadable": []}
     assert_user_error(app(db, "erase", "--customer", "CUST-00000"), "no prompts of customer 'CUST-00000'")
     assert leaks(db.read_bytes()) == []
+
+
+def test_rest_import_of_a_chat_log_is_redacted_before_storage(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from feedback_app.server import build_app
+    from tests.feedback.test_api import login, make_config, upload
+
+    config = make_config(tmp_path, redaction={"patterns": {"ORDER_ID": r"ORD-\d{6}"}})
+    app_ = build_app(config)
+    app_.state.services.store.add_user("admin", "admin-pass-1", "admin")
+    with TestClient(app_) as client:
+        admin = login(client, "admin", "admin-pass-1")
+        resp = upload(client, admin, "log.csv", SAMPLE.read_text())
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["prompts_added"] == 10 and body["redaction"]["counts"]["EMAIL"] == 4
+        assert leaks(json.dumps(body)) == []
+        bad = upload(client, admin, "log.csv", "conversation_id,turn,speaker,text\nc1,1,,hi\n")
+        assert bad.status_code == 400 and "log.csv:2: speaker: missing" in bad.text
+    db = config.sqlite_path()
+    assert leaks(db.read_bytes()) == [] and leaks(Path(f"{db}-wal").read_bytes() if Path(f"{db}-wal").exists()
+                                                  else b"") == []
