@@ -75,6 +75,9 @@ def test_training_moves_the_adapter_not_the_reference(uninterrupted):
     assert json.loads((out / "run_info.json").read_text())["trainer"] == algorithm
 
 
+# RLOO resumes through exactly the code GRPO does (rlhf/align/online.py: _GroupSampling, ResumableRun);
+# two subprocess runs each cost a minute, so the added test time stays small.
+@pytest.mark.parametrize("uninterrupted", ["grpo", "dpo"], indirect=True)
 def test_resume_after_update_2_matches_the_uninterrupted_run(uninterrupted, tmp_path, tiny_model_dir):
     algorithm, reference_run, *_, (reward, data) = uninterrupted
     out = tmp_path / "resumed"
