@@ -7,6 +7,7 @@
   rlhf app import FILE                prompts (JSONL, CSV or a datasets folder; optional replies), or a chat
                                       log (a row per turn); personal data redacted before storage
   rlhf app erase --conversation ID    erase one conversation (or --customer ID); lists exports that held it
+  rlhf app redact-store               redact a store written before redaction, in place, with a report
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
   rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
   rlhf app export --prompts FILE      the prompt set PPO reads
@@ -88,6 +89,9 @@ def register(subparsers) -> None:
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--round", type=int, default=0, help="generation round of imported replies")
     _chat_log_flags(imp)
+
+    command("redact-store", "redact the project's stored prompts, reference replies and candidates in place "
+                            "(a store written before redaction, or while it was off)", run_redact_store)
 
     era = command("erase", "erase one chat-log conversation or one customer: prompts, candidates, rankings; "
                            "audited; lists the earlier exports that held the data", run_erase)
@@ -236,6 +240,20 @@ def run_import(args) -> int:
     else:
         print("redaction is OFF for this project (recorded in the audit log): texts were stored as given",
               file=sys.stderr)
+    return 0
+
+
+def run_redact_store(args) -> int:
+    from feedback_app.backfill import redact_store
+
+    config, store = _store(args, setup=False)
+    if not config.redaction.enabled:
+        raise UserError("redaction.enabled: redaction is off in this config; turn it on to redact the store")
+    counts, report = redact_store(store, config.redaction)
+    print(json.dumps(counts))
+    print(report.summary(), file=sys.stderr)
+    for sample in report.samples:
+        print("  sample: " + sample.replace("\n", " / "), file=sys.stderr)
     return 0
 
 

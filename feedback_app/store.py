@@ -585,6 +585,47 @@ class Store:
 
         return self._run(work)
 
+    def texts_for_redaction(self) -> list[dict]:
+        """Every prompt of the project with its reference reply and its candidates' texts (by id),
+        for redacting a store written before redaction existed (``feedback_app.backfill``)."""
+        with self.sessions() as s:
+            prompts = s.execute(select(PromptRow.id, PromptRow.prompt, PromptRow.reference_reply)
+                                .where(PromptRow.project_id == self.project.id).order_by(PromptRow.id)).all()
+            candidates = s.execute(select(Item.prompt_id, Candidate.id, Candidate.text).join(Item, Candidate.item_id
+                                                                                             == Item.id)
+                                   .where(Item.project_id == self.project.id).order_by(Candidate.id)).all()
+        by_prompt: dict[int, list] = {}
+        for prompt_id, candidate_id, text in candidates:
+            by_prompt.setdefault(prompt_id, []).append((candidate_id, text))
+        return [{"id": pid, "prompt": prompt, "reference": ref, "candidates": by_prompt.get(pid, [])}
+                for pid, prompt, ref in prompts]
+
+    def rewrite_texts(self, prompts: dict[int, tuple[Any, str | None]], candidates: dict[int, str],
+                      by: Actor | None = None, detail: dict | None = None) -> dict[str, int]:
+        """Replace prompts (text or messages, reference reply) and candidate texts in one transaction,
+        recomputing each prompt's key; a prompt whose new text equals another prompt's keeps its old
+        key (the two stay apart). Audited as "redaction backfill" with ``detail``."""
+        def work(s: Session) -> dict[str, int]:
+            kept_keys = 0
+            for pid, (prompt, reference) in prompts.items():
+                row = s.get(PromptRow, pid)
+                key = prompt_key(prompt)
+                clash = s.scalar(select(PromptRow.id).where(PromptRow.project_id == row.project_id,
+                                                            PromptRow.prompt_key == key, PromptRow.id != pid))
+                if clash is None:
+                    row.prompt_key = key
+                else:
+                    kept_keys += 1
+                row.prompt, row.reference_reply = prompt, reference
+            for cid, text in candidates.items():
+                s.get(Candidate, cid).text = text
+            counts = {"prompts_changed": len(prompts), "candidates_changed": len(candidates),
+                      "prompt_keys_kept": kept_keys}
+            _audit(s, by, self.clock(), "redaction backfill", self.project.name, {**counts, **(detail or {})})
+            return counts
+
+        return self._run(work)
+
     def import_rows(self, rows: Iterable[ImportRow], round: int = 0, by: Actor | None = None) -> dict[str, int]:
         """Add prompts (a prompt already in the project is kept once) and, for rows with replies,
         their item of ``round``. All rows in one transaction: a bad row stores nothing. The import is

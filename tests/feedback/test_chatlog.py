@@ -197,3 +197,42 @@ def test_rest_import_of_a_chat_log_is_redacted_before_storage(tmp_path):
     db = config.sqlite_path()
     assert leaks(db.read_bytes()) == [] and leaks(Path(f"{db}-wal").read_bytes() if Path(f"{db}-wal").exists()
                                                   else b"") == []
+
+
+def test_a_store_written_before_redaction_is_redacted_in_place_on_sqlite_and_postgresql(database_url):
+    from sqlalchemy import select
+
+    from feedback_app.backfill import redact_store
+    from feedback_app.models import Candidate, PromptRow, RankingRow
+    from feedback_app.store import ImportRow
+    from rlhf.schema import prompt_key
+
+    store = new_store(database_url, k=2, reviewers_per_item=1)
+    raw = [{"role": "user", "content": "Hi, I'm Maria Kowalczyk, mail maria.kowalczyk@example.com please"}]
+    store.import_rows([ImportRow(raw, ["Hello Maria, we wrote to maria.kowalczyk@example.com", "Sure, call 07700 900 461"],
+                                 reference="Thanks Maria, done."),
+                       ImportRow("Where is order ORD-204118?", ["It ships today.", "Tracking at https://track.example.com/parcel/1"])])
+    reviewer = store.add_user("rev", "plum-otter-41", "reviewer")
+    item = store.next_item(reviewer)
+    store.submit_ranking(reviewer, item.item_id, [1, 2], "key-1")
+
+    with store.sessions() as s:
+        ranks_before = s.scalar(select(RankingRow.ranks))
+    settings = RedactionSettings(patterns={"ORDER_ID": r"ORD-\d{6}"})
+    counts, report = redact_store(store, settings)
+    assert counts == {"prompts_changed": 2, "candidates_changed": 3, "prompt_keys_kept": 0}
+    assert report.counts == {"PERSON": 3, "EMAIL": 2, "PHONE": 1, "ORDER_ID": 1, "URL": 1}
+    with store.sessions() as s:
+        prompts = s.execute(select(PromptRow.prompt, PromptRow.prompt_key, PromptRow.reference_reply)
+                            .order_by(PromptRow.id)).all()
+        texts = list(s.scalars(select(Candidate.text).order_by(Candidate.id)))
+        rankings = s.scalar(select(RankingRow.ranks))
+    assert prompts[0].prompt == [{"role": "user", "content": "Hi, I'm <PERSON_1>, mail <EMAIL_1> please"}]
+    assert prompts[0].prompt_key == prompt_key(prompts[0].prompt)
+    assert prompts[0].reference_reply == "Thanks <PERSON_1>, done."
+    assert prompts[1].prompt == "Where is order <ORDER_ID_1>?"
+    assert texts == ["Hello <PERSON_1>, we wrote to <EMAIL_1>", "Sure, call <PHONE_1>", "It ships today.",
+                     "Tracking at <URL_1>"]
+    assert rankings == ranks_before and sorted(rankings) == [1, 2]  # rankings stay with their replies
+    assert redact_store(store, settings)[0] == {"prompts_changed": 0, "candidates_changed": 0, "prompt_keys_kept": 0}
+    assert any(e.action == "redaction backfill" and e.detail["prompts_changed"] == 2 for e in store.audit_log())
