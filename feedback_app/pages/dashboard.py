@@ -7,10 +7,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from feedback_app import stats
-from feedback_app.models import Candidate, Flag, Item, RankingRow, User
+from feedback_app import reviewer_quality, stats
+from feedback_app.models import Assignment, Candidate, Flag, Item, RankingRow, User
 from feedback_app.store import Store
 
 
@@ -19,16 +19,17 @@ class Dashboard:
     per_reviewer_day: dict[str, dict[str, int]]
     agreement: stats.Agreement
     bias: stats.PositionBias | None
-    seconds: list[float]
+    seconds: list[float]  # of real rankings: scripted reviewers' 0 s would drag the median down
     flags: list[list]  # [when, reviewer, item, reply, kind, comment]
     rankings: int
     reviewers: int
+    per_reviewer: list[reviewer_quality.ReviewerRow]
 
 
 def load_dashboard(store: Store, include_simulated: bool = True) -> Dashboard:
     with store.sessions() as s:
         query = (select(RankingRow.item_id, User.username, RankingRow.created_at, RankingRow.seconds,
-                        RankingRow.ranks, RankingRow.shown_order)
+                        RankingRow.ranks, RankingRow.shown_order, RankingRow.simulated)
                  .join(Item, RankingRow.item_id == Item.id).join(User, RankingRow.user_id == User.id)
                  .where(Item.project_id == store.project.id).order_by(RankingRow.id))
         if not include_simulated:
@@ -39,16 +40,26 @@ def load_dashboard(store: Store, include_simulated: bool = True) -> Dashboard:
                               .join(User, Flag.user_id == User.id).join(Item, Flag.item_id == Item.id)
                               .outerjoin(Candidate, Flag.candidate_id == Candidate.id)
                               .where(Item.project_id == store.project.id).order_by(Flag.id.desc())).all()
+        skipped = s.execute(select(User.username, func.count(Assignment.id))
+                            .join(User, Assignment.user_id == User.id).join(Item, Assignment.item_id == Item.id)
+                            .where(Item.project_id == store.project.id, Assignment.state == "skipped")
+                            .group_by(User.username)).all()
     by_item: dict[int, list[list[int]]] = defaultdict(list)
     for r in rows:
         by_item[r.item_id].append(list(r.ranks))
     days = [(r.username, time.strftime("%Y-%m-%d", time.localtime(r.created_at))) for r in rows]
     flags = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(f.created_at)), f.username, f.item_id,
               (f.text or "(whole item)")[:200], f.kind, f.comment] for f in flag_rows]
+    facts = [reviewer_quality.RankingFact(r.username, r.item_id, list(r.ranks), list(r.shown_order), r.seconds,
+                                          bool(r.simulated)) for r in rows]
+    flag_counts: dict[str, int] = defaultdict(int)
+    for f in flag_rows:
+        flag_counts[f.username] += 1
     return Dashboard(stats.per_reviewer_per_day(days), stats.agreement(by_item),
                      stats.position_bias([(list(r.shown_order), list(r.ranks)) for r in rows]),
-                     [r.seconds for r in rows if r.seconds is not None], flags, len(rows),
-                     len({r.username for r in rows}))
+                     [r.seconds for r in rows if r.seconds is not None and not r.simulated], flags, len(rows),
+                     len({r.username for r in rows}),
+                     reviewer_quality.reviewer_table(facts, dict(skipped), dict(flag_counts)))
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -65,7 +76,8 @@ def summary_markdown(d: Dashboard) -> str:
         f"Krippendorff's alpha (ordinal) {_fmt(a.krippendorff_alpha)}, mean Kendall's W {_fmt(a.mean_kendalls_w)} "
         "(1 = identical rankings; alpha near 0 = chance).",
         "",
-        f"**Time per ranking**: median {_fmt(median, 1)} s, 90th percentile {_fmt(p90, 1)} s.",
+        f"**Time per ranking** (simulated rankings left out): median {_fmt(median, 1)} s, 90th percentile "
+        f"{_fmt(p90, 1)} s.",
     ]
     if b is not None:
         shares = ", ".join(f"{s + 1}: {v:.0%}" for s, v in enumerate(b.first_place_share))
@@ -75,6 +87,20 @@ def summary_markdown(d: Dashboard) -> str:
         lines += ["", f"**Position bias**: share ranked first by screen position {shares}; uniform would be "
                       f"{1 / b.k:.0%} each; {verdict}."]
     return "\n".join(lines)
+
+
+REVIEWER_HEADERS = ["reviewer", "rankings", "simulated", "median s (real)", "skip rate", "flag rate",
+                    "agreement with the rest", "pairs compared", "shared items", "top reply ranked first",
+                    "position-bias p"]
+
+
+def reviewer_rows(d: Dashboard) -> list[list]:
+    """The per-reviewer table as the page shows it (agreement: share of reply pairs ordered like the
+    other reviewers' consensus; 0.5 is chance; top reply ranked first: 1/K with no position bias)."""
+    pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
+    return [[r.reviewer, r.rankings, r.simulated, _fmt(r.median_seconds, 1), pct(r.skip_rate), pct(r.flag_rate),
+             _fmt(r.agreement), r.compared_pairs, r.shared_items, pct(r.top_first_share),
+             "n/a" if r.bias_p_value is None else f"{r.bias_p_value:.3g}"] for r in d.per_reviewer]
 
 
 def per_day_table(d: Dashboard) -> list[list]:

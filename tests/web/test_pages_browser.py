@@ -230,6 +230,9 @@ def test_admin_accounts_import_generate_dashboard_export(app, browser, tmp_path)
     page.get_by_text("rankings by").wait_for(timeout=30000)
     summary = page.locator("#dash-summary").inner_text()
     assert f"{n} rankings by {reviewers} reviewers" in summary and "Position bias" in summary
+    # The per-reviewer table: dave's one real ranking took 12.0 s (seeded above).
+    # The table's cells come out one per line: reviewer, rankings, simulated, median seconds...
+    wait_until(lambda: "dave\n1\n0\n12.0\n" in page.locator("#dash-reviewers").inner_text(), 10, "dave's row")
     page.screenshot(path=str(app.root / "admin.png"), full_page=True)
 
     page.get_by_role("tab", name="Accounts").click()
@@ -416,7 +419,8 @@ def test_axe_finds_no_serious_violations(app, browser):
     wait_until(lambda: prompt_text(page).strip() or page.locator("#all-done").is_visible(), 30, "the reviewer page")
     assert serious_violations(page) == []
     page.goto(app.url + "/ab")
-    page.get_by_text("base-model vs aligned-model").wait_for(timeout=30000)
+    page.locator("#ab-report").wait_for(timeout=30000)
+    wait_until(lambda: page.locator("#ab-report").inner_text().strip(), 30, "the A/B report")
     assert serious_violations(page) == []
     page.goto(app.url + "/admin")
     page.get_by_text("rankings by").wait_for(timeout=30000)

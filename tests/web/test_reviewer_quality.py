@@ -53,3 +53,44 @@ def test_reviewer_table_by_hand():
     assert carl.top_first_share == pytest.approx(1 / 2)
     assert (dave.rankings, dave.skip_rate, dave.flag_rate, dave.agreement, dave.median_seconds,
             dave.top_first_share) == (0, 1.0, 0.0, None, None, None)
+
+
+def test_dashboard_rows_from_a_seeded_database(tmp_path):
+    """The dashboard's per-reviewer rows from a real SQLite store: three reviewers on two shared items,
+    one of them scripted (simulated, 0 s), one skip and one flag."""
+    from feedback_app.db import open_store
+    from feedback_app.pages import dashboard
+    from feedback_app.store import ImportRow, Store
+
+    _, sessions = open_store(f"sqlite:///{tmp_path / 'fb.db'}")
+    store = Store(sessions, "q", k=3, reviewers_per_item=3, guideline="g", guideline_version="1")
+    store.import_rows([ImportRow(f"q{i}", [f"r{i}a", f"r{i}b", f"r{i}c"], model="m") for i in range(3)])
+    ann, ben, bot = (store.add_user(n, f"{n}-pass-1234") for n in ("ann", "ben", "bot"))
+    given = {"ann": ([1, 2, 3], [1, 2, 3]), "ben": ([1, 2, 3], [2, 1, 3]), "bot": ([3, 2, 1], [3, 2, 1])}
+    seconds = {"ann": (10.0, 30.0), "ben": (20.0, 40.0), "bot": (0.0, 0.0)}
+    items = {}
+    for actor in (ann, ben, bot):
+        for n in range(2):
+            item = store.next_item(actor)
+            items.setdefault(n, item.item_id)
+            assert item.item_id == items[n]  # everyone gets the two items in the same order
+            # The store takes ranks in the order shown (shuffled per reviewer); reply texts end in their
+            # position's letter, which maps the intended ranks by position onto the screen.
+            shown = [given[actor.username][n]["abc".index(c.text[-1])] for c in item.candidates]
+            store.submit_ranking(actor, item.item_id, shown, f"{actor.username}-{n}",
+                                 seconds=seconds[actor.username][n], simulated=actor.username == "bot")
+    third = store.next_item(ann)
+    store.flag(ann, third.item_id, "broken", "cut off")
+    store.skip(ann, third.item_id)
+    rows = {r[0]: r for r in dashboard.reviewer_rows(dashboard.load_dashboard(store))}
+    # Item 1: ann and ben [1,2,3], bot [3,2,1]. ann's others average [2,2,2]: nothing compared (ben
+    #   too); bot against [1,2,3]: 0 of 3. Item 2: ann [1,2,3], others (ben [2,1,3], bot [3,2,1])
+    #   average [2.5,1.5,2]: (A,B) -1 vs 1 no, (A,C) -2 vs .5 no, (B,C) -1 vs -.5 yes: 1 of 3.
+    #   ben [2,1,3] against [2,2,2]: nothing. bot [3,2,1] against [1.5,1.5,3]: (A,B) tied out, (A,C)
+    #   2 vs -1.5 no, (B,C) 1 vs -1.5 no: 0 of 2.
+    # Rows: reviewer, rankings, simulated, median s, skip rate, flag rate, agreement, pairs, shared items.
+    assert rows["ann"][:9] == ["ann", 2, 0, "20.0", "33%", "33%", "0.33", 3, 2]  # 1 skip, 1 flag of 3 seen
+    assert rows["ben"][:9] == ["ben", 2, 0, "30.0", "0%", "0%", "n/a", 0, 2]
+    assert rows["bot"][:9] == ["bot", 2, 2, "n/a", "0%", "0%", "0.00", 5, 2]  # timing leaves bot out
+    summary = dashboard.summary_markdown(dashboard.load_dashboard(store))
+    assert "median 25.0 s" in summary  # 10, 20, 30, 40: the scripted 0 s are not counted
