@@ -341,6 +341,7 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
                                            model=saved, tokenizer=saved_tokenizer, scores=test_scores)
         except UserError as exc:  # the checkpoint is saved; say why there is no held-out figure
             warn(f"no held-out evaluation: {exc}")
+    bias = bias_audit(saved, saved_tokenizer, test_rows, test_scores, config) if test_scores else None
     all_rows = data.kwise["train"].to_list() + test_rows
     gate = write_gate(out, test_rows, test_scores, all_rows, curve, config, held_out_problem)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e] if trainer else []
@@ -365,6 +366,7 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
         "held_out": {k: v for k, v in held_out.items() if k != "calibration"} if held_out else None,
         "schedule": selection,
         "gate": {k: v for k, v in gate.items() if k != "advice"},
+        "bias": bias,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "manifest.json").write_text(json.dumps({"data": data.source, **data.manifest}, indent=2, default=str))
@@ -511,6 +513,73 @@ def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: Rewar
     return gate
 
 
+def bias_audit(model, tokenizer, test_rows, test_scores, config: RewardTrainConfig) -> dict[str, Any]:
+    """What the reward model learned besides the preference, on the held-out (test) rankings:
+
+    * length bias (``rlhf.bias.length_bias``): correlation of reward with reply length in characters,
+      and accuracy on pairs of similar length and on pairs whose preferred reply is the shorter;
+    * counterfactual probe (``rlhf.bias.score_shift``): the same replies scored under each held-out
+      prompt with names, gendered words or dialect markers swapped: how far the scores move and how
+      many preferred orders flip. A reward model that judges replies moves little.
+    """
+    from dataclasses import asdict
+
+    from reward.evaluate import score_rows
+    from rlhf.bias import counterfactual_probes, length_bias, score_shift
+
+    rewards, lengths, pairs = [], [], []
+    for row, scores in zip(test_rows, test_scores):
+        index = {}
+        for j, (reply, score) in enumerate(zip(row["completions"], scores)):
+            if score is not None:
+                index[j] = len(rewards)
+                rewards.append(score)
+                lengths.append(len(reply if isinstance(reply, str) else reply[-1]["content"]))
+        pairs += [(index[b], index[w]) for b, w in pair_indices(list(row["ranks"])) if b in index and w in index]
+    lb = length_bias(rewards, lengths, pairs)
+
+    originals, variants, categories = [], [], []
+    for row, scores in zip(test_rows, test_scores):
+        for probe in counterfactual_probes([row["prompt"]]):
+            kept = [j for j, s in enumerate(scores) if s is not None]
+            variant = score_rows(model, tokenizer, [{"prompt": probe.variant, "completions": row["completions"]}],
+                                 config.max_length, config.eval_batch_size, what="counterfactual")[0]
+            kept = [j for j in kept if variant[j] is not None]
+            originals.append([scores[j] for j in kept])
+            variants.append([variant[j] for j in kept])
+            categories.append(probe.category)
+    shift = score_shift(originals, variants, categories)
+    return {"length": asdict(lb),
+            "counterfactual": {"probes": shift.probes, "replies": shift.replies,
+                               "mean_abs_change": shift.mean_abs_change, "pairs": shift.pairs,
+                               "flipped": shift.flipped, "flip_share": shift.flip_share,
+                               "by_category": {c: {"probes": s.probes, "mean_abs_change": s.mean_abs_change,
+                                                   "flip_share": s.flip_share} for c, s in shift.by_category.items()},
+                               "reward_std": (sum((r - sum(rewards) / len(rewards)) ** 2 for r in rewards)
+                                              / max(1, len(rewards) - 1)) ** 0.5 if rewards else None}}
+
+
+def bias_lines(bias: dict[str, Any] | None) -> list[str]:
+    """The bias audit as Markdown bullet lines (the reward model card; the loop's report reads the same)."""
+    if not bias:
+        return ["- not measured (no held-out split)"]
+    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    lb, cf = bias["length"], bias["counterfactual"]
+    lines = [f"- Length: correlation of reward with reply length (characters) on {lb['replies']} held-out replies: "
+             f"Pearson {fmt(lb['pearson'])}, Spearman {fmt(lb['spearman'])}; accuracy {fmt(lb['accuracy'], '.3f')} on "
+             f"all {lb['pairs']} pairs, {fmt(lb['similar_accuracy'], '.3f')} on {lb['similar_pairs']} pairs of "
+             f"similar length (within {lb['similar']:.0%}), {fmt(lb['shorter_chosen_accuracy'], '.3f')} on "
+             f"{lb['shorter_chosen_pairs']} pairs whose preferred reply is the shorter"]
+    if cf["probes"]:
+        lines.append(f"- Counterfactual prompts ({cf['probes']} held-out prompts with names, gendered words or dialect "
+                     f"markers swapped, the same replies scored): mean |reward change| {fmt(cf['mean_abs_change'], '.3f')} "
+                     f"(reward std {fmt(cf['reward_std'], '.3f')}), {cf['flipped']} of {cf['pairs']} preferred orders "
+                     f"flipped ({fmt(cf['flip_share'], '.1%')})")
+    else:
+        lines.append("- Counterfactual prompts: no held-out prompt has a name, gendered word or dialect marker to swap")
+    return lines
+
+
 def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[str, Any]) -> str:
     """The reward model's README.md: how it was chosen, its learning curve, and the gate's decision."""
     schedule = metrics["schedule"]
@@ -528,6 +597,7 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
     lines += ["## Gate", "", f"- {gate['summary']}"]
     if gate.get("advice"):
         lines += [f"- What to do: {gate['advice']}"]
+    lines += ["", "## Bias audit (held-out rankings)", "", *bias_lines(metrics.get("bias"))]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -24,7 +25,9 @@ def gate_exports(tmp_path_factory):
     """64 prompts x K=4 with the planted preference, and the same rankings with every ranking's ranks
     shuffled (no preference left): about 17 held-out prompts, 100 pairs, enough for the interval."""
     root = tmp_path_factory.mktemp("gate")
-    rankings = planted_rankings(64, seed=11)
+    # Every third prompt names someone, for the counterfactual probe to swap.
+    rankings = [replace(r, prompt=r.prompt + " My husband James placed it.") if i % 3 == 0 else r
+                for i, r in enumerate(planted_rankings(64, seed=11))]
     planted = write_export(root / "planted", rankings, test_fraction=0.3)
     rng = random.Random(0)
     for r in rankings:
@@ -60,6 +63,12 @@ def test_gate_passes_planted_and_refuses_shuffled(probe_models):
     assert sum(pairs["credits"]) / len(pairs["credits"]) == pytest.approx(gate["accuracy"])
     card = (planted / "README.md").read_text()
     assert "## Learning curve" in card and "passes the gate" in card
+    # Bias audit on the held-out rankings: length bias over every held-out pair, the counterfactual probe
+    # (the same replies under prompts with "husband James" swapped) scored by the same model.
+    bias = metrics["bias"]
+    assert bias["length"]["pairs"] == gate["n_pairs"] and bias["length"]["accuracy"] == pytest.approx(gate["accuracy"])
+    assert bias["counterfactual"]["probes"] > 0 and set(bias["counterfactual"]["by_category"]) == {"names", "gender"}
+    assert bias["counterfactual"]["mean_abs_change"] >= 0 and "Counterfactual prompts (" in card
 
     shuffled, stderr = probe_models["shuffled"]
     gate = json.loads((shuffled / "gate.json").read_text())
