@@ -559,29 +559,10 @@ def bias_audit(model, tokenizer, test_rows, test_scores, config: RewardTrainConf
                                               / max(1, len(rewards) - 1)) ** 0.5 if rewards else None}}
 
 
-def bias_lines(bias: dict[str, Any] | None) -> list[str]:
-    """The bias audit as Markdown bullet lines (the reward model card; the loop's report reads the same)."""
-    if not bias:
-        return ["- not measured (no held-out split)"]
-    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
-    lb, cf = bias["length"], bias["counterfactual"]
-    lines = [f"- Length: correlation of reward with reply length (characters) on {lb['replies']} held-out replies: "
-             f"Pearson {fmt(lb['pearson'])}, Spearman {fmt(lb['spearman'])}; accuracy {fmt(lb['accuracy'], '.3f')} on "
-             f"all {lb['pairs']} pairs, {fmt(lb['similar_accuracy'], '.3f')} on {lb['similar_pairs']} pairs of "
-             f"similar length (within {lb['similar']:.0%}), {fmt(lb['shorter_chosen_accuracy'], '.3f')} on "
-             f"{lb['shorter_chosen_pairs']} pairs whose preferred reply is the shorter"]
-    if cf["probes"]:
-        lines.append(f"- Counterfactual prompts ({cf['probes']} held-out prompts with names, gendered words or dialect "
-                     f"markers swapped, the same replies scored): mean |reward change| {fmt(cf['mean_abs_change'], '.3f')} "
-                     f"(reward std {fmt(cf['reward_std'], '.3f')}), {cf['flipped']} of {cf['pairs']} preferred orders "
-                     f"flipped ({fmt(cf['flip_share'], '.1%')})")
-    else:
-        lines.append("- Counterfactual prompts: no held-out prompt has a name, gendered word or dialect marker to swap")
-    return lines
-
-
 def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[str, Any]) -> str:
     """The reward model's README.md: how it was chosen, its learning curve, and the gate's decision."""
+    from rlhf.bias import audit_lines
+
     schedule = metrics["schedule"]
     lines = ["---", "tags: [rlhf, reward-model, trl]", "---", "", "# Reward model", "",
              f"- Base model: `{config.model}`; data `{config.data}`; mode {config.mode}; method {config.method}",
@@ -597,7 +578,7 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
     lines += ["## Gate", "", f"- {gate['summary']}"]
     if gate.get("advice"):
         lines += [f"- What to do: {gate['advice']}"]
-    lines += ["", "## Bias audit (held-out rankings)", "", *bias_lines(metrics.get("bias"))]
+    lines += ["", "## Bias audit (held-out rankings)", "", *audit_lines(metrics.get("bias"))]
     return "\n".join(lines) + "\n"
 
 

@@ -388,3 +388,29 @@ def reply_shift(probes: Sequence[CounterfactualProbe], original_replies: Sequenc
             by_category[category] = reply_shift([probes[k] for k in ks], [original_replies[k] for k in ks],
                                                 [variant_replies[k] for k in ks])
     return ReplyShift(len(probes), identical, _mean(similarity), _mean(difference), by_category)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The audit as text
+
+
+def audit_lines(bias: dict[str, Any] | None) -> list[str]:
+    """``rlhf reward train``'s bias audit (its metrics.json ``bias``) as Markdown bullet lines, for the reward
+    model card and the loop's REPORT.md."""
+    if not bias:
+        return ["- not measured (no held-out split)"]
+    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    lb, cf = bias["length"], bias["counterfactual"]
+    lines = [f"- Length: correlation of reward with reply length (characters) on {lb['replies']} held-out replies: "
+             f"Pearson {fmt(lb['pearson'])}, Spearman {fmt(lb['spearman'])}; accuracy {fmt(lb['accuracy'], '.3f')} on "
+             f"all {lb['pairs']} pairs, {fmt(lb['similar_accuracy'], '.3f')} on {lb['similar_pairs']} pairs of "
+             f"similar length (within {lb['similar']:.0%}), {fmt(lb['shorter_chosen_accuracy'], '.3f')} on "
+             f"{lb['shorter_chosen_pairs']} pairs whose preferred reply is the shorter"]
+    if cf["probes"]:
+        lines.append(f"- Counterfactual prompts ({cf['probes']} held-out prompts with names, gendered words or dialect "
+                     f"markers swapped, the same replies scored): mean |reward change| {fmt(cf['mean_abs_change'], '.3f')} "
+                     f"(reward std {fmt(cf['reward_std'], '.3f')}), {cf['flipped']} of {cf['pairs']} preferred orders "
+                     f"flipped ({fmt(cf['flip_share'], '.1%')})")
+    else:
+        lines.append("- Counterfactual prompts: no held-out prompt has a name, gendered word or dialect marker to swap")
+    return lines

@@ -136,9 +136,64 @@ def render_figures(s: LoopSummary) -> str:
         ("mean rule score, base -> aligned", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.aligned.rule_mean)}"),
         ("aligned vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
         ("aligned win rate, non-tied", rate),
+        ("aligned win rate, ties 1/2: raw; length-controlled", _length_controlled_text(s)),
         ("position bias: left side won", f"{_fmt(pb.left_share)} (p={_fmt(pb.p_value, '.3g')})"),
     ]
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def length_controlled(s: LoopSummary):
+    """The A/B win rate with the length difference regressed out (``rlhf.bias.length_controlled_win_rate``),
+    or None when the judgements cannot be matched to the held-out replies.
+
+    The A/B set is made from ``eval/aligned.jsonl`` and ``eval/base.jsonl`` line by line, reply j against
+    reply j (``feedback_app.ab.pair_replies``), and its items are stored in that order, so item k (the
+    k-th smallest item id) holds the k-th reply of each flattened scores file, whose lengths are in tokens.
+    """
+    from rlhf.bias import length_controlled_win_rate
+
+    judged = s.ab.judgements
+    if not judged or len(s.aligned.lengths) != len(s.base.lengths) or s.ab.items != len(s.aligned.lengths):
+        return None
+    first = min(j.item_id for j in judged)
+    if max(j.item_id for j in judged) - first >= s.ab.items:
+        return None
+    verdict = {"a": "win", "b": "loss", "tie": "tie", "both_bad": "both_bad"}  # aligned is policy A
+    ks = [j.item_id - first for j in judged]
+    return length_controlled_win_rate([verdict[j.winner] for j in judged], [s.aligned.lengths[k] for k in ks],
+                                      [s.base.lengths[k] for k in ks])
+
+
+def _length_controlled_text(s: LoopSummary) -> str:
+    lc = length_controlled(s)
+    if lc is None or lc.raw is None:
+        return "n/a"
+    raw = f"{lc.raw:.3f} [{lc.raw_interval[0]:.3f}, {lc.raw_interval[1]:.3f}]"
+    if lc.length_controlled is None:
+        return f"raw {raw}; length-controlled n/a ({lc.note})"
+    return (f"raw {raw}; length-controlled {lc.length_controlled:.3f} [{lc.lc_interval[0]:.3f}, {lc.lc_interval[1]:.3f}] "
+            f"(length coefficient {lc.length_coefficient:+.2f}; > 0: longer replies win)")
+
+
+def reward_model_lines(run_dir: Path) -> list[str]:
+    """The reward model's gate decision, learning curve and bias audit, from ``reward/metrics.json`` and
+    ``gate.json`` (``rlhf reward train``) and the loop's own ``gate.json`` (overridden or not)."""
+    from rlhf.bias import audit_lines
+
+    metrics_file = run_dir / "reward" / "metrics.json"
+    if not metrics_file.is_file():
+        return []
+    metrics = json.loads(metrics_file.read_text())
+    gate = metrics.get("gate") or {}
+    lines = ["## Reward model: gate, schedule and bias", "", f"- Gate: {gate.get('summary', 'not recorded')}"]
+    loop_gate = run_dir / "gate.json"
+    if loop_gate.is_file() and json.loads(loop_gate.read_text()).get("overridden"):
+        lines.append("- **The gate was overridden (allow_weak_reward_model): the policy was trained against a reward "
+                     "model that did not clear chance on held-out pairs.**")
+    schedule = metrics.get("schedule") or {}
+    if schedule.get("why"):
+        lines.append(f"- {schedule['why'][0].upper()}{schedule['why'][1:]}")
+    return [*lines, *audit_lines(metrics.get("bias")), ""]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,7 +249,7 @@ def write_report(s: LoopSummary, out: Path) -> Path:
     plots = _plots(s, out)
     lines = [f"# Loop report: rule `{s.rule}` ({s.rule_name})", "",
              f"Run folder `{out}`; commands in `commands.sh`; figures in `summary.json`.", "",
-             "## Figures", "", render_figures(s), "", "## Stage wall times", "", "```",
+             "## Figures", "", render_figures(s), "", *reward_model_lines(out), "## Stage wall times", "", "```",
              render_stage_table(s.times), "```", ""]
     for title, name in plots:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
