@@ -150,9 +150,18 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
         raise path_error(out, exc) from None
     try:
         manifest, rows = _manifest_and_rows(store, filters, test_fraction)
+        manifest["files"] = []
         for name in (EXPORT_PAIRWISE, EXPORT_KWISE):
+            splits = _dataset_dict(rows[name])
             # One shard per split, even an empty one: datasets cannot load back a split saved as 0 shards.
-            _dataset_dict(rows[name]).save_to_disk(str(tmp / name), num_shards={"train": 1, "test": 1})
+            splits.save_to_disk(str(tmp / name), num_shards={"train": 1, "test": 1})
+            # The same rows as plain files beside the folder, for tools that do not read `datasets`:
+            # OUT/pairwise-train.jsonl, OUT/pairwise-train.parquet, ...
+            for split, dataset in splits.items():
+                for suffix, write in (("jsonl", dataset.to_json), ("parquet", dataset.to_parquet)):
+                    file = f"{name}-{split}.{suffix}"
+                    write(str(tmp / file), **({"lines": True, "force_ascii": False} if suffix == "jsonl" else {}))
+                    manifest["files"].append(file)
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         restrict_tree(tmp)
         try:

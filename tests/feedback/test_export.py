@@ -82,6 +82,14 @@ def test_export_writes_the_layout_and_a_manifest(ranked, tmp_path):
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["ranking_ids"] == manifest["ranking_ids"] and len(on_disk["ranking_ids"]) == 3
     assert on_disk["counts"]["pairwise"] == {"train": 2, "test": 0}
+    # JSONL and Parquet beside the folders, the same rows.
+    assert on_disk["files"] == [f"{n}-{s}.{x}" for n in ("pairwise", "kwise") for s in ("train", "test")
+                                for x in ("jsonl", "parquet")]
+    lines = (tmp_path / "out" / "pairwise-train.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == pairwise["train"].to_list()
+    assert (tmp_path / "out" / "pairwise-test.jsonl").read_text() == ""
+    from_parquet = datasets.Dataset.from_parquet(str(tmp_path / "out" / "kwise-train.parquet"))
+    assert from_parquet.to_list() == kwise["train"].to_list()
     with pytest.raises(UserError, match="no rankings match"):
         export_rankings(ranked, tmp_path / "none", ExportFilters(reviewers=["nobody"]), 0.0)
 
