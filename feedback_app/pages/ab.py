@@ -93,10 +93,17 @@ def build_ab_page(svc, service: AbService):
     with gr.Blocks(title="Blind A/B") as page:
         gr.Markdown("## Which reply is better?\nThe two replies come from two models, in a random order.")
         chosen = gr.Dropdown(label="A/B set", choices=[], interactive=True, elem_id="ab-set")
+        # The keys themselves are handled by ab.js (a same-origin file, see pages/web.py).
+        gr.Markdown("Keys: **1** or **Left**: left is better · **2** or **Right**: right is better · "
+                    "**T**: tie · **B**: both bad", elem_id="ab-keys")
         prompt = gr.Markdown(elem_id="ab-prompt")
         with gr.Row():
-            left = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-left")
-            right = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-right")
+            with gr.Column():
+                gr.Markdown("#### Response 1 (left)")
+                left = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-left")
+            with gr.Column():
+                gr.Markdown("#### Response 2 (right)")
+                right = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-right")
         with gr.Row():
             buttons = [(gr.Button(label, elem_id=f"ab-verdict-{verdict}"), verdict) for label, verdict in BUTTONS]
         message = gr.Markdown(elem_id="ab-message")

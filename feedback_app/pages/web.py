@@ -44,6 +44,8 @@ button:focus-visible, input:focus-visible, textarea:focus-visible, a:focus-visib
 # script file, so the Content-Security-Policy needs neither inline script nor eval for it.
 REVIEW_SCRIPT = Path(__file__).with_name("review.js")
 REVIEW_SCRIPT_PATH = "/static/review.js"
+AB_SCRIPT = Path(__file__).with_name("ab.js")  # the blind A/B page's keys, likewise
+AB_SCRIPT_PATH = "/static/ab.js"
 
 
 def safe_next(path: str | None) -> str:
@@ -143,6 +145,10 @@ def add_login_routes(app: FastAPI, svc) -> None:
     def review_script():
         return FileResponse(REVIEW_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
+    @app.get(AB_SCRIPT_PATH, include_in_schema=False)
+    def ab_script():
+        return FileResponse(AB_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
     @app.get("/logout", include_in_schema=False)
     def logout(request: Request):
         actor = actor_of(svc, request)
@@ -193,5 +199,5 @@ def mount_pages(app: FastAPI) -> FastAPI:
     from feedback_app.pages.ab import build_ab_page
 
     gr.mount_gradio_app(app, build_ab_page(svc, AbService(svc.store)), path=AB_PATH, auth_dependency=any_user,
-                        **common)
+                        head=f'<script src="{AB_SCRIPT_PATH}"></script>', **common)
     return app

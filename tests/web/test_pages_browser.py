@@ -286,8 +286,14 @@ def test_blind_ab_page_stores_the_verdict_against_the_hidden_policy(app, browser
         [judged] = s.scalars(select(AbJudgement).where(AbJudgement.verdict.is_not(None))).all()
         assert judged.verdict == "left" and not judged.simulated and judged.seconds is not None
         assert judged.winner == ("a" if "policy A" in left else "b")  # the hidden order maps it back
-    page.click("#ab-verdict-both_bad")
+    # The next pair takes the focus (a second Enter cannot judge it unseen); B means "both bad".
+    wait_until(lambda: page.evaluate("document.activeElement.id") == "ab-prompt", 10, "the prompt in focus")
+    assert app.url + "/static/ab.js" in rec.urls
+    page.keyboard.press("b")
     page.get_by_text("Nothing left to judge in this set.").wait_for(timeout=30000)
+    with store.sessions() as s:
+        verdicts = sorted(s.scalars(select(AbJudgement.verdict).where(AbJudgement.verdict.is_not(None))).all())
+        assert verdicts == ["both_bad", "left"]
     assert outside_requests(rec) == []
     page.context.close()
 
