@@ -79,3 +79,18 @@ def test_login_redirect_stays_on_this_site():
     assert safe_next("/admin") == "/admin"
     for hostile in ("//evil.example/x", "https://evil.example", "\\\\evil", "", None):
         assert safe_next(hostile) == "/review"
+
+
+def test_a_second_tab_submitting_the_same_item_is_told_and_stores_nothing(store):
+    """Two tabs of one reviewer show the same leased item; the second Submit after the first gets a
+    message saying so (shown at the top of the page) and the next item, and no second ranking."""
+    alice = store.add_user("alice", "alice-pass-1")
+    first_tab = reviewer.next_view(store, alice).state()
+    second_tab = reviewer.next_view(store, alice).state()
+    assert first_tab["item_id"] == second_tab["item_id"] and first_tab["key"] != second_tab["key"]
+    assert reviewer.submit(store, alice, first_tab, ["1", "2", "3"]).message.startswith("Saved")
+    late = reviewer.submit(store, alice, second_tab, ["3", "2", "1"])
+    assert "already ranked" in late.message
+    assert late.item is not None and late.item.item_id != first_tab["item_id"] and late.ranks == [None] * 3
+    [kept] = store.my_rankings(alice)
+    assert kept.item_id == first_tab["item_id"]
