@@ -5,6 +5,7 @@ store side on real SQLite and PostgreSQL; bad chat-log files as one line naming 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from feedback_app.chatlog import ChatLogFormat, conversation_rows, read_conversations
@@ -28,8 +29,11 @@ def app(db: Path, *args: str):
 
 
 def leaks(data: bytes | str) -> list[str]:
+    """The planted values found in ``data`` as whole words ("Sam", not "SameSite"), also JSON-escaped."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-    return [value for value in PLANTED if value in text or json.dumps(value)[1:-1] in text]
+    return [value for value in PLANTED
+            if any(re.search(r"(?<!\w)" + re.escape(form) + r"(?!\w)", text)
+                   for form in {value, json.dumps(value)[1:-1]})]
 
 
 def test_sample_import_keeps_personal_data_out_of_the_database_exports_and_prompts_file(tmp_path):
