@@ -16,13 +16,23 @@
   let lastPrompt = null; // the prompt text last seen, to notice a new item
 
   const $ = (sel, root) => (root || document).querySelector(sel);
-  const cards = () => Array.from(document.querySelectorAll(".reply-card[id^=card-]"));
+  // Gradio renders a Group as two nested divs carrying the same id and classes: the outer one is the card.
+  const CARD = ".reply-card[id^=card-]";
+  const cards = () => Array.from(document.querySelectorAll(CARD)).filter((c) => !c.parentElement.closest(CARD));
+  const cardIndex = (el) => {
+    const card = el && el.closest && el.closest(CARD);
+    return card ? parseInt(card.id.slice("card-".length), 10) : -1;
+  };
   const rankGroup = (i) => document.getElementById("rank-" + i);
 
   function enhance() {
     cards().forEach((card, i) => {
       if (!card.hasAttribute("tabindex")) card.setAttribute("tabindex", "-1");
       card.classList.toggle("current", i === current);
+      // Long replies show a few lines and "more" (CSS in web.py) until they are in focus.
+      const prose = card.querySelector("[id^=reply-] .prose");
+      const tall = prose && prose.scrollHeight > 16 * parseFloat(getComputedStyle(prose).fontSize || "16");
+      card.classList.toggle("long", !!tall);
       const group = rankGroup(i);
       if (!group) return;
       const label = (group.querySelector("[data-testid=block-info]") || {}).textContent || ("Rank of reply " + i);
@@ -99,6 +109,14 @@
     return el.tagName === "INPUT" && !["radio", "checkbox", "button", "submit"].includes(el.type);
   }
 
+  // A click in a reply makes it the reply in focus (and shows all of a long one).
+  document.addEventListener("click", (event) => {
+    const at = cardIndex(event.target);
+    if (at < 0) return;
+    current = at;
+    cards().forEach((c, j) => c.classList.toggle("current", j === current));
+  });
+
   document.addEventListener("keydown", (event) => {
     if (!document.getElementById("key-legend")) return; // not the reviewer page
     const target = event.target;
@@ -112,8 +130,8 @@
     }
     if (event.ctrlKey) return;
     // The reply in focus is the card holding the focus, if any.
-    const holder = target && target.closest && target.closest(".reply-card[id^=card-]");
-    if (holder) current = cards().indexOf(holder);
+    const at = cardIndex(target);
+    if (at >= 0) current = at;
     const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
     if (/^[1-9]$/.test(key)) {
       if (rankCurrent(key)) event.preventDefault();

@@ -33,6 +33,12 @@ CSS = """
 .invalid {outline: 2px solid #c00;}
 footer {display: none !important;}
 .reply-card.current {border: 2px solid #1d4ed8;}
+/* /review: a long reply is cut to a few lines with a visible "more" until it is the reply in focus
+   (review.js marks it .long), instead of a silent inner scrollbar. */
+[id^=card-] .prose {max-height: none; overflow: visible;}
+[id^=card-].long:not(.current) .prose {max-height: 9em; overflow: hidden;}
+[id^=card-].long:not(.current)::after {content: "\2026 more: J/K or a click on this reply shows all of it";
+  display: block; padding: 0 12px 6px; font-style: italic; color: #374151;}
 button:focus-visible, input:focus-visible, textarea:focus-visible, a:focus-visible,
 [role=tab]:focus-visible {outline: 3px solid #1d4ed8 !important; outline-offset: 2px;}
 .reply-card:focus-visible, #prompt:focus-visible, #all-done:focus-visible {outline: 3px solid #1d4ed8; outline-offset: 2px;}

@@ -393,8 +393,23 @@ def test_rank_group_keys_and_narrow_screen(app, browser):
     page = context.new_page()
     login(page, app.url, "fay", "fay-pass-1234")
     wait_until(lambda: prompt_text(page).strip(), 30, "an item")
+    for _ in range(15):  # S skips the older items still open to fay, up to the long one
+        if "Narrow screen" in prompt_text(page):
+            break
+        before = prompt_text(page)
+        page.keyboard.press("s")
+        wait_until(lambda: prompt_text(page) != before, 30, "the next item")
+    assert "Narrow screen" in prompt_text(page)
     box = page.locator("#submit").bounding_box()
     assert box and 0 <= box["y"] and box["y"] + box["height"] <= 844, box
+    # A long reply not in focus shows a few lines and "more"; J brings it into focus, whole.
+    clipped = "e => e.scrollHeight > e.clientHeight + 1"
+    wait_until(lambda: "long" in (page.locator("#card-1").first.get_attribute("class") or ""), 10, "reply B marked long")
+    assert page.locator("#reply-1 .prose").first.evaluate(clipped)
+    page.locator("#prompt").focus()
+    page.keyboard.press("j")  # from reply A to reply B
+    assert "current" in page.locator("#card-1").first.get_attribute("class")
+    assert not page.locator("#reply-1 .prose").first.evaluate(clipped)
     first = page.locator("#rank-0 input[value='1']")
     first.focus()
     page.keyboard.press("Space")
