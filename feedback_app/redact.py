@@ -425,15 +425,12 @@ def _analyzer(settings_json: str):
         return _build_analyzer(settings_json)
 
 
-def warm_up(settings: RedactionSettings) -> threading.Thread | None:
-    """Build the analyzer in a background thread (importing Presidio takes seconds: a server does it
-    at start, so the first import request does not wait for it). None when redaction is off."""
-    if not settings.enabled:
-        return None
-    thread = threading.Thread(target=_analyzer, args=(settings.model_dump_json(),), name="redaction-warm-up",
-                              daemon=True)
-    thread.start()
-    return thread
+def warm_up(settings: RedactionSettings) -> None:
+    """Build the analyzer and run it once (importing Presidio takes 6 to 30 s here, its phone and
+    suffix data load on first use): a server does this before it answers, so an import request never
+    waits for it. Nothing when redaction is off."""
+    if settings.enabled:
+        ConversationRedactor(settings, RedactionReport()).redact("Call +44 20 7946 0958 or mail a@example.com")
 
 
 @lru_cache(maxsize=8)

@@ -82,7 +82,7 @@ def build_services(config: AppConfig) -> Services:
     store.set_redaction(config.redaction.model_dump())  # audited when it changes (redaction off/on)
     from feedback_app.redact import warm_up
 
-    warm_up(config.redaction)
+    warm_up(config.redaction)  # before serving: the first import request must not wait seconds for it
     signer = TokenSigner(load_or_create_secret(config.resolved_secret_file()), config.token_max_age, store.accounts)
     export_dir = config.resolved_secret_file().parent / "exports"
     return Services(config, store, signer, Jobs(), export_dir)
