@@ -211,6 +211,7 @@ class TokenSigner:
 # concurrent attempts and several server processes share them.
 
 ACCOUNT_WINDOW = 900.0  # an account's failed logins are forgotten after 15 minutes without one
+ACCOUNT_FIRST_DELAY = 5.0  # the first wait once the free failures are spent (longer than a burst of tries takes)
 ACCOUNT_MAX_DELAY = 60.0  # the longest wait the per-account back-off asks for
 ADDRESS_WINDOW = 60.0  # per-address attempts are counted per minute
 
@@ -218,14 +219,15 @@ ADDRESS_WINDOW = 60.0  # per-address attempts are counted per minute
 def account_wait(failures: int, last_at: float, now: float, free: int) -> tuple[float, int]:
     """(seconds to wait before this account may try again, its failures still counted).
 
-    The first ``free`` failures cost nothing; then each attempt waits 1 s after the previous one,
-    doubling per further failure up to 60 s. A back-off, not a lock-out: whoever hammers the account
+    The first ``free`` failures cost nothing; then each attempt waits 5 s after the previous one,
+    doubling per further failure up to 60 s (the first wait is long enough that the attempt right after
+    the free ones is refused even when a busy server takes a second per password check). A back-off, not a lock-out: whoever hammers the account
     cannot keep its owner out for longer than that delay, and denied attempts do not grow it."""
     if now - last_at > ACCOUNT_WINDOW:
         failures = 0
     if failures < free:
         return 0.0, failures
-    delay = min(2.0 ** (failures - free), ACCOUNT_MAX_DELAY)
+    delay = min(ACCOUNT_FIRST_DELAY * 2.0 ** (failures - free), ACCOUNT_MAX_DELAY)
     return max(0.0, last_at + delay - now), failures
 
 

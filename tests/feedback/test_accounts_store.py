@@ -20,11 +20,11 @@ STRONG = "quiet-harbor-73-lantern"
 
 
 def test_account_wait_backs_off_by_doubling_and_forgets_after_15_quiet_minutes():
-    # free = 3: failures 0..2 cost nothing; the 4th attempt waits 1 s after the 3rd, then 2, 4 ... 60.
+    # free = 3: failures 0..2 cost nothing; the 4th attempt waits 5 s after the 3rd, then 10, 20 ... 60.
     assert auth.account_wait(2, last_at=100.0, now=100.0, free=3) == (0.0, 2)
-    assert auth.account_wait(3, last_at=100.0, now=100.25, free=3) == (0.75, 3)  # 100 + 2**0 - 100.25
-    assert auth.account_wait(4, last_at=100.0, now=101.0, free=3) == (1.0, 4)  # 100 + 2**1 - 101
-    assert auth.account_wait(5, last_at=100.0, now=110.0, free=3) == (0.0, 5)  # 2**2 = 4 s passed
+    assert auth.account_wait(3, last_at=100.0, now=100.25, free=3) == (4.75, 3)  # 100 + 5 * 2**0 - 100.25
+    assert auth.account_wait(4, last_at=100.0, now=101.0, free=3) == (9.0, 4)  # 100 + 5 * 2**1 - 101
+    assert auth.account_wait(5, last_at=100.0, now=120.0, free=3) == (0.0, 5)  # 5 * 2**2 = 20 s passed
     assert auth.account_wait(30, last_at=100.0, now=100.0, free=3) == (60.0, 30)  # capped at 60 s
     assert auth.account_wait(30, last_at=100.0, now=1000.5, free=3) == (0.0, 0)  # 900.5 s quiet: forgotten
 
