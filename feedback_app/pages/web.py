@@ -158,8 +158,13 @@ def add_login_routes(app: FastAPI, svc) -> None:
     @app.get("/logout", include_in_schema=False)
     def logout(request: Request):
         actor = actor_of(svc, request)
-        if actor is not None:  # ends the account's sessions on the server too (the token stops working)
+        # A link on another page (an <img src=/logout> on another port of this host is same-site and
+        # carries the cookie) must not end the sessions: only the app's own link or a typed address.
+        own = request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+        if actor is not None and own:  # ends the account's sessions on the server too (the token stops working)
             svc.store.logout(actor)
+        elif actor is not None:
+            return RedirectResponse(REVIEW_PATH, status_code=303)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(TOKEN_COOKIE)
         return response

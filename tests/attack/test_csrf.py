@@ -177,3 +177,21 @@ def test_chromium_attack_page_on_another_port_changes_nothing(attack_server, att
     cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "rlhf_token")
     assert cookie == admin_cookie  # still the admin, not bob
     page.context.close()
+
+
+def test_logout_link_on_another_page_does_not_end_the_session(attack_server):
+    """GET /logout is a link: an <img src=/logout> on another port of this host carries the cookie
+    (same site) and used to end every session of the account."""
+    from tests.attack.test_accounts import bearer, create, login
+
+    assert create(attack_server, "logout-victim").status_code == 201
+    token = login(attack_server.url, "logout-victim").json()["token"]
+    me = lambda: httpx.get(attack_server.url + "/api/me", headers=bearer(token), timeout=30).status_code  # noqa: E731
+    foreign = httpx.get(attack_server.url + "/logout", cookies={"rlhf_token": token}, timeout=30,
+                        headers={"Sec-Fetch-Site": "same-site", "Sec-Fetch-Dest": "image"}, follow_redirects=False)
+    assert foreign.status_code == 303 and foreign.headers["location"] == "/review"
+    assert me() == 200  # still signed in
+    own = httpx.get(attack_server.url + "/logout", cookies={"rlhf_token": token}, timeout=30,
+                    headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+    assert own.status_code == 303 and own.headers["location"] == "/login"
+    assert me() == 401  # the app's own logout link ends the session on the server
