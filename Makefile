@@ -46,6 +46,9 @@ test: $(STAMP) system-deps
 # Benchmarks are long and run one by one (README "Benchmarks"); each prints its figures as ratios
 # against a baseline measured in the same run, and the command that reproduces them.
 bench: $(STAMP)
+	# The benchmarks' own extra: Faker (redaction evaluation set) and the published scorers.
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python bench/redaction_bench.py
 	$(BIN)/python bench/feedback_bench.py
 	$(BIN)/python bench/web_form_bench.py
 	$(BIN)/python bench/reward_bench.py
