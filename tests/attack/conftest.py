@@ -28,7 +28,6 @@ import httpx
 import pytest
 
 from tests.conftest import RunningApp, free_port, start_app, stop_app
-from tests.web.conftest import browser  # noqa: F401  (Chromium for the attack tests run in a browser)
 
 PROJECT, K, ITEMS = "attack", 3, 8
 # Strong enough for the password-strength rule new accounts must pass.
