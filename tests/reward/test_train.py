@@ -55,7 +55,8 @@ def test_kwise_full_finetune_learns_planted_preference(tmp_path, tiny_model_dir,
     out = tmp_path / "rm"
     result = run_cli("reward", "train", "--config", "configs/reward/tiny.yaml", "--model", str(tiny_model_dir),
                      "--policy-model", str(tiny_model_dir), "--data", str(planted_export),
-                     "--output-dir", str(out), "--max-steps", "24")
+                     "--output-dir", str(out), "--max-steps", "24",
+                     "--validation-fraction", "0")  # the whole schedule (early stopping is tested in test_gate_train)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = _check_checkpoint(out, tiny_model_dir, exact=True)
     assert metrics["mode"] == "kwise" and metrics["steps"] == 24
