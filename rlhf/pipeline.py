@@ -397,7 +397,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
     """Every stage in order; returns the summary (also in RUN/summary.json and RUN/REPORT.md).
     With ``resume``, stages finished by an earlier call on the same folder are skipped. ``source``
     names the config in error messages."""
-    from rlhf.report import HeldoutScores, LoopSummary, PpoSummary, RewardEvalSummary, render_figures, \
+    from rlhf.report import HeldoutScores, LoopSummary, TrainingSummary, RewardEvalSummary, render_figures, \
         render_stage_table, write_report, write_summary
     from rlhf.rules import load_rule
     from rlhf.schema import AbReport, ScoredReplies
@@ -439,7 +439,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
 
     summary = LoopSummary(config.rule, config.rule_name, run.times,
                           RewardEvalSummary.read(run.dir / "reward" / "eval" / "eval.json"),
-                          PpoSummary.read(run.dir / config.algorithm), heldout("base"), heldout("aligned"),
+                          TrainingSummary.read(run.dir / config.algorithm, config.algorithm), heldout("base"), heldout("aligned"),
                           AbReport.from_dict(json.loads((run.dir / "ab.json").read_text())))
     start = time.perf_counter()
     write_report(summary, run.dir)

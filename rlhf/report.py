@@ -2,7 +2,7 @@
 (``summary.json``), a Markdown page (``REPORT.md``) and PNG figures only here, at the edge.
 
 Every figure comes from a file a stage wrote: ``reward/eval/eval.json`` (``rlhf reward eval``),
-``ppo/metrics.jsonl`` (``rlhf ppo``), ``eval/{base,aligned}.scores.json`` (``rlhf reward score``) and
+``<algorithm>/metrics.jsonl`` (``rlhf ppo``, ``grpo``, ``rloo`` or ``dpo``), ``eval/{base,aligned}.scores.json`` (``rlhf reward score``) and
 ``ab.json`` (``rlhf app ab report``).
 """
 
@@ -36,26 +36,48 @@ class RewardEvalSummary:
         return cls(data.get("accuracy"), data.get("pairs"), data.get("rankings"))
 
 
+ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return mean(values) if values else None
+
+
 @dataclass
-class PpoSummary:
-    """PPO's rollout reward and KL to the reference, first and last fifth of the updates."""
+class TrainingSummary:
+    """The policy trainer's per-update log (``metrics.jsonl``), first and last fifth of the updates.
+
+    PPO, GRPO and RLOO log the reward of their rollouts and the KL to the reference; DPO has no
+    rollouts and logs neither, but the margin between the chosen and rejected replies' implicit
+    rewards and the share of pairs it orders right. A figure a trainer does not log stays None
+    (shown "n/a"), never 0.
+    """
 
     updates: int
+    algorithm: str = "ppo"
     reward_first: float | None = None
     reward_last: float | None = None
     kl_last: float | None = None
     kl_max: float | None = None
+    margin_last: float | None = None
+    pair_accuracy_last: float | None = None
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # metrics.jsonl, for the plot only
 
     @classmethod
-    def read(cls, run_dir: Path) -> "PpoSummary":
+    def read(cls, run_dir: Path, algorithm: str = "ppo") -> "TrainingSummary":
         rows = read_metrics(run_dir)
         if not rows:
-            return cls(updates=0)
+            return cls(updates=0, algorithm=algorithm)
         fifth = max(1, len(rows) // 5)
         head, tail = rows[:fifth], rows[-fifth:]
-        return cls(len(rows), mean(r.get("reward", 0.0) for r in head), mean(r.get("reward", 0.0) for r in tail),
-                   mean(r.get("kl", 0.0) for r in tail), max(r.get("kl", 0.0) for r in rows), rows)
+        kls = [r["kl"] for r in rows if r.get("kl") is not None]
+        return cls(len(rows), algorithm, _mean_of(head, "reward"), _mean_of(tail, "reward"), _mean_of(tail, "kl"),
+                   max(kls) if kls else None, _mean_of(tail, "reward_margin"), _mean_of(tail, "pair_accuracy"), rows)
+
+    @property
+    def name(self) -> str:
+        return ALGORITHM_NAMES.get(self.algorithm, self.algorithm)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "rows"}
@@ -87,16 +109,16 @@ class LoopSummary:
     rule_name: str
     times: dict[str, float]  # stage name -> wall time in seconds, in the order the stages ran
     reward_eval: RewardEvalSummary
-    ppo: PpoSummary
+    training: TrainingSummary  # the policy trainer's log (PPO, GRPO, RLOO or DPO)
     base: HeldoutScores
     aligned: HeldoutScores
     ab: AbReport  # aligned is policy A, base is B
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON of ``summary.json`` (PPO's per-update rows and the A/B judgements left out)."""
+        """The JSON of ``summary.json`` (the trainer's per-update rows and the A/B judgements left out)."""
         ab = self.ab.to_dict()
         return {"rule": self.rule, "rule_name": self.rule_name, "times": dict(self.times),
-                "reward_eval": asdict(self.reward_eval), "ppo": self.ppo.to_dict(),
+                "reward_eval": asdict(self.reward_eval), "training": self.training.to_dict(),
                 "heldout": {"base": asdict(self.base), "aligned": asdict(self.aligned)},
                 "ab": {k: ab[k] for k in ("win_rate", "position_bias", "items", "open")}}
 
@@ -122,15 +144,17 @@ def _fmt(x, fmt=".3f") -> str:
 
 def render_figures(s: LoopSummary) -> str:
     """The run's headline figures as a Markdown table."""
-    wr, pb, p = s.ab.win_rate, s.ab.position_bias, s.ppo
+    wr, pb, p = s.ab.win_rate, s.ab.position_bias, s.training
     rate = "n/a" if wr.win_rate_a is None else \
         f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}] ({wr.confidence:.0%} {wr.method})"
     rows = [
         ("rule", f"`{s.rule}`"),
         ("reward model held-out accuracy", f"{_fmt(s.reward_eval.accuracy)} ({s.reward_eval.pairs or 'n/a'} pairs)"),
         ("held-out reward, base -> aligned", f"{_fmt(s.base.reward_mean)} -> {_fmt(s.aligned.reward_mean)}"),
-        ("PPO rollout reward, first -> last fifth", f"{_fmt(p.reward_first)} -> {_fmt(p.reward_last)}"),
-        ("KL to reference, last fifth (max)", f"{_fmt(p.kl_last)} ({_fmt(p.kl_max)})"),
+        *([(f"{p.name} reward margin (chosen - rejected), last fifth", _fmt(p.margin_last)),
+           (f"{p.name} training pairs ordered right, last fifth", _fmt(p.pair_accuracy_last))] if p.algorithm == "dpo" else
+          [(f"{p.name} rollout reward, first -> last fifth", f"{_fmt(p.reward_first)} -> {_fmt(p.reward_last)}"),
+           ("KL to reference, last fifth (max)", f"{_fmt(p.kl_last)} ({_fmt(p.kl_max)})")]),
         ("mean reply length (tokens), base -> aligned",
          f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.aligned.length_mean, '.1f')}"),
         ("mean rule score, base -> aligned", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.aligned.rule_mean)}"),
@@ -201,24 +225,28 @@ def reward_model_lines(run_dir: Path) -> list[str]:
 
 
 def _plots(s: LoopSummary, out: Path) -> list[tuple[str, str]]:
-    """PPO curves, held-out lengths and rewards, win rate with its interval: (title, PNG name)."""
+    """Training curves, held-out lengths and rewards, win rate with its interval: (title, PNG name)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plots = []
-    if s.ppo.rows:
+    t = s.training
+    curves = [("reward", f"{t.name}: reward of rollouts", "tab:blue"), ("kl", f"{t.name}: KL to the reference", "tab:red")]
+    if t.algorithm == "dpo":
+        curves = [("reward_margin", "DPO: reward margin, chosen - rejected", "tab:blue"),
+                  ("pair_accuracy", "DPO: training pairs ordered right", "tab:green")]
+    if t.rows:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        steps = [r.get("step", i + 1) for i, r in enumerate(s.ppo.rows)]
-        axes[0].plot(steps, [r.get("reward", 0.0) for r in s.ppo.rows])
-        axes[0].set(title="PPO: reward of rollouts", xlabel="update")
-        axes[1].plot(steps, [r.get("kl", 0.0) for r in s.ppo.rows], color="tab:red")
-        axes[1].set(title="PPO: KL to the reference", xlabel="update")
+        for ax, (key, title, colour) in zip(axes, curves):
+            points = [(r.get("step", i + 1), r[key]) for i, r in enumerate(t.rows) if r.get(key) is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], color=colour)
+            ax.set(title=title, xlabel="update")
         fig.tight_layout()
-        fig.savefig(out / "ppo_curves.png", dpi=90)
+        fig.savefig(out / "training_curves.png", dpi=90)
         plt.close(fig)
-        plots.append(("PPO curves", "ppo_curves.png"))
+        plots.append((f"{t.name} curves", "training_curves.png"))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].hist([s.base.lengths, s.aligned.lengths], label=["base", "aligned"], bins=12)
     axes[0].set(title="Held-out reply length (tokens)")

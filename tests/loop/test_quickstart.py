@@ -43,7 +43,7 @@ def test_small_quickstart_produces_every_artefact(tmp_path, tiny_model_dir):
     assert ab["win_rate"]["total"] == 8
     # the report, its plots and the stage table
     report = (run / "REPORT.md").read_text()
-    for png in ("ppo_curves.png", "heldout.png"):
+    for png in ("training_curves.png", "heldout.png"):
         assert (run / png).stat().st_size > 1000 and png in report
     summary = json.loads((run / "summary.json").read_text())
     assert {"start app", "train reward model", "PPO", "blind A/B judgement"} <= set(summary["times"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlhf.report import HeldoutScores, LoopSummary, PpoSummary, RewardEvalSummary, render_figures, \
+from rlhf.report import HeldoutScores, LoopSummary, TrainingSummary, RewardEvalSummary, render_figures, \
     render_stage_table, write_report, write_summary
 from rlhf.schema import AbReport, ScoredReplies
 
@@ -44,11 +44,20 @@ def test_ppo_summary_first_and_last_fifth(tmp_path):
     # 10 updates: a fifth is 2 updates; rewards 1..10, KL 0.1..1.0
     rows = [{"step": i, "reward": float(i), "kl": i / 10} for i in range(1, 11)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ppo = PpoSummary.read(tmp_path)
+    ppo = TrainingSummary.read(tmp_path)
     assert ppo.updates == 10 and ppo.reward_first == 1.5 and ppo.reward_last == 9.5
     assert ppo.kl_last == pytest.approx(0.95) and ppo.kl_max == 1.0 and len(ppo.rows) == 10
     assert "rows" not in ppo.to_dict()
-    assert PpoSummary.read(tmp_path / "none") == PpoSummary(updates=0)
+    assert TrainingSummary.read(tmp_path / "none") == TrainingSummary(updates=0)
+
+
+def test_dpo_summary_shows_margin_and_accuracy_not_a_made_up_reward(tmp_path):
+    # DPO logs no rollout reward and no KL: those stay None; margin 1..4 -> last fifth (1 row) 4.0
+    rows = [{"step": i, "reward_margin": float(i), "pair_accuracy": i / 4, "loss": 0.7} for i in range(1, 5)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dpo = TrainingSummary.read(tmp_path, "dpo")
+    assert dpo.name == "DPO" and dpo.updates == 4 and dpo.reward_first is None and dpo.kl_max is None
+    assert dpo.margin_last == 4.0 and dpo.pair_accuracy_last == 1.0
 
 
 def test_stage_table_by_hand():
@@ -65,10 +74,10 @@ def test_summary_json_and_report(tmp_path):
     scored = ScoredReplies("rm", "r.jsonl", 64, ["p"], [["sorry", "ok"]], [[-1.0, 1.0]], [[1, 1]])
     held = HeldoutScores.of(scored, rule=lambda text: -float(text.count("sorry")))
     summary = LoopSummary("-text.count('sorry')", "fewer apologies", {"PPO": 3.0},
-                          RewardEvalSummary(0.875, 16, 4), PpoSummary(updates=0), held, held,
+                          RewardEvalSummary(0.875, 16, 4), TrainingSummary(updates=0), held, held,
                           AbReport.from_dict(AB_JSON))
     out = summary.to_dict()
-    assert set(out) == {"rule", "rule_name", "times", "reward_eval", "ppo", "heldout", "ab"}
+    assert set(out) == {"rule", "rule_name", "times", "reward_eval", "training", "heldout", "ab"}
     assert out["ab"] == {k: AB_JSON[k] for k in ("win_rate", "position_bias", "items", "open")}
     assert out["heldout"]["base"]["rule_mean"] == -0.5 and out["reward_eval"]["accuracy"] == 0.875
     figures = render_figures(summary)
@@ -77,5 +86,5 @@ def test_summary_json_and_report(tmp_path):
     assert "| KL to reference, last fifth (max) | n/a (n/a) |" in figures  # no PPO rows: no numbers made up
 
     report = write_report(summary, tmp_path).read_text()
-    assert "heldout.png" in report and "win_rate.png" in report and "ppo_curves.png" not in report
+    assert "heldout.png" in report and "win_rate.png" in report and "training_curves.png" not in report
     assert json.loads(write_summary(summary, tmp_path).read_text()) == out

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rlhf.bias import length_controlled_win_rate
-from rlhf.report import HeldoutScores, LoopSummary, PpoSummary, RewardEvalSummary, length_controlled, \
+from rlhf.report import HeldoutScores, LoopSummary, TrainingSummary, RewardEvalSummary, length_controlled, \
     render_figures, reward_model_lines, write_report
 from rlhf.schema import AbReport
 
@@ -27,7 +27,7 @@ def _summary(aligned_lengths, base_lengths, winners):
           # Item ids start at 10 (other sets came first) and the judgements arrive out of order.
           "judgements": [_judgement(10 + k, w) for k, w in reversed(list(enumerate(winners)))]}
     held = lambda lengths: HeldoutScores(None, None, None, lengths, [0.0] * len(lengths), [])  # noqa: E731
-    return LoopSummary("len(text)", "longer", {}, RewardEvalSummary(0.9, 40, 10), PpoSummary(updates=0),
+    return LoopSummary("len(text)", "longer", {}, RewardEvalSummary(0.9, 40, 10), TrainingSummary(updates=0),
                        held(base_lengths), held(aligned_lengths), AbReport.from_dict(ab))
 
 
