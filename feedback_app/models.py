@@ -40,6 +40,14 @@ class Project(Base):
     # the salt of the conversation/customer hashes (erasure on request finds prompts by them)
     redaction: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
     redaction_salt: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    # added in revision 0006: gold items' share of hand-outs, the thresholds below which a reviewer is
+    # flagged on the dashboard, the lease time (NULL: the server's config), and the settings version
+    # (bumped by each edit from the admin page or CLI; above 0 the stored settings win at server start)
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    gold_threshold: Mapped[float] = mapped_column(Float, default=0.7, server_default="0.7")
+    agreement_threshold: Mapped[float] = mapped_column(Float, default=0.6, server_default="0.6")
+    lease_seconds: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    settings_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class PromptRow(Base):
@@ -83,6 +91,17 @@ class Candidate(Base):
     checkpoint: Mapped[str] = mapped_column(String(500), default="")
     sampling: Mapped[Any] = mapped_column(JSON, default=dict)
     round: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GoldItem(Base):
+    """An item with a known ranking (revision 0006): mixed into every reviewer's queue at the project's
+    ``gold_rate``, scored against ``ranks``, kept out of exports and agreement figures."""
+
+    __tablename__ = "gold_items"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    ranks: Mapped[Any] = mapped_column(JSON)  # known rank per reply position, 1 best, ties allowed
+    marked_by: Mapped[str] = mapped_column(String(100), default="")  # admin's username, or "cli"/"import"
+    marked_at: Mapped[float] = mapped_column(Float)
 
 
 class User(Base):
