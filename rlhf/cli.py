@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward.cli.register(subparsers)  # reward train, reward eval, reward score
     feedback_app.cli.register(subparsers)  # app serve/users/import/generate/export/backup/ab, simulate
     rlhf.ppo.cli.register(subparsers)  # ppo, export
-    rlhf.align.cli.register(subparsers)  # grpo, rloo, dpo (exported by 'rlhf export' too)
+    rlhf.align.cli.register(subparsers)  # grpo, rloo, dpo, sft (exported by 'rlhf export' too)
     rlhf.pipeline.register(subparsers)  # loop: every stage above in order, with its report
     return parser
 

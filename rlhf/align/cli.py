@@ -1,4 +1,4 @@
-"""``rlhf grpo``, ``rlhf rloo``, ``rlhf dpo``: registration only; the heavy work is imported when a command runs.
+"""``rlhf grpo``, ``rlhf rloo``, ``rlhf dpo``, ``rlhf sft``: registration only; the heavy work is imported when a command runs.
 
 One command per algorithm, like ``rlhf ppo``: each has its own typed config and defaults, and
 ``rlhf export`` turns any of their run directories into the same plain Hugging Face model directory.
@@ -20,6 +20,10 @@ HELP = {
     "dpo": ("fine-tune the policy straight from the reviewers' preference pairs with TRL's DPO (no reward model)",
             "DPO (TRL DPOTrainer) on an 'rlhf app export' folder (K-wise rankings expanded to pairs, the reward "
             "model's prompt-level train/test split kept); the reference is the policy with its adapter off."),
+    "sft": ("supervised fine-tuning on demonstrations (reviewers' replies, agents' reference replies) with TRL's SFT",
+            "SFT (TRL SFTTrainer) on prompt-completion demonstrations, loss on the reply's tokens only; held-out "
+            "loss before and after in metrics.json. Its exported model can start candidate generation, the reward "
+            "model and the policy trainers."),
 }
 
 
@@ -53,7 +57,11 @@ def run_command(args) -> int:
     if args.validate_only:
         print(config.model_dump_json())
         return 0
-    if args.algorithm == "dpo":
+    if args.algorithm == "sft":
+        from rlhf.align.sft import run_sft
+
+        run_sft(config, resume=args.resume)
+    elif args.algorithm == "dpo":
         from rlhf.align.dpo import run_dpo
 
         run_dpo(config, resume=args.resume)

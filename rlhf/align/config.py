@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhf.config import Config
 from rlhf.errors import UserError
@@ -41,8 +41,6 @@ class AlignRunConfig(Config):
                                        "micro-batch")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per update")
     learning_rate: float = Field(1e-5, gt=0.0, description="AdamW learning rate (linear decay)")
-    beta: float = Field(0.05, gt=0.0, description="strength of the KL penalty to the reference (> 0: without it "
-                        "nothing holds the policy near the base model)")
 
     save_every: int = Field(5, ge=1, description="write a resumable checkpoint every N updates (and at the end, "
                             "and on SIGTERM)")
@@ -90,6 +88,8 @@ class OnlineRunConfig(AlignRunConfig):
     per_device_batch_size: int = Field(8, ge=1, description="replies per process per micro-batch; the generation "
                                        "batch (x processes x gradient_accumulation_steps) must hold whole groups")
     epsilon: float = Field(0.2, gt=0.0, description="clip range of the policy ratio")
+    beta: float = Field(0.05, gt=0.0, description="strength of the KL penalty to the reference (> 0: without it "
+                        "nothing holds the policy near the base model)")
 
 
 class GRPORunConfig(OnlineRunConfig):
@@ -132,7 +132,36 @@ class DPORunConfig(AlignRunConfig):
     algorithm: ClassVar[str] = "dpo"
 
 
-CONFIGS = {"grpo": GRPORunConfig, "rloo": RLOORunConfig, "dpo": DPORunConfig}
+class SFTRunConfig(AlignRunConfig):
+    """``rlhf sft``: TRL's SFTTrainer on demonstrations (reviewers' replies, agents' reference replies);
+    the loss is on the reply's tokens only. No reward model and no reference model."""
+
+    data: list[str] = Field(..., description="demonstrations, one path or a list: an 'rlhf app export' folder (its "
+                            "sft/ split kept), a datasets directory, or prompt-completion .jsonl/.json/.parquet "
+                            "(split by prompt hash)")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held-out share of prompts for files without a "
+                                 "test split (the reward model's hash split)")
+    output_dir: str = Field("runs/sft", description="run directory: config, checkpoints, logs, TensorBoard")
+    max_length: int = Field(512, ge=8, description="tokens per prompt+reply (chat template applied); a longer "
+                            "demonstration is refused, naming it, never cut")
+    per_device_batch_size: int = Field(8, ge=1, description="demonstrations per process per micro-batch")
+    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW learning rate (linear decay)")
+    algorithm: ClassVar[str] = "sft"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_more(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("data")
+    @classmethod
+    def _not_empty(cls, value):
+        if not value:
+            raise ValueError("give at least one demonstrations file or folder")
+        return value
+
+
+CONFIGS = {"grpo": GRPORunConfig, "rloo": RLOORunConfig, "dpo": DPORunConfig, "sft": SFTRunConfig}
 
 
 def check_run_config(config: AlignRunConfig, world_size: int, stage: int) -> None:
@@ -142,6 +171,8 @@ def check_run_config(config: AlignRunConfig, world_size: int, stage: int) -> Non
     if stage == 3 and config.lora.enabled and config.lora.modules_to_save:
         raise UserError("field 'lora.modules_to_save' cannot be used under DeepSpeed ZeRO-3 (modules trained beside "
                         "the adapter come out as empty partitions); empty it, or use ZeRO-2")
+    if isinstance(config, SFTRunConfig):
+        return
     if isinstance(config, DPORunConfig):
         if config.reward_model:
             raise UserError(f"field 'reward_model': DPO uses no reward model (it learns from the pairs in "

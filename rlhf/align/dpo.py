@@ -89,7 +89,7 @@ def build_trainer(run: DPORunConfig, resume: str | None = None) -> ResumableDPOT
     torch.manual_seed(run.seed)
     policy = load_policy(run.policy, dtype=run.dtype)
     reference = None if run.lora.enabled else load_policy(run.policy, dtype=run.dtype)
-    args = DPOConfig(**trainer_args(run), max_length=run.max_length, loss_type=["sigmoid"],
+    args = DPOConfig(**trainer_args(run), beta=run.beta, max_length=run.max_length, loss_type=["sigmoid"],
                      per_device_eval_batch_size=run.per_device_batch_size)
     trainer = ResumableDPOTrainer(
         model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(train),

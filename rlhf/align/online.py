@@ -117,8 +117,8 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     reward_model = load_reward_model(run.reward_model, run.dtype, stats, run.center_rewards)
     reward_tokenizer = load_tokenizer(run.reward_model, padding_side="right")
 
-    common = dict(trainer_args(run), num_generations=run.num_generations, max_completion_length=run.response_length,
-                  temperature=run.temperature, epsilon=run.epsilon, shuffle_dataset=True)
+    common = dict(trainer_args(run), beta=run.beta, num_generations=run.num_generations,
+                  max_completion_length=run.response_length, temperature=run.temperature, epsilon=run.epsilon, shuffle_dataset=True)
     if isinstance(run, GRPORunConfig):
         args = GRPOConfig(**common, scale_rewards="group" if run.scale_rewards else "none")
         trainer_class = ResumableGRPOTrainer

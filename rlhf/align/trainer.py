@@ -174,7 +174,8 @@ class _RunCallback(TrainerCallback):
             metrics["eos_share"] = 1.0 - metrics["completions/clipped_ratio"]
         t.writer.log_update(state.global_step, metrics)
         shown = [f"{k} {metrics[k]:+.3f}" for k in ("reward", "kl", "entropy", "loss", "reward_margin",
-                                                      "pair_accuracy", "response_length") if k in metrics]
+                                                      "pair_accuracy", "mean_token_accuracy", "response_length")
+                 if k in metrics]
         t.say(f"update {state.global_step}/{t.run.total_updates}  " + "  ".join(shown))
 
 
@@ -204,13 +205,14 @@ def prepare_output_dir(run: AlignRunConfig, resume: str | None) -> Path | None:
 
 
 def trainer_args(run: AlignRunConfig) -> dict:
-    """Keyword arguments every TRL config of these runs takes the same way."""
+    """Keyword arguments every TRL config of these runs takes the same way (``beta`` is the algorithm's own:
+    SFT has none)."""
     return dict(
         output_dir=str(Path(run.output_dir) / CHECKPOINTS), use_cpu=not torch.cuda.is_available(),
         bf16=run.bf16_autocast, seed=run.seed, data_seed=run.seed, learning_rate=run.learning_rate,
         lr_scheduler_type="linear", per_device_train_batch_size=run.per_device_batch_size,
         gradient_accumulation_steps=run.gradient_accumulation_steps, max_steps=run.total_updates,
-        beta=run.beta, logging_steps=1, save_strategy="steps", save_steps=run.save_every, report_to="none",
+        logging_steps=1, save_strategy="steps", save_steps=run.save_every, report_to="none",
         disable_tqdm=True, gradient_checkpointing=False, dataloader_num_workers=0, save_only_model=False,
     )
 

@@ -26,7 +26,7 @@ def _config_class(path: Path):
         from rlhf.ppo.config import PPORunConfig
 
         return PPORunConfig
-    if rel.parts[0] in ("grpo", "rloo", "dpo"):
+    if rel.parts[0] in ("grpo", "rloo", "dpo", "sft"):
         from rlhf.align.config import CONFIGS
 
         return CONFIGS[rel.parts[0]]
