@@ -33,11 +33,15 @@ PLOTTED = (("reward", "reward (centred score)"), ("kl", "KL to reference"), ("re
 PLOTTED_DPO = (("loss", "DPO loss"), ("reward_margin", "implicit reward margin (chosen - rejected)"),
                ("pair_accuracy", "pairs ranked as reviewers did"))
 ALGORITHMS = {"ppo": "PPO (TRL 1.12 PPOTrainer)", "grpo": "GRPO (TRL 1.12 GRPOTrainer)",
-              "rloo": "RLOO (TRL 1.12 RLOOTrainer)", "dpo": "DPO (TRL 1.12 DPOTrainer)"}
+              "rloo": "RLOO (TRL 1.12 RLOOTrainer)", "dpo": "DPO (TRL 1.12 DPOTrainer)",
+              "sft": "SFT (TRL 1.12 SFTTrainer; loss on the reply tokens only)"}
 FIGURES = {"ppo": ("reward", "kl", "entropy", "value_loss", "response_length", "eos_share"),
            "grpo": ("reward", "kl", "entropy", "loss", "response_length", "eos_share"),
            "rloo": ("reward", "kl", "entropy", "loss", "response_length", "eos_share"),
-           "dpo": ("loss", "reward_margin", "pair_accuracy", "entropy")}
+           "dpo": ("loss", "reward_margin", "pair_accuracy", "entropy"),
+           "sft": ("loss", "mean_token_accuracy", "entropy")}
+# SFT generates nothing while training either: its figures are the reply tokens' loss and accuracy.
+PLOTTED_SFT = (("loss", "SFT loss (per reply token)"), ("mean_token_accuracy", "reply tokens predicted"))
 
 
 class PolicyRun(BaseModel):
@@ -140,7 +144,8 @@ def write_plots(run_dir: Path, out: Path) -> list[str]:
     rows = read_metrics(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, label in PLOTTED_DPO if _run_info(run_dir).get("trainer") == "dpo" else PLOTTED:
+    trainer = _run_info(run_dir).get("trainer")
+    for key, label in PLOTTED_DPO if trainer == "dpo" else PLOTTED_SFT if trainer == "sft" else PLOTTED:
         points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
@@ -171,7 +176,8 @@ def _sample_lines(run_dir: Path) -> list[str]:
         return []
     mean = sum(r["score"] for r in last) / len(last)
     # DPO has no reward model: its samples carry DPO's implicit reward, beta * log(pi / pi_ref).
-    score = "implicit reward" if _run_info(run_dir).get("trainer") == "dpo" else "reward-model score"
+    score = {"dpo": "implicit reward", "sft": "word F1 with the held-out demonstration"}.get(
+        _run_info(run_dir).get("trainer"), "reward-model score")
     lines = [f"## Sample replies at update {last[0]['step']} (greedy; mean {score} {mean:+.3f})", ""]
     for r in last:
         prompt = r["prompt"].strip().splitlines()[-2] if "\n" in r["prompt"].strip() else r["prompt"].strip()
@@ -182,6 +188,16 @@ def _sample_lines(run_dir: Path) -> list[str]:
 def _run_info(run_dir: Path) -> dict:
     """``run_info.json`` the trainer wrote (``trainer``: ppo, grpo, rloo or dpo; the reward model used)."""
     return json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
+
+
+def _sft_line(run_dir: Path, info: dict) -> str:
+    """What an SFT run learned from, and its held-out loss before and after (``metrics.json``)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    loss = lambda key: f"{metrics[key]:.4f}" if isinstance(metrics.get(key), (int, float)) else "n/a"  # noqa: E731
+    return (f"- Reward model: none (supervised fine-tuning on demonstrations {', '.join(info.get('data') or [])}: "
+            f"{info.get('train_rows', '?')} training rows, {info.get('heldout_rows', '?')} held-out rows (prompt-level "
+            f"split), by source {info.get('by_source', {})}); held-out loss per reply token {loss('heldout_loss_before')} "
+            f"before, {loss('heldout_loss_after')} after")
 
 
 def _gate_line(gate: dict) -> str:
@@ -208,19 +224,25 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
     prompts = Path(config.prompts_file) if config.prompts_file else None
     manifest = prompts.parent / "manifest.json" if prompts else None
     fig = lambda row, key: f"{row[key]:.4g}" if isinstance(row.get(key), (int, float)) else "n/a"  # noqa: E731
+    if trainer == "sft":
+        reward_line = _sft_line(run_dir, info)
+    elif trainer == "dpo":
+        reward_line = (f"- Reward model: none (DPO learns from the reviewers' pairs directly); preference data "
+                       f"`{info.get('data')}`: {info.get('train_pairs', '?')} training pairs, "
+                       f"{info.get('heldout_pairs', '?')} held-out pairs (prompt-level split)")
+    else:
+        reward_line = (f"- Reward model: `{info.get('reward_model_path', config.reward_model)}`; reward stats used for "
+                       f"centring: {info.get('reward_stats')}")
     lines = [
         "---", f"license: {source.get('license', 'unknown')}", f"base_model: {source.get('base_model', config.policy)}",
         f"tags: [rlhf, {trainer}, trl]", "---", "",
-        f"# {trainer.upper()}-aligned policy ({'LoRA adapter' if adapter_only else 'merged' if config.lora.enabled else 'full fine-tune'})",
+        f"# {'SFT policy (supervised fine-tuning)' if trainer == 'sft' else trainer.upper() + '-aligned policy'} "
+        f"({'LoRA adapter' if adapter_only else 'merged' if config.lora.enabled else 'full fine-tune'})",
         "",
         f"- Base model: `{source.get('base_model', config.policy)}` (licence {source.get('license', 'unknown')})"
         + (f", from `{source['source']}`" if source.get("source") else ""),
         f"- Algorithm: {ALGORITHMS.get(trainer, trainer)}",
-        f"- Reward model: `{info.get('reward_model_path', config.reward_model)}`; reward stats used for centring: "
-        f"{info.get('reward_stats')}" if trainer != "dpo" else
-        f"- Reward model: none (DPO learns from the reviewers' pairs directly); preference data `{info.get('data')}`: "
-        f"{info.get('train_pairs', '?')} training pairs, {info.get('heldout_pairs', '?')} held-out pairs "
-        f"(prompt-level split)",
+        reward_line,
         *([_gate_line(info["reward_gate"])] if info.get("reward_gate") else []),
         *([f"- Prompts: `{prompts}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
            f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else "")]
