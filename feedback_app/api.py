@@ -122,6 +122,14 @@ class UserIn(BaseModel):
 class GenerateIn(BaseModel):
     round: Round = Field(0, description="generation round the new items belong to")
     model: str | None = Field(None, description="policy: 'bundled', or a model directory on the server")
+    agent_reply_as_candidate: bool | None = Field(
+        None, description="put each prompt's agent reply (chat logs) among its K candidates (default: the server's "
+                          "config)")
+
+
+class EraseIn(BaseModel):
+    conversation: str | None = Field(None, min_length=1, max_length=500, description="conversation id, as imported")
+    customer: str | None = Field(None, min_length=1, max_length=500, description="customer identifier, as imported")
 
 
 class ExportIn(BaseModel):
@@ -269,15 +277,28 @@ def audit_log(request: Request, limit: int = 200, actor: Actor = Depends(admin_a
     return {"entries": [_json(e) for e in services(request).store.audit_log(min(max(limit, 1), 1000))]}
 
 
+ChatLogField = Annotated[str | None, Form(max_length=200, description="chat logs: see `rlhf app import --help` "
+                                                                  "(blank: the default)")]
+
+
 @router.post("/admin/import", tags=["admin"], summary="Import prompts or a chat log (JSONL/CSV); personal data redacted first")
 def import_prompts(request: Request, file: UploadFile = File(...), round: Annotated[Round, Form()] = 0,
-                   actor: Actor = Depends(admin_actor)):
-    from feedback_app.chatlog import import_bytes, store_import
+                   chat_log: Annotated[bool, Form(description="read the file as a chat log (a row per turn)")] = False,
+                   conversation_column: ChatLogField = None, turn_column: ChatLogField = None,
+                   speaker_column: ChatLogField = None, text_column: ChatLogField = None,
+                   customer_column: ChatLogField = None, customer_speaker: ChatLogField = None,
+                   agent_speaker: ChatLogField = None, actor: Actor = Depends(admin_actor)):
+    from feedback_app.chatlog import chat_log_format, import_bytes, store_import
 
     svc = services(request)
     name = file.filename or "upload.jsonl"
-    # a chat log (a row per turn, default column names) or prompts; redacted before anything is stored
-    rows, report = import_bytes(name, file.file.read(), svc.config.redaction)
+    fmt = chat_log_format({"conversation_column": conversation_column, "turn_column": turn_column,
+                           "speaker_column": speaker_column, "text_column": text_column,
+                           "customer_column": customer_column, "customer_speaker": customer_speaker,
+                           "agent_speaker": agent_speaker})
+    # a chat log (a row per turn: detected by its columns, or chat_log) or prompts; redacted before anything
+    # is stored
+    rows, report = import_bytes(name, file.file.read(), svc.config.redaction, fmt, chat_log=chat_log)
     return store_import(svc.store, rows, report, svc.config.redaction, name, round=round, by=actor)
 
 
@@ -285,9 +306,22 @@ def import_prompts(request: Request, file: UploadFile = File(...), round: Annota
              summary="Start generating K candidates for prompts without an item in the round (background)")
 def start_generation(body: GenerateIn, request: Request, actor: Actor = Depends(admin_actor)):
     svc = services(request)
-    job = svc.jobs.start_generation(svc.store, svc.config, body.round, body.model)
-    svc.store.audit(actor, "generation started", f"round {body.round}", {"job": job["id"], "model": body.model})
+    config = (svc.config if body.agent_reply_as_candidate is None
+              else svc.config.model_copy(update={"agent_reply_as_candidate": body.agent_reply_as_candidate}))
+    job = svc.jobs.start_generation(svc.store, config, body.round, body.model)
+    svc.store.audit(actor, "generation started", f"round {body.round}",
+                    {"job": job["id"], "model": body.model, "agent_reply_as_candidate": config.agent_reply_as_candidate})
     return job
+
+
+@router.post("/admin/erase", tags=["admin"],
+             summary="Erase one conversation or one customer (prompts, candidates, rankings); lists the earlier "
+                     "exports that held the data")
+def erase(body: EraseIn, request: Request, actor: Actor = Depends(admin_actor)):
+    from feedback_app.erasure import erase as erase_data
+
+    report = erase_data(services(request).store, conversation=body.conversation, customer=body.customer, by=actor)
+    return dataclasses.asdict(report)
 
 
 @router.get("/admin/jobs/{job_id}", tags=["admin"], summary="Progress of a background job")

@@ -29,14 +29,40 @@ from rlhf.jsonl import jsonl_rows
 class ChatLogFormat(BaseModel):
     """Where a chat-log export keeps each part of a turn, and how it names the two speakers."""
 
-    conversation_column: str = Field("conversation_id", description="column of the conversation id")
-    turn_column: str = Field("turn", description="column of the turn's order within its conversation (integer)")
-    speaker_column: str = Field("speaker", description="column naming who wrote the turn")
-    text_column: str = Field("text", description="column of the turn's text")
-    customer_column: str | None = Field(None, description="column of a customer identifier (stored only as a "
-                                                          "salted hash, for erasure on request)")
-    customer_speaker: str = Field("customer", description="speaker value of the customer's turns")
-    agent_speaker: str = Field("agent", description="speaker value of the agent's turns")
+    conversation_column: str = Field("conversation_id", min_length=1, max_length=200,
+                                     description="column of the conversation id")
+    turn_column: str = Field("turn", min_length=1, max_length=200,
+                             description="column of the turn's order within its conversation (integer)")
+    speaker_column: str = Field("speaker", min_length=1, max_length=200, description="column naming who wrote the turn")
+    text_column: str = Field("text", min_length=1, max_length=200, description="column of the turn's text")
+    customer_column: str | None = Field(None, max_length=200, description="column of a customer identifier (stored "
+                                                                          "only as a salted hash, for erasure on request)")
+    customer_speaker: str = Field("customer", min_length=1, max_length=200,
+                                  description="speaker value of the customer's turns")
+    agent_speaker: str = Field("agent", min_length=1, max_length=200, description="speaker value of the agent's turns")
+
+
+def chat_log_format(values: dict) -> ChatLogFormat:
+    """``ChatLogFormat`` from flags or form fields (blank ones take their defaults; a blank customer column
+    means none); a mistake is one ``UserError`` naming the field."""
+    from pydantic import ValidationError
+
+    given = {k: (v.strip() if isinstance(v, str) else v) for k, v in values.items() if v is not None}
+    given = {k: v for k, v in given.items() if v != "" or k == "customer_column"}
+    if given.get("customer_column") == "":
+        given["customer_column"] = None
+    unknown = sorted(set(given) - set(ChatLogFormat.model_fields))
+    if unknown:
+        raise UserError(f"{unknown[0]}: no such chat-log setting (settings: {', '.join(ChatLogFormat.model_fields)})")
+    try:
+        fmt = ChatLogFormat(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    if fmt.customer_speaker == fmt.agent_speaker:
+        raise UserError(f"agent_speaker: the same value as customer_speaker ({fmt.agent_speaker!r}); the two speakers "
+                        f"must differ")
+    return fmt
 
 
 @dataclass

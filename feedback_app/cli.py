@@ -223,10 +223,10 @@ def _chat_log_flags(parser) -> None:
 
 
 def run_import(args) -> int:
-    from feedback_app.chatlog import ChatLogFormat, import_file, store_import
+    from feedback_app.chatlog import chat_log_format, import_file, store_import
 
     config = _app_config(args)
-    fmt = ChatLogFormat(**{k[5:]: v for k, v in vars(args).items() if k.startswith("chat:")})
+    fmt = chat_log_format({k[5:]: v for k, v in vars(args).items() if k.startswith("chat:")})
     # parse and redact everything before opening the store: a bad line stores nothing
     rows, report = import_file(args.file, fmt, config.redaction, chat_log=args.chat_log)
     _, store = _store(args)

@@ -52,6 +52,10 @@ class AppConfig(Config):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass in generation")
     seed: int = Field(0, description="random seed for generation")
+    agent_reply_as_candidate: bool = Field(
+        False, description="a prompt with an agent's real reply (from a chat log) gets it as one of its K candidates, "
+                           "at a random position, beside K-1 generated ones; reviewers cannot tell which, the "
+                           "dashboard shows how often it wins, exports mark it")
     # Personal data (feedback_app/redact.py)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings,
                                          description="personal data replaced by placeholders before storage")

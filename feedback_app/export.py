@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from feedback_app.agent_replies import agent_texts, mark_agent_replies
 from feedback_app.files import SHARED_FILE, path_error, prepare_parent, restrict_tree
 from feedback_app.models import Flag, Item, PromptRow, RankingRow, User
 from feedback_app.store import Conflict, Invalid, Store
@@ -185,12 +186,20 @@ def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: floa
     rows = build_rows(rankings, test_fraction, filters.include_flagged)
     if not any(rows[EXPORT_PAIRWISE].values()):
         raise UserError(f"{len(rankings)} rankings match, but every one is a full tie or flagged: no pairs")
+    # an agent's real reply among the candidates (generate --agent-reply-as-candidate) is marked in the rows
+    agent = agent_texts(store, [r.ranking_id for r in rankings])
+    if agent:
+        mark_agent_replies(rows, agent)
     manifest = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "project": store.project.name,
         "filters": asdict(filters),
         "test_fraction": test_fraction,
         "conversational": rows["conversational"],
+        "agent_replies": None if not agent else {
+            "rankings": len(agent),
+            "columns": {EXPORT_PAIRWISE: ["chosen_source", "rejected_source"], EXPORT_KWISE: ["sources"]},
+            "values": "agent: a contact-centre agent's real reply (from the chat log); model: the policy's reply"},
         "counts": {
             "rankings": len(rankings),
             "simulated_rankings": sum(r.simulated for r in rankings),

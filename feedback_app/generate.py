@@ -6,6 +6,7 @@ background thread for the admin route so reviewers' requests are never blocked.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import traceback
@@ -36,6 +37,8 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
     tokenizer = load_tokenizer(path, padding_side="left")
     policy = load_policy(path, dtype="float32")
     k = store.refresh_project().k  # the stored K: a CLI import may have changed it since the server started
+    # the agents' real replies (chat-log imports) that take one candidate's place, by prompt id
+    agent = store.reference_replies([pid for pid, _ in todo]) if config.agent_reply_as_candidate else {}
     redaction = config.redaction
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.seed + round)
     sampling_record = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
@@ -50,22 +53,34 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
     with tqdm(total=len(todo), desc="generate candidates", unit="prompt", disable=not show_bar) as bar:
         for start in range(0, len(todo), per_chunk):
             chunk = todo[start:start + per_chunk]
-            replies = generate_replies(policy, tokenizer, [p for _, p in chunk], k, sampling, config.batch_size,
-                                       progress=False)
+            # prompts whose agent reply takes a candidate's place need K-1 generated replies, the others K
+            chunk = [c for c in chunk if c[0] in agent] + [c for c in chunk if c[0] not in agent]
+            n_agent = sum(c[0] in agent for c in chunk)
+            replies = []
+            for group, n in ((chunk[:n_agent], k - 1), (chunk[n_agent:], k)):
+                if group:
+                    replies += generate_replies(policy, tokenizer, [p for _, p in group], n, sampling,
+                                                config.batch_size, progress=False)
             for (prompt_id, prompt), texts in zip(chunk, replies):
+                agent_position = None
+                if prompt_id in agent:  # a position of its own per prompt: no place or id order gives it away
+                    agent_position = random.Random(f"{sampling.seed}:{prompt_id}").randrange(k)
+                    texts = texts[:agent_position] + [agent[prompt_id]] + texts[agent_position:]
                 # a policy can write personal data it learnt (or repeat a placeholder): redact before storing,
-                # numbering new values after the prompt's own placeholders
+                # numbering new values after the prompt's own placeholders (the agent's reply, redacted at
+                # import, comes through unchanged)
                 redactor = ConversationRedactor(redaction)
                 redactor.note_placeholders(json.dumps(prompt, ensure_ascii=False))
                 texts = [redactor.redact(t) for t in texts]
                 added += store.add_candidates(prompt_id, round, texts, model=name, checkpoint=str(path),
-                                              sampling=sampling_record)
+                                              sampling=sampling_record, agent_position=agent_position)
             bar.update(len(chunk))
             if progress:
                 progress(start + len(chunk), len(todo))
     seconds = time.time() - started
     return {"items_added": added, "prompts": len(todo), "model": name, "round": round,
-            "replies_per_second": round_(added * k / seconds) if seconds > 0 else None}
+            "replies_per_second": round_(added * k / seconds) if seconds > 0 else None,
+            "agent_replies": len(agent)}
 
 
 def round_(x: float) -> float:

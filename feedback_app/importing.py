@@ -2,6 +2,7 @@
 
 Rows (JSONL / datasets):
   {"prompt": "text"} or {"prompt": [messages]} or {"messages": [...]}   a prompt
+  ("messages" ending in assistant turns: those are the agent's reply, stored as the reference reply)
   optional "replies": [K texts] (or "candidates")  imported as a ready item, with optional "model"
 CSV: a header with a ``prompt`` column; optional ``reply_1`` .. ``reply_K`` columns and ``model``.
 A CSV prompt cell that holds a JSON list is read as chat messages.
@@ -25,6 +26,7 @@ from rlhf.schema import validate_prompt
 def _row(data: Any, where: str) -> ImportRow:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected an object with a 'prompt' field")
+    reference = None
     if "prompt" in data:
         prompt = data["prompt"]
     elif "messages" in data:
@@ -32,8 +34,14 @@ def _row(data: Any, where: str) -> ImportRow:
             raise UserError(f"{where}: 'messages' must be a list of {{role, content}} messages "
                             f"(got {type(data['messages']).__name__})")
         prompt = list(data["messages"])
+        # The assistant turns that end a conversation are the agent's real reply to it: kept beside
+        # the prompt as its reference reply (``prompts.reference_reply``), as a chat log's are.
+        trailing: list[str] = []
         while prompt and isinstance(prompt[-1], dict) and prompt[-1].get("role") == "assistant":
-            prompt.pop()
+            content = prompt.pop().get("content")
+            if isinstance(content, str) and content.strip():
+                trailing.insert(0, content)
+        reference = "\n".join(trailing) if trailing else None
     else:
         raise UserError(f"{where}: no 'prompt' or 'messages' field (fields: {', '.join(sorted(data)) or 'none'})")
     try:
@@ -46,14 +54,14 @@ def _row(data: Any, where: str) -> ImportRow:
         raise UserError(f"{where}: 'replies' must be a list of non-empty texts")
     # Refused, not stripped: a NUL byte is no text a reviewer could read, PostgreSQL cannot store it
     # in a text column, and quietly editing a prompt would change its identity (its hash).
-    for field, value in (("prompt", prompt), ("replies", replies)):
+    for field, value in (("prompt", prompt), ("replies", replies), ("messages", reference)):
         if _has_nul(value):
             raise UserError(f"{where}: '{field}' holds a NUL byte (\\x00); remove it and import again "
                             f"(nothing was imported)")
     model = data.get("model") or ""
     if not isinstance(model, str):
         raise UserError(f"{where}: 'model' must be text")
-    return ImportRow(prompt=prompt, replies=replies, model=model, source=where)
+    return ImportRow(prompt=prompt, replies=replies, model=model, source=where, reference=reference)
 
 
 def _has_nul(value: Any) -> bool:

@@ -191,6 +191,11 @@ class ImportRow:
     customer: str = ""
 
 
+# The model name of a candidate that is the contact-centre agent's real reply (``rlhf app generate
+# --agent-reply-as-candidate``): the dashboard compares it with the policy's, exports mark it.
+AGENT_MODEL = "agent"
+
+
 def conversation_key(salt: str, identifier: str) -> str:
     """The salted hash a conversation id or customer identifier is stored as (sha256 hex)."""
     import hashlib
@@ -558,8 +563,8 @@ class Store:
         and audit it (under the salted hash: the raw identifier is personal data). Returns the counts
         and the ids of the deleted rankings (to find the earlier exports that held them)."""
         if bool(conversation) == bool(customer):
-            raise UserError("erase: give one conversation id (--conversation) or one customer identifier "
-                            "(--customer)")
+            raise Invalid("erase: give one conversation id (--conversation) or one customer identifier "
+                          "(--customer)")
 
         def work(s: Session) -> dict:
             salt = _project_salt(s, self.project.id)
@@ -569,8 +574,8 @@ class Store:
                                                                    column == key)))
             if not prompt_ids:
                 what = f"conversation {conversation!r}" if conversation else f"customer {customer!r}"
-                raise UserError(f"erase: no prompts of {what} in project '{self.project.name}' (ids are matched "
-                                f"exactly, as imported)")
+                raise NotFound(f"erase: no prompts of {what} in project '{self.project.name}' (ids are matched "
+                               f"exactly, as imported)")
             item_ids = list(s.scalars(select(Item.id).where(Item.prompt_id.in_(prompt_ids))))
             ranking_ids = sorted(s.scalars(select(RankingRow.id).where(RankingRow.item_id.in_(item_ids))))
             result = {"prompts": len(prompt_ids), "items": len(item_ids), "rankings": len(ranking_ids),
@@ -676,14 +681,18 @@ class Store:
         return row
 
     def _add_item(self, s: Session, prompt_id: int, round: int, replies: list[str], model: str,
-                  checkpoint: str, sampling: dict) -> bool:
+                  checkpoint: str, sampling: dict, agent_position: int | None = None) -> bool:
         if s.scalar(select(Item.id).where(Item.prompt_id == prompt_id, Item.round == round)) is not None:
             return False
         item = Item(project_id=self.project.id, prompt_id=prompt_id, round=round, created_at=self.clock())
         s.add(item)
         s.flush()
-        s.add_all(Candidate(item_id=item.id, position=p, text=text, model=model[:500], checkpoint=checkpoint[:500],
-                            sampling=sampling, round=round) for p, text in enumerate(replies))
+        # the agent's real reply (``agent_position``) is marked by its model name only, which reviewers never see
+        s.add_all(Candidate(item_id=item.id, position=p, text=text,
+                            model=AGENT_MODEL if p == agent_position else model[:500],
+                            checkpoint="" if p == agent_position else checkpoint[:500],
+                            sampling={} if p == agent_position else sampling, round=round)
+                  for p, text in enumerate(replies))
         return True
 
     def prompts_needing_candidates(self, round: int) -> list[tuple[int, Any]]:
@@ -696,12 +705,25 @@ class Store:
             return [(pid, prompt) for pid, prompt in rows]
 
     def add_candidates(self, prompt_id: int, round: int, replies: list[str], model: str, checkpoint: str = "",
-                       sampling: dict | None = None) -> bool:
-        """Store the K generated replies of one prompt as an item; False if that item already exists."""
+                       sampling: dict | None = None, agent_position: int | None = None) -> bool:
+        """Store the K generated replies of one prompt as an item; False if that item already exists.
+        ``agent_position``: the reply at that position is the agent's real reply (stored as model
+        ``AGENT_MODEL``), the others the policy's."""
         k = self.refresh_project().k
         if len(replies) != k:
             raise Invalid(f"replies: need exactly K={k}, got {len(replies)}")
-        return self._run(lambda s: self._add_item(s, prompt_id, round, replies, model, checkpoint, sampling or {}))
+        if agent_position is not None and not 0 <= agent_position < k:
+            raise Invalid(f"agent_position: must be in 0..{k - 1} (got {agent_position})")
+        return self._run(lambda s: self._add_item(s, prompt_id, round, replies, model, checkpoint, sampling or {},
+                                                  agent_position))
+
+    def reference_replies(self, prompt_ids: list[int]) -> dict[int, str]:
+        """The agents' reference replies of these prompts (chat-log imports), by prompt id; prompts
+        without one are left out."""
+        with self.sessions() as s:
+            rows = s.execute(select(PromptRow.id, PromptRow.reference_reply)
+                             .where(PromptRow.id.in_(prompt_ids), PromptRow.reference_reply.is_not(None)))
+            return {pid: text for pid, text in rows if text and text.strip()}
 
     # -- hand-out ---------------------------------------------------------------------------------
 

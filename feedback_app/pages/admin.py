@@ -46,24 +46,30 @@ def audit_rows(store, limit: int = 200) -> list[list[str]]:
              ", ".join(f"{k}={v}" for k, v in e.detail.items())] for e in store.audit_log(limit)]
 
 
-def import_file(store, path: str | None, round: int, by=None) -> str:
-    from feedback_app.chatlog import import_bytes, project_settings, store_import
+def import_file(store, path: str | None, round: int, by=None, chat_log: bool = False,
+                chat_format: dict | None = None) -> str:
+    """``chat_format``: the chat-log columns and speaker values (``ChatLogFormat`` fields; blank = default)."""
+    from feedback_app.chatlog import chat_log_format, import_bytes, project_settings, store_import
 
     if not path:
         raise UserError("file: choose a JSONL or CSV file of prompts first")
     file = Path(path)
+    fmt = chat_log_format(chat_format or {})
     settings = project_settings(store)  # the server records its config's settings in the project at start
-    rows, report = import_bytes(file.name, file.read_bytes(), settings)
+    rows, report = import_bytes(file.name, file.read_bytes(), settings, fmt, chat_log=bool(chat_log))
     counts = store_import(store, rows, report, settings, file.name, round=int(round), by=by)
     redaction = report.summary() if settings.enabled else "redaction is OFF for this project: texts stored as given"
     return (f"{file.name}: {counts['prompts_added']} prompts added ({counts['prompts_existing']} already there), "
             f"{counts['items_added']} items with replies added; {redaction}.")
 
 
-def start_generation(svc, round: int, model: str, by=None) -> str:
+def start_generation(svc, round: int, model: str, by=None, agent_reply: bool | None = None) -> str:
     model = (model or "").strip() or None
-    job = svc.jobs.start_generation(svc.store, svc.config, int(round), model)
-    svc.store.audit(by, "generation started", f"round {int(round)}", {"job": job["id"], "model": model})
+    config = (svc.config if agent_reply is None
+              else svc.config.model_copy(update={"agent_reply_as_candidate": bool(agent_reply)}))
+    job = svc.jobs.start_generation(svc.store, config, int(round), model)
+    svc.store.audit(by, "generation started", f"round {int(round)}",
+                    {"job": job["id"], "model": model, "agent_reply_as_candidate": config.agent_reply_as_candidate})
     return f"Generation started (job {job['id']}); progress below."
 
 
@@ -123,7 +129,8 @@ def project_markdown(store, config) -> str:
 def build_admin_page(svc) -> "gr.Blocks":
     import gradio as gr
 
-    from feedback_app.pages import dashboard
+    from feedback_app.chatlog import ChatLogFormat
+    from feedback_app.pages import dashboard, privacy
 
     store = svc.store
 
@@ -149,6 +156,8 @@ def build_admin_page(svc) -> "gr.Blocks":
                     include_sim = gr.Checkbox(True, label="Include simulated rankings")
                     refresh_btn = gr.Button("Refresh", size="sm", elem_id="dash-refresh")
                 summary = gr.Markdown("", elem_id="dash-summary")
+                redaction_line = gr.Markdown("", elem_id="dash-redaction")  # personal data: privacy.py
+                agent_line = gr.Markdown("", elem_id="dash-agent")
                 per_reviewer = gr.Dataframe(headers=dashboard.REVIEWER_HEADERS, interactive=False, wrap=True,
                                             label="Reviewers (agreement: share of reply pairs ordered like the "
                                             "other reviewers' consensus, 0.5 = chance)", elem_id="dash-reviewers")
@@ -184,6 +193,13 @@ def build_admin_page(svc) -> "gr.Blocks":
                     upload = gr.File(label="Prompt file", file_types=[".jsonl", ".csv", ".json"], type="filepath",
                                      elem_id="import-file")
                     import_round = gr.Number(0, precision=0, minimum=0, label="Round of imported replies")
+                with gr.Accordion("Chat logs (a row per turn): columns and speaker values", open=False):
+                    chat_log = gr.Checkbox(False, label="Read the file as a chat log (otherwise: when its first row "
+                                                        "has the conversation and speaker columns)", elem_id="chat-log")
+                    with gr.Row():
+                        chat_fields = [gr.Textbox(label=info.description, placeholder=info.default or "none",
+                                                  elem_id="chat-" + name.replace("_", "-"))
+                                       for name, info in ChatLogFormat.model_fields.items()]
                 import_btn = gr.Button("Import", elem_id="import")
                 import_msg = gr.Markdown("", elem_id="import-message")
                 gr.Markdown("Generate K candidate replies for every prompt without an item in a round. It runs "
@@ -191,6 +207,9 @@ def build_admin_page(svc) -> "gr.Blocks":
                 with gr.Row():
                     gen_round = gr.Number(0, precision=0, minimum=0, label="Round")
                     gen_model = gr.Textbox(svc.config.model, label="Policy ('bundled', or a model directory)")
+                gen_agent = gr.Checkbox(svc.config.agent_reply_as_candidate, elem_id="generate-agent",
+                                        label="An agent's real reply (chat logs) as one of the K candidates, unmarked "
+                                              "to reviewers")
                 gen_btn = gr.Button("Start generation", elem_id="generate")
                 gen_msg = gr.Markdown("", elem_id="generate-message")
                 job_status = gr.Markdown(lambda: job_text(svc.jobs), elem_id="job-status")
@@ -208,6 +227,18 @@ def build_admin_page(svc) -> "gr.Blocks":
                 export_btn = gr.Button("Export dataset", variant="primary", elem_id="export")
                 export_msg = gr.Markdown("", elem_id="export-message")
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+            with gr.Tab("Erasure", id="erasure"):
+                gr.Markdown("A customer asks to be forgotten: every prompt of one conversation, or of one customer, "
+                            "is deleted with its candidates, rankings and flags. The audit log records it under a "
+                            "hash, never the id; the earlier exports that held the data are listed.")
+                with gr.Row():
+                    erase_kind = gr.Radio(list(privacy.ERASE_KINDS), value="customer", label="Erase by",
+                                          elem_id="erase-kind")
+                    erase_id = gr.Textbox(label="Conversation id or customer identifier, as in the imported chat log",
+                                          elem_id="erase-id")
+                erase_sure = gr.Checkbox(False, label="I understand this cannot be undone", elem_id="erase-confirm")
+                erase_btn = gr.Button("Erase", variant="stop", elem_id="erase")
+                erase_msg = gr.Markdown("", elem_id="erase-message")
             with gr.Tab("Project", id="project"):
                 gr.Markdown(project_markdown(store, svc.config))
 
@@ -233,14 +264,19 @@ def build_admin_page(svc) -> "gr.Blocks":
                       concurrency_id="admin")
         disable_btn.click(on_disable, [disable_name], [account_msg, users, audit], concurrency_id="admin")
         audit_tab.select(lambda: audit_rows(store), None, audit, concurrency_id="admin")
-        def on_import(path, rnd, request: gr.Request):
-            return guarded(import_file)(store, path, rnd, admin_of(request))
+        def on_import(path, rnd, as_chat_log, conversation_column, turn_column, speaker_column, text_column,
+                      customer_column, customer_speaker, agent_speaker, request: gr.Request):
+            chat_format = {"conversation_column": conversation_column, "turn_column": turn_column,
+                           "speaker_column": speaker_column, "text_column": text_column,
+                           "customer_column": customer_column, "customer_speaker": customer_speaker,
+                           "agent_speaker": agent_speaker}  # the chat_fields, in ChatLogFormat's order
+            return guarded(import_file)(store, path, rnd, admin_of(request), as_chat_log, chat_format)
 
-        def on_generate(rnd, model, request: gr.Request):
-            return guarded(start_generation)(svc, rnd, model, admin_of(request))
+        def on_generate(rnd, model, agent_reply, request: gr.Request):
+            return guarded(start_generation)(svc, rnd, model, admin_of(request), agent_reply)
 
-        import_btn.click(on_import, [upload, import_round], import_msg, concurrency_id="admin")
-        gen_btn.click(on_generate, [gen_round, gen_model], gen_msg, concurrency_id="admin")
+        import_btn.click(on_import, [upload, import_round, chat_log, *chat_fields], import_msg, concurrency_id="admin")
+        gen_btn.click(on_generate, [gen_round, gen_model, gen_agent], gen_msg, concurrency_id="admin")
         timer.tick(lambda: job_text(svc.jobs), None, job_status, concurrency_id="admin", show_progress="hidden")
 
         def on_export(name, reviewers, rounds, source, flagged, request: gr.Request):
@@ -251,5 +287,21 @@ def build_admin_page(svc) -> "gr.Blocks":
 
         export_btn.click(on_export, [export_name, export_reviewers, export_rounds, export_source, export_flagged],
                          [export_msg, export_file], concurrency_id="admin")
+        # -- personal data (feedback_app/pages/privacy.py): redaction notice, agents' replies, erasure ---
+        def refresh_privacy(simulated: bool):
+            return privacy.redaction_notice(store), privacy.agent_summary(store, simulated)
+
+        for event in (page.load, refresh_btn.click, include_sim.change):
+            event(refresh_privacy, [include_sim], [redaction_line, agent_line], concurrency_id="admin")
+
+        def on_erase(kind, identifier, sure, request: gr.Request):
+            if not sure:
+                return "**Error:** confirm: tick 'I understand this cannot be undone' first", gr.skip(), gr.skip()
+            message = guarded(privacy.erase_request)(store, kind, identifier, admin_of(request))
+            # the id typed is personal data: cleared from the page once used
+            return message, ("" if not message.startswith("**Error") else gr.skip()), False
+
+        erase_btn.click(on_erase, [erase_kind, erase_id, erase_sure], [erase_msg, erase_id, erase_sure],
+                        concurrency_id="admin")
     page.queue(default_concurrency_limit=16)
     return page
