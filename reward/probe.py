@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reward.losses import kwise_loss
+from rlhf.modeling import use_mean_pooling  # noqa: F401  (lives in core: every loader of a checkpoint needs it)
 
 # On standardised features. With ~100 rankings of the bundled model's replies, validation picked
 # 0.1 to 100 (a grid ending at 1 had most picks at its edge); the ends are rarely needed.
@@ -223,31 +224,6 @@ def pad_k(x: torch.Tensor, k: int) -> torch.Tensor:
     shape = list(x.shape)
     shape[1] = k - x.shape[1]
     return torch.cat([x, x.new_zeros(shape)], dim=1)
-
-
-def use_mean_pooling(model) -> None:
-    """Make a ``*ForSequenceClassification`` model score the MEAN of its final hidden states.
-
-    The backbone's last hidden state at position t becomes the mean over the non-padding tokens up to
-    t (causal attention: nothing later is involved), so at the last token, where both the model's own
-    forward and TRL's PPO (``score(hidden_states[-1])`` read at the sequence end) take the score, a
-    linear head reads the mean-pooled ``mean@<num_hidden_layers>`` features. A forward hook, not a
-    new class: weights and checkpoint layout stay those of the plain model; whoever loads the
-    checkpoint must call this again (``config.score_pooling`` records it).
-    """
-    def hook(module, args, kwargs, output):
-        hidden = output.last_hidden_state
-        mask = kwargs.get("attention_mask")
-        m = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).to(hidden.dtype)
-        m = m.unsqueeze(-1)
-        running = (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
-        output.last_hidden_state = running
-        if output.hidden_states is not None:
-            output.hidden_states = (*output.hidden_states[:-1], running)
-        return output
-
-    backbone(model).register_forward_hook(hook, with_kwargs=True)
-    model.config.score_pooling = "mean"
 
 
 def write_score_head(model, probe: Probe) -> None:

@@ -176,7 +176,10 @@ def build_trainer(config: RewardTrainConfig, args, kwise_rows, pairwise_rows, to
     model = load_score_model(config.model)
     if head is not None:
         from reward.probe import write_score_head
+        from rlhf.modeling import use_mean_pooling
 
+        if head.feature.startswith("mean@"):
+            use_mean_pooling(model)  # fine-tuning then keeps the pooling the probe was fitted on
         write_score_head(model, head)
     # task SEQ_CLS keeps the newly initialised `score` head fully trainable beside the adapter.
     peft_config = lora_config(config.lora, "SEQ_CLS") if config.lora.enabled else None
@@ -239,6 +242,10 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     if config.weight_by_agreement and config.mode != "kwise":
         raise UserError("weight_by_agreement needs mode kwise (TRL's pairwise trainer has no pair weights)")
     stage = zero_stage()
+    if config.dp:
+        from reward.dp import check_dp_config
+
+        check_dp_config(config)
     if config.lora.enabled and stage == 3:
         raise UserError("lora.enabled with DeepSpeed ZeRO-3 is not supported (the score head kept beside the "
                         "adapter can come out empty, and merging needs gathered weights); use ZeRO-2 or DDP for "
@@ -257,7 +264,9 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     check_usable_pairs(data.kwise["train"].to_list(), f"{config.data} (training rankings)")
     test_rows = data.kwise["test"].to_list()
     held_out_problem = check_gate_size(test_rows, config)
-    train_rows, val_rows = split_validation(data.kwise["train"], config.validation_fraction)
+    # DP-SGD fixes its schedule before training (the budget is spent per step), so it has no early
+    # stopping to choose on a validation split: every training ranking is trained on.
+    train_rows, val_rows = split_validation(data.kwise["train"], 0.0 if config.dp else config.validation_fraction)
     if len(train_rows) == 0:
         raise UserError(f"{config.data}: every training prompt fell in the validation split; lower validation_fraction")
     if len(val_rows) == 0 and config.method != "finetune":
@@ -279,10 +288,18 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
         probe_model = None
 
     started = time.perf_counter()
-    early = None
-    if config.method == "probe":
-        from reward.probe import write_score_head
+    early, private = None, None
+    if config.dp:
+        from reward.dp import train_private
 
+        probe_model, private = train_private(config, train_rows, tokenizer)
+        trainer, result, train_pairs = None, None, sum(len(pair_indices(r)) for r in train_rows["ranks"])
+    elif config.method == "probe":
+        from reward.probe import write_score_head
+        from rlhf.modeling import use_mean_pooling
+
+        if config.pooling == "mean":
+            use_mean_pooling(probe_model)  # records config.score_pooling: every loader re-attaches it
         write_score_head(probe_model, probe)
         trainer, result, train_pairs = None, None, sum(len(pair_indices(r)) for r in train_rows["ranks"])
     else:
@@ -330,8 +347,10 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     saved = load_score_model(out)
     saved_tokenizer = load_tokenizer(out, padding_side="right")
     probe_after = score_ids(saved, probe_ids, saved_tokenizer.pad_token_id)
-    stats = reward_stats(saved, saved_tokenizer, train_rows.to_list(), config.max_length, config.stats_max_replies,
-                         config.eval_batch_size)
+    # Under DP the centring stats come from the held-out replies: a mean and std of training replies'
+    # scores would be a release of the training data outside the accounted budget.
+    stats = reward_stats(saved, saved_tokenizer, (test_rows if config.dp and test_rows else train_rows.to_list()),
+                         config.max_length, config.stats_max_replies, config.eval_batch_size)
     (out / "reward_stats.json").write_text(json.dumps(stats, indent=2))
     held_out, test_scores = None, None
     if test_rows:
@@ -345,11 +364,16 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     all_rows = data.kwise["train"].to_list() + test_rows
     gate = write_gate(out, test_rows, test_scores, all_rows, curve, config, held_out_problem)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e] if trainer else []
+    if private:
+        from reward.dp import privacy_record
+
+        losses = [x for x in private["loss_history"] if x is not None]
+        private = privacy_record(config, private, held_out, train_rows, tokenizer, test_rows)
     selection = schedule_record(config, probe, curve, early, len(train_rows), len(val_rows))
     metrics = {
         "mode": config.mode,
         "method": config.method,
-        "steps": trainer.state.global_step if trainer else 0,
+        "steps": trainer.state.global_step if trainer else (private["steps"] if private else 0),
         "train_seconds": seconds,
         "train_rows": len(train_set) if trainer else len(train_rows),  # after long replies are dropped
         "validation_rows": len(val_rows),
@@ -367,6 +391,7 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
         "schedule": selection,
         "gate": {k: v for k, v in gate.items() if k != "advice"},
         "bias": bias,
+        "dp": private,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "manifest.json").write_text(json.dumps({"data": data.source, **data.manifest}, indent=2, default=str))
@@ -408,15 +433,15 @@ def check_gate_size(test_rows: list[dict], config: RewardTrainConfig) -> str | N
 
 
 def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, config: RewardTrainConfig):
-    """The probe on the last token of the last layer (what a score head reads), its L2 chosen on
-    validation and refitted on train + validation; and its learning curve on the test split
-    (None without one). Training rankings are shuffled by ``seed`` before taking a quarter and half."""
+    """The probe on the last layer's features (``config.pooling``: mean over tokens, or the last token),
+    its L2 chosen on validation and refitted on train + validation; and its learning curve on the test
+    split (None without one). Training rankings are shuffled by ``seed`` before taking a quarter and half."""
     import random
 
     from reward.probe import ranking_features, select_l2
     from reward.schedule import probe_learning_curve
 
-    feature = f"last@{model.config.num_hidden_layers}"
+    feature = f"{config.pooling}@{model.config.num_hidden_layers}"
     tx, tr = ranking_features(model, tokenizer, train_rows, feature, config.eval_batch_size)
     vx, vr = ranking_features(model, tokenizer, val_rows, feature, config.eval_batch_size)
     probe = select_l2(feature, tx, tr, vx, vr)
@@ -451,7 +476,7 @@ def schedule_record(config: RewardTrainConfig, probe, curve, early, n_train: int
     """What was chosen on the validation split, and why, for metrics.json and the model card."""
     from reward.schedule import checks_record
 
-    record: dict[str, Any] = {"method": config.method, "train_rankings": n_train, "validation_rankings": n_val,
+    record: dict[str, Any] = {"method": config.method, "pooling": config.pooling, "train_rankings": n_train, "validation_rankings": n_val,
                               "probe_l2": probe.l2 if probe else None,
                               "probe_selection": probe.selection if probe else None,
                               "learning_curve": curve,
@@ -565,7 +590,9 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
 
     schedule = metrics["schedule"]
     lines = ["---", "tags: [rlhf, reward-model, trl]", "---", "", "# Reward model", "",
-             f"- Base model: `{config.model}`; data `{config.data}`; mode {config.mode}; method {config.method}",
+             f"- Base model: `{config.model}`; data `{config.data}`; mode {config.mode}; method {config.method}"
+             + ("" if config.method == "finetune" else
+                f" on {'the mean of the last layer over prompt and reply (score_pooling: mean in config.json)' if config.pooling == 'mean' else 'the last token of the last layer'}"),
              f"- Training rankings {metrics['train_rows']}, validation rankings {metrics['validation_rows']} "
              f"(split by prompt, apart from the test split); optimizer steps {metrics['steps']}",
              f"- Why: {schedule['why']}", ""]
@@ -579,6 +606,9 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
     if gate.get("advice"):
         lines += [f"- What to do: {gate['advice']}"]
     lines += ["", "## Bias audit (held-out rankings)", "", *audit_lines(metrics.get("bias"))]
+    from reward.dp import card_lines
+
+    lines += ["", *card_lines(metrics.get("dp"))]
     return "\n".join(lines) + "\n"
 
 

@@ -277,7 +277,42 @@ def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str =
     finally:
         hf_logging.set_verbosity(verbosity)
     _sync_special_ids(model, load_tokenizer(path))
+    if getattr(model.config, "score_pooling", None) == "mean":  # a mean-pooled probe's checkpoint
+        use_mean_pooling(model)
     return model
+
+
+def use_mean_pooling(model) -> None:
+    """Make a ``*ForSequenceClassification`` model score the MEAN of its final hidden states.
+
+    The backbone's last hidden state at position t becomes the mean over the non-padding tokens up to
+    t (causal attention: nothing later is involved), so at the last token, where both the model's own
+    forward and TRL's PPO (``score(hidden_states[-1])`` read at the sequence end) take the score, a
+    linear head reads the mean-pooled features. A forward hook, not a new class: weights and
+    checkpoint layout stay those of the plain model, and ``config.score_pooling = "mean"`` (saved in
+    config.json) makes ``load_score_model`` attach it again, so PPO, GRPO/RLOO, ``rlhf reward score``
+    and export all score as the reward model was trained. Calling it twice attaches one hook.
+    """
+    import torch
+
+    body = getattr(model, model.base_model_prefix)
+    if getattr(body, "_rlhf_mean_pooling", False):
+        return
+
+    def hook(module, args, kwargs, output):
+        hidden = output.last_hidden_state
+        mask = kwargs.get("attention_mask")
+        m = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).to(hidden.dtype)
+        m = m.unsqueeze(-1)
+        running = (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+        output.last_hidden_state = running
+        if output.hidden_states is not None:
+            output.hidden_states = (*output.hidden_states[:-1], running)
+        return output
+
+    body.register_forward_hook(hook, with_kwargs=True)
+    body._rlhf_mean_pooling = True
+    model.config.score_pooling = "mean"
 
 
 def make_tiny_model(out_dir: str | os.PathLike, base: str | os.PathLike | None = None, layers: int = 2,

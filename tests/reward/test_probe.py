@@ -159,3 +159,43 @@ def test_mean_pooled_probe_as_score_head(tiny_model_dir):
     mask = (seq != tokenizer.pad_token_id).long()
     out = model.model(input_ids=seq, attention_mask=mask, output_hidden_states=True, use_cache=False)
     assert model.score(out.hidden_states[-1])[0, -1].item() == pytest.approx(scores[1].item(), abs=1e-4)
+
+
+def test_mean_pooled_checkpoint_scores_the_same_after_reload(tiny_model_dir, tmp_path):
+    """A mean-pooled reward model saved and reloaded through ``rlhf.modeling.load_score_model`` (as
+    ``rlhf reward score``, eval and export do) and through PPO's reward path (``rlhf.rewards`` loader,
+    TRL's ``get_reward`` on left-padded query + response) scores every reply as before saving."""
+    from trl.experimental.utils import get_reward
+
+    from reward.evaluate import score_ids
+    from rlhf.modeling import load_score_model, load_tokenizer, use_mean_pooling
+    from rlhf.rewards import load_reward_model
+
+    model, tokenizer = load_score_model(tiny_model_dir), load_tokenizer(tiny_model_dir, padding_side="right")
+    ids = _ids(tokenizer)
+    use_mean_pooling(model)
+    use_mean_pooling(model)  # a second call must not pool the pooled states again
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=g))
+    before = score_ids(model, ids, tokenizer.pad_token_id, batch_size=4)
+    model.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+
+    reloaded = load_score_model(tmp_path / "rm")
+    assert reloaded.config.score_pooling == "mean"
+    assert score_ids(reloaded, ids, tokenizer.pad_token_id, batch_size=4) == pytest.approx(before, abs=1e-5)
+    # Without the hook the same weights score differently: the reload really re-attached it.
+    plain = load_score_model(tiny_model_dir)
+    with torch.no_grad():
+        plain.score.weight.copy_(model.score.weight)
+    assert max(abs(a - b) for a, b in zip(score_ids(plain, ids, tokenizer.pad_token_id, batch_size=4), before)) > 1e-3
+
+    ppo_model = load_reward_model(str(tmp_path / "rm"), "float32", None, center=False)
+    pad = tokenizer.pad_token_id
+    width = max(len(x) for x in ids) + 2
+    rows = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left-padded, as PPO's queries are
+    with torch.no_grad():
+        # context_length past every row's padding: the reward is read at each row's last token
+        _, scores, _ = get_reward(ppo_model, rows, pad, width - min(len(x) for x in ids))
+    assert scores.tolist() == pytest.approx(before, abs=1e-4)
