@@ -139,6 +139,24 @@ class ExportIn(BaseModel):
     rounds: list[Round] | None = None
     source: Literal["all", "human", "simulated"] = "all"
     include_flagged: bool = False
+    min_gold_accuracy: float | None = Field(None, ge=0, le=1, description="leave out reviewers below this gold accuracy")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="leave out reviewers below this agreement")
+
+
+class GoldIn(BaseModel):
+    ranks: list[Annotated[int, Ge(1), Le(6)]] | None = Field(None, description="known rank per reply in stored "
+                                                             "order (reply 1 first), 1 best, ties allowed")
+    best: Annotated[int, Ge(1), Le(6)] | None = Field(None, description="or: the best reply's number (1-based)")
+
+
+class SettingsIn(BaseModel):
+    guideline: str | None = Field(None, max_length=20000)
+    k: int | None = None
+    reviewers_per_item: int | None = None
+    lease_seconds: float | None = None
+    gold_rate: float | None = None
+    gold_threshold: float | None = None
+    agreement_threshold: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -324,6 +342,39 @@ def erase(body: EraseIn, request: Request, actor: Actor = Depends(admin_actor)):
     return dataclasses.asdict(report)
 
 
+@router.get("/admin/gold", tags=["admin"], summary="Gold items and their known ranks (by reply, 1 best)")
+def list_gold(request: Request, actor: Actor = Depends(admin_actor)):
+    return [{"item_id": item_id, "ranks": ranks} for item_id, ranks in services(request).store.gold_items().items()]
+
+
+@router.put("/admin/gold/{item_id}", tags=["admin"],
+            summary="Mark an item as gold with its known ranking (or its best reply); audited")
+def mark_gold(item_id: int, body: GoldIn, request: Request, actor: Actor = Depends(admin_actor)):
+    from feedback_app.gold import best_reply_ranks
+    from feedback_app.store import Invalid
+
+    store = services(request).store
+    if (body.ranks is None) == (body.best is None):
+        raise Invalid("give either ranks or best")
+    ranks = body.ranks if body.ranks is not None else best_reply_ranks(body.best, len(store.item_replies(item_id)))
+    store.mark_gold(item_id, ranks, by=actor)
+    return {"item_id": item_id, "ranks": ranks}
+
+
+@router.delete("/admin/gold/{item_id}", tags=["admin"], status_code=204, summary="Make a gold item ordinary again")
+def unmark_gold(item_id: int, request: Request, actor: Actor = Depends(admin_actor)):
+    services(request).store.unmark_gold(item_id, by=actor)
+    return Response(status_code=204)
+
+
+@router.patch("/admin/settings", tags=["admin"], summary="Change project settings (versioned and audited)")
+def change_settings(body: SettingsIn, request: Request, actor: Actor = Depends(admin_actor)):
+    store = services(request).store
+    changed = store.update_settings(body.model_dump(exclude_none=True), by=actor)
+    return {"changed": changed, "settings_version": store.project.settings_version,
+            "guideline_version": store.project.guideline_version}
+
+
 @router.get("/admin/jobs/{job_id}", tags=["admin"], summary="Progress of a background job")
 def job_status(job_id: str, request: Request, actor: Actor = Depends(admin_actor)):
     return services(request).jobs.status(job_id)
@@ -335,7 +386,7 @@ def export(body: ExportIn, request: Request, actor: Actor = Depends(admin_actor)
 
     svc = services(request)
     out = export_path(svc.export_dir, body.name)
-    filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged)
-    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
-    svc.store.audit(actor, "export", str(out), manifest["counts"])
+    filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged, body.min_gold_accuracy,
+                            body.min_agreement)
+    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=actor)  # audited there
     return {"path": str(out), "manifest": {k: v for k, v in manifest.items() if k != "ranking_ids"}}

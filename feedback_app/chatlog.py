@@ -227,7 +227,7 @@ def redact_rows(rows: list[ImportRow], settings: RedactionSettings, report: Reda
         replies = [redactor.redact(r) for r in row.replies] if row.replies is not None else None
         reference = redactor.redact(row.reference) if row.reference is not None else None
         out.append(ImportRow(prompt=prompt, replies=replies, model=row.model, source=row.source, reference=reference,
-                             conversation=row.conversation, customer=row.customer))
+                             conversation=row.conversation, customer=row.customer, gold_ranks=row.gold_ranks))
     return out
 
 

@@ -11,6 +11,8 @@
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
   rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
   rlhf app export --prompts FILE      the prompt set PPO reads
+  rlhf app gold ITEM --best N         mark a gold item (or --ranks 1,3,2,4; --unmark; no ITEM lists them)
+  rlhf app settings --set k=3         show or change the project's settings (versioned, audited)
   rlhf app backup FILE                a backup while the app runs (SQLite file, or pg_dump SQL for PostgreSQL)
   rlhf simulate --url URL ...         scripted reviewers over the REST API
 """
@@ -113,6 +115,20 @@ def register(subparsers) -> None:
     exp.add_argument("--round", action="append", type=int, dest="cfg:rounds", default=argparse.SUPPRESS, metavar="N",
                      help="only this generation round (repeatable)")
 
+    gold = command("gold", "mark an item as gold (a known ranking, mixed unannounced into every reviewer's "
+                           "queue), unmark it, or list gold items", run_gold)
+    gold.add_argument("item", type=int, nargs="?", help="item id (as in the admin page and the REST API)")
+    what = gold.add_mutually_exclusive_group()
+    what.add_argument("--ranks", help="known ranks by reply, 1 best, e.g. 1,3,2,4 (ties allowed)")
+    what.add_argument("--best", type=int, help="the best reply's number (1..K); the others tie below it")
+    what.add_argument("--unmark", action="store_true", help="make the item an ordinary one again")
+
+    sets = command("settings", "show or change the project's settings (each change is versioned and audited)",
+                   run_settings)
+    sets.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="guideline, k, reviewers_per_item, lease_seconds, gold_rate (0..0.5), gold_threshold, "
+                           "agreement_threshold (repeatable)")
+
     bak = command("backup", "copy the database while the app runs (SQLite online backup; PostgreSQL: pg_dump, "
                             "restore with psql -f FILE)", run_backup)
     bak.add_argument("dest", metavar="FILE")
@@ -204,6 +220,53 @@ def run_users_list(args) -> int:
     return 0
 
 
+def run_gold(args) -> int:
+    from feedback_app.gold import best_reply_ranks, parse_gold
+
+    _, store = _store(args, setup=False)
+    if args.item is None:
+        for item_id, ranks in store.gold_items().items():
+            print(f"{item_id}\t{','.join(map(str, ranks))}")
+        return 0
+    if args.unmark:
+        store.unmark_gold(args.item)
+        print(f"item {args.item} is no longer gold")
+        return 0
+    if args.ranks is None and args.best is None:
+        raise UserError("gold: give --ranks R1,R2,... or --best N (or --unmark)")
+    k = len(store.item_replies(args.item))
+    ranks = best_reply_ranks(args.best, k) if args.best is not None else parse_gold(args.ranks, k)
+    store.mark_gold(args.item, ranks)
+    print(f"item {args.item} is gold: ranks {','.join(map(str, ranks))}; project gold rate "
+          f"{store.refresh_project().gold_rate:.0%}")
+    return 0
+
+
+def run_settings(args) -> int:
+    _, store = _store(args, setup=False)
+    changes = {}
+    for pair in args.set:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"--set: give NAME=VALUE (got {pair!r})")
+        changes[name.strip()] = value if name.strip() == "guideline" else _number(name.strip(), value)
+    if changes:
+        for name, (before, after) in store.update_settings(changes).items():
+            print(f"{name}: {before!r} -> {after!r}")
+    p = store.refresh_project()
+    for name in store.SETTINGS + ("guideline_version", "settings_version"):
+        value = store.lease_seconds if name == "lease_seconds" else getattr(p, name)
+        print(f"{name}\t{value}")
+    return 0
+
+
+def _number(name: str, value: str):
+    try:
+        return int(value) if re.fullmatch(r"\s*-?\d+\s*", value) else float(value)
+    except ValueError:
+        raise UserError(f"--set {name}: {value!r} is not a number") from None
+
+
 def run_users_disable(args) -> int:
     _, store = _store(args, setup=False)
     actor = store.disable_user(args.username)
@@ -289,15 +352,15 @@ def run_export(args) -> int:
     if not config.prompts and not config.out:
         raise UserError("give an output folder (rlhf app export OUT) or --prompts FILE.jsonl")
     # The REST API's filters; a bad --source stops here, before the store is opened.
-    filters = ExportFilters(config.reviewers, config.rounds, config.source, config.include_flagged)
+    filters = ExportFilters(config.reviewers, config.rounds, config.source, config.include_flagged,
+                            config.min_gold_accuracy, config.min_agreement)
     store = Store.open(config, create=False)
     if config.prompts:
         n = export_prompts(store, config.prompts)
         print(f"wrote {n} prompts to {config.prompts}")
         if not config.out:
             return 0
-    manifest = export_rankings(store, config.out, filters, config.test_fraction)
-    store.audit(None, "export", str(config.out), manifest["counts"])  # the audit log names "cli"
+    manifest = export_rankings(store, config.out, filters, config.test_fraction)  # audited there, as "cli"
     print(json.dumps({"out": config.out, **manifest["counts"]}))
     return 0
 
@@ -380,6 +443,13 @@ def run_ab_report(args) -> int:
     print(f"{report.policy_a} vs {report.policy_b}: {wr.wins_a} wins, {wr.wins_b} losses, "
           f"{wr.ties} ties, {wr.both_bad} both bad; win rate of {report.policy_a} {rate} "
           f"({int(wr.confidence * 100)}% {wr.method})")
+    lc = report.length_controlled
+    if lc and lc["length_controlled"] is not None:
+        low, high = lc["lc_interval"]
+        print(f"length-controlled win rate of {report.policy_a} {lc['length_controlled']:.3f} [{low:.3f}, {high:.3f}] "
+              f"(raw, ties 1/2: {lc['raw']:.3f}; length coefficient {lc['length_coefficient']:+.2f}, > 0: longer wins)")
+    elif lc:
+        print(f"length-controlled win rate: n/a ({lc['note']})")
     share = "n/a" if pb.left_share is None else f"{pb.left_share:.3f} (p={pb.p_value:.3g})"
     print(f"position bias: left side won {share}; policy A shown left in {pb.a_on_left} of {pb.judgements}")
     return 0

@@ -104,6 +104,10 @@ class ExportConfig(AppConfig):
     rounds: list[int] | None = Field(None, description="only these generation rounds (--round, repeatable)")
     source: str = Field("all", description="all, human or simulated rankings")
     include_flagged: bool = Field(False, description="keep flagged replies and items")
+    min_gold_accuracy: float | None = Field(None, description="leave out every ranking of reviewers whose gold "
+                                            "accuracy is below this (0..1); recorded in the manifest")
+    min_agreement: float | None = Field(None, description="leave out every ranking of reviewers whose agreement "
+                                        "with the others' consensus is below this (0..1; 0.5 is chance)")
 
 
 class AbCreateConfig(AppConfig):

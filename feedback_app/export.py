@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from feedback_app.agent_replies import agent_texts, mark_agent_replies
 from feedback_app.files import SHARED_FILE, path_error, prepare_parent, restrict_tree
-from feedback_app.models import Flag, Item, PromptRow, RankingRow, User
+from feedback_app.models import Flag, GoldItem, Item, PromptRow, RankingRow, User
 from feedback_app.store import Conflict, Invalid, Store
 from rlhf.errors import UserError
 from rlhf.schema import (EXPORT_KWISE, EXPORT_MANIFEST, EXPORT_PAIRWISE, Ranking, as_messages, is_conversational,
@@ -56,21 +56,58 @@ class ExportFilters:
     rounds: list[int] | None = None  # generation rounds; None = all
     source: str = "all"  # all | human | simulated
     include_flagged: bool = False  # keep flagged replies and flagged items
+    # Reviewer quality (feedback_app.reviewer_quality): leave out every ranking of a reviewer whose
+    # gold accuracy, or agreement with the consensus of the others, is below the figure. A reviewer
+    # with no figure yet (no gold ranked, no shared item) is kept, and the manifest says so.
+    min_gold_accuracy: float | None = None
+    min_agreement: float | None = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise UserError(f"source: must be one of {', '.join(SOURCES)} (got {self.source!r})")
+        for name in ("min_gold_accuracy", "min_agreement"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise UserError(f"{name}: must be between 0 and 1 (got {value})")
 
 
-def load_rankings(store: Store, filters: ExportFilters) -> list[Ranking]:
+def quality_filter(store: Store, filters: ExportFilters) -> tuple[set[str], dict]:
+    """Reviewers the quality thresholds leave out, and the manifest's record of why: each reviewer's
+    gold accuracy and agreement, the thresholds, who was dropped and who had no figure to judge by."""
+    from feedback_app.reviewer_quality import quality_table
+
+    table = quality_table(store)
+    dropped, unscored = set(), set()
+    for row in table:
+        for floor, value in ((filters.min_gold_accuracy, row.gold_accuracy), (filters.min_agreement, row.agreement)):
+            if floor is None:
+                continue
+            if value is None:
+                unscored.add(row.reviewer)
+            elif value < floor:
+                dropped.add(row.reviewer)
+    record = {"min_gold_accuracy": filters.min_gold_accuracy, "min_agreement": filters.min_agreement,
+              "dropped_reviewers": sorted(dropped), "kept_without_figure": sorted(unscored - dropped),
+              "reviewers": {r.reviewer: {"gold_accuracy": r.gold_accuracy, "gold_rankings": r.gold_rankings,
+                                         "agreement": r.agreement, "compared_pairs": r.compared_pairs}
+                            for r in table}}
+    return dropped, record
+
+
+def load_rankings(store: Store, filters: ExportFilters, exclude_reviewers: set[str] = frozenset()) -> list[Ranking]:
     """The project's rankings that pass ``filters``, as ``rlhf.schema.Ranking`` records.
 
     A reply flagged by anyone goes into ``Ranking.flagged`` (left out of pairs unless asked); a
-    ranking of an item flagged as a whole is left out unless ``include_flagged``.
+    ranking of an item flagged as a whole is left out unless ``include_flagged``. Rankings of gold
+    items are never exported (they test reviewers; every reviewer ranks them). ``exclude_reviewers``:
+    reviewers the quality filter left out (``quality_filter``).
     """
     with store.sessions() as s:
         query = (select(RankingRow).join(Item, RankingRow.item_id == Item.id).join(User, RankingRow.user_id == User.id)
-                 .where(Item.project_id == store.project.id).order_by(RankingRow.id))
+                 .where(Item.project_id == store.project.id, RankingRow.item_id.not_in(select(GoldItem.item_id)))
+                 .order_by(RankingRow.id))
+        if exclude_reviewers:
+            query = query.where(User.username.not_in(sorted(exclude_reviewers)))
         if filters.reviewers is not None:
             query = query.where(User.username.in_(filters.reviewers))
         if filters.rounds is not None:
@@ -94,8 +131,20 @@ def load_rankings(store: Store, filters: ExportFilters) -> list[Ranking]:
                 prompt=row.item.prompt_row.prompt, completions=[c.text for c in candidates], ranks=list(row.ranks),
                 reviewer=row.user.username, ranking_id=row.id, simulated=row.simulated, round=row.item.round,
                 flagged=frozenset(c.position for c in candidates if c.id in flagged_candidates[row.item_id]),
+                unit=privacy_unit(row.item.prompt_row),
             ))
         return rankings
+
+
+def privacy_unit(prompt: PromptRow) -> str:
+    """The differential-privacy unit of a prompt's rankings: the customer when the chat log named one
+    (all their conversations together), else the conversation, else the prompt itself (a plain-prompt
+    import). Customer and conversation keys are the store's salted hashes, never the raw identifiers."""
+    if prompt.customer_key:
+        return f"customer:{prompt.customer_key}"
+    if prompt.conversation_key:
+        return f"conversation:{prompt.conversation_key}"
+    return f"prompt:{prompt.prompt_key}"
 
 
 def build_rows(rankings: list[Ranking], test_fraction: float, include_flagged: bool = False) -> dict:
@@ -111,7 +160,7 @@ def build_rows(rankings: list[Ranking], test_fraction: float, include_flagged: b
         split = prompt_split(r.prompt, test_fraction)
         if conversational and not is_conversational(r.prompt):
             r = Ranking(as_messages(r.prompt), r.completions, r.ranks, r.reviewer, r.ranking_id, r.flagged,
-                        r.simulated, r.round)
+                        r.simulated, r.round, r.unit)
         out[EXPORT_PAIRWISE][split] += [p.to_row() for p in r.pairs(include_flagged)]
         kwise = r.kwise(include_flagged)
         if kwise is not None:
@@ -133,12 +182,18 @@ def _dataset_dict(splits: dict[str, list[dict]]):
     return datasets.DatasetDict({name: one(rows) for name, rows in splits.items()})
 
 
-def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFilters, test_fraction: float) -> dict:
+def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFilters, test_fraction: float,
+                    by=None) -> dict:
     """Write ``OUT/pairwise``, ``OUT/kwise`` (DatasetDicts with train/test) and ``OUT/manifest.json``.
 
     Everything is written into a hidden folder beside ``OUT`` and renamed to ``OUT`` at the end (an
     atomic step): a reader never sees half an export, and an existing ``OUT`` is never overwritten
     (``Conflict``), also when two exports race for the same name.
+
+    The export is audit-logged here, as ``by`` (an ``Actor``; None is the CLI), just before the
+    rename, and the manifest records who, when and that entry's id (``exported_by``, ``created_at``,
+    ``audit_id``), so a folder found later leads back to its line in the audit log. An export that
+    fails after that entry gets an ``export failed`` entry citing it.
     """
     out = Path(out_dir)
     check_export_name(out.name)
@@ -163,15 +218,21 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
                     file = f"{name}-{split}.{suffix}"
                     write(str(tmp / file), **({"lines": True, "force_ascii": False} if suffix == "jsonl" else {}))
                     manifest["files"].append(file)
-        (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        restrict_tree(tmp)
+        manifest["exported_by"] = by.username if by is not None else "cli"
+        manifest["audit_id"] = audit_id = store.audit(by, "export", str(out), manifest["counts"])
         try:
-            os.rename(tmp, out)  # replaces only an empty folder; a non-empty one raises
-        except OSError as exc:
-            if out.exists():
-                raise Conflict(f"{out}: already exists (another export took the name); nothing overwritten, "
-                               f"choose another name") from None
-            raise path_error(out, exc) from None
+            (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            restrict_tree(tmp)
+            try:
+                os.rename(tmp, out)  # replaces only an empty folder; a non-empty one raises
+            except OSError as exc:
+                if out.exists():
+                    raise Conflict(f"{out}: already exists (another export took the name); nothing overwritten, "
+                                   f"choose another name") from None
+                raise path_error(out, exc) from None
+        except (OSError, Conflict, UserError) as exc:
+            store.audit(by, "export failed", str(out), {"audit_id": audit_id, "error": str(exc)[:300]})
+            raise
     except OSError as exc:
         raise path_error(out, exc) from None
     finally:
@@ -180,7 +241,11 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
 
 
 def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: float) -> tuple[dict, dict]:
-    rankings = load_rankings(store, filters)
+    quality = None
+    dropped: set[str] = set()
+    if filters.min_gold_accuracy is not None or filters.min_agreement is not None:
+        dropped, quality = quality_filter(store, filters)
+    rankings = load_rankings(store, filters, dropped)
     if not rankings:
         raise UserError(f"no rankings match the filters ({_describe(filters)}); nothing exported")
     rows = build_rows(rankings, test_fraction, filters.include_flagged)
@@ -208,6 +273,11 @@ def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: floa
             EXPORT_KWISE: {k: len(v) for k, v in rows[EXPORT_KWISE].items()},
         },
         "ranking_ids": [r.ranking_id for r in rankings],
+        # reviewer quality: the thresholds, each reviewer's figures and who was left out (None: no filter)
+        "quality": quality,
+        # the privacy units (column `unit`) by kind: what `rlhf reward train --dp` samples and protects
+        "privacy_units": {kind: len({r.unit for r in rankings if r.unit.startswith(kind + ":")})
+                          for kind in ("customer", "conversation", "prompt")},
         # the project's redaction settings at export time (None: the defaults, redaction on)
         "redaction": store.refresh_project().redaction,
     }
@@ -227,6 +297,10 @@ def _refuse_existing(out: Path) -> None:
 
 def _describe(filters: ExportFilters) -> str:
     parts = [f"source={filters.source}"]
+    if filters.min_gold_accuracy is not None:
+        parts.append(f"min_gold_accuracy={filters.min_gold_accuracy}")
+    if filters.min_agreement is not None:
+        parts.append(f"min_agreement={filters.min_agreement}")
     if filters.reviewers is not None:
         parts.append(f"reviewers={','.join(filters.reviewers)}")
     if filters.rounds is not None:

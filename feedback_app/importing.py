@@ -4,7 +4,9 @@ Rows (JSONL / datasets):
   {"prompt": "text"} or {"prompt": [messages]} or {"messages": [...]}   a prompt
   ("messages" ending in assistant turns: those are the agent's reply, stored as the reference reply)
   optional "replies": [K texts] (or "candidates")  imported as a ready item, with optional "model"
-CSV: a header with a ``prompt`` column; optional ``reply_1`` .. ``reply_K`` columns and ``model``.
+  optional "gold_ranking": [K ranks] (1 best) or "gold_best": N (reply N is best)   a gold item
+CSV: a header with a ``prompt`` column; optional ``reply_1`` .. ``reply_K`` columns and ``model``
+(and ``gold_ranking`` as "1,3,2,4" or ``gold_best``).
 A CSV prompt cell that holds a JSON list is read as chat messages.
 """
 
@@ -61,7 +63,30 @@ def _row(data: Any, where: str) -> ImportRow:
     model = data.get("model") or ""
     if not isinstance(model, str):
         raise UserError(f"{where}: 'model' must be text")
-    return ImportRow(prompt=prompt, replies=replies, model=model, source=where, reference=reference)
+    return ImportRow(prompt=prompt, replies=replies, model=model, source=where, reference=reference,
+                     gold_ranks=_gold(data, where, replies))
+
+
+def _gold(data: dict, where: str, replies: list[str] | None) -> list[int] | None:
+    """A known ranking makes the item gold: "gold_ranking" (ranks by reply, 1 best; in CSV "1,3,2,4")
+    or "gold_best" (the best reply's number, 1-based). Checked against K when stored."""
+    from feedback_app.gold import best_reply_ranks
+
+    ranking, best = data.get("gold_ranking"), data.get("gold_best")
+    if ranking in (None, "") and best in (None, ""):
+        return None
+    if replies is None:
+        raise UserError(f"{where}: a gold ranking needs the 'replies' it ranks")
+    try:
+        if ranking not in (None, ""):
+            ranks = [int(x) for x in ranking.split(",")] if isinstance(ranking, str) else list(ranking)
+            if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+                raise ValueError
+            return ranks
+        return best_reply_ranks(int(best), len(replies))
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: 'gold_ranking' must list one whole-number rank per reply (1 best), "
+                        f"'gold_best' one reply number") from None
 
 
 def _has_nul(value: Any) -> bool:
@@ -108,7 +133,8 @@ def _parse_csv(name: str, text: str) -> list[ImportRow]:
                     prompt = json.loads(prompt)
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{where}: prompt looks like JSON messages but is malformed: {exc.msg}") from None
-            data: dict[str, Any] = {"prompt": prompt, "model": record.get("model") or ""}
+            data: dict[str, Any] = {"prompt": prompt, "model": record.get("model") or "",
+                                    "gold_ranking": record.get("gold_ranking"), "gold_best": record.get("gold_best")}
             replies = [record[c] for c in reply_cols if (record.get(c) or "").strip()]
             if replies:
                 data["replies"] = replies

@@ -36,7 +36,8 @@ from feedback_app import auth
 from feedback_app.db import open_store, read_only, relaxed_durability
 from feedback_app.auth import Actor
 from feedback_app.models import (DONE, FLAG_KINDS, LEASED, ROLES, SKIPPED, AbJudgement, Assignment, AuditEntry,
-                                 Candidate, Flag, Item, LoginThrottle, Project, PromptRow, RankingRow, User)
+                                 Candidate, Flag, GoldItem, Item, LoginThrottle, Project, PromptRow, RankingRow,
+                                 User)
 from rlhf.errors import UserError
 from rlhf.schema import prompt_key, validate_prompt, validate_ranks
 
@@ -60,10 +61,18 @@ class _Hot:
     # this reviewer was never handed. Correlated count: cheap with the item index.
     _filled = (select(func.count(A.id)).where(A.item_id == I.id, A.slot.is_not(None))
                .correlate(Item.__table__).scalar_subquery())
+    _gold_ids = select(GoldItem.__table__.c.item_id)
     pick = (select(I.id).where(I.project_id == bindparam("pid"),
                                I.id.not_in(select(A.item_id).where(A.user_id == bindparam("uid"))),
-                               _filled < bindparam("rpi"))
+                               I.id.not_in(_gold_ids), _filled < bindparam("rpi"))
             .order_by(I.id).limit(1))
+    # Gold: any gold item of the project this reviewer was never handed, whatever reviewers_per_item
+    # says (its leases hold no slot), in random order so reviewers cannot learn which come when.
+    pick_gold = (select(I.id).where(I.project_id == bindparam("pid"), I.id.in_(_gold_ids),
+                                    I.id.not_in(select(A.item_id).where(A.user_id == bindparam("uid"))))
+                 .order_by(func.random()).limit(1))
+    handed_counts = (select(func.count(A.id), func.count(A.id).filter(A.item_id.in_(_gold_ids)))
+                     .where(A.user_id == bindparam("uid")))
     used_slots = select(A.slot).where(A.item_id == bindparam("item"), A.slot.is_not(None))
     add_lease = Assignment.__table__.insert()
     view = (select(C.position, C.id, C.text, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
@@ -174,6 +183,7 @@ class AuditView:
     action: str  # account created | role changed | account disabled | account enabled | password reset | ...
     target: str
     detail: dict
+    id: int | None = None  # the entry's id (an export's manifest cites it as audit_id)
 
 
 @dataclass
@@ -189,6 +199,7 @@ class ImportRow:
     reference: str | None = None
     conversation: str = ""
     customer: str = ""
+    gold_ranks: list[int] | None = None  # a known ranking of ``replies`` (by reply, 1 best): a gold item
 
 
 # The model name of a candidate that is the contact-centre agent's real reply (``rlhf app generate
@@ -241,6 +252,8 @@ class Store:
         self._next_throttle_sweep = float("-inf")
         self.project = (self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version) if create
                         else self._existing_project(project))
+        if self.project.lease_seconds:  # set from the admin page: the project's own lease time wins
+            self.lease_seconds = self.project.lease_seconds
 
     @classmethod
     def from_config(cls, sessions: sessionmaker[Session], config, create: bool = True) -> "Store":
@@ -323,6 +336,10 @@ class Store:
                 s.add(project)
                 s.flush()
                 return project
+            if project.settings_version > 0:
+                # Settings edited from the admin page or ``rlhf app settings`` are the project's own now:
+                # a restart with the config's older values must not undo them (nor a K change).
+                return project
             if project.k != k:
                 has_items = s.scalar(select(func.count(Item.id)).where(Item.project_id == project.id))
                 if has_items:
@@ -348,7 +365,125 @@ class Store:
         """Re-read the project's settings: another process (a CLI import) may have changed K since."""
         with self.sessions() as s:
             self.project = s.get(Project, self.project.id)
+        if self.project.lease_seconds:
+            self.lease_seconds = self.project.lease_seconds
         return self.project
+
+    # -- project settings (admin page's Project tab, ``rlhf app settings``) ---------------------------
+
+    SETTINGS = ("guideline", "k", "reviewers_per_item", "lease_seconds", "gold_rate", "gold_threshold",
+                "agreement_threshold")
+
+    def update_settings(self, changes: dict[str, Any], by: Actor | None = None) -> dict[str, Any]:
+        """Change some of the project's ``SETTINGS``; returns ``{name: [before, after]}`` of what changed.
+
+        Every change bumps ``settings_version`` and is audited ("settings changed"); a new guideline
+        also bumps ``guideline_version`` (each ranking records the version it was made under). K
+        follows the rule of server start: refused while an item of the old K still waits for
+        rankings (skip those items or let them finish first)."""
+        unknown = set(changes) - set(self.SETTINGS)
+        if unknown:
+            raise Invalid(f"{sorted(unknown)[0]}: not a project setting (settings: {', '.join(self.SETTINGS)})")
+        checks = {"k": (int, 2, 6), "reviewers_per_item": (int, 1, 50), "lease_seconds": (float, 30, 7 * 86400),
+                  "gold_rate": (float, 0, 0.5), "gold_threshold": (float, 0, 1), "agreement_threshold": (float, 0, 1)}
+        clean: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "guideline":
+                if not isinstance(value, str) or len(value) > 20000:
+                    raise Invalid("guideline: give a text of at most 20000 characters")
+                clean[name] = value.strip()
+                continue
+            kind, low, high = checks[name]
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                raise Invalid(f"{name}: must be a number (got {value!r})") from None
+            if isinstance(value, bool) or not (low <= number <= high) or (kind is int and number != value):
+                raise Invalid(f"{name}: must be {'a whole number ' if kind is int else ''}between {low} and {high} "
+                              f"(got {value!r})")
+            clean[name] = number
+
+        def work(s: Session) -> dict[str, Any]:
+            project = s.get(Project, self.project.id)
+            before = {name: getattr(project, name) for name in clean}
+            if "lease_seconds" in clean and project.lease_seconds is None:
+                before["lease_seconds"] = self.lease_seconds  # the config's, until the project has its own
+            changed = {n: [before[n], v] for n, v in clean.items() if before[n] != v}
+            if not changed:
+                return {}
+            if "k" in changed:
+                self._check_k_change(s, project, clean["k"])
+            for name, (_, after) in changed.items():
+                setattr(project, name, after)
+            if "guideline" in changed:
+                changed["guideline_version"] = [project.guideline_version, _next_version(project.guideline_version)]
+                project.guideline_version = changed["guideline_version"][1]
+            project.settings_version += 1
+            _audit(s, by, self.clock(), "settings changed", project.name,
+                   {"settings_version": project.settings_version, **changed})
+            return changed
+
+        changed = self._run(work)
+        self.refresh_project()
+        return changed
+
+    def _check_k_change(self, s: Session, project: Project, k: int) -> None:
+        """Refuse a new K while an item of another K still waits for rankings (not gold, not full)."""
+        done = (select(func.count(Assignment.id)).where(Assignment.item_id == Item.id, Assignment.state == DONE)
+                .correlate(Item).scalar_subquery())
+        replies = (select(func.count(Candidate.id)).where(Candidate.item_id == Item.id)
+                   .correlate(Item).scalar_subquery())
+        open_items = s.scalar(select(func.count(Item.id)).where(
+            Item.project_id == project.id, Item.id.not_in(select(GoldItem.item_id)), replies != k,
+            done < project.reviewers_per_item)) or 0
+        if open_items:
+            raise Conflict(f"k: {open_items} items with K={project.k} still wait for rankings; finish them (or use "
+                           f"another project) before changing K to {k}")
+
+    # -- gold items -------------------------------------------------------------------------------
+
+    def mark_gold(self, item_id: int, ranks: list[int], by: Actor | None = None) -> None:
+        """Mark an item as gold with its known ranking (ranks by reply position, 1 best); marking it
+        again replaces the ranking. Audited."""
+        from feedback_app.gold import pair_score
+
+        def work(s: Session) -> None:
+            item = s.get(Item, item_id)
+            if item is None or item.project_id != self.project.id:
+                raise NotFound(f"item {item_id}: no such item in project '{self.project.name}'")
+            known = _check_ranks(ranks, len(item.candidates))
+            if pair_score(known, known)[1] == 0:
+                raise Invalid("ranks: a gold ranking that ties every reply says nothing; rank at least one reply "
+                              "above another")
+            _set_gold(s, item_id, known, by.username if by is not None else "cli", self.clock())
+            _audit(s, by, self.clock(), "gold marked", f"item {item_id}", {"ranks": known})
+
+        self._run(work)
+
+    def unmark_gold(self, item_id: int, by: Actor | None = None) -> None:
+        def work(s: Session) -> None:
+            row = s.get(GoldItem, item_id)
+            if row is None:
+                raise NotFound(f"item {item_id}: not a gold item")
+            s.delete(row)
+            _audit(s, by, self.clock(), "gold unmarked", f"item {item_id}", {})
+
+        self._run(work)
+
+    def item_replies(self, item_id: int) -> list[str]:
+        """An item's reply texts in stored order (reply 1 first), for marking gold; admins only."""
+        with self.sessions() as s:
+            item = s.get(Item, item_id)
+            if item is None or item.project_id != self.project.id:
+                raise NotFound(f"item {item_id}: no such item in project '{self.project.name}'")
+            return [c.text for c in item.candidates]
+
+    def gold_items(self) -> dict[int, list[int]]:
+        """The project's gold items: item id -> known ranks by reply position."""
+        with self.sessions() as s:
+            rows = s.execute(select(GoldItem.item_id, GoldItem.ranks).join(Item, Item.id == GoldItem.item_id)
+                             .where(Item.project_id == self.project.id).order_by(GoldItem.item_id)).all()
+        return {item_id: list(ranks) for item_id, ranks in rows}
 
     # -- users ------------------------------------------------------------------------------------
     # Accounts are created, reset and disabled here only (CLI, REST API and admin page call these);
@@ -527,9 +662,15 @@ class Store:
 
     # -- audit log --------------------------------------------------------------------------------
 
-    def audit(self, by: Actor | None, action: str, target: str = "", detail: dict | None = None) -> None:
-        """Record an admin action done outside the store's own transactions (an export, a generation)."""
-        self._run(lambda s: _audit(s, by, self.clock(), action, target, detail or {}))
+    def audit(self, by: Actor | None, action: str, target: str = "", detail: dict | None = None) -> int:
+        """Record an admin action done outside the store's own transactions (an export, a generation);
+        returns the entry's id (an export's manifest cites it)."""
+        def work(s: Session) -> int:
+            entry = _audit(s, by, self.clock(), action, target, detail or {})
+            s.flush()
+            return entry.id
+
+        return self._run(work)
 
     def set_redaction(self, settings: dict, by: Actor | None = None) -> None:
         """Record the project's redaction settings (``RedactionSettings`` as a dict); a change is
@@ -552,7 +693,7 @@ class Store:
         """The latest admin actions, newest first."""
         with self.sessions() as s:
             rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
-            return [AuditView(r.at, r.actor, r.action, r.target, r.detail or {}) for r in rows]
+            return [AuditView(r.at, r.actor, r.action, r.target, r.detail or {}, r.id) for r in rows]
 
     # -- prompts and items ------------------------------------------------------------------------
 
@@ -645,6 +786,16 @@ class Store:
             if row.replies is not None and (len(row.replies) != k or not all(isinstance(r, str) for r in row.replies)):
                 raise Invalid(f"{row.source or f'row {i + 1}'}: replies must be a list of exactly K={k} texts "
                               f"(got {len(row.replies) if isinstance(row.replies, list) else type(row.replies).__name__})")
+            if row.gold_ranks is not None:
+                if row.replies is None:
+                    raise Invalid(f"{row.source or f'row {i + 1}'}: gold_ranking needs the replies it ranks")
+                try:
+                    known = validate_ranks(row.gold_ranks, k)
+                except ValueError as exc:
+                    raise Invalid(f"{row.source or f'row {i + 1}'}: gold_ranking: {exc}") from None
+                if len(set(known)) < 2:
+                    raise Invalid(f"{row.source or f'row {i + 1}'}: gold_ranking ties every reply; rank at least "
+                                  f"one above another")
 
         def work(s: Session) -> dict[str, int]:
             counts = {"prompts_added": 0, "prompts_existing": 0, "items_added": 0, "items_existing": 0}
@@ -660,6 +811,11 @@ class Store:
                 if row.replies is not None:
                     added = self._add_item(s, prompt.id, round, row.replies, row.model, "", {})
                     counts["items_added" if added else "items_existing"] += 1
+                    if row.gold_ranks is not None:
+                        item_id = s.scalar(select(Item.id).where(Item.prompt_id == prompt.id, Item.round == round))
+                        _set_gold(s, item_id, row.gold_ranks, by.username if by is not None else "import",
+                                  self.clock())
+                        counts["gold"] = counts.get("gold", 0) + 1
             # Rows' sources read "FILE:LINE" (or "FILE line N"): the audit names the file.
             source = re.sub(r"(:| line )\d+$", "", rows[0].source) if rows else ""
             _audit(s, by, self.clock(), "import", source, {"round": round, **counts})
@@ -691,7 +847,8 @@ class Store:
         s.add_all(Candidate(item_id=item.id, position=p, text=text,
                             model=AGENT_MODEL if p == agent_position else model[:500],
                             checkpoint="" if p == agent_position else checkpoint[:500],
-                            sampling={} if p == agent_position else sampling, round=round)
+                            sampling={} if p == agent_position else sampling[p] if isinstance(sampling, list)
+                            else sampling, round=round)
                   for p, text in enumerate(replies))
         return True
 
@@ -705,8 +862,9 @@ class Store:
             return [(pid, prompt) for pid, prompt in rows]
 
     def add_candidates(self, prompt_id: int, round: int, replies: list[str], model: str, checkpoint: str = "",
-                       sampling: dict | None = None, agent_position: int | None = None) -> bool:
+                       sampling: dict | list[dict] | None = None, agent_position: int | None = None) -> bool:
         """Store the K generated replies of one prompt as an item; False if that item already exists.
+        ``sampling``: how they were generated, one record for all or one per reply (with its end).
         ``agent_position``: the reply at that position is the agent's real reply (stored as model
         ``AGENT_MODEL``), the others the policy's."""
         k = self.refresh_project().k
@@ -747,9 +905,13 @@ class Store:
             rpi = self.project.reviewers_per_item
             item_id = conn.execute(_Hot.pick, {"pid": self.project.id, "uid": actor.id, "rpi": rpi}).scalar()
             if item_id is None:
-                return None
-            used = set(conn.execute(_Hot.used_slots, {"item": item_id}).scalars()) if rpi > 1 else set()
-            slot = min(set(range(rpi)) - used)
+                return None  # gold comes only among real items: a queue of gold alone would give it away
+            gold_id = self._gold_pick(conn, actor) if self.project.gold_rate > 0 else None
+            if gold_id is not None:
+                item_id, slot = gold_id, None  # a gold lease holds no slot: every reviewer gets the item
+            else:
+                used = set(conn.execute(_Hot.used_slots, {"item": item_id}).scalars()) if rpi > 1 else set()
+                slot = min(set(range(rpi)) - used)
             # The item's own replies set the order's length, not the K this process started with: a
             # CLI import may have changed the project's K (allowed while it held no items) meanwhile.
             rows = conn.execute(_Hot.view, {"item": item_id}).all()
@@ -762,6 +924,15 @@ class Store:
             return self._item_view_of(rows, item_id, order, expires)
 
         return work
+
+    def _gold_pick(self, conn, actor: Actor) -> int | None:
+        """A gold item for this hand-out if one is due (``gold.gold_due``) and one is left, else None."""
+        from feedback_app.gold import gold_due
+
+        seen_total, seen_gold = conn.execute(_Hot.handed_counts, {"uid": actor.id}).one()
+        if not gold_due(random.random(), self.project.gold_rate, seen_gold, seen_total):
+            return None
+        return conn.execute(_Hot.pick_gold, {"pid": self.project.id, "uid": actor.id}).scalar()
 
     def _item_view_core(self, conn, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
         return self._item_view_of(conn.execute(_Hot.view, {"item": item_id}).all(), item_id, shown_order, expires_at)
@@ -952,6 +1123,7 @@ class Store:
             seen = select(Assignment.item_id).where(mine)
             available = s.scalar(select(func.count(Item.id)).outerjoin(taken, taken.c.item_id == Item.id)
                                  .where(Item.project_id == self.project.id, Item.id.not_in(seen),
+                                        Item.id.not_in(select(GoldItem.item_id)),  # gold comes unannounced
                                         func.coalesce(taken.c.n, 0) < self.project.reviewers_per_item)) or 0
             totals: dict[str, int] = {}
             if actor.is_admin:
@@ -1046,9 +1218,28 @@ def _retryable(exc: Exception) -> bool:
     return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
 
 
-def _audit(s: Session, by: Actor | None, at: float, action: str, target: str, detail: dict) -> None:
-    s.add(AuditEntry(at=at, actor=by.username if by is not None else "cli", action=action, target=target[:500],
-                     detail=detail))
+def _audit(s: Session, by: Actor | None, at: float, action: str, target: str, detail: dict) -> AuditEntry:
+    entry = AuditEntry(at=at, actor=by.username if by is not None else "cli", action=action, target=target[:500],
+                       detail=detail)
+    s.add(entry)
+    return entry
+
+
+def _set_gold(s: Session, item_id: int, ranks: list[int], marked_by: str, now: float) -> None:
+    row = s.get(GoldItem, item_id)
+    if row is None:
+        s.add(GoldItem(item_id=item_id, ranks=list(ranks), marked_by=marked_by, marked_at=now))
+    else:
+        row.ranks, row.marked_by, row.marked_at = list(ranks), marked_by, now
+
+
+def _next_version(version: str) -> str:
+    """The guideline version after ``version``: "3" -> "4", "v1.09" -> "v1.10", "draft" -> "draft.1"."""
+    match = re.search(r"(\d+)$", version or "")
+    if match is None:
+        return f"{version}.1" if version else "1"
+    digits = match.group(1)
+    return version[:match.start()] + str(int(digits) + 1).zfill(len(digits))
 
 
 def _check_key(key: Any) -> str:

@@ -11,6 +11,7 @@ progress with a timer, so reviewers' pages never wait for it.
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from feedback_app.api import actor_of
@@ -99,28 +100,98 @@ def parse_rounds(text: str) -> list[int] | None:
 
 
 def export(svc, name: str, reviewers: list[str] | None, rounds: str, source: str,
-           include_flagged: bool, by=None) -> tuple[str, str]:
+           include_flagged: bool, by=None, min_gold_accuracy: float | None = None,
+           min_agreement: float | None = None) -> tuple[str, str]:
     """Export into the server's export folder; returns a message and a zip of the export to download."""
     from feedback_app.export import ExportFilters, export_path, export_rankings
 
     out = export_path(svc.export_dir, name)
     filters = ExportFilters(list(reviewers) or None if reviewers else None, parse_rounds(rounds), source,
-                            bool(include_flagged))
-    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction)
-    svc.store.audit(by, "export", str(out), manifest["counts"])
+                            bool(include_flagged), _threshold(min_gold_accuracy), _threshold(min_agreement))
+    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=by)  # audited there
     archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="rlhf-export-")) / out.name), "zip", out)
     c = manifest["counts"]
+    dropped = (manifest.get("quality") or {}).get("dropped_reviewers")
     return (f"Exported {c['rankings']} rankings from {c['reviewers']} reviewers to `{out}`: pairwise "
             f"{c['pairwise']['train']} train / {c['pairwise']['test']} test, K-wise {c['kwise']['train']} / "
-            f"{c['kwise']['test']}."), archive
+            f"{c['kwise']['test']}." + (f" Left out for quality: {', '.join(dropped)}." if dropped else "")), archive
+
+
+def _threshold(value) -> float | None:
+    """A quality threshold from the page: blank or 0 is no filter."""
+    return float(value) if value not in (None, "") and float(value) > 0 else None
 
 
 def project_markdown(store, config) -> str:
-    p = store.project
+    p = store.refresh_project()
+    origin = (f"Settings version {p.settings_version}: edited here (or with `rlhf app settings`), so they win over "
+              f"the app's config at the next start." if p.settings_version else
+              "These come from the app's config (`--config`, `--k`, `--reviewers-per-item`, `--guideline`) until "
+              "they are edited here.")
     return (f"**Project** `{p.name}` · K = {p.k} replies per prompt · {p.reviewers_per_item} reviewers per item · "
-            f"guideline version {p.guideline_version} · lease {config.lease_seconds} s · policy `{config.model}`\n\n"
-            f"**Guideline:** {p.guideline}\n\nThese come from the app's config (`--config`, `--k`, "
-            f"`--reviewers-per-item`, `--guideline`); another project runs with `--project NAME`.")
+            f"guideline version {p.guideline_version} · lease {store.lease_seconds:g} s · gold rate {p.gold_rate:.0%} "
+            f"· policy `{config.model}`\n\n{origin} Another project runs with `--project NAME`.")
+
+
+def save_settings(store, guideline: str, k, reviewers_per_item, lease_seconds, gold_rate, gold_threshold,
+                  agreement_threshold, by=None) -> str:
+    """The Project tab's Save: only what changed is written (versioned and audited by the store)."""
+    def whole(x):
+        return int(x) if x is not None and float(x) == int(x) else x
+
+    changed = store.update_settings({"guideline": guideline or "", "k": whole(k), "reviewers_per_item":
+                                     whole(reviewers_per_item), "lease_seconds": lease_seconds, "gold_rate": gold_rate,
+                                     "gold_threshold": gold_threshold, "agreement_threshold": agreement_threshold}, by)
+    if not changed:
+        return "Nothing changed."
+    return "Saved: " + "; ".join(f"{name} {before!r} → {after!r}" if name != "guideline" else "guideline"
+                                 for name, (before, after) in changed.items()) + "."
+
+
+def gold_rows(store) -> list[list]:
+    """The Gold tab's table: item, known ranks by reply, the prompt's start."""
+    from sqlalchemy import select
+
+    from feedback_app.models import Item
+
+    gold = store.gold_items()
+    with store.sessions() as s:
+        prompts = {item.id: item.prompt_row.prompt for item in s.scalars(select(Item).where(Item.id.in_(list(gold))))}
+    return [[item_id, ", ".join(f"reply {p + 1}: {r}" for p, r in enumerate(ranks)),
+             _short(prompts.get(item_id))] for item_id, ranks in gold.items()]
+
+
+def _short(prompt, width: int = 120) -> str:
+    text = prompt if isinstance(prompt, str) else (prompt[-1].get("content", "") if prompt else "")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def item_preview(store, item_id) -> str:
+    """An item's prompt and replies, numbered as the gold ranking counts them."""
+    if item_id in (None, ""):
+        raise UserError("item: give an item id")
+    replies = store.item_replies(int(item_id))
+    return "\n\n".join(f"**Reply {n}.** {text[:600]}" for n, text in enumerate(replies, 1))
+
+
+def mark_gold(store, item_id, spec: str, by=None) -> str:
+    from feedback_app.gold import parse_gold
+
+    if item_id in (None, ""):
+        raise UserError("item: give an item id")
+    item_id = int(item_id)
+    ranks = parse_gold(spec, len(store.item_replies(item_id)))
+    store.mark_gold(item_id, ranks, by)
+    rate = store.refresh_project().gold_rate
+    note = "" if rate else " The gold rate is 0: set it on the Project tab so reviewers get gold items."
+    return f"Item {item_id} is gold (ranks {', '.join(map(str, ranks))}).{note}"
+
+
+def unmark_gold(store, item_id, by=None) -> str:
+    if item_id in (None, ""):
+        raise UserError("item: give an item id")
+    store.unmark_gold(int(item_id), by)
+    return f"Item {int(item_id)} is an ordinary item again."
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,7 +216,7 @@ def build_admin_page(svc) -> "gr.Blocks":
 
     def refresh_dashboard(simulated: bool):
         d = dashboard.load_dashboard(store, include_simulated=simulated)
-        return (dashboard.summary_markdown(d), dashboard.figure(d), dashboard.per_day_table(d), d.flags,
+        return (dashboard.summary_markdown(d) + "\n\n**Generation job**: " + job_text(svc.jobs), dashboard.figure(d), dashboard.per_day_table(d), d.flags,
                 gr.update(choices=[u for u, _ in users_table(store)]), dashboard.reviewer_rows(d))
 
     with gr.Blocks(title="Admin: rlhf feedback", analytics_enabled=False) as page:
@@ -162,12 +233,13 @@ def build_admin_page(svc) -> "gr.Blocks":
                                             label="Reviewers (agreement: share of reply pairs ordered like the "
                                             "other reviewers' consensus, 0.5 = chance)", elem_id="dash-reviewers")
                 plot = gr.Plot(label="Plots", elem_id="dash-plot")
-                with gr.Row():
-                    per_day = gr.Dataframe(headers=["reviewer", "day", "rankings"], label="Items done per reviewer "
-                                           "and day", interactive=False, elem_id="dash-per-day")
-                    flags = gr.Dataframe(headers=["when", "reviewer", "item", "reply", "kind", "comment"],
-                                         label="Flagged replies", interactive=False, elem_id="dash-flags",
-                                         wrap=True)
+                # Full width with set column widths: beside the per-day table the reply column was squashed.
+                flags = gr.Dataframe(headers=["when", "reviewer", "item", "reply", "kind", "comment"],
+                                     label="Flagged replies", interactive=False, elem_id="dash-flags", wrap=True,
+                                     column_widths=["13%", "10%", "6%", "46%", "9%", "16%"], max_height=420)
+                per_day = gr.Dataframe(headers=["reviewer", "day", "rankings"], label="Items done per reviewer "
+                                       "and day", interactive=False, elem_id="dash-per-day")
+                dash_timer = gr.Timer(15.0)  # the dashboard refreshes by itself
             with gr.Tab("Accounts", id="accounts"):
                 users = gr.Dataframe(headers=["username", "role", "state"], value=lambda: accounts_rows(store),
                                      interactive=False, label="Accounts", elem_id="users")
@@ -224,6 +296,11 @@ def build_admin_page(svc) -> "gr.Blocks":
                 with gr.Row():
                     export_source = gr.Radio(list(SOURCES), value="all", label="Source")
                     export_flagged = gr.Checkbox(False, label="Keep flagged replies")
+                with gr.Row():
+                    export_min_gold = gr.Number(None, minimum=0, maximum=1, label="Leave out reviewers below this gold "
+                                                "accuracy (blank: keep all)", elem_id="export-min-gold")
+                    export_min_agree = gr.Number(None, minimum=0, maximum=1, label="Leave out reviewers below this "
+                                                 "agreement (blank: keep all)", elem_id="export-min-agreement")
                 export_btn = gr.Button("Export dataset", variant="primary", elem_id="export")
                 export_msg = gr.Markdown("", elem_id="export-message")
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
@@ -239,11 +316,51 @@ def build_admin_page(svc) -> "gr.Blocks":
                 erase_sure = gr.Checkbox(False, label="I understand this cannot be undone", elem_id="erase-confirm")
                 erase_btn = gr.Button("Erase", variant="stop", elem_id="erase")
                 erase_msg = gr.Markdown("", elem_id="erase-message")
-            with gr.Tab("Project", id="project"):
-                gr.Markdown(project_markdown(store, svc.config))
+            with gr.Tab("Gold items", id="gold"):
+                gr.Markdown("A gold item has a known ranking. Every reviewer gets the gold items, unannounced, at the "
+                            "project's gold rate (Project tab), whatever *reviewers per item* says; their answers "
+                            "give each reviewer's gold accuracy on the dashboard. Gold items stay out of exports "
+                            "and agreement figures. Type `best=2` (reply 2 is best, the rest tie below) or ranks "
+                            "by reply such as `1,3,2,4`. A file imported with a `gold_ranking` or `gold_best` "
+                            "field marks its items too.")
+                with gr.Row():
+                    gold_item = gr.Number(None, precision=0, minimum=1, label="Item id", elem_id="gold-item")
+                    gold_spec = gr.Textbox(label="Known ranking ('best=N' or ranks by reply)", elem_id="gold-ranks")
+                with gr.Row():
+                    gold_show = gr.Button("Show item", size="sm", elem_id="gold-show")
+                    gold_mark = gr.Button("Mark as gold", variant="primary", elem_id="gold-mark")
+                    gold_unmark = gr.Button("Unmark", variant="stop", elem_id="gold-unmark")
+                gold_msg = gr.Markdown("", elem_id="gold-message")
+                gold_preview = gr.Markdown("", elem_id="gold-preview")
+                gold_table = gr.Dataframe(headers=["item", "known ranks", "prompt"], value=lambda: gold_rows(store),
+                                          interactive=False, wrap=True, label="Gold items", elem_id="gold-table",
+                                          column_widths=["8%", "32%", "60%"])
+            with gr.Tab("Project", id="project") as project_tab:
+                project_info = gr.Markdown(lambda: project_markdown(store, svc.config), elem_id="project-info")
+                p0 = store.refresh_project()
+                set_guideline = gr.Textbox(p0.guideline, lines=4, label="Guideline reviewers see (a change bumps the "
+                                           "guideline version each ranking records)", elem_id="set-guideline")
+                with gr.Row():
+                    set_k = gr.Number(p0.k, precision=0, minimum=2, maximum=6, label="K (replies per prompt)",
+                                      elem_id="set-k")
+                    set_rpi = gr.Number(p0.reviewers_per_item, precision=0, minimum=1, maximum=50,
+                                        label="Reviewers per item", elem_id="set-rpi")
+                    set_lease = gr.Number(store.lease_seconds, minimum=30, label="Lease time (s)", elem_id="set-lease")
+                with gr.Row():
+                    set_gold_rate = gr.Slider(0, 0.5, p0.gold_rate, step=0.01, label="Gold rate (share of hand-outs)",
+                                              elem_id="set-gold-rate")
+                    set_gold_min = gr.Slider(0, 1, p0.gold_threshold, step=0.01, label="Flag reviewers below this "
+                                             "gold accuracy", elem_id="set-gold-threshold")
+                    set_agree_min = gr.Slider(0, 1, p0.agreement_threshold, step=0.01, label="Flag reviewers below "
+                                              "this agreement (0.5 = chance)", elem_id="set-agreement-threshold")
+                settings_btn = gr.Button("Save settings", variant="primary", elem_id="save-settings")
+                settings_msg = gr.Markdown("", elem_id="settings-message")
+                gr.Markdown("K can change only once no item of the old K waits for rankings (the reviewer page "
+                            "follows each item's own reply count). Each save is audit-logged.")
 
         dash_outputs = [summary, plot, per_day, flags, export_reviewers, per_reviewer]
         page.load(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
+        dash_timer.tick(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin", show_progress="hidden")
         refresh_btn.click(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
         include_sim.change(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")
 
@@ -279,14 +396,36 @@ def build_admin_page(svc) -> "gr.Blocks":
         gen_btn.click(on_generate, [gen_round, gen_model, gen_agent], gen_msg, concurrency_id="admin")
         timer.tick(lambda: job_text(svc.jobs), None, job_status, concurrency_id="admin", show_progress="hidden")
 
-        def on_export(name, reviewers, rounds, source, flagged, request: gr.Request):
+        def on_export(name, reviewers, rounds, source, flagged, min_gold, min_agree, request: gr.Request):
             try:
-                return export(svc, name, reviewers, rounds, source, flagged, admin_of(request))
+                return export(svc, name, reviewers, rounds, source, flagged, admin_of(request), min_gold, min_agree)
             except (ServiceError, UserError) as exc:
                 return f"**Error:** {exc}", None
 
-        export_btn.click(on_export, [export_name, export_reviewers, export_rounds, export_source, export_flagged],
-                         [export_msg, export_file], concurrency_id="admin")
+        export_btn.click(on_export, [export_name, export_reviewers, export_rounds, export_source, export_flagged,
+                                     export_min_gold, export_min_agree], [export_msg, export_file], concurrency_id="admin")
+
+        # -- gold items and project settings ------------------------------------------------------------
+        def on_gold(action, item_id, spec, request: gr.Request):
+            by = admin_of(request)
+            message = (guarded(mark_gold)(store, item_id, spec, by) if action == "mark"
+                       else guarded(unmark_gold)(store, item_id, by))
+            return message, gold_rows(store)
+
+        gold_show.click(guarded(lambda item_id: item_preview(store, item_id)), [gold_item], gold_preview,
+                        concurrency_id="admin")
+        gold_mark.click(partial(on_gold, "mark"), [gold_item, gold_spec], [gold_msg, gold_table], concurrency_id="admin")
+        gold_unmark.click(partial(on_gold, "unmark"), [gold_item, gold_spec], [gold_msg, gold_table],
+                          concurrency_id="admin")
+
+        def on_settings(guideline, k, rpi, lease, rate, gold_min, agree_min, request: gr.Request):
+            message = guarded(save_settings)(store, guideline, k, rpi, lease, rate, gold_min, agree_min,
+                                             admin_of(request))
+            return message, project_markdown(store, svc.config)
+
+        settings_btn.click(on_settings, [set_guideline, set_k, set_rpi, set_lease, set_gold_rate, set_gold_min,
+                                         set_agree_min], [settings_msg, project_info], concurrency_id="admin")
+        project_tab.select(lambda: project_markdown(store, svc.config), None, project_info, concurrency_id="admin")
         # -- personal data (feedback_app/pages/privacy.py): redaction notice, agents' replies, erasure ---
         def refresh_privacy(simulated: bool):
             return privacy.redaction_notice(store), privacy.agent_summary(store, simulated)

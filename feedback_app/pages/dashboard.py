@@ -10,8 +10,27 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from feedback_app import reviewer_quality, stats
-from feedback_app.models import Assignment, Candidate, Flag, Item, RankingRow, User
+from feedback_app.models import DONE, LEASED, Assignment, Candidate, Flag, GoldItem, Item, RankingRow, User
 from feedback_app.store import Store
+
+
+@dataclass
+class Overlap:
+    """Items (gold left out) by how far they got towards ``reviewers_per_item`` rankings."""
+
+    reviewers_per_item: int
+    full: int  # ranked by reviewers_per_item reviewers
+    in_progress: int  # some rankings or a live lease, not full yet
+    left: int  # nobody ranked or holds them
+    gold: int  # gold items (every reviewer gets them, at the project's gold rate)
+
+
+@dataclass
+class LeftOut:
+    """Rankings the dashboard counts that a default export leaves out, and why."""
+
+    flagged_items: int  # rankings of items flagged as a whole
+    gold: int  # rankings of gold items
 
 
 @dataclass
@@ -24,9 +43,33 @@ class Dashboard:
     rankings: int
     reviewers: int
     per_reviewer: list[reviewer_quality.ReviewerRow]
+    overlap: Overlap | None = None
+    left_out: LeftOut | None = None
+    gold_threshold: float = 0.0
+    agreement_threshold: float = 0.0
+
+
+def load_overlap(store: Store) -> Overlap:
+    """Counts for the dashboard's progress line, from the assignments as they stand now."""
+    now, project = store.now(), store.refresh_project()
+    with store.sessions() as s:
+        live = (Assignment.state == DONE) | ((Assignment.state == LEASED) & (Assignment.expires_at > now))
+        done = func.count(Assignment.id).filter(Assignment.state == DONE)
+        rows = s.execute(select(Item.id, done, func.count(Assignment.id).filter(live))
+                         .outerjoin(Assignment, Assignment.item_id == Item.id)
+                         .where(Item.project_id == project.id, Item.id.not_in(select(GoldItem.item_id)))
+                         .group_by(Item.id)).all()
+        gold = s.scalar(select(func.count(GoldItem.item_id)).join(Item, Item.id == GoldItem.item_id)
+                        .where(Item.project_id == project.id)) or 0
+    rpi = project.reviewers_per_item
+    full = sum(1 for _, d, _ in rows if d >= rpi)
+    left = sum(1 for _, d, held in rows if d == 0 and held == 0)
+    return Overlap(rpi, full, len(rows) - full - left, left, gold)
 
 
 def load_dashboard(store: Store, include_simulated: bool = True) -> Dashboard:
+    gold = store.gold_items()
+    project = store.refresh_project()
     with store.sessions() as s:
         query = (select(RankingRow.item_id, User.username, RankingRow.created_at, RankingRow.seconds,
                         RankingRow.ranks, RankingRow.shown_order, RankingRow.simulated)
@@ -46,20 +89,28 @@ def load_dashboard(store: Store, include_simulated: bool = True) -> Dashboard:
                             .group_by(User.username)).all()
     by_item: dict[int, list[list[int]]] = defaultdict(list)
     for r in rows:
-        by_item[r.item_id].append(list(r.ranks))
+        if r.item_id not in gold:  # every reviewer ranks a gold item: it would swamp the agreement figures
+            by_item[r.item_id].append(list(r.ranks))
     days = [(r.username, time.strftime("%Y-%m-%d", time.localtime(r.created_at))) for r in rows]
     flags = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(f.created_at)), f.username, f.item_id,
               (f.text or "(whole item)")[:200], f.kind, f.comment] for f in flag_rows]
     facts = [reviewer_quality.RankingFact(r.username, r.item_id, list(r.ranks), list(r.shown_order), r.seconds,
                                           bool(r.simulated)) for r in rows]
     flag_counts: dict[str, int] = defaultdict(int)
+    flagged_items = set()
     for f in flag_rows:
         flag_counts[f.username] += 1
+        if f.text is None:
+            flagged_items.add(f.item_id)
+    left_out = LeftOut(sum(1 for r in rows if r.item_id in flagged_items and r.item_id not in gold),
+                       sum(1 for r in rows if r.item_id in gold))
     return Dashboard(stats.per_reviewer_per_day(days), stats.agreement(by_item),
                      stats.position_bias([(list(r.shown_order), list(r.ranks)) for r in rows]),
                      [r.seconds for r in rows if r.seconds is not None and not r.simulated], flags, len(rows),
                      len({r.username for r in rows}),
-                     reviewer_quality.reviewer_table(facts, dict(skipped), dict(flag_counts)))
+                     reviewer_quality.reviewer_table(facts, dict(skipped), dict(flag_counts), gold,
+                                                     project.gold_threshold, project.agreement_threshold),
+                     load_overlap(store), left_out, project.gold_threshold, project.agreement_threshold)
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -69,9 +120,21 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def summary_markdown(d: Dashboard) -> str:
     a, b = d.agreement, d.bias
     median, p90 = stats.quantile(d.seconds, 0.5), stats.quantile(d.seconds, 0.9)
-    lines = [
-        f"**{d.rankings} rankings** by **{d.reviewers} reviewers**; **{len(d.flags)} flags**.",
-        "",
+    lines = [f"**{d.rankings} rankings** by **{d.reviewers} reviewers**; **{len(d.flags)} flags**.", ""]
+    if d.overlap is not None:
+        o = d.overlap
+        lines += [f"**Progress**: {o.full} items ranked by all {o.reviewers_per_item} reviewers they need, "
+                  f"{o.in_progress} in progress, {o.left} not started; {o.gold} gold items.", ""]
+    if d.left_out is not None and (d.left_out.flagged_items or d.left_out.gold):
+        kept = d.rankings - d.left_out.flagged_items - d.left_out.gold
+        lines += [f"**Export count**: an export (default filters) holds {kept} of these rankings: "
+                  f"{d.left_out.flagged_items} rank items flagged as a whole (dropped unless *Keep flagged* is on) "
+                  f"and {d.left_out.gold} rank gold items (never exported).", ""]
+    doubtful = [r for r in d.per_reviewer if r.concerns]
+    if doubtful:
+        lines += ["**Reviewers to check**: " + "; ".join(f"**{r.reviewer}** ({', '.join(r.concerns)})"
+                                                        for r in doubtful) + ".", ""]
+    lines += [
         f"**Agreement** on {a.shared_items} items ranked by two or more reviewers: "
         f"Krippendorff's alpha (ordinal) {_fmt(a.krippendorff_alpha)}, mean Kendall's W {_fmt(a.mean_kendalls_w)} "
         "(1 = identical rankings; alpha near 0 = chance).",
@@ -91,7 +154,7 @@ def summary_markdown(d: Dashboard) -> str:
 
 REVIEWER_HEADERS = ["reviewer", "rankings", "simulated", "median s (real)", "skip rate", "flag rate",
                     "agreement with the rest", "pairs compared", "shared items", "top reply ranked first",
-                    "position-bias p"]
+                    "position-bias p", "gold ranked", "gold accuracy", "trust"]
 
 
 def reviewer_rows(d: Dashboard) -> list[list]:
@@ -100,7 +163,8 @@ def reviewer_rows(d: Dashboard) -> list[list]:
     pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
     return [[r.reviewer, r.rankings, r.simulated, _fmt(r.median_seconds, 1), pct(r.skip_rate), pct(r.flag_rate),
              _fmt(r.agreement), r.compared_pairs, r.shared_items, pct(r.top_first_share),
-             "n/a" if r.bias_p_value is None else f"{r.bias_p_value:.3g}"] for r in d.per_reviewer]
+             "n/a" if r.bias_p_value is None else f"{r.bias_p_value:.3g}", r.gold_rankings, _fmt(r.gold_accuracy),
+             "CHECK: " + "; ".join(r.concerns) if r.concerns else "ok"] for r in d.per_reviewer]
 
 
 def per_day_table(d: Dashboard) -> list[list]:
