@@ -58,6 +58,9 @@ def run_command(args) -> int:
         print(config.model_dump_json())
         return 0
     if args.algorithm == "sft":
+        from rlhf.align.demonstrations import load_checked
+
+        load_checked(config.data, config.test_fraction, config.policy, config.max_length)  # bad rows: before TRL
         from rlhf.align.sft import run_sft
 
         run_sft(config, resume=args.resume)

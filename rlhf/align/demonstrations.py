@@ -41,6 +41,7 @@ class Demonstration:
     prompt: list[dict]
     completion: str
     source: str = "demonstration"  # "demonstration" (a reviewer wrote it) or "agent" (a reference reply)
+    stored_prompt: object = None  # the prompt as the store keeps it (text or messages): the split's key
 
     def row(self) -> dict:
         """The TRL conversational prompt-completion row."""
@@ -76,7 +77,7 @@ def parse_row(row, where: str) -> Demonstration:
     if row.get("prompt") in (None, "", []):
         raise UserError(f"{where}: field 'prompt': missing or empty (every demonstration answers a prompt)")
     try:
-        prompt = as_messages(validate_prompt(row["prompt"]))
+        stored = validate_prompt(row["prompt"])
     except ValueError as exc:
         raise UserError(f"{where}: field 'prompt': {exc}") from None
     completion = row.get("completion")
@@ -90,7 +91,7 @@ def parse_row(row, where: str) -> Demonstration:
         raise UserError(f"{where}: field 'completion': must be text, got {type(completion).__name__}")
     if not completion.strip():
         raise UserError(f"{where}: field 'completion': empty (a demonstration needs the reply's text)")
-    return Demonstration(where, prompt, completion, str(row.get("source") or "demonstration"))
+    return Demonstration(where, as_messages(stored), completion, str(row.get("source") or "demonstration"), stored)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def read_demonstrations(paths: list[str | os.PathLike], test_fraction: float) ->
             for where, row in rows:
                 demo = parse_row(row, where)
                 side = name if name in ("train", "test") else \
-                    "test" if name == "validation" else prompt_split(demo.prompt, test_fraction)
+                    "test" if name == "validation" else prompt_split(demo.stored_prompt, test_fraction)
                 (out.test if side == "test" else out.train).append(demo)
                 found += 1
         if not found:
@@ -203,3 +204,14 @@ def word_f1(reply: str, reference: str) -> float:
         return 0.0
     precision, recall = overlap / sum(said.values()), overlap / sum(wanted.values())
     return 2 * precision * recall / (precision + recall)
+
+
+def load_checked(paths: list[str], test_fraction: float, policy: str, max_length: int):
+    """``(demonstrations, tokenizer, longest)``: every row's fields checked, then its length in the policy's
+    tokens, before TRL or any model is imported (``rlhf sft`` calls this first)."""
+    from rlhf.modeling import load_tokenizer
+
+    demos = read_demonstrations(paths, test_fraction)
+    tokenizer = load_tokenizer(policy, padding_side="left")  # left for the sample replies; TRL pads right itself
+    return demos, tokenizer, check_lengths(demos, tokenizer, max_length)
+

@@ -24,7 +24,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from rlhf.align.config import SFTRunConfig, check_run_config
-from rlhf.align.demonstrations import check_lengths, read_demonstrations, word_f1
+from rlhf.align.demonstrations import load_checked, word_f1
 from rlhf.align.trainer import ResumableRun, prepare_output_dir, trainer_args, write_run_info
 from rlhf.errors import UserError
 from rlhf.lora import lora_config
@@ -84,15 +84,13 @@ def heldout_loss(trainer: ResumableSFTTrainer) -> tuple[float, int] | None:
 def build_trainer(run: SFTRunConfig, resume: str | None = None) -> ResumableSFTTrainer:
     from datasets import Dataset
 
-    from rlhf.modeling import load_policy, load_tokenizer
+    from rlhf.modeling import load_policy
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_run_config(run, world, zero_stage())
     resume_from = prepare_output_dir(run, resume)
     # Every demonstration is checked (fields, then length with the policy's tokenizer) before the model loads.
-    demos = read_demonstrations(run.data, run.test_fraction)
-    tokenizer = load_tokenizer(run.policy, padding_side="left")  # left for the sample replies; TRL pads right
-    longest = check_lengths(demos, tokenizer, run.max_length)
+    demos, tokenizer, longest = load_checked(run.data, run.test_fraction, run.policy, run.max_length)
     per_update = run.per_device_batch_size * world * run.gradient_accumulation_steps
     if len(demos.train) < per_update:
         raise UserError(f"{', '.join(run.data)}: only {len(demos.train)} training demonstrations, fewer than one "
