@@ -135,6 +135,8 @@ def _to_kwise(split, where: str):
 
     columns = set(split.column_names)
     rows: list[dict[str, Any]] = []
+    # the privacy unit (customer, conversation or prompt) that `--dp` samples, carried when the data has it
+    unit = (lambda row: {"unit": row["unit"]}) if "unit" in columns else (lambda row: {})
     if KWISE_COLUMNS <= columns:
         dropped = 0
         for i, row in enumerate(split):
@@ -149,7 +151,8 @@ def _to_kwise(split, where: str):
                 dropped += 1
                 continue
             rows.append({"prompt": row["prompt"], "completions": completions, "ranks": ranks,
-                         "reviewer": str(row.get("reviewer") or ""), "ranking_id": row.get("ranking_id")})
+                         "reviewer": str(row.get("reviewer") or ""), "ranking_id": row.get("ranking_id"),
+                         **unit(row)})
         if dropped:
             warn(f"dropped {dropped} of {len(split)} rankings in {where}: no two replies with distinct ranks")
     elif PAIRWISE_COLUMNS <= columns:
@@ -159,7 +162,8 @@ def _to_kwise(split, where: str):
             _check_reply(row["chosen"], f"{where} row {i}")
             _check_reply(row["rejected"], f"{where} row {i}")
             rows.append({"prompt": row["prompt"], "completions": [row["chosen"], row["rejected"]], "ranks": [1, 2],
-                         "reviewer": str(row.get("reviewer") or ""), "ranking_id": row.get("ranking_id")})
+                         "reviewer": str(row.get("reviewer") or ""), "ranking_id": row.get("ranking_id"),
+                         **unit(row)})
     else:
         raise UserError(
             f"{where}: columns {', '.join(sorted(columns)) or '(none)'}: expected prompt, chosen, rejected "
@@ -218,7 +222,8 @@ def _kwise_to_pairwise(split):
     rows = []
     for row in split:
         for pair in kwise_to_pairs(row):
-            rows.append({**pair, "reviewer": row["reviewer"], "ranking_id": row["ranking_id"]})
+            rows.append({**pair, "reviewer": row["reviewer"], "ranking_id": row["ranking_id"],
+                         **({"unit": row["unit"]} if "unit" in row else {})})
     if not rows:
         return Dataset.from_dict({"prompt": [], "chosen": [], "rejected": [], "reviewer": [], "ranking_id": []})
     return Dataset.from_list(rows)
@@ -308,6 +313,8 @@ def tokenize_kwise(split, tokenizer, max_length: int, weights: dict | None = Non
             lost_rankings += 1
             continue
         item = {"completion_ids": [ids[i] for i in keep], "ranks": ranks}
+        if "unit" in row:
+            item["unit"] = row["unit"]
         if weights is not None:
             full = agreement_weights(row, weights)
             item["pair_weights"] = [[full[i][j] for j in keep] for i in keep]

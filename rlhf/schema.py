@@ -145,6 +145,9 @@ class Ranking:
     flagged: frozenset[int] = field(default_factory=frozenset)  # indices of flagged replies
     simulated: bool = False
     round: int = 0
+    # The differential-privacy unit (``rlhf reward train --dp``): every ranking from one customer, or one
+    # conversation, or one prompt shares it ("customer:<salted hash>", "conversation:...", "prompt:<key>").
+    unit: str | None = None
 
     def pairs(self, include_flagged: bool = False) -> list["PreferencePair"]:
         exclude = frozenset() if include_flagged else self.flagged
@@ -155,6 +158,7 @@ class Ranking:
                 rejected=_reply(self.prompt, self.completions[w]),
                 reviewer=self.reviewer,
                 ranking_id=self.ranking_id,
+                unit=self.unit,
             )
             for b, w in pair_indices(self.ranks, exclude)
         ]
@@ -170,6 +174,7 @@ class Ranking:
             ranks=[self.ranks[i] for i in keep],
             reviewer=self.reviewer,
             ranking_id=self.ranking_id,
+            unit=self.unit,
         )
 
 
@@ -182,9 +187,10 @@ class PreferencePair:
     rejected: str | list[Message]
     reviewer: str = ""
     ranking_id: int | None = None
+    unit: str | None = None  # the privacy unit (see ``Ranking.unit``); a column only when known
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        return _row(self)
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,18 @@ class KWiseRow:
     ranks: list[int]
     reviewer: str = ""
     ranking_id: int | None = None
+    unit: str | None = None  # the privacy unit (see ``Ranking.unit``); a column only when known
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        return _row(self)
+
+
+def _row(record) -> dict[str, Any]:
+    """A record as a dataset row; ``unit`` is left out when unknown (exports always know it)."""
+    row = asdict(record)
+    if row.get("unit") is None:
+        row.pop("unit", None)
+    return row
 
 
 def kwise_to_pairs(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -331,6 +346,9 @@ class AbReport:
     win_rate: AbWinRate
     position_bias: AbPositionBias
     judgements: list[AbJudgementRecord] = field(default_factory=list)
+    # Policy A's win rate with the reply-length difference regressed out, beside the raw one (ties 1/2):
+    # ``rlhf.bias.LengthControlledWinRate`` as a dict (lengths in characters, as AlpacaEval's).
+    length_controlled: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
