@@ -128,8 +128,8 @@ def summary_markdown(d: Dashboard) -> str:
     if d.left_out is not None and (d.left_out.flagged_items or d.left_out.gold):
         kept = d.rankings - d.left_out.flagged_items - d.left_out.gold
         lines += [f"**Export count**: an export (default filters) holds {kept} of these rankings: "
-                  f"{d.left_out.flagged_items} rank items flagged as a whole (dropped unless *Keep flagged* is on) "
-                  f"and {d.left_out.gold} rank gold items (never exported).", ""]
+                  f"{d.left_out.flagged_items} rankings of items flagged as a whole are dropped (unless *Keep "
+                  f"flagged* is on) and {d.left_out.gold} rankings of gold items are never exported.", ""]
     doubtful = [r for r in d.per_reviewer if r.concerns]
     if doubtful:
         lines += ["**Reviewers to check**: " + "; ".join(f"**{r.reviewer}** ({', '.join(r.concerns)})"

@@ -181,3 +181,72 @@ def test_settings_are_versioned_audited_and_kept_over_a_restart(store):
     again = Store(store.sessions, "g", k=3, reviewers_per_item=1, guideline="Best first.", guideline_version="1")
     assert (again.project.guideline, again.project.guideline_version, again.lease_seconds) == \
         ("Prefer short, correct replies.", "2", 120.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# REST API (the real app on a real SQLite file) and the command line
+
+
+def test_gold_and_settings_over_the_rest_api(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from feedback_app.config import AppConfig
+    from feedback_app.server import build_app
+
+    from feedback_app.redact import RedactionSettings
+
+    # Redaction off: building its analyzer takes most of a minute on a loaded machine, and no text here
+    # holds personal data.
+    config = AppConfig(database_url=f"sqlite:///{tmp_path / 'fb.db'}", k=3, reviewers_per_item=1,
+                       redaction=RedactionSettings(enabled=False))
+    app = build_app(config)
+    app.state.services.store.add_user("admin", "admin-pass-1", "admin")
+    app.state.services.store.add_user("ann", "ann-pass-123")
+    with TestClient(app) as client:
+        def login(user, password):
+            token = client.post("/api/login", json={"username": user, "password": password}).json()["token"]
+            client.cookies.clear()
+            return {"Authorization": f"Bearer {token}"}
+
+        admin, ann = login("admin", "admin-pass-1"), login("ann", "ann-pass-123")
+        rows = "\n".join([json.dumps({"prompt": "q1", "replies": ["a", "b", "c"]}),
+                          json.dumps({"prompt": "q2", "replies": ["a", "b", "c"], "gold_ranking": [2, 1, 3]})])
+        resp = client.post("/api/admin/import", headers=admin, files={"file": ("p.jsonl", rows.encode())})
+        assert resp.status_code == 200, resp.text
+        assert client.get("/api/admin/gold", headers=admin).json() == [{"item_id": 2, "ranks": [2, 1, 3]}]
+        assert client.put("/api/admin/gold/1", json={"best": 3}, headers=admin).json() == {"item_id": 1,
+                                                                                          "ranks": [2, 2, 1]}
+        for body, status in (({"ranks": [1, 2]}, 422), ({"ranks": [1, 1, 1]}, 422), ({}, 422),
+                             ({"best": 3, "ranks": [1, 2, 3]}, 422)):
+            assert client.put("/api/admin/gold/1", json=body, headers=admin).status_code == status, body
+        assert client.put("/api/admin/gold/99", json={"best": 1}, headers=admin).status_code == 404
+        assert client.put("/api/admin/gold/1", json={"best": 1}, headers=ann).status_code == 403
+        assert client.delete("/api/admin/gold/1", headers=admin).status_code == 204
+        assert client.delete("/api/admin/gold/1", headers=admin).status_code == 404
+        resp = client.patch("/api/admin/settings", json={"gold_rate": 0.25, "guideline": "Short and right."},
+                            headers=admin)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["changed"]["gold_rate"] == [0.0, 0.25] and resp.json()["guideline_version"] == "2"
+        assert client.patch("/api/admin/settings", json={"k": 9}, headers=admin).status_code == 422
+        assert client.patch("/api/admin/settings", json={"k": 2}, headers=admin).status_code == 409  # items open
+        assert client.patch("/api/admin/settings", json={"gold_rate": 0.1}, headers=ann).status_code == 403
+
+
+def test_gold_and_settings_commands(tmp_path):
+    from feedback_app.db import open_store
+    from feedback_app.store import ImportRow, Store
+    from tests.conftest import run_cli
+
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+    _, sessions = open_store(db)
+    Store(sessions, "default", k=3).import_rows([ImportRow("q", ["a", "b", "c"])])
+    flags = ["--database-url", db]
+    done = run_cli("app", "gold", "1", "--best", "2", *flags)
+    assert done.returncode == 0 and "item 1 is gold: ranks 2,1,2" in done.stdout, done.stderr
+    bad = run_cli("app", "settings", "--set", "gold_rate=0.9", "--set", "lease_seconds=600", *flags)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "gold_rate" in bad.stderr, bad.stderr
+    good = run_cli("app", "settings", "--set", "gold_rate=0.2", "--set", "lease_seconds=600", *flags)
+    assert good.returncode == 0 and "gold_rate: 0.0 -> 0.2" in good.stdout and "lease_seconds\t600.0" in good.stdout
+    store = Store(sessions, "default", create=False)
+    assert store.gold_items() == {1: [2, 1, 2]} and store.project.settings_version == 1
+    assert [e.action for e in store.audit_log(2)] == ["settings changed", "gold marked"]

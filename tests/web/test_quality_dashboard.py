@@ -82,7 +82,7 @@ def test_the_dashboard_shows_which_reviewer_to_stop_trusting(tmp_path, browser):
         summary = page.locator("#dash-summary").inner_text()
         assert "27 rankings by 3 reviewers" in summary  # 9 items x 3 reviewers
         assert "6 items ranked by all 3 reviewers they need, 0 in progress, 0 not started; 3 gold items" in summary
-        assert "holds 18 of these rankings" in summary and "9 rank gold items" in summary
+        assert "holds 18 of these rankings" in summary and "9 rankings of gold items" in summary
         assert "Reviewers to check: bot (gold accuracy 0.38 < 0.70, agreement 0.38 < 0.50)" in summary
         assert "ann (" not in summary and "ben (" not in summary
         assert "Generation job" in summary
