@@ -1,0 +1,249 @@
+"""A fixed-shape decode loop of our own for Llama-shaped causal LMs: the fast generation path.
+
+``transformers``' ``generate()`` spends most of a token on this CPU in Python and framework work
+(per-step mask building, cache bookkeeping, logits processors, thirty decoder layers of module
+calls with their hooks), not in the matrix products: the bundled model's weights in bfloat16 are
+270 MB, which the machine streams in a fraction of the 60 ms a token took. This loop runs the same
+arithmetic with far fewer operations:
+
+* the weights are packed once per call (``PackedWeights``): q, k and v of a layer in one bfloat16
+  matrix, gate and up in another, LoRA adapters merged in, so a layer is four matrix products;
+  they are read from the modules at every call, so an adapter that changed since the last call
+  (PPO's policy after each update) is what is sampled from;
+* the key/value cache is allocated once at full length (prompt + new tokens) and written in place;
+* the batch keeps its full width to the end (finished rows produce padding), sampling
+  (temperature, top-k, top-p, or greedy) runs on tensors, and the loop stops when every row ended.
+
+Its precision copies what a forward under bfloat16 autocast does (the training forward of
+``bf16_autocast``): matrix products and attention in bfloat16 with float32 accumulation, the
+residual stream, norms and rotary embeddings in float32, the LM head in float32 on its largest
+logits (``top_exact_logits``). So the log-probabilities of the sampled tokens match the training
+forward to the tolerance PPO's ``approxkl`` measures (tests/ppo/test_decode.py).
+
+``supports(model)`` says whether a model can take this path (a Llama-style decoder: RMSNorm, SiLU
+gated MLP, rotary embeddings, no biases, no sliding window, weights present rather than ZeRO-3
+partitions); callers fall back to ``generate()`` and say so otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.ppo.rollout import top_exact_logits
+
+SUPPORTED_TYPES = ("llama",)
+
+
+def _backbone(model):
+    """(causal LM, its decoder stack) under any PEFT wrapper."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm, getattr(lm, "model", None)
+
+
+def unsupported_reason(model) -> str | None:
+    """Why ``model`` cannot take the fast path, or None when it can."""
+    lm, decoder = _backbone(model)
+    config = getattr(lm, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_TYPES:
+        return f"model type {getattr(config, 'model_type', None)!r} is not one of {', '.join(SUPPORTED_TYPES)}"
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "attention or MLP biases"
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "sliding_window", None):
+        return "activation other than SiLU or a sliding window"
+    if decoder is None or not hasattr(decoder, "rotary_emb"):
+        return "no rotary embedding module"
+    if any(getattr(p, "ds_id", None) is not None or p.numel() == 0 for p in lm.parameters()):
+        return "weights partitioned by DeepSpeed ZeRO-3"
+    return None
+
+
+def supports(model) -> bool:
+    return unsupported_reason(model) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _weight(linear) -> torch.Tensor:
+    """A linear layer's weight with its active LoRA adapters merged in (float32 or as stored)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        LoraLayer = ()
+    if isinstance(linear, LoraLayer):
+        weight = linear.get_base_layer().weight
+        if linear.merged or linear.disable_adapters:
+            return weight
+        for name in linear.active_adapters:
+            if name in linear.lora_A:
+                weight = weight + linear.get_delta_weight(name)
+        return weight
+    return linear.weight
+
+
+@dataclass
+class PackedLayer:
+    input_norm: torch.Tensor    # (hidden,) float32
+    qkv: torch.Tensor           # (q + 2 kv widths, hidden) bfloat16
+    o: torch.Tensor             # (hidden, heads * head_dim) bfloat16
+    post_norm: torch.Tensor     # (hidden,) float32
+    gate_up: torch.Tensor       # (2 * intermediate, hidden) bfloat16
+    down: torch.Tensor          # (hidden, intermediate) bfloat16
+
+
+class PackedWeights:
+    """The decoder's weights for one generation call, bfloat16 matrices packed per layer."""
+
+    def __init__(self, model):
+        lm, decoder = _backbone(model)
+        config = lm.config
+        self.lm, self.decoder, self.config = lm, decoder, config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        bf16 = torch.bfloat16
+        self.layers = []
+        with torch.no_grad():
+            for layer in decoder.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                self.layers.append(PackedLayer(
+                    input_norm=layer.input_layernorm.weight.float(),
+                    qkv=torch.cat([_weight(attn.q_proj), _weight(attn.k_proj), _weight(attn.v_proj)]).to(bf16),
+                    o=_weight(attn.o_proj).to(bf16),
+                    post_norm=layer.post_attention_layernorm.weight.float(),
+                    gate_up=torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]).to(bf16),
+                    down=_weight(mlp.down_proj).to(bf16)))
+            self.final_norm = decoder.norm.weight.float()
+            head = lm.get_output_embeddings()
+            self.head = _weight(head).float()
+            self.head_bf16 = self.head.to(bf16)
+            self.embed = decoder.embed_tokens
+
+
+# ---------------------------------------------------------------------------------------------------
+# The forward pass over the pre-allocated cache
+
+
+def _rotate(x, cos, sin):
+    """Rotary embedding as transformers' Llama applies it (cos/sin of shape (batch, 1, tokens, head_dim))."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask) -> torch.Tensor:
+    """Final normed hidden state of the last token of each row, float32 (batch, hidden).
+
+    ``ids``/``positions``: (batch, tokens) written at cache slots ``start`` to ``start + tokens``;
+    ``keys``/``values``: per layer (batch, kv_heads, max_len, head_dim) bfloat16, filled in place;
+    ``mask``: boolean (batch, 1, tokens, start + tokens), True where a query may attend.
+    """
+    batch, tokens = ids.shape
+    end = start + tokens
+    hidden = w.embed(ids).float()
+    cos, sin = w.decoder.rotary_emb(hidden, positions)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q_width, kv_width = w.heads * w.head_dim, w.kv_heads * w.head_dim
+    size = hidden.shape[-1:]
+    for layer, k_cache, v_cache in zip(w.layers, keys, values):
+        x = F.rms_norm(hidden, size, layer.input_norm, w.eps).to(torch.bfloat16)
+        q, k, v = F.linear(x, layer.qkv).split((q_width, kv_width, kv_width), dim=-1)
+        q = _rotate(q.view(batch, tokens, w.heads, w.head_dim).transpose(1, 2), cos, sin)
+        k = _rotate(k.view(batch, tokens, w.kv_heads, w.head_dim).transpose(1, 2), cos, sin)
+        k_cache[:, :, start:end] = k
+        v_cache[:, :, start:end] = v.view(batch, tokens, w.kv_heads, w.head_dim).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(
+            q.to(torch.bfloat16), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
+            enable_gqa=w.kv_heads != w.heads)
+        hidden = hidden + F.linear(attended.transpose(1, 2).reshape(batch, tokens, q_width), layer.o)
+        x = F.rms_norm(hidden, size, layer.post_norm, w.eps).to(torch.bfloat16)
+        gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
+        hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
+    return F.rms_norm(hidden[:, -1], size, w.final_norm, w.eps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def process_logits(logits, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The scores ``generate()`` samples from: logits / temperature, then top-k and top-p filtering
+    (filtered entries -inf, at least one token kept), in that order as transformers' warpers do."""
+    scores = logits / temperature if temperature != 1.0 else logits
+    if top_k and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = scores.sort(dim=-1)  # ascending, as transformers' TopPLogitsWarper
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= 1 - top_p
+        drop[..., -1] = False
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return scores
+
+
+@dataclass
+class DecodeOutput:
+    """What ``generate(..., return_dict_in_generate=True, output_scores=True)`` returns, as TRL reads it."""
+    sequences: torch.Tensor          # (batch, prompt + new tokens)
+    scores: tuple | None = None      # new tokens x (batch, vocab) float32 processed scores
+
+
+@torch.no_grad()
+def decode(model, input_ids, attention_mask=None, *, max_new_tokens: int, do_sample: bool = True,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_token_id=None,
+           pad_token_id: int = 0, output_scores: bool = False, weights: PackedWeights | None = None) -> DecodeOutput:
+    """Sample up to ``max_new_tokens`` after left-padded ``input_ids`` (batch, prompt) from ``model``.
+
+    Draws from torch's global random generator (seed it for reproducible samples). Finished rows get
+    ``pad_token_id`` until every row has produced one of ``eos_token_id`` or the limit is reached.
+    """
+    w = weights or PackedWeights(model)
+    device = input_ids.device
+    batch, prompt = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    valid = attention_mask.bool()
+    total = prompt + max_new_tokens
+    shape = (batch, w.kv_heads, total, w.head_dim)
+    keys = [torch.zeros(shape, dtype=torch.bfloat16, device=device) for _ in w.layers]
+    values = [torch.zeros(shape, dtype=torch.bfloat16, device=device) for _ in w.layers]
+    # Keys a query may see: the row's real prompt tokens, then every generated slot (a slot past the
+    # current step is never read, the loop slices the cache to the current length).
+    key_valid = torch.cat([valid, torch.ones(batch, max_new_tokens, dtype=torch.bool, device=device)], dim=1)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    causal = torch.ones(prompt, prompt, dtype=torch.bool, device=device).tril()
+    # A padding query sees nothing but must see something (an all-masked row is NaN); it sees itself.
+    prefill_mask = (causal & valid[:, None, None, :]) | torch.eye(prompt, dtype=torch.bool, device=device)
+    eos = torch.tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else
+                       [] if eos_token_id is None else [eos_token_id], device=device)
+    hidden = _forward(w, input_ids, positions, keys, values, 0, prefill_mask)
+    next_position = positions[:, -1:] + 1
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    tokens, scores = [], []
+    for step in range(max_new_tokens):
+        logits = top_exact_logits(hidden, w.head, w.head_bf16)
+        if do_sample:
+            step_scores = process_logits(logits, temperature, top_k, top_p)
+            token = torch.multinomial(step_scores.softmax(dim=-1), 1).squeeze(1)
+        else:
+            step_scores = logits
+            token = logits.argmax(dim=-1)
+        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+        tokens.append(token)
+        if output_scores:
+            scores.append(step_scores)
+        if eos.numel():
+            unfinished &= ~torch.isin(token, eos)
+        if step + 1 == max_new_tokens or not unfinished.any():
+            break
+        slot = prompt + step
+        mask = key_valid[:, None, None, :slot + 1]
+        hidden = _forward(w, token[:, None], next_position + step, keys, values, slot, mask)
+    sequences = torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
+    return DecodeOutput(sequences, tuple(scores) if output_scores else None)

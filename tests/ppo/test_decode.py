@@ -1,0 +1,164 @@
+"""The fast decode loop (rlhf.decode) on the tiny model: its sampled tokens' log-probabilities against
+the training forward's, with and without an adapter, before and after an optimizer step; seeded
+reproducibility; the fallback to generate() where it cannot run."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from rlhf.decode import decode, process_logits, unsupported_reason
+from rlhf.lora import LoraSettings, lora_config
+from rlhf.ppo.rollout import float32_output_layer
+
+TEMPERATURE = 0.7
+
+
+@pytest.fixture
+def lora_policy(tiny_model_dir):
+    """A PEFT policy whose adapter is not zero (B starts at zero; give it values so merging matters)."""
+    from peft import get_peft_model
+
+    from rlhf.modeling import load_policy
+
+    torch.manual_seed(0)
+    policy = get_peft_model(load_policy(tiny_model_dir, dtype="float32"),
+                            lora_config(LoraSettings(r=4, alpha=8), "CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    float32_output_layer(policy.get_base_model().get_output_embeddings())  # as PPO's bf16 settings do
+    return policy.eval()
+
+
+def _prompts(tiny_model_dir):
+    from rlhf.modeling import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir, padding_side="left")
+    texts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+             for t in ("Where is my parcel?", "How do I change my password? It says the link expired.", "Hi")]
+    return tok, tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def _training_logprobs(model, sequences, context, pad_id):
+    """The sampled tokens' log-probabilities from the training forward: TRL's PPO forward under
+    bfloat16 autocast (default.yaml's bf16_autocast), float32 output layer, logits / temperature."""
+    from trl.experimental.ppo.ppo_trainer import forward
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = forward(model, sequences, pad_id).logits[:, context - 1:-1] / TEMPERATURE
+    return torch.log_softmax(logits.float(), -1).gather(-1, sequences[:, context:, None])[..., 0]
+
+
+def _decode_logprobs(model, tok, batch, seed=1, tokens=8):
+    torch.manual_seed(seed)
+    out = decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=tokens,
+                 temperature=TEMPERATURE, eos_token_id=None, pad_token_id=tok.pad_token_id, output_scores=True)
+    context = batch["input_ids"].shape[1]
+    scores = torch.stack(out.scores, 1)
+    assert scores.dtype == torch.float32 and scores.shape[:2] == (3, tokens)
+    sampled = out.sequences[:, context:]
+    return out.sequences, torch.log_softmax(scores, -1).gather(-1, sampled[..., None])[..., 0]
+
+
+def _approxkl(a, b):
+    """PPO's approxkl: 0.5 * mean squared log-probability difference per token."""
+    return float(0.5 * ((a - b) ** 2).mean())
+
+
+def test_decode_logprobs_match_the_training_forward_with_and_without_adapter_and_after_a_step(lora_policy,
+                                                                                          tiny_model_dir):
+    tok, batch = _prompts(tiny_model_dir)
+    context = batch["input_ids"].shape[1]
+
+    sequences, fast = _decode_logprobs(lora_policy, tok, batch)
+    adapted = _training_logprobs(lora_policy, sequences, context, tok.pad_token_id)
+    assert _approxkl(fast, adapted) <= 0.001 and (fast - adapted).abs().max() < 0.1
+    with lora_policy.disable_adapter():
+        base_seq, base_fast = _decode_logprobs(lora_policy, tok, batch)
+        base = _training_logprobs(lora_policy, base_seq, context, tok.pad_token_id)
+        assert _approxkl(base_fast, base) <= 0.001
+        # the adapter is in the sampled distribution: without it the same tokens score differently
+        off = _training_logprobs(lora_policy, sequences, context, tok.pad_token_id)
+        assert _approxkl(fast, off) > 10 * _approxkl(fast, adapted)
+
+    # One optimizer step on the adapter: the next decode sees the new weights (packed again per call).
+    optimizer = torch.optim.AdamW([p for p in lora_policy.parameters() if p.requires_grad], lr=0.05)
+    lora_policy.train()
+    from trl.experimental.ppo.ppo_trainer import forward
+
+    logits = forward(lora_policy, sequences, tok.pad_token_id).logits[:, context - 1:-1] / TEMPERATURE
+    loss = -torch.log_softmax(logits, -1).gather(-1, sequences[:, context:, None]).mean()
+    loss.backward()
+    optimizer.step()
+    lora_policy.eval()
+    stepped_seq, stepped = _decode_logprobs(lora_policy, tok, batch)
+    after = _training_logprobs(lora_policy, stepped_seq, context, tok.pad_token_id)
+    assert _approxkl(stepped, after) <= 0.001
+    # the step moved the sampled distribution: the first rollout's tokens score differently now
+    if torch.equal(stepped_seq, sequences):
+        assert _approxkl(stepped, fast) > 1e-4
+
+
+def test_seeded_sampling_is_reproducible_and_greedy_matches_generate(lora_policy, tiny_model_dir):
+    tok, batch = _prompts(tiny_model_dir)
+    first, _ = _decode_logprobs(lora_policy, tok, batch, seed=7)
+    again, _ = _decode_logprobs(lora_policy, tok, batch, seed=7)
+    other, _ = _decode_logprobs(lora_policy, tok, batch, seed=8)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+    greedy = decode(lora_policy, batch["input_ids"], batch["attention_mask"], max_new_tokens=6, do_sample=False,
+                    eos_token_id=None, pad_token_id=tok.pad_token_id).sequences
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = lora_policy.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=None)
+    context = batch["input_ids"].shape[1]
+    # greedy picks agree with generate() under autocast except where two logits tie within rounding
+    assert (greedy[:, context:] == reference[:, context:]).float().mean() >= 0.9
+
+
+def test_rows_stop_at_eos_and_pad_after(lora_policy, tiny_model_dir):
+    tok, batch = _prompts(tiny_model_dir)
+    torch.manual_seed(0)
+    probe = decode(lora_policy, batch["input_ids"], batch["attention_mask"], max_new_tokens=4, do_sample=False,
+                   eos_token_id=None, pad_token_id=tok.pad_token_id)
+    context = batch["input_ids"].shape[1]
+    stop = int(probe.sequences[0, context])  # row 0's first greedy token plays the end token
+    out = decode(lora_policy, batch["input_ids"], batch["attention_mask"], max_new_tokens=4, do_sample=False,
+                 eos_token_id=[stop], pad_token_id=tok.pad_token_id)
+    new = out.sequences[:, context:]
+    assert int(new[0, 0]) == stop and all(int(t) == tok.pad_token_id for t in new[0, 1:])
+    ran_on = [row for row in probe.sequences[:, context:] if stop not in row.tolist()]
+    if ran_on:  # a row that never wrote it keeps the batch going to the limit, as generate() does
+        assert new.shape[1] == 4
+
+
+def test_process_logits_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    assert torch.equal(process_logits(logits, 2.0, 0, 1.0), logits / 2)
+    top2 = process_logits(logits, 1.0, 2, 1.0)
+    assert torch.equal(top2[0, :2], logits[0, :2]) and torch.isinf(top2[0, 2:]).all()
+    # softmax([2, 1, 0, -1]) = [0.644, 0.237, 0.087, 0.032]: top_p 0.85 keeps the first two (0.881)
+    nucleus = process_logits(logits, 1.0, 0, 0.85)
+    assert torch.equal(nucleus[0, :2], logits[0, :2]) and torch.isinf(nucleus[0, 2:]).all()
+    assert torch.isfinite(process_logits(logits, 1.0, 0, 0.5)[0, 0])  # at least one token kept
+
+
+def test_unsupported_model_falls_back_and_says_so(tiny_model_dir, tmp_path, caplog):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf.generation import SamplingSettings, generate_replies
+    from rlhf.modeling import load_tokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.attention_bias = True  # a Llama with biases (Qwen-style): not what the fast loop computes
+    model = AutoModelForCausalLM.from_config(config)
+    assert "bias" in unsupported_reason(model)
+    tok = load_tokenizer(tiny_model_dir, padding_side="left")
+    with caplog.at_level(logging.WARNING, logger="rlhf.generation"):
+        replies = generate_replies(model, tok, ["Hello?"], 2, SamplingSettings(max_new_tokens=4), progress=False)
+    assert len(replies[0]) == 2
+    assert any("transformers' generate()" in r.getMessage() and "bias" in r.getMessage() for r in caplog.records)
