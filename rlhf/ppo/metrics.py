@@ -42,6 +42,7 @@ class RolloutProbe:
         self.eos_token_id = eos_token_id
         self.context_length = 0
         self.enabled = True
+        self.guard = None  # rlhf.ppo.guard.GuardWatch: keeps the scored sequences for the second reward model
         self.lengths: list[float] = []
         self.ended: list[float] = []
 
@@ -53,6 +54,8 @@ class RolloutProbe:
         length, ended = reply_stats(mask, ids, self.eos_token_id)
         self.lengths.append(length)
         self.ended.append(ended)
+        if self.guard is not None:
+            self.guard.capture(kwargs["input_ids"], kwargs["attention_mask"], ctx)
         return None
 
     def take(self) -> tuple[float, float]:

@@ -97,8 +97,13 @@ class RolloutBatches:
 class ResumablePPOTrainer(PPOTrainer):
     """TRL's PPOTrainer whose ``train()`` continues from a checkpoint and writes its own."""
 
-    def setup_run(self, run: PPORunConfig, prompt_ids, eval_ids, probe: RolloutProbe, resume_from: Path | None):
+    def setup_run(self, run: PPORunConfig, prompt_ids, eval_ids, probe: RolloutProbe, resume_from: Path | None,
+                  guard=None):
         self.run, self.eval_ids, self.probe = run, eval_ids, probe
+        self.guard, self.guard_stop = guard, False  # rlhf.ppo.guard.GuardWatch, or None
+        if guard is not None:
+            guard.model.to(self.accelerator.device)
+            probe.guard = guard
         self.resume_from = resume_from
         self.start_step = read_state(resume_from)["step"] if resume_from else 0
         self.stop_requested = False
@@ -242,14 +247,40 @@ class _RunCallback(TrainerCallback):
         stats = t.accelerator.reduce(torch.tensor([length, ended], device=t.accelerator.device), "mean")
         metrics = {RENAMED.get(k, k): v for k, v in (logs or {}).items()}
         metrics.update(response_length=float(stats[0]), eos_share=float(stats[1]))
+        if t.guard is not None:
+            self._guard(state.global_step, metrics, length, ended)
         if t.writer:
             t.writer.log_update(state.global_step, metrics)
             t.say(f"update {state.global_step}/{t.run.total_updates}  reward {metrics.get('reward', 0):+.3f}  "
                   f"kl {metrics.get('kl', 0):.4f}  entropy {metrics.get('entropy', 0):.2f}  "
                   f"value_loss {metrics.get('value_loss', 0):.4f}  length {length:.1f}  eos {ended:.2f}")
 
+    def _guard(self, step: int, metrics: dict, length: float, ended: float) -> None:
+        """The second reward model's reward of this update's rollouts, and the guard's decision; the
+        policy weights of the best update so far are kept in memory (every process decides alike:
+        every figure is averaged over all of them)."""
+        from rlhf.guards import UpdateMetrics
+        from rlhf.ppo.guard import trainable_policy_weights
+
+        t = self.trainer
+        held = t.guard.held_out_reward(t.accelerator)
+        metrics["held_out_reward"] = held
+        decision = t.guard.check(UpdateMetrics(step, float(metrics.get("reward", 0.0)), held,
+                                               float(metrics.get("kl", 0.0)), float(length), float(ended)))
+        if decision.keep_step == step:
+            t.guard.best_weights = trainable_policy_weights(t.accelerator.unwrap_model(t.model).policy)
+            t.guard.best_step = step
+        if decision.action != "continue":
+            t.say(f"guard: {decision.message}")
+        t.guard_stop = decision.action == "stop"
+        if t.accelerator.is_main_process:
+            t.guard.write()
+
     def on_step_end(self, args, state, control, **kwargs):
         t, run, step = self.trainer, self.trainer.run, state.global_step
+        if t.guard_stop:
+            self._keep_best(step)
+            raise _StopRun()
         stop = t.stop_requested or (run.stop_after_updates is not None and step >= run.stop_after_updates)
         if t.accelerator.num_processes > 1:  # every process must agree, the save is collective
             flag = torch.tensor([float(stop)], device=t.accelerator.device)
@@ -265,6 +296,20 @@ class _RunCallback(TrainerCallback):
         if stop and step < run.total_updates:
             t.say(f"stopped after update {step}; continue with --resume")
             raise _StopRun()
+
+
+    def _keep_best(self, step: int) -> None:
+        """The guard stopped the run: the best update's policy weights go back into the policy and are
+        written as the run's last checkpoint, so ``rlhf export`` exports the update that was kept."""
+        from rlhf.ppo.guard import restore_policy_weights
+
+        t = self.trainer
+        restore_policy_weights(t.accelerator.unwrap_model(t.model).policy, t.guard.best_weights)
+        path = t.save_checkpoint()
+        if t.accelerator.is_main_process:
+            t.guard.write(kept_checkpoint=str(path))
+        t.say(f"guard: stopped after update {step} of {t.run.total_updates}; kept update {t.guard.best_step} (the "
+              f"second reward model's best): its policy weights are the last checkpoint {path}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,6 +371,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
         add_value_adapter(value_model, run.lora)
     if stats and run.center_rewards:
         centre_reward_model(reward_model, stats)
+    guard = build_guard(run, tokenizer)
     probe = RolloutProbe(tokenizer.eos_token_id)
     backbone = getattr(reward_model, reward_model.base_model_prefix)
     backbone.register_forward_pre_hook(probe, with_kwargs=True)
@@ -352,7 +398,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
         train_dataset=Dataset.from_dict({"input_ids": prompt_ids}), value_model=value_model,
         eval_dataset=eval_dataset, peft_config=lora_config(run.lora, "CAUSAL_LM") if run.lora.enabled else None,
     )
-    trainer.setup_run(run, prompt_ids, eval_ids, probe, resume_from)
+    trainer.setup_run(run, prompt_ids, eval_ids, probe, resume_from, guard)
     if trainer.accelerator.is_main_process:
         save_resolved(run, out)
         (out / "run_info.json").write_text(json.dumps({
@@ -361,6 +407,24 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
             "reward_stats": stats, "reward_gate": gate, "num_prompts": len(prompt_ids), "world_size": trainer.accelerator.num_processes,
             "zero_stage": zero_stage(), "config_fingerprint": run.fingerprint()}, indent=2))
     return trainer
+
+
+def build_guard(run: PPORunConfig, tokenizer):
+    """The second reward model and the guard's settings (None without ``guard_reward_model``)."""
+    if run.guard_reward_model is None:
+        return None
+    if zero_stage() == 3:
+        raise UserError("guard_reward_model under DeepSpeed ZeRO-3: the guard keeps the best update's policy weights, "
+                        "which ZeRO-3 partitions; use ZeRO-2 or DDP, or leave guard_reward_model unset")
+    from rlhf.guards import GuardSettings
+    from rlhf.ppo.guard import GuardWatch
+    from rlhf.rewards import load_reward_model
+
+    stats = check_reward_model(run.guard_reward_model, tokenizer)
+    model = load_reward_model(run.guard_reward_model, run.dtype, stats, run.center_rewards)
+    settings = GuardSettings(window=run.guard_window, patience=run.guard_patience, kl_bound=run.guard_kl_bound,
+                             margin=run.guard_margin)
+    return GuardWatch(model, tokenizer.pad_token_id, settings, Path(run.output_dir) / "guard.json")
 
 
 def run_ppo(run: PPORunConfig, resume: str | None = None) -> int:
