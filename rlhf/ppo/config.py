@@ -26,6 +26,10 @@ class PPORunConfig(Config):
     bf16_rollouts: bool = Field(False, description="generate and score rollouts in bfloat16: autocast for the passes "
                                 "without gradients, bfloat16 copies of the policy's weights (LoRA merged) while "
                                 "generating; output layers stay float32")
+    generation_backend: str = Field("fast", pattern="^(fast|transformers)$", description="with bf16_rollouts: "
+                                    "'fast' samples rollouts with rlhf.decode's loop (Llama-shaped models; else, and "
+                                    "under ZeRO-3, transformers' generate(), said in the log), 'transformers' always "
+                                    "with generate()")
     freeze_gc: bool = Field(True, description="move the objects alive when training starts out of the garbage "
                             "collector's reach (gc.freeze), so the two gc.collect() calls TRL's loop makes per update "
                             "cost nothing instead of about 0.3 s each")
@@ -92,5 +96,5 @@ class PPORunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model",
+                    "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model", "generation_backend",
                     "guard_reward_model", "guard_window", "guard_patience", "guard_kl_bound", "guard_margin"}

@@ -140,12 +140,29 @@ def bf16_generation_weights(policy: torch.nn.Module):
             weight.data = original
 
 
-def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool) -> None:
-    """Make ``policy.generate`` sample under bfloat16 autocast, with bfloat16 (merged) weights if ``swap_weights``."""
+def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool, backend: str = "transformers",
+                  say=print) -> None:
+    """Make ``policy.generate`` sample under bfloat16 autocast, with bfloat16 (merged) weights if
+    ``swap_weights``; with ``backend`` "fast", by rlhf.decode's loop where the model and the
+    generation settings allow it (not under ZeRO-3, where ``swap_weights`` is off), said by ``say``."""
     generate = policy.generate
+    fast = None
+    if backend == "fast":
+        from rlhf.decode import unsupported_reason
+
+        reason = "weights partitioned by DeepSpeed ZeRO-3" if not swap_weights else unsupported_reason(policy)
+        if reason:
+            say(f"generation: transformers' generate() with bfloat16 weights (the fast decode loop cannot run: {reason})")
+        else:
+            say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once per rollout batch")
+            fast = policy
 
     @functools.wraps(generate)
     def run(*args, **kwargs):
+        if fast is not None and not args:
+            output = _fast_generate(fast, **kwargs)
+            if output is not None:
+                return output
         weights = bf16_generation_weights(policy) if swap_weights else contextlib.nullcontext()
         with torch.no_grad(), weights, _bf16_autocast(device_type):
             output = generate(*args, **kwargs)
@@ -155,3 +172,30 @@ def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool)
         return output
 
     policy.generate = run
+
+
+# generate() options the fast loop reproduces at these values only; anything else goes to generate().
+_PLAIN = {"num_beams": 1, "repetition_penalty": 1.0, "min_new_tokens": None, "min_p": None,
+          "no_repeat_ngram_size": 0, "bad_words_ids": None, "typical_p": 1.0, "num_return_sequences": 1}
+
+
+def _fast_generate(policy, input_ids=None, attention_mask=None, generation_config=None,
+                   return_dict_in_generate=False, output_scores=False, **kwargs):
+    """TRL's ``generate(...)`` call answered by rlhf.decode, or None when it asks for what the loop lacks."""
+    from rlhf.decode import decode
+
+    config = generation_config
+    if config is None or input_ids is None or kwargs:
+        return None
+    for name, plain in _PLAIN.items():
+        value = getattr(config, name, None)
+        if value is not None and value != plain:
+            return None
+    defaults = policy.generation_config
+    eos = config.eos_token_id if config.eos_token_id is not None else defaults.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else defaults.pad_token_id
+    out = decode(policy, input_ids, attention_mask, max_new_tokens=config.max_new_tokens,
+                 do_sample=bool(config.do_sample), temperature=config.temperature or 1.0, top_k=int(config.top_k or 0),
+                 top_p=config.top_p if config.top_p is not None else 1.0, eos_token_id=eos,
+                 pad_token_id=pad if pad is not None else 0, output_scores=output_scores)
+    return out if return_dict_in_generate else out.sequences

@@ -154,7 +154,7 @@ class ResumablePPOTrainer(PPOTrainer):
             if rollouts:
                 autocast_without_grad(getattr(model, model.base_model_prefix), device)
         if rollouts:
-            bf16_generate(policy, device, swap_weights)
+            bf16_generate(policy, device, swap_weights, self.run.generation_backend, self.say)
 
     def train(self):
         if self.resume_from is not None:
