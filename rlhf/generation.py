@@ -3,9 +3,12 @@ app's candidate generation and the evaluation of exported checkpoints."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from rlhf.schema import Prompt, as_messages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -14,6 +17,9 @@ class SamplingSettings:
     temperature: float = 0.8  # 0 means greedy
     top_p: float = 0.95
     seed: int = 0
+    # "fast": rlhf.decode's loop (bfloat16 weights, several times faster on CPU) where the model
+    # allows it, else transformers' generate(), said in the log; "transformers": always generate().
+    backend: str = "fast"
 
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:
@@ -49,16 +55,38 @@ def generate_replies(model, tokenizer, prompts: list[Prompt], num_replies: int =
     flat = [(i, t) for i, t in enumerate(texts) for _ in range(num_replies)]
     results: list[list[str]] = [[] for _ in prompts]
     model.eval()
+    run = sequences_function(model, tokenizer, sampling)
     with tqdm(total=len(flat), desc="generate", unit="reply", disable=not progress) as bar:
         for start in range(0, len(flat), batch_size):
             chunk = flat[start:start + batch_size]
             enc = tokenizer([t for _, t in chunk], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                out = model.generate(**enc, **sampling.generate_kwargs(),
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                out = run(enc)
             new_tokens = out[:, enc["input_ids"].shape[1]:]
             for (i, _), tokens in zip(chunk, new_tokens):
                 results[i].append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
             bar.update(len(chunk))
     return results
+
+def sequences_function(model, tokenizer, sampling: SamplingSettings):
+    """batch -> prompt + reply token ids, by the chosen backend; where the fast loop cannot run the
+    model, transformers' generate() with one log line saying why."""
+    def with_transformers(enc):
+        return model.generate(**enc, **sampling.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+
+    if sampling.backend != "fast":
+        return with_transformers
+    from rlhf.decode import decode, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason:
+        log.warning("generation: transformers' generate() (the fast decode loop cannot run this model: %s)", reason)
+        return with_transformers
+
+    def fast(enc):
+        return decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=sampling.max_new_tokens,
+                      do_sample=sampling.temperature > 0, temperature=sampling.temperature, top_p=sampling.top_p,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).sequences
+    return fast
