@@ -80,9 +80,11 @@ def test_export_writes_the_layout_and_a_manifest(ranked, tmp_path):
     assert pairwise["train"].column_names == ["prompt", "chosen", "rejected", "reviewer", "ranking_id", "unit"]
     assert kwise["train"].column_names == ["prompt", "completions", "ranks", "reviewer", "ranking_id", "unit"]
     # Plain-prompt imports: the prompt is the privacy unit, so both reviewers' rankings of a prompt share it.
-    units = set(kwise["train"]["unit"]) | set(pairwise["train"]["unit"])
-    assert len(units) == 1 and units.pop().startswith("prompt:")
-    assert on_disk["privacy_units"] == {"customer": 0, "conversation": 0, "prompt": 1}
+    # (the K-wise rows also hold prompt B's full tie, which gives no pair)
+    units = dict(zip(kwise["train"]["prompt"], kwise["train"]["unit"]))
+    assert set(pairwise["train"]["unit"]) == {units["prompt A"]} and units["prompt B"] != units["prompt A"]
+    assert all(u.startswith("prompt:") for u in units.values())
+    assert manifest["privacy_units"] == {"customer": 0, "conversation": 0, "prompt": 2}
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["ranking_ids"] == manifest["ranking_ids"] and len(on_disk["ranking_ids"]) == 3
     assert on_disk["counts"]["pairwise"] == {"train": 2, "test": 0}
