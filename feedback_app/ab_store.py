@@ -108,6 +108,8 @@ class AbService:
                              .join(AbItem, AbItem.id == AbJudgement.item_id)
                              .where(AbItem.set_id == ab.id).order_by(AbJudgement.id)).all()
             n_items = s.scalar(select(func.count(AbItem.id)).where(AbItem.set_id == ab.id))
+            lengths = {i: (len(a), len(b)) for i, a, b in s.execute(
+                select(AbItem.id, AbItem.reply_a, AbItem.reply_b).where(AbItem.set_id == ab.id)).all()}
         answered = [(j, u) for j, u in rows if j.verdict is not None]
         judgements = [AbJudgementRecord(j.id, j.item_id, u, j.left_is_a, j.verdict, j.winner, j.simulated,
                                         j.shown_at, j.answered_at) for j, u in answered]
@@ -115,7 +117,8 @@ class AbService:
         return AbReport(ab.id, ab.name, ab.policy_a, ab.policy_b, n_items, ab.judgements_per_item,
                         open=len(rows) - len(answered),
                         win_rate=win_rate([winner_of(v, a) for v, a in zip(verdicts, sides)], confidence),
-                        position_bias=position_bias(verdicts, sides), judgements=judgements)
+                        position_bias=position_bias(verdicts, sides), judgements=judgements,
+                        length_controlled=length_controlled(judgements, lengths, confidence))
 
     def list_sets(self, actor: Actor) -> list[AbSetInfo]:
         with self.store.sessions() as s:
@@ -213,3 +216,17 @@ def _admin(actor: Actor) -> None:
     if not actor.is_admin:
         raise Forbidden("admins only")
 
+
+def length_controlled(judgements: list[AbJudgementRecord], lengths: dict[int, tuple[int, int]],
+                      confidence: float) -> dict[str, Any]:
+    """Policy A's win rate with the length difference (characters, A minus B) regressed out, as
+    length-controlled AlpacaEval does (``rlhf.bias.length_controlled_win_rate``), beside the raw one."""
+    from dataclasses import asdict
+
+    from rlhf.bias import length_controlled_win_rate
+
+    verdict = {"a": "win", "b": "loss", "tie": "tie", "both_bad": "both_bad"}
+    lc = length_controlled_win_rate([verdict[j.winner] for j in judgements],
+                                    [lengths[j.item_id][0] for j in judgements],
+                                    [lengths[j.item_id][1] for j in judgements], confidence)
+    return asdict(lc)

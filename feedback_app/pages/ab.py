@@ -57,15 +57,19 @@ def report_markdown(service: AbService, actor: Actor) -> str:
     """Admins: every set's win rate of policy A (95% interval, non-tied judgements) and position bias."""
     if not actor.is_admin:
         return ""
-    lines = ["| set | A vs B | wins / losses / ties / both bad | win rate of A (95% CI) | left side won (p) |",
-             "|---|---|---|---|---|"]
+    lines = ["| set | A vs B | wins / losses / ties / both bad | win rate of A (95% CI) "
+             "| length-controlled (95% CI) | left side won (p) |",
+             "|---|---|---|---|---|---|"]
     for info in service.list_sets(actor):
         r = service.report(actor, info.set_id)
         wr, pb = r.win_rate, r.position_bias
         rate = "n/a" if wr.win_rate_a is None else f"{wr.win_rate_a:.1%} [{wr.ci_low:.1%}, {wr.ci_high:.1%}]"
         bias = "n/a" if pb.left_share is None else f"{pb.left_share:.1%} (p={pb.p_value:.3g})"
+        lc = r.length_controlled or {}
+        controlled = "n/a" if lc.get("length_controlled") is None else \
+            f"{lc['length_controlled']:.1%} [{lc['lc_interval'][0]:.1%}, {lc['lc_interval'][1]:.1%}]"
         lines.append(f"| {info.name} | {r.policy_a} vs {r.policy_b} | {wr.wins_a} / {wr.wins_b} / "
-                     f"{wr.ties} / {wr.both_bad} | {rate} | {bias} |")
+                     f"{wr.ties} / {wr.both_bad} | {rate} | {controlled} | {bias} |")
     return "\n".join(lines) if len(lines) > 2 else "No A/B sets yet."
 
 

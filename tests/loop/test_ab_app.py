@@ -165,6 +165,20 @@ def test_cli_create_simulate_and_report(tmp_path):
     assert wr["win_rate_a"] == pytest.approx(0.75)
     assert all(j["simulated"] for j in report["judgements"])
     assert "win rate of aligned 0.750" in result.stdout
+    # Length-controlled beside the raw one: per prompt (twice each) aligned vs base characters are
+    # 2-9, 4-5, 4-6 (wins), 5-4 (loss), 2-2, 3-3 (ties); raw with ties 1/2 is (6 + 2) / 12.
+    from dataclasses import asdict
+
+    from rlhf.bias import length_controlled_win_rate
+
+    lc = report["length_controlled"]
+    assert lc["raw"] == pytest.approx(8 / 12)
+    expected = asdict(length_controlled_win_rate(["win", "win", "win", "loss", "tie", "tie"] * 2,
+                                                 [2, 4, 4, 5, 2, 3] * 2, [9, 5, 6, 4, 2, 3] * 2))
+    assert lc["length_controlled"] == pytest.approx(expected["length_controlled"])
+    assert list(lc["lc_interval"]) == pytest.approx(list(expected["lc_interval"]))
+    assert lc["length_coefficient"] < 0  # here the shorter reply won: a negative length coefficient
+    assert f"length-controlled win rate of aligned {lc['length_controlled']:.3f}" in result.stdout
     _user_error(run_cli("app", "ab", "report", "missing", *flags), "missing", "not found")
 
 
