@@ -77,9 +77,18 @@ class QuickstartConfig(Config):
                                      "configs/<algorithm>/default.yaml)")
     align_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf grpo|rloo|dpo' overrides: field -> "
                                         "value (checked by that command before any stage runs)")
+    sft: bool = Field(False, description="supervised fine-tuning first ('rlhf sft' with sft_config on the shipped "
+                      "demonstrations): the SFT model then writes the candidates, is the reward model's base and the "
+                      "policy's start and reference; the report adds held-out loss and the A/B of SFT against base")
+    sft_config: str = Field("configs/sft/default.yaml", description="'rlhf sft' config (with sft)")
+    sft_flags: dict[str, Any] = Field(default_factory=dict, description="'rlhf sft' overrides: field -> value "
+                                      "(checked by that command before any stage runs)")
     allow_weak_reward_model: bool = Field(False, description="go on to policy training even when the reward model "
                                           "does not pass the gate (or the held-out split is too small to measure "
                                           "it); recorded in the model card")
+    guard: bool = Field(True, description="PPO: train a second reward model on half of the training prompts "
+                        "(reward_guard/) and let PPO's guard stop the run, keeping the best update, when the training "
+                        "reward rises while the second model's does not (rlhf ppo --guard-reward-model)")
     eval_replies_per_prompt: int = Field(2, ge=1, le=16, description="replies per held-out prompt and policy")
     eval_max_new_tokens: int = Field(48, ge=1, description="new tokens per held-out reply")
     eval_temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the held-out replies")
@@ -213,6 +222,33 @@ def stop_app(run: Run) -> None:
     run.server = None
 
 
+def start_policy(run: Run) -> str:
+    """The policy the round starts from: the SFT model when ``sft`` is on, else ``policy``. It writes the
+    candidates, is the reward model's base (unless ``reward_base``) and the policy trainers' start and reference."""
+    return str(run.dir / "sft_model") if run.config.sft else run.config.policy
+
+
+def sft_args(run: Run) -> list[str]:
+    c = run.config
+    return ["sft", "--config", c.sft_config, "--policy", c.policy, "--output-dir", str(run.dir / "sft"),
+            "--seed", str(c.seed), *_flags(c.sft_flags)]
+
+
+@timed("SFT")
+def sft(run: Run) -> None:
+    """Supervised fine-tuning on demonstrations, then its export; an interrupted run continues from its checkpoint."""
+    folder = run.dir / "sft"
+    resume = run.resume and any((folder / "checkpoints").glob("step-*"))
+    if run.resume and not resume and folder.exists():
+        shutil.rmtree(folder)
+    run.rlhf(*sft_args(run), *(["--resume"] if resume else []))
+
+
+@timed("export SFT", outputs=("sft_model",))
+def export_sft(run: Run) -> None:
+    run.rlhf("export", str(run.dir / "sft"), str(run.dir / "sft_model"))
+
+
 @timed("import prompts")
 def import_prompts(run: Run) -> None:
     run.rlhf("app", "import", run.config.train_prompts, *run.db_flags)
@@ -221,7 +257,7 @@ def import_prompts(run: Run) -> None:
 @timed("generate candidates")
 def generate_candidates(run: Run) -> None:
     c = run.config
-    run.rlhf("app", "generate", *run.db_flags, "--model", c.policy, "--max-new-tokens", str(c.candidate_max_new_tokens),
+    run.rlhf("app", "generate", *run.db_flags, "--model", start_policy(run), "--max-new-tokens", str(c.candidate_max_new_tokens),
              "--temperature", str(c.candidate_temperature), "--batch-size", str(c.generation_batch_size),
              "--seed", str(c.seed))
 
@@ -244,8 +280,8 @@ def export_rankings(run: Run) -> None:
 
 def reward_train_args(run: Run) -> list[str]:
     c = run.config
-    return ["reward", "train", "--config", c.reward_config, "--model", c.reward_base or c.policy, "--policy-model",
-            c.policy, "--data", str(run.dir / "export"), "--output-dir", str(run.dir / "reward"), "--seed", str(c.seed),
+    return ["reward", "train", "--config", c.reward_config, "--model", c.reward_base or start_policy(run),
+            "--policy-model", start_policy(run), "--data", str(run.dir / "export"), "--output-dir", str(run.dir / "reward"), "--seed", str(c.seed),
             *_allow_weak(run), *_flags(c.reward_flags)]
 
 
@@ -256,6 +292,19 @@ def _allow_weak(run: Run) -> list[str]:
 @timed("train reward model", outputs=("reward",))
 def train_reward(run: Run) -> None:
     run.rlhf(*reward_train_args(run))
+
+
+@timed("train second reward model", outputs=("reward_guard",))
+def train_guard_reward(run: Run) -> None:
+    """The guard's judge: the same reward-model command on the second half of the training prompts only
+    (``--train-half second``); not gated (half the rankings may not clear it), it only watches PPO."""
+    args = reward_train_args(run)
+    args[args.index("--output-dir") + 1] = str(run.dir / "reward_guard")
+    run.rlhf(*args, "--train-half", "second", "--allow-weak-reward-model", "true")
+
+
+def _guard(run: Run) -> list[str]:
+    return ["--guard-reward-model", str(run.dir / "reward_guard")] if run.config.guard else []
 
 
 def check_rule(run: Run, rule) -> None:
@@ -302,9 +351,9 @@ def ppo(run: Run) -> None:
 
 def ppo_args(run: Run) -> list[str]:
     c = run.config
-    return ["ppo", "--config", c.ppo_config, "--policy", c.policy, "--reward-model", str(run.dir / "reward"),
+    return ["ppo", "--config", c.ppo_config, "--policy", start_policy(run), "--reward-model", str(run.dir / "reward"),
             "--prompts-file", str(run.dir / "ppo_prompts.jsonl"), "--output-dir", str(run.dir / "ppo"),
-            "--seed", str(c.seed), *_allow_weak(run), *_flags(c.ppo_flags)]
+            "--seed", str(c.seed), *_allow_weak(run), *_guard(run), *_flags(c.ppo_flags)]
 
 
 def align(run: Run) -> None:
@@ -327,7 +376,7 @@ def policy_args(run: Run) -> list[str]:
         return ppo_args(run)
     inputs = ["--data", str(run.dir / "export")] if c.algorithm == "dpo" else \
         ["--reward-model", str(run.dir / "reward"), "--prompts-file", str(run.dir / "ppo_prompts.jsonl")]
-    return [c.algorithm, "--config", c.align_config or f"configs/{c.algorithm}/default.yaml", "--policy", c.policy,
+    return [c.algorithm, "--config", c.align_config or f"configs/{c.algorithm}/default.yaml", "--policy", start_policy(run),
             *inputs, "--output-dir", str(run.dir / c.algorithm), "--seed", str(c.seed),
             *(_allow_weak(run) if c.algorithm != "dpo" else []), *_flags(c.align_flags)]
 
@@ -339,37 +388,52 @@ def export_aligned(run: Run) -> None:
 
 @timed("held-out replies", outputs=("eval",))
 def heldout_replies(run: Run) -> None:
-    """The same held-out prompts, sampling settings and seed for both policies."""
+    """The same held-out prompts, sampling settings and seed for every policy (base, SFT when on, aligned)."""
     c = run.config
-    for name, model in (("base", c.policy), ("aligned", str(run.dir / "aligned"))):
+    for name, model in heldout_policies(run):
         run.rlhf("generate", "--model", model, "--prompts-file", c.heldout_prompts, "--num-replies",
                  str(c.eval_replies_per_prompt), "--max-new-tokens", str(c.eval_max_new_tokens), "--temperature",
                  str(c.eval_temperature), "--batch-size", str(c.generation_batch_size), "--seed", str(c.seed + 1),
                  "--output", str(run.dir / "eval" / f"{name}.jsonl"))
 
 
+def heldout_policies(run: Run) -> list[tuple[str, str]]:
+    c = run.config
+    return [("base", c.policy), *([("sft", str(run.dir / "sft_model"))] if c.sft else []),
+            ("aligned", str(run.dir / "aligned"))]
+
+
+def ab_pairs(run: Run) -> list[tuple[str, str, str]]:
+    """``(policy A, policy B, report file)`` of each blind A/B set: aligned against the policy it started from
+    (``ab.json``), and with SFT on, SFT against the base first (``ab_sft.json``)."""
+    if not run.config.sft:
+        return [("aligned", "base", "ab.json")]
+    return [("sft", "base", "ab_sft.json"), ("aligned", "sft", "ab.json")]
+
+
 @timed("blind A/B judgement")
 def ab_judgement(run: Run) -> None:
-    """Aligned is policy A, base is B; the reviewers see neither name, in a random recorded order."""
+    """In each set the reviewers see neither name, in a random recorded order."""
     c = run.config
-    try:
-        run.rlhf("app", "ab", "create", "aligned-vs-base", "--policy-a", "aligned", "--replies-a",
-                 str(run.dir / "eval" / "aligned.jsonl"), "--policy-b", "base", "--replies-b",
-                 str(run.dir / "eval" / "base.jsonl"), "--judgements-per-item", str(c.ab_judgements_per_item),
-                 *run.db_flags)
-    except UserError as exc:  # made by the interrupted run from the same replies: its judging continues
-        if not (run.resume and "already exists" in str(exc)):
-            raise
-        print("   the A/B set of the interrupted run is kept; judging continues", flush=True)
-    run.rlhf("simulate", "--url", run.url, "--accounts", _accounts(run), "--ab", "aligned-vs-base",
-             f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
-    run.rlhf("app", "ab", "report", "aligned-vs-base", "--output", str(run.dir / "ab.json"), *run.db_flags)
+    for a, b, report in ab_pairs(run):
+        name = f"{a}-vs-{b}"
+        try:
+            run.rlhf("app", "ab", "create", name, "--policy-a", a, "--replies-a", str(run.dir / "eval" / f"{a}.jsonl"),
+                     "--policy-b", b, "--replies-b", str(run.dir / "eval" / f"{b}.jsonl"), "--judgements-per-item",
+                     str(c.ab_judgements_per_item), *run.db_flags)
+        except UserError as exc:  # made by the interrupted run from the same replies: its judging continues
+            if not (run.resume and "already exists" in str(exc)):
+                raise
+            print("   the A/B set of the interrupted run is kept; judging continues", flush=True)
+        run.rlhf("simulate", "--url", run.url, "--accounts", _accounts(run), "--ab", name,
+                 f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
+        run.rlhf("app", "ab", "report", name, "--output", str(run.dir / report), *run.db_flags)
 
 
-@timed("score held-out replies", outputs=("eval/base.scores.json", "eval/aligned.scores.json"))
+@timed("score held-out replies", outputs=("eval/base.scores.json", "eval/sft.scores.json", "eval/aligned.scores.json"))
 def score_heldout(run: Run) -> None:
-    """Reward-model score and length in tokens of the base and aligned held-out replies."""
-    for name in ("base", "aligned"):
+    """Reward-model score and length in tokens of the base (SFT) and aligned held-out replies."""
+    for name, _ in heldout_policies(run):
         run.rlhf("reward", "score", "--reward-model", str(run.dir / "reward"), "--replies",
                  str(run.dir / "eval" / f"{name}.jsonl"), "--output", str(run.dir / "eval" / f"{name}.scores.json"))
 
@@ -377,9 +441,10 @@ def score_heldout(run: Run) -> None:
 def check_stage_settings(run: Run, source: str) -> None:
     """Each stage's own command validates its config file plus the loop's overrides (``--validate-only``):
     a typo in ``reward_flags`` fails now, not after the app, generation and ranking have run."""
-    for fields, args in (("reward_config + reward_flags", reward_train_args(run)),
-                         ("ppo_config + ppo_flags" if run.config.algorithm == "ppo" else "align_config + align_flags",
-                          policy_args(run))):
+    stages = [("reward_config + reward_flags", reward_train_args(run)),
+              ("ppo_config + ppo_flags" if run.config.algorithm == "ppo" else "align_config + align_flags",
+               policy_args(run))]
+    for fields, args in stages + ([("sft_config + sft_flags", sft_args(run))] if run.config.sft else []):
         proc = run.call(*args, "--validate-only")
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -416,6 +481,9 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
     if not (run.dir / "commands.sh").exists():
         (run.dir / "commands.sh").write_text("# the rlhf commands this run executed, in order\n")
     try:
+        if config.sft:
+            sft(run)
+            export_sft(run)
         start_app(run)
         import_prompts(run)
         generate_candidates(run)
@@ -423,6 +491,8 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
         export_rankings(run)
         check_rule(run, rule)
         train_reward(run)
+        if config.guard and config.algorithm == "ppo":
+            train_guard_reward(run)
         eval_reward(run)
         gate(run)
         ppo(run) if config.algorithm == "ppo" else ALIGN_STAGES[config.algorithm](run)
@@ -439,12 +509,17 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
 
     summary = LoopSummary(config.rule, config.rule_name, run.times,
                           RewardEvalSummary.read(run.dir / "reward" / "eval" / "eval.json"),
-                          TrainingSummary.read(run.dir / config.algorithm, config.algorithm), heldout("base"), heldout("aligned"),
+                          TrainingSummary.read(run.dir / config.algorithm, config.algorithm),
+                          heldout("sft" if config.sft else "base"), heldout("aligned"),  # aligned against its start
                           AbReport.from_dict(json.loads((run.dir / "ab.json").read_text())))
     start = time.perf_counter()
     write_report(summary, run.dir)
     run.times["report"] = time.perf_counter() - start
     write_summary(summary, run.dir)
+    if config.sft:
+        from rlhf.report import SFTSummary, add_sft_section
+
+        add_sft_section(SFTSummary.read(run.dir, heldout("base"), heldout("sft")), run.dir)
     print("\n" + render_stage_table(run.times) + "\n\n" + render_figures(summary))
     print(f"\nreport: {run.dir / 'REPORT.md'}")
     return summary

@@ -272,12 +272,41 @@ def _plots(s: LoopSummary, out: Path) -> list[tuple[str, str]]:
     return plots
 
 
+def guard_lines(run_dir: Path) -> list[str]:
+    """PPO's guard (``ppo/guard.json``, ``rlhf ppo --guard-reward-model``): the second reward model's reward
+    beside the training reward, and whether the run was stopped and which update was kept, and why."""
+    path = run_dir / "ppo" / "guard.json"
+    if not path.is_file():
+        return []
+    guard = json.loads(path.read_text())
+    updates = guard.get("updates") or []
+    lines = ["## Guard against reward hacking (PPO)", "",
+             "A second reward model, trained on half of the training prompts, scored every update's rollouts "
+             "too; the guard stops the run when the training reward rises while the second model's does not.", ""]
+    if guard.get("stopped"):
+        lines.append(f"- **Stopped at update {guard['stopped_at']}; kept update {guard['kept_update']}** (its policy "
+                     f"weights are the exported checkpoint). {guard.get('message') or ''}")
+    else:
+        lines.append(f"- Not stopped: {len(updates)} updates ran"
+                     + (f"; last decision: {updates[-1]['message']}" if updates else ""))
+    warned = [u for u in updates if u["action"] == "warn"]
+    if warned:
+        lines.append(f"- Warnings at updates {', '.join(str(u['step']) for u in warned)}")
+    if updates:
+        first, last = updates[0], updates[-1]
+        lines.append(f"- Training reward {first['reward']:.3f} -> {last['reward']:.3f}; second model's reward "
+                     f"{first['held_out_reward']:.3f} -> {last['held_out_reward']:.3f}; KL {last['kl']:.3f}; reply "
+                     f"length {first['length']:.1f} -> {last['length']:.1f} tokens; EOS share {first['eos_share']:.0%} "
+                     f"-> {last['eos_share']:.0%} (update {first['step']} -> {last['step']})")
+    return [*lines, ""]
+
+
 def write_report(s: LoopSummary, out: Path) -> Path:
     """``REPORT.md`` with its PNG figures, in the run folder ``out``."""
     plots = _plots(s, out)
     lines = [f"# Loop report: rule `{s.rule}` ({s.rule_name})", "",
              f"Run folder `{out}`; commands in `commands.sh`; figures in `summary.json`.", "",
-             "## Figures", "", render_figures(s), "", *reward_model_lines(out), "## Stage wall times", "", "```",
+             "## Figures", "", render_figures(s), "", *reward_model_lines(out), *guard_lines(out), "## Stage wall times", "", "```",
              render_stage_table(s.times), "```", ""]
     for title, name in plots:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
@@ -290,3 +319,64 @@ def write_summary(s: LoopSummary, out: Path) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(s.to_dict(), indent=2), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# The SFT stage (``rlhf loop --sft``)
+
+
+@dataclass
+class SFTSummary:
+    """What the SFT stage changed: held-out loss per reply token before and after (``sft/metrics.json``,
+    ``rlhf sft``), the base and SFT models' held-out replies, and the blind A/B of SFT (A) against the base (B)
+    (``ab_sft.json``)."""
+
+    loss_before: float | None
+    loss_after: float | None
+    train_rows: int | None
+    heldout_rows: int | None
+    base: HeldoutScores
+    sft: HeldoutScores
+    ab: AbReport  # SFT is policy A, base is B
+
+    @classmethod
+    def read(cls, run_dir: Path, base: HeldoutScores, sft: HeldoutScores) -> "SFTSummary":
+        metrics = json.loads((run_dir / "sft" / "metrics.json").read_text())
+        return cls(metrics.get("heldout_loss_before"), metrics.get("heldout_loss_after"), metrics.get("train_rows"),
+                   metrics.get("heldout_rows"), base, sft, AbReport.from_dict(json.loads((run_dir / "ab_sft.json").read_text())))
+
+    def to_dict(self) -> dict[str, Any]:
+        ab = self.ab.to_dict()
+        return {"heldout_loss_before": self.loss_before, "heldout_loss_after": self.loss_after,
+                "train_rows": self.train_rows, "heldout_rows": self.heldout_rows,
+                "heldout": {"base": asdict(self.base), "sft": asdict(self.sft)},
+                "ab": {k: ab[k] for k in ("win_rate", "position_bias", "items", "open")}}
+
+
+def render_sft(s: SFTSummary) -> str:
+    wr = s.ab.win_rate
+    rate = "n/a" if wr.win_rate_a is None else \
+        f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}] ({wr.confidence:.0%} {wr.method})"
+    rows = [
+        ("demonstrations: training rows, held-out rows", f"{s.train_rows}, {s.heldout_rows}"),
+        ("held-out loss per reply token, before -> after SFT", f"{_fmt(s.loss_before, '.4f')} -> {_fmt(s.loss_after, '.4f')}"),
+        ("held-out reward, base -> SFT", f"{_fmt(s.base.reward_mean)} -> {_fmt(s.sft.reward_mean)}"),
+        ("mean reply length (tokens), base -> SFT", f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.sft.length_mean, '.1f')}"),
+        ("mean rule score, base -> SFT", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.sft.rule_mean)}"),
+        ("SFT vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
+        ("SFT win rate, non-tied", rate),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def add_sft_section(s: SFTSummary, out: Path) -> None:
+    """Put the SFT stage's section before the figures of ``REPORT.md`` (whose 'base' is then the SFT model,
+    the aligned policy's start and reference) and its figures into ``summary.json`` under ``sft``."""
+    report = out / "REPORT.md"
+    text = report.read_text(encoding="utf-8")
+    section = ("## Supervised fine-tuning (SFT, first stage)\n\n" + render_sft(s) + "\n\n"
+               "The SFT model wrote the candidates, was the reward model's base and the policy's start and reference: "
+               "in the figures below, **base is the SFT model**, so they compare the aligned model with it.\n\n")
+    report.write_text(text.replace("## Figures\n", section + "## Figures\n", 1), encoding="utf-8")
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "sft": s.to_dict()}, indent=2), encoding="utf-8")

@@ -11,7 +11,8 @@
 #   scripts/quickstart.sh --config configs/quickstart/full_concise.yaml   the second rule (shorter replies)
 #   options: --run-dir DIR (default runs/quickstart-<time>), --policy MODEL_DIR (instead of the bundled model),
 #            --resume (with --run-dir: continue an interrupted run, finished stages are skipped),
-#            --algorithm ppo|grpo|rloo|dpo (policy training; default ppo; dpo trains on the rankings directly)
+#            --algorithm ppo|grpo|rloo|dpo (policy training; default ppo; dpo trains on the rankings directly),
+#            --sft (supervised fine-tuning on the shipped demonstrations first; the SFT model starts the round)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=configs/quickstart/full.yaml
@@ -24,7 +25,8 @@ while [ $# -gt 0 ]; do
     --policy) ARGS+=(--policy "$2"); shift ;;
     --algorithm) ARGS+=(--algorithm "$2"); shift ;;
     --resume) ARGS+=(--resume) ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --sft) ARGS+=(--sft) ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
   shift
