@@ -243,3 +243,31 @@ def test_validate_only_prints_the_resolved_config(tmp_path):
     bad = run_cli("sft", "--config", str(REPO / "configs" / "sft" / "default.yaml"), "--validate-only",
                   "--beta", "0.1")
     assert bad.returncode == 2 and "unrecognized arguments: --beta" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Two processes, as the README launches them
+
+
+# ZeRO-2 only, to keep the added test time small: DDP runs the same Trainer path (it passed here with
+# "ddp.yaml" in this list), and tests/align/test_align_distributed.py launches RLOO under DDP.
+@pytest.mark.parametrize("launcher", ["deepspeed_zero2.yaml"], ids=["zero2"])
+def test_two_processes_finish_measure_and_export(launcher, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.export import export_run
+    from tests.launch import accelerate_launch
+
+    out = tmp_path / "run"
+    args = sft_args(tiny_model_dir, out, "--total-updates", "2", "--num-eval-prompts", "1")
+    result = accelerate_launch(launcher, ["-m", "rlhf.cli", *args], timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("update 2/2") == 1 and result.stderr.count("held-out loss after SFT") == 1
+    ckpt = out / "checkpoints" / "step-000002"
+    assert sorted(p.name for p in ckpt.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    if launcher != "ddp.yaml":  # every process wrote its own optimizer shard
+        assert len(list(ckpt.glob("global_step*/*optim_states.pt"))) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["heldout_loss_after"] < metrics["heldout_loss_before"]
+    model = AutoModelForCausalLM.from_pretrained(export_run(out, tmp_path / "exported"))
+    assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False).shape[1] == 6
