@@ -59,6 +59,15 @@ def test_sample_import_keeps_personal_data_out_of_the_database_exports_and_promp
     assert len(checked) >= 5, checked
     for f in checked:
         assert leaks(f.read_bytes()) == [], f
+    # The privacy unit (`rlhf reward train --dp`) is the customer, as a salted hash: CUST-77120's two
+    # conversations (four prompts) are one unit.
+    from collections import Counter
+
+    import datasets
+
+    kwise = datasets.load_from_disk(str(tmp_path / "out" / "kwise"))
+    units = Counter(u for split in kwise.values() for u in split["unit"])
+    assert all(u.startswith("customer:") and "CUST" not in u for u in units) and max(units.values()) == 4
     prompts = [json.loads(line)["prompt"] for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
     assert prompts[0] == [{"role": "user", "content": "Hi, my name is <PERSON_1>. My order <ORDER_ID_1> still says "
                                                       "processing after a week."}]
