@@ -73,6 +73,9 @@ class _Hot:
                  .order_by(func.random()).limit(1))
     handed_counts = (select(func.count(A.id), func.count(A.id).filter(A.item_id.in_(_gold_ids)))
                      .where(A.user_id == bindparam("uid")))
+    _p = Project.__table__.c
+    settings = select(_p.k, _p.reviewers_per_item, _p.guideline, _p.guideline_version, _p.lease_seconds,
+                      _p.gold_rate).where(_p.id == bindparam("pid"))
     used_slots = select(A.slot).where(A.item_id == bindparam("item"), A.slot.is_not(None))
     add_lease = Assignment.__table__.insert()
     view = (select(C.position, C.id, C.text, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
@@ -246,8 +249,10 @@ class Store:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._next_sweep = float("-inf")  # when expired leases are next deleted (at most once a second)
+        self._next_settings_read = float("-inf")  # when the hand-out next re-reads the project's settings
         # Accounts' current role and session version, for checking login tokens (auth.SessionCheck).
-        self.accounts = auth.SessionCheck(self._account_state, session_check_seconds)
+        self.accounts = auth.SessionCheck(self._account_state, session_check_seconds,
+                                          spread=lambda: random.uniform(0.5, 1.0))
         self.login_free_failures, self.login_per_address = login_free_failures, login_per_address
         self._next_throttle_sweep = float("-inf")
         self.project = (self._ensure_project(project, k, reviewers_per_item, guideline, guideline_version) if create
@@ -902,6 +907,9 @@ class Store:
             if now >= self._next_sweep:  # walked-away reviewers: their slots open again
                 conn.execute(_Hot.sweep, {"now": now})
                 self._next_sweep = now + 1.0
+            if now >= self._next_settings_read:  # `rlhf app settings` or another server process may have
+                self._follow_settings(conn)  # changed them: followed within seconds, not per hand-out
+                self._next_settings_read = now + 5.0
             rpi = self.project.reviewers_per_item
             item_id = conn.execute(_Hot.pick, {"pid": self.project.id, "uid": actor.id, "rpi": rpi}).scalar()
             if item_id is None:
@@ -924,6 +932,14 @@ class Store:
             return self._item_view_of(rows, item_id, order, expires)
 
         return work
+
+    def _follow_settings(self, conn) -> None:
+        """Copy the project's stored settings onto ``self.project`` (a detached row) and the lease time."""
+        row = conn.execute(_Hot.settings, {"pid": self.project.id}).first()
+        for name, value in row._mapping.items():
+            setattr(self.project, name, value)
+        if row.lease_seconds:
+            self.lease_seconds = row.lease_seconds
 
     def _gold_pick(self, conn, actor: Actor) -> int | None:
         """A gold item for this hand-out if one is due (``gold.gold_due``) and one is left, else None."""

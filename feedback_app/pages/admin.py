@@ -329,7 +329,7 @@ def build_admin_page(svc) -> "gr.Blocks":
                 with gr.Row():
                     gold_show = gr.Button("Show item", size="sm", elem_id="gold-show")
                     gold_mark = gr.Button("Mark as gold", variant="primary", elem_id="gold-mark")
-                    gold_unmark = gr.Button("Unmark", variant="stop", elem_id="gold-unmark")
+                    gold_unmark = gr.Button("Unmark", variant="secondary", elem_id="gold-unmark")
                 gold_msg = gr.Markdown("", elem_id="gold-message")
                 gold_preview = gr.Markdown("", elem_id="gold-preview")
                 gold_table = gr.Dataframe(headers=["item", "known ranks", "prompt"], value=lambda: gold_rows(store),

@@ -11,6 +11,7 @@ import signal
 from feedback_app.db import open_store
 from feedback_app.store import ImportRow, Store
 from tests.web.conftest import Recorder, login, open_page, outside_requests, start_app, stop_app, wait_until, free_port
+from tests.web.test_pages_browser import serious_violations
 
 PASSWORDS = {"admin": "admin-pass-1", "ann": "ann-pass-123", "ben": "ben-pass-123", "bot": "bot-pass-123"}
 TRUTH = [1, 2, 3]  # by stored reply position: the replies end in a, b, c and a is best
@@ -110,6 +111,8 @@ def test_the_dashboard_shows_which_reviewer_to_stop_trusting(tmp_path, browser):
 
         # Project tab: a new guideline saved from the page bumps its version, audit-logged.
         page.get_by_role("tab", name="Project").click()
+        page.locator("#set-guideline textarea").wait_for(timeout=10000)
+        assert serious_violations(page) == []  # axe-core on the new tab's controls
         page.locator("#set-guideline textarea").fill("Prefer correct, short replies.")
         page.locator("#save-settings").click()
         wait_until(lambda: "guideline_version '1' → '2'" in page.locator("#settings-message").inner_text(), 20,
@@ -123,6 +126,7 @@ def test_the_dashboard_shows_which_reviewer_to_stop_trusting(tmp_path, browser):
         page.locator("#gold-ranks textarea, #gold-ranks input").first.fill("best=1")
         page.locator("#gold-mark").click()
         wait_until(lambda: "Item 10 is gold" in page.locator("#gold-message").inner_text(), 20, "the gold message")
+        assert serious_violations(page) == []
         assert store.gold_items()[10] == [1, 2, 2]
         assert outside_requests(rec) == []
         page.context.close()
