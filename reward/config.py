@@ -44,6 +44,11 @@ class RewardTrainConfig(Config):
         "config.json; every loader re-attaches it); last: the last token's, as a plain score head reads. finetune "
         "alone always reads the last token"
     )
+    train_half: Literal["all", "first", "second"] = Field(
+        "all", description="train on every training prompt, or on one half of them only (by a hash of the prompt, "
+        "independent of the test and validation splits): 'rlhf loop' trains its guard's second reward model on the "
+        "second half, a judge with its own errors that PPO's updates are also scored by"
+    )
     validation_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="share of the training prompts held out (by prompt, apart from the test "
         "split) to choose the schedule on: the probe's L2, and the early-stopping update"

@@ -216,6 +216,16 @@ def split_validation(train, fraction: float):
     return train.select([i for i, v in enumerate(sides) if not v]), train.select([i for i, v in enumerate(sides) if v])
 
 
+def split_half(train, half: str):
+    """The training rankings of one half of the prompts (``"first"`` or ``"second"``; ``"all"``: every one),
+    by a hash of ``"half:" + prompt key``, independent of the test and validation splits."""
+    if half == "all":
+        return train
+    second = [int(hashlib.sha256(("half:" + prompt_key(p)).encode()).hexdigest()[:8], 16) % 2 == 1
+              for p in train["prompt"]]
+    return train.select([i for i, s in enumerate(second) if s == (half == "second")])
+
+
 def _kwise_to_pairwise(split):
     from datasets import Dataset
 

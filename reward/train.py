@@ -251,11 +251,13 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
                         "adapter can come out empty, and merging needs gathered weights); use ZeRO-2 or DDP for "
                         "LoRA, or full fine-tuning under ZeRO-3")
 
-    from reward.data import _kwise_to_pairwise, load_preference_data, split_validation, warn
+    from reward.data import _kwise_to_pairwise, load_preference_data, split_half, split_validation, warn
     from rlhf.gate import check_usable_pairs
     from rlhf.modeling import check_same_vocabulary, load_score_model, load_tokenizer
 
     data = load_preference_data(config.data, config.test_fraction)
+    if config.train_half != "all":
+        data.kwise["train"] = split_half(data.kwise["train"], config.train_half)
     tokenizer = load_tokenizer(config.model, padding_side="right")
     if config.policy_model:
         check_same_vocabulary(load_tokenizer(config.policy_model, padding_side="right"), tokenizer)

@@ -129,3 +129,18 @@ def test_export_helper_matches_schema_counts(tmp_path):
     out = write_export(tmp_path / "e", planted_rankings(8, k=3, reviewers=("ann", "bob")))
     data = load_preference_data(out)
     assert len(data.kwise["train"]) + len(data.kwise["test"]) == 16
+
+
+def test_split_half_partitions_the_prompts_and_keeps_a_prompt_on_one_side():
+    from datasets import Dataset
+
+    from reward.data import split_half
+
+    prompts = [f"question {i}" for i in range(40) for _ in range(2)]  # two rankings per prompt
+    train = Dataset.from_dict({"prompt": prompts, "ranking_id": list(range(len(prompts)))})
+    first, second = split_half(train, "first"), split_half(train, "second")
+    assert split_half(train, "all") is train
+    assert sorted(list(first["ranking_id"]) + list(second["ranking_id"])) == list(range(len(prompts)))
+    assert not set(first["prompt"]) & set(second["prompt"])
+    assert 10 <= len(set(second["prompt"])) <= 30  # a hash: about half of 40 prompts
+    assert list(split_half(train, "second")["ranking_id"]) == list(second["ranking_id"])  # the same every time

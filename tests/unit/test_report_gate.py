@@ -63,3 +63,22 @@ def test_report_shows_the_gate_the_override_and_the_bias_audit(tmp_path):
     assert any("3 of 30 preferred orders flipped (10.0%)" in x for x in lines)
     report = write_report(_summary([10, 20, 5, 8], [8, 8, 9, 8], ["a", "a", "b", "tie"]), tmp_path).read_text()
     assert "## Reward model: gate, schedule and bias" in report and "The gate was overridden" in report
+
+
+def test_report_shows_the_guard_stop_and_the_kept_update(tmp_path):
+    from rlhf.report import guard_lines
+
+    assert guard_lines(tmp_path) == []  # no guard.json (guard off, or another algorithm): no section
+    (tmp_path / "ppo").mkdir()
+    updates = [{"step": s, "reward": r, "held_out_reward": h, "kl": 0.1 * s, "length": 30.0 + s, "eos_share": 0.5,
+                "action": a, "keep_step": 2, "message": f"m{s}"}
+               for s, r, h, a in [(1, 0.1, 0.3, "continue"), (2, 0.2, 0.5, "continue"), (3, 0.6, 0.2, "warn"),
+                                  (4, 0.9, 0.1, "stop")]]
+    (tmp_path / "ppo" / "guard.json").write_text(json.dumps({
+        "updates": updates, "stopped": True, "stopped_at": 4, "kept_update": 2,
+        "message": "Stopping at update 4 (2 warnings in a row): ...; keeping update 2."}))
+    text = "\n".join(guard_lines(tmp_path))
+    assert "**Stopped at update 4; kept update 2**" in text
+    assert "Warnings at updates 3" in text
+    assert "Training reward 0.100 -> 0.900; second model's reward 0.300 -> 0.100" in text
+    assert "reply length 31.0 -> 34.0 tokens" in text
