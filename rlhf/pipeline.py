@@ -61,6 +61,8 @@ class QuickstartConfig(Config):
     reviewers: int = Field(3, ge=1, description="scripted reviewer accounts")
     reviewers_per_item: int = Field(1, ge=1, description="reviewers who rank each item")
     noise: float = Field(0.0, ge=0.0, description="std of the noise the scripted reviewers add to the rule")
+    disagreement: float = Field(0.0, ge=0.0, le=1.0, description="share of the scripted reviewers who rank by the "
+                                "flipped rule (reviewers who disagree; the A/B judges do not)")
     candidate_max_new_tokens: int = Field(48, ge=1, description="new tokens per candidate reply")
     candidate_temperature: float = Field(0.8, ge=0.0, description="sampling temperature of the candidates")
     generation_batch_size: int = Field(16, ge=1, description="sequences per forward pass in generation")
@@ -270,7 +272,7 @@ def _accounts(run: Run) -> str:
 def rank(run: Run) -> None:
     c = run.config
     run.rlhf("simulate", "--url", run.url, "--accounts", _accounts(run), "--create-accounts", "--admin", "admin",
-             f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
+             f"--rule={c.rule}", "--noise", str(c.noise), "--disagreement", str(c.disagreement), "--seed", str(c.seed))
 
 
 @timed("export rankings", outputs=("export", "ppo_prompts.jsonl"))
