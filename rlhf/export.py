@@ -211,6 +211,16 @@ def _gate_line(gate: dict) -> str:
     return line
 
 
+def _privacy_line(reward_model_path: str) -> str:
+    """The reward model's differential privacy, from the ``dp`` record of its ``metrics.json``."""
+    metrics = Path(reward_model_path) / "metrics.json"
+    dp = json.loads(metrics.read_text()).get("dp") if metrics.is_file() else None
+    if not dp:
+        return "- Reward model privacy: no differential privacy" + ("" if metrics.is_file() else " recorded")
+    return (f"- Reward model privacy: DP-SGD, epsilon {dp['epsilon_spent']:.3f} at delta {dp['delta']:.3g} per "
+            f"unit ({dp.get('unit', 'unit')}); the policy's own training on prompts is not covered by it")
+
+
 def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, dtype: str, adapter_only: bool,
                plots: list[str]) -> str:
     from rlhf.modeling import resolve_model_path
@@ -244,6 +254,7 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
         f"- Algorithm: {ALGORITHMS.get(trainer, trainer)}",
         reward_line,
         *([_gate_line(info["reward_gate"])] if info.get("reward_gate") else []),
+        *([_privacy_line(info["reward_model_path"])] if trainer != "dpo" and info.get("reward_model_path") else []),
         *([f"- Prompts: `{prompts}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
            f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else "")]
           if prompts else []),

@@ -219,3 +219,13 @@ def test_dp_with_a_probe_method_is_refused():
         RewardTrainConfig(dp=True, epsilon=8.0, method="probe")
     assert RewardTrainConfig(dp=True, epsilon=8.0).method == "finetune"  # the default is switched, not refused
     assert RewardTrainConfig(dp=True, epsilon=8.0).lora.enabled is True
+
+
+def test_policy_export_card_names_the_reward_models_budget(tmp_path):
+    from rlhf.export import _privacy_line
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"dp": {"epsilon_spent": 7.9934, "delta": 0.005,
+                                                              "unit": "customer"}}))
+    assert _privacy_line(str(tmp_path)).startswith("- Reward model privacy: DP-SGD, epsilon 7.993 at delta 0.005")
+    (tmp_path / "metrics.json").write_text(json.dumps({"dp": None}))
+    assert _privacy_line(str(tmp_path)) == "- Reward model privacy: no differential privacy"
