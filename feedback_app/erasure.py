@@ -25,8 +25,11 @@ def affected_exports(store: Store, ranking_ids: list[int]) -> tuple[list[str], l
     ``ranking_ids``, and those whose manifest could not be read (moved or deleted since)."""
     wanted = set(ranking_ids)
     hit, unreadable = [], []
-    for entry in reversed(store.audit_log(limit=100000)):
-        if entry.action != "export" or entry.target in hit or entry.target in unreadable:
+    entries = store.audit_log(limit=100000)
+    # an export that failed after its entry was written (see export_rankings) left no folder behind
+    failed = {e.detail.get("audit_id") for e in entries if e.action == "export failed"}
+    for entry in reversed(entries):
+        if entry.action != "export" or entry.id in failed or entry.target in hit or entry.target in unreadable:
             continue
         manifest = Path(entry.target) / "manifest.json"
         try:

@@ -156,10 +156,14 @@ def test_erasing_a_customer_removes_their_conversations_and_names_the_exports_on
     out = tmp_path / "export-1"
     manifest = export_rankings(store, out, ExportFilters(), test_fraction=0.0)
     store.audit(None, "export", str(out), manifest["counts"])
+    # an export that failed after its audit entry (no folder) is neither a hit nor "unreadable"
+    failed = store.audit(None, "export", str(tmp_path / "export-failed"), {})
+    store.audit(None, "export failed", str(tmp_path / "export-failed"), {"audit_id": failed, "error": "disk full"})
+    store.audit(None, "export", str(tmp_path / "export-moved"), {})  # audited, its folder moved since
 
     report = erase(store, customer="CUST-77120")  # conversations C-1001 (3 prompts) and C-1004 (1 prompt)
     assert (report.prompts, report.items, report.rankings) == (4, 4, 4)
-    assert report.exports_with_data == [str(out)] and report.exports_unreadable == []
+    assert report.exports_with_data == [str(out)] and report.exports_unreadable == [str(tmp_path / "export-moved")]
     with store.sessions() as s:
         counts = [s.scalar(select(func.count()).select_from(t)) for t in (PromptRow, Item, Candidate, RankingRow)]
     assert counts == [6, 6, 12, 6]
