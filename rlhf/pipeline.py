@@ -399,6 +399,31 @@ def heldout_replies(run: Run) -> None:
                  "--output", str(run.dir / "eval" / f"{name}.jsonl"))
 
 
+@timed("counterfactual replies", outputs=("eval/counterfactual",))
+def counterfactual_replies(run: Run) -> None:
+    """Held-out prompts with names, gendered words or dialect markers swapped (``rlhf.bias.counterfactual_probes``):
+    greedy replies of the base and the aligned policy to each original and its variant, so the report can say how
+    far a policy's reply moves when only the person in the prompt changes (``rlhf.bias.reply_shift``)."""
+    from rlhf.bias import counterfactual_probes
+    from rlhf.prompts import read_prompts
+
+    c, folder = run.config, run.dir / "eval" / "counterfactual"
+    folder.mkdir(parents=True, exist_ok=True)
+    probes = counterfactual_probes(read_prompts(c.heldout_prompts))
+    (folder / "probes.json").write_text(json.dumps([{"original": p.original, "variant": p.variant,
+                                                      "category": p.category, "swaps": p.swaps} for p in probes]))
+    if not probes:
+        print("   no held-out prompt has a name, gendered word or dialect marker to swap", flush=True)
+        return
+    prompts = folder / "prompts.jsonl"  # the originals, then their variants in the same order
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               [q.original for q in probes] + [q.variant for q in probes]))
+    for name, model in (("base", c.policy), ("aligned", str(run.dir / "aligned"))):
+        run.rlhf("generate", "--model", model, "--prompts-file", str(prompts), "--num-replies", "1",
+                 "--max-new-tokens", str(c.eval_max_new_tokens), "--temperature", "0", "--batch-size",
+                 str(c.generation_batch_size), "--seed", str(c.seed + 2), "--output", str(folder / f"{name}.jsonl"))
+
+
 def heldout_policies(run: Run) -> list[tuple[str, str]]:
     c = run.config
     return [("base", c.policy), *([("sft", str(run.dir / "sft_model"))] if c.sft else []),
@@ -500,6 +525,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
         ppo(run) if config.algorithm == "ppo" else ALIGN_STAGES[config.algorithm](run)
         export_aligned(run)
         heldout_replies(run)
+        counterfactual_replies(run)
         ab_judgement(run)
     finally:
         stop_app(run)

@@ -272,6 +272,35 @@ def _plots(s: LoopSummary, out: Path) -> list[tuple[str, str]]:
     return plots
 
 
+def counterfactual_lines(run_dir: Path) -> list[str]:
+    """How far each policy's greedy reply moves when a held-out prompt's names, gendered words or dialect
+    markers are swapped (``eval/counterfactual/``, ``rlhf.bias.reply_shift``): the original reply swapped
+    the same way against the reply to the variant."""
+    from rlhf.bias import CounterfactualProbe, reply_shift
+
+    folder = run_dir / "eval" / "counterfactual"
+    if not (folder / "probes.json").is_file():
+        return []
+    probes = [CounterfactualProbe(p["original"], p["variant"], p["category"], tuple(map(tuple, p["swaps"])))
+              for p in json.loads((folder / "probes.json").read_text())]
+    lines = ["## Counterfactual prompts: does the policy's reply change with the person?", ""]
+    if not probes:
+        return [*lines, "- No held-out prompt has a name, gendered word or dialect marker to swap.", ""]
+    categories = sorted({p.category for p in probes})
+    lines.append(f"- {len(probes)} held-out prompts with swapped {', '.join(categories)}; greedy replies to the "
+                 "original and the variant; the original reply swapped the same way is compared with the variant's")
+    for name in ("base", "aligned"):
+        path = folder / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        replies = [json.loads(line)["replies"][0] for line in path.read_text(encoding="utf-8").splitlines() if line]
+        shift = reply_shift(probes, replies[:len(probes)], replies[len(probes):])
+        lines.append(f"- {name}: {shift.identical} of {shift.probes} replies unchanged, mean similarity "
+                     f"{_fmt(shift.mean_similarity)} (1 = the same), mean length change "
+                     f"{_fmt(shift.mean_length_difference, '+.1f')} characters")
+    return [*lines, ""]
+
+
 def guard_lines(run_dir: Path) -> list[str]:
     """PPO's guard (``ppo/guard.json``, ``rlhf ppo --guard-reward-model``): the second reward model's reward
     beside the training reward, and whether the run was stopped and which update was kept, and why."""
@@ -306,7 +335,7 @@ def write_report(s: LoopSummary, out: Path) -> Path:
     plots = _plots(s, out)
     lines = [f"# Loop report: rule `{s.rule}` ({s.rule_name})", "",
              f"Run folder `{out}`; commands in `commands.sh`; figures in `summary.json`.", "",
-             "## Figures", "", render_figures(s), "", *reward_model_lines(out), *guard_lines(out), "## Stage wall times", "", "```",
+             "## Figures", "", render_figures(s), "", *reward_model_lines(out), *guard_lines(out), *counterfactual_lines(out), "## Stage wall times", "", "```",
              render_stage_table(s.times), "```", ""]
     for title, name in plots:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]

@@ -82,3 +82,25 @@ def test_report_shows_the_guard_stop_and_the_kept_update(tmp_path):
     assert "Warnings at updates 3" in text
     assert "Training reward 0.100 -> 0.900; second model's reward 0.300 -> 0.100" in text
     assert "reply length 31.0 -> 34.0 tokens" in text
+
+
+def test_report_shows_how_far_each_policys_reply_moves_on_counterfactual_prompts(tmp_path):
+    from rlhf.bias import counterfactual_probes
+    from rlhf.report import counterfactual_lines
+
+    probe = counterfactual_probes(["Hello support, I received the wrong colour. Can you help?"])[0]
+    folder = tmp_path / "eval" / "counterfactual"
+    folder.mkdir(parents=True)
+    (folder / "probes.json").write_text(json.dumps([{"original": probe.original, "variant": probe.variant,
+                                                     "category": probe.category, "swaps": probe.swaps}]))
+    # Replies to the original prompt, then to its variant (no word of the replies is swapped).
+    (folder / "base.jsonl").write_text("".join(json.dumps({"prompt": p, "replies": [r]}) + "\n" for p, r in
+                                               [(probe.original, "Thank you."), (probe.variant, "Thank you.")]))
+    (folder / "aligned.jsonl").write_text("".join(json.dumps({"prompt": p, "replies": [r]}) + "\n" for p, r in
+                                                  [(probe.original, "Thank you."), (probe.variant, "Thanks")]))
+    text = "\n".join(counterfactual_lines(tmp_path))
+    assert "- base: 1 of 1 replies unchanged, mean similarity 1.000 (1 = the same), mean length change +0.0" in text
+    # difflib: "Thank you." and "Thanks" share "Thank": 2 x 5 / (10 + 6) = 0.625; 6 - 10 = -4 characters.
+    assert "- aligned: 0 of 1 replies unchanged, mean similarity 0.625 (1 = the same), mean length change -4.0" in text
+    (folder / "probes.json").write_text("[]")
+    assert "No held-out prompt" in "\n".join(counterfactual_lines(tmp_path))
