@@ -260,7 +260,9 @@ def build_admin_page(svc) -> "gr.Blocks":
                                      label="Admin actions, newest first", elem_id="audit-log")
             with gr.Tab("Prompts and generation", id="prompts"):
                 gr.Markdown("Import prompts from JSONL (`{\"prompt\": ...}` per line, optional `\"replies\"`: K "
-                            "texts) or CSV (a `prompt` column, optional `reply_1`..`reply_K`).")
+                            "texts) or CSV (a `prompt` column, optional `reply_1`..`reply_K`), or a chat log (a row per "
+                            "turn; its columns below). Personal data is replaced by placeholders before anything is "
+                            "stored.")
                 with gr.Row():
                     upload = gr.File(label="Prompt file", file_types=[".jsonl", ".csv", ".json"], type="filepath",
                                      elem_id="import-file")

@@ -161,3 +161,19 @@ def test_agent_reply_is_an_unmarked_candidate_its_wins_are_counted_and_exports_m
         assert c.post("/api/admin/erase", headers=admin, json={"customer": "CUST-77120"}).status_code == 404
         assert c.post("/api/admin/erase", headers=admin, json={}).status_code == 422
         assert c.post("/api/admin/erase", headers=alice, json={"customer": "CUST-80455"}).status_code == 403
+
+
+def test_admin_page_upload_takes_the_chat_log_columns(tmp_path):
+    from feedback_app.pages.admin import import_file
+    from rlhf.errors import UserError
+
+    store = new_store(f"sqlite:///{tmp_path / 'fb.db'}", k=2)
+    log = tmp_path / "log.csv"
+    log.write_text(RENAMED)
+    with pytest.raises(UserError, match=r"log.csv:1: conversation_id: no such column"):
+        import_file(store, str(log), 0, None, True, {})  # the default column names are not in this file
+    with pytest.raises(UserError, match=r"^text_column: String should have at most 200 characters"):
+        import_file(store, str(log), 0, None, True, {**FLAGS, "text_column": "t" * 201})
+    assert store.prompts_needing_candidates(0) == []  # nothing stored
+    message = import_file(store, str(log), 0, None, False, {**FLAGS, "customer_speaker": " client "})
+    assert message.startswith("log.csv: 10 prompts added") and "redacted" in message and leaks(message) == []
