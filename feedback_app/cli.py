@@ -11,6 +11,7 @@
   rlhf app generate                   K candidates per prompt with the policy (bundled by default)
   rlhf app export OUT                 TRL pairwise + K-wise datasets and a manifest
   rlhf app export --prompts FILE      the prompt set PPO reads
+  rlhf app export --agent-replies F   agents' reference replies as 'rlhf sft' rows
   rlhf app gold ITEM --best N         mark a gold item (or --ranks 1,3,2,4; --unmark; no ITEM lists them)
   rlhf app settings --set k=3         show or change the project's settings (versioned, audited)
   rlhf app backup FILE                a backup while the app runs (SQLite file, or pg_dump SQL for PostgreSQL)
@@ -349,17 +350,23 @@ def run_export(args) -> int:
     from feedback_app.store import Store
 
     config = config_from_args(ExportConfig, args)
-    if not config.prompts and not config.out:
-        raise UserError("give an output folder (rlhf app export OUT) or --prompts FILE.jsonl")
+    if not config.prompts and not config.out and not config.agent_replies:
+        raise UserError("give an output folder (rlhf app export OUT), --prompts FILE.jsonl or --agent-replies "
+                        "FILE.jsonl")
     # The REST API's filters; a bad --source stops here, before the store is opened.
     filters = ExportFilters(config.reviewers, config.rounds, config.source, config.include_flagged,
                             config.min_gold_accuracy, config.min_agreement)
     store = Store.open(config, create=False)
+    if config.agent_replies:
+        from feedback_app.export import export_agent_replies
+
+        n = export_agent_replies(store, config.agent_replies)
+        print(f"wrote {n} agent reference replies to {config.agent_replies} (rlhf sft --data)")
     if config.prompts:
         n = export_prompts(store, config.prompts)
         print(f"wrote {n} prompts to {config.prompts}")
-        if not config.out:
-            return 0
+    if not config.out:
+        return 0
     manifest = export_rankings(store, config.out, filters, config.test_fraction)  # audited there, as "cli"
     print(json.dumps({"out": config.out, **manifest["counts"]}))
     return 0

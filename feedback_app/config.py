@@ -100,6 +100,8 @@ class ExportConfig(AppConfig):
 
     out: str | None = Field(None, description="output folder for the datasets")
     prompts: str | None = Field(None, description="instead (or also) write the prompt set PPO reads to this JSONL file")
+    agent_replies: str | None = Field(None, description="instead (or also) write agents' reference replies (chat-log "
+                                      "imports) as 'rlhf sft' prompt-completion rows to this JSONL file")
     reviewers: list[str] | None = Field(None, description="only these reviewers' rankings (--reviewer, repeatable)")
     rounds: list[int] | None = Field(None, description="only these generation rounds (--round, repeatable)")
     source: str = Field("all", description="all, human or simulated rankings")

@@ -331,3 +331,35 @@ def export_prompts(store: Store, path: str | os.PathLike) -> int:
             tmp.unlink()
         raise path_error(path, exc) from None
     return len(prompts)
+
+
+def export_agent_replies(store: Store, path: str | os.PathLike) -> int:
+    """Agents' reference replies (chat-log imports, already redacted) as SFT prompt-completion lines:
+    ``{"prompt": ..., "completion": reply, "source": "agent", "author": "agent", "prompt_key": ...}``, the rows
+    ``rlhf sft --data`` reads (its split keys on the prompt, as the rankings' split does)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: give a file path (for example agent_replies.jsonl), not a folder")
+    prepare_parent(path)
+    with store.sessions() as s:
+        rows = list(s.execute(select(PromptRow.prompt, PromptRow.reference_reply, PromptRow.prompt_key)
+                              .where(PromptRow.project_id == store.project.id, PromptRow.reference_reply.is_not(None))
+                              .order_by(PromptRow.id)))
+    rows = [r for r in rows if r.reference_reply.strip()]
+    if not rows:
+        raise UserError(f"project '{store.project.name}' has no agent reference replies; import a chat log first "
+                        f"(rlhf app import CHAT_LOG.csv)")
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            os.chmod(tmp, SHARED_FILE)
+            for r in rows:
+                handle.write(json.dumps({"prompt": r.prompt, "completion": r.reference_reply, "source": "agent",
+                                         "author": "agent", "prompt_key": r.prompt_key}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise path_error(path, exc) from None
+    return len(rows)
+
