@@ -117,8 +117,11 @@ DUMMY_HASH = _HASHER.hash("no-such-user-" + secrets.token_hex(8))
 
 def load_or_create_secret(path: str | os.PathLike) -> bytes:
     """The signing secret in ``path``; created (mode 600) on first use."""
+    from feedback_app.files import tighten_private
+
     path = Path(path)
     if path.is_file():
+        tighten_private(path)  # a key left 0644 (copied, restored) would let any local account forge sessions
         data = path.read_bytes().strip()
         if len(data) >= 32:
             return data
@@ -155,8 +158,11 @@ class SessionCheck:
     stale state never outlives the change here."""
 
     def __init__(self, load: Callable[[int], AccountState | None], ttl: float,
-                 clock: Callable[[], float] = time.monotonic):
-        self._load, self.ttl, self._clock = load, ttl, clock
+                 clock: Callable[[], float] = time.monotonic, spread: Callable[[], float] = lambda: 1.0):
+        # ``spread()`` is the share of ``ttl`` an entry lives (at most 1). The server draws it at random
+        # from [0.5, 1]: accounts loaded together (all reviewers logging in after a restart) then do
+        # not all expire in the same instant, where their reloads would queue on the event loop at once.
+        self._load, self.ttl, self._clock, self._spread = load, ttl, clock, spread
         self._cache: dict[int, tuple[float, AccountState | None]] = {}
         self._generation = 0  # bumped by every forget
         self._lock = threading.Lock()
@@ -170,7 +176,7 @@ class SessionCheck:
         state = self._load(user_id)
         with self._lock:
             if generation == self._generation:
-                self._cache[user_id] = (now + self.ttl, state)
+                self._cache[user_id] = (now + self.ttl * min(1.0, self._spread()), state)
         return state
 
     def forget(self, user_id: int) -> None:

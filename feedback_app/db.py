@@ -46,9 +46,12 @@ def _sqlite_file(path: Path, create: bool) -> None:
     Created here, not by SQLite, so that it is owner-only (0600, like ``secret.key``) whatever the
     umask; SQLite gives the -wal and -shm files the same mode. Only commands that set a store up may
     create one: any other command pointed at a missing file would work on a new, empty database."""
-    from feedback_app.files import create_private_file
+    from feedback_app.files import create_private_file, tighten_private
 
     if path.is_file():
+        # A database made by older code (or by SQLite under umask 0022) is 0644, and SQLite gives a
+        # new -wal/-shm the database's mode: narrow all of them each time the store opens.
+        tighten_private(path, *(f"{path}{suffix}" for suffix in ("-wal", "-shm", "-journal")))
         return
     if path.exists():
         raise UserError(f"database_url: {path} is not a file")

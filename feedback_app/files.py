@@ -9,10 +9,14 @@ group: 0640 files in 0750 folders. Modes are set with ``chmod`` after creation, 
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
 
 from rlhf.errors import UserError
+
+_log = logging.getLogger(__name__)
 
 PRIVATE_FILE = 0o600
 SHARED_FILE = 0o640
@@ -56,6 +60,38 @@ def create_private_file(path: str | os.PathLike, mode: int = PRIVATE_FILE) -> bo
     finally:
         os.close(fd)
     return True
+
+
+def tighten_private(*paths: str | os.PathLike, mode: int = PRIVATE_FILE) -> list[Path]:
+    """Narrow existing files to ``mode`` (a database, WAL or key made by older code, or under a
+    permissive umask, may be 0644); returns the paths changed.
+
+    Only files this account owns are changed; a file owned by someone else, or one that cannot be
+    changed, is logged as a warning and left as it is: opening the store must not fail over it."""
+    changed = []
+    for path in map(Path, paths):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            _log.warning("%s: cannot check its permissions: %s", path, exc.strerror or exc)
+            continue
+        if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) & ~mode == 0:
+            continue  # already as narrow (or narrower)
+        if info.st_uid != os.geteuid():
+            _log.warning("%s is readable by others (mode %o) and owned by another account; its owner should "
+                         "run: chmod %o %s", path, stat.S_IMODE(info.st_mode), mode, path)
+            continue
+        try:
+            os.chmod(path, stat.S_IMODE(info.st_mode) & mode)
+        except OSError as exc:
+            _log.warning("%s: cannot narrow its permissions to %o: %s", path, mode, exc.strerror or exc)
+            continue
+        _log.warning("%s was readable by others (mode %o); narrowed to %o", path, stat.S_IMODE(info.st_mode),
+                     stat.S_IMODE(info.st_mode) & mode)
+        changed.append(path)
+    return changed
 
 
 def restrict_tree(root: str | os.PathLike, file_mode: int = SHARED_FILE, dir_mode: int = SHARED_DIR) -> None:

@@ -136,6 +136,56 @@ def test_database_wal_backup_and_export_files_are_not_world_readable(k_server, t
     assert mode(prompts) == 0o640
 
 
+def test_files_left_world_readable_by_older_code_are_narrowed_when_the_store_opens(tmp_path):
+    """A database, WAL and key written before this round (or by SQLite under umask 0022) are 0644;
+    any command that opens the store narrows them to 0600, saying so on stderr."""
+    import sqlite3
+
+    from feedback_app.auth import load_or_create_secret
+
+    db = tmp_path / "old.db"
+    common = ["--database-url", f"sqlite:///{db}", "--project", "p"]
+    assert cli("app", "users", "add", "rita", "--password-stdin", *common, stdin=PASSWORDS["rita"] + "\n").returncode == 0
+    holder = sqlite3.connect(db)  # keeps -wal and -shm in place while the command runs
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE IF NOT EXISTS keep_wal (x)")
+    holder.execute("INSERT INTO keep_wal VALUES (1)")
+    holder.commit()
+    files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+    for path in files:
+        os.chmod(path, 0o644)
+    result = cli("app", "users", "list", *common)
+    holder.close()
+    assert result.returncode == 0, result.stderr
+    assert "rita" in result.stdout and "narrowed to 600" in result.stderr, result.stderr
+    assert {str(p): oct(mode(p)) for p in files if p.exists()} == {str(p): oct(0o600) for p in files if p.exists()}
+    key = tmp_path / "secret.key"
+    load_or_create_secret(key)
+    os.chmod(key, 0o644)
+    secret = load_or_create_secret(key)
+    assert mode(key) == 0o600 and load_or_create_secret(key) == secret
+
+
+def test_narrowing_never_fails_on_a_file_of_another_account(tmp_path, caplog):
+    from feedback_app.files import tighten_private
+
+    if os.geteuid() == 0:  # root: make a file that another account owns
+        theirs = tmp_path / "theirs.db"
+        theirs.write_text("")
+        os.chmod(theirs, 0o644)
+        os.chown(theirs, 65534, 65534)
+    else:  # anyone else: a root-owned, world-readable system file
+        theirs = Path("/etc/passwd")
+    before = mode(theirs)
+    mine = tmp_path / "mine.db"
+    mine.write_text("")
+    os.chmod(mine, 0o640)
+    with caplog.at_level("WARNING", logger="feedback_app.files"):
+        assert tighten_private(theirs, mine, tmp_path / "missing.db") == [mine]
+    assert mode(theirs) == before and mode(mine) == 0o600
+    assert any("owned by another account" in r.getMessage() and str(theirs) in r.getMessage() for r in caplog.records)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Export names and racing exports, on the shared attack server
 
@@ -271,3 +321,23 @@ def test_postgresql_backup_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot back up" in result.stderr and "u@127.0.0.1:1/none" in result.stderr
     assert not (tmp_path / "b.sql").exists()
+
+
+def test_manifests_record_who_exported_when_and_the_audit_entry(ranked_server, tmp_path):
+    s = ranked_server
+    answer = httpx.post(s.url + "/api/admin/export", headers=s.headers("admin"), json={"name": "who-" + uuid.uuid4().hex[:6]},
+                        timeout=120)
+    assert answer.status_code == 200, answer.text
+    manifest = json.loads((Path(answer.json()["path"]) / "manifest.json").read_text())
+    entries = httpx.get(s.url + "/api/admin/audit", headers=s.headers("admin"), timeout=30).json()["entries"]
+    entry = next(e for e in entries if e["id"] == manifest["audit_id"])
+    assert (entry["actor"], entry["action"], entry["target"]) == ("admin", "export", answer.json()["path"])
+    assert manifest["exported_by"] == "admin" and manifest["created_at"].endswith("Z")
+    assert entry["detail"] == manifest["counts"]
+    out = tmp_path / "by-cli"
+    result = cli("app", "export", str(out), "--database-url", s.database_url, "--project", s.project)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    entries = httpx.get(s.url + "/api/admin/audit", headers=s.headers("admin"), timeout=30).json()["entries"]
+    entry = next(e for e in entries if e["id"] == manifest["audit_id"])
+    assert (entry["actor"], entry["action"], entry["target"], manifest["exported_by"]) == ("cli", "export", str(out), "cli")

@@ -75,6 +75,27 @@ def test_session_check_caches_for_ttl_and_forget_drops_at_once():
     assert check.current(1).session_version == 2
 
 
+def test_session_check_spreads_expiry_within_the_ttl():
+    reads, now = [], [10.0]
+    shares = iter([0.5, 0.75, 3.0])  # 3.0: a share above 1 is cut to the whole TTL, never longer
+    check = auth.SessionCheck(lambda uid: reads.append((uid, now[0])) or auth.AccountState("u", "reviewer", True, 0),
+                              ttl=2.0, clock=lambda: now[0], spread=lambda: next(shares))
+    for uid in (1, 2, 3):
+        check.current(uid)
+    now[0] = 10.9  # 1 lives 1.0 s, 2 lives 1.5 s, 3 lives 2.0 s
+    for uid in (1, 2, 3):
+        check.current(uid)
+    assert reads == [(1, 10.0), (2, 10.0), (3, 10.0)]
+    now[0] = 11.1
+    shares = iter([1.0] * 3)
+    for uid in (1, 2, 3):
+        check.current(uid)
+    now[0] = 11.6
+    for uid in (1, 2, 3):
+        check.current(uid)
+    assert reads[3:] == [(1, 11.1), (2, 11.6)]
+
+
 # -- store ----------------------------------------------------------------------------------------
 
 

@@ -223,3 +223,22 @@ def test_admin_generates_in_the_background_and_exports(tmp_path, tiny_model_dir)
         assert resp.status_code == 200, resp.text
         assert resp.json()["manifest"]["counts"]["rankings"] == 2
         assert (tmp_path / "exports" / "e1" / "pairwise" / "dataset_dict.json").is_file()
+
+
+def test_the_server_freezes_what_it_loaded_at_start(app_config):
+    """What the server holds from start-up is moved out of the collector's reach (gc.freeze), so a
+    full collection while serving does not walk it with the event loop stopped."""
+    import gc
+
+    gc.unfreeze()
+    try:
+        app = build_app(app_config)
+        with TestClient(app) as client:
+            assert client.get("/health").status_code == 200
+            frozen = gc.get_freeze_count()
+            collected = {id(o) for o in gc.get_objects()}  # every generation, the frozen one left out
+            assert frozen > 1000 and id(app.state.services.store) not in collected and id(app) not in collected
+            gc.collect()
+            assert gc.get_freeze_count() == frozen  # a collection does not thaw them
+    finally:
+        gc.unfreeze()
