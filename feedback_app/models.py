@@ -242,3 +242,30 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(50))
     target: Mapped[str] = mapped_column(String(500), default="")
     detail: Mapped[Any] = mapped_column(JSON, default=dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Demonstrations (revision 0007)
+
+DEMONSTRATION_STATUSES = ("pending", "accepted", "rejected")
+BASED_ON = ("", "candidate", "reference")  # written from scratch, edited from a candidate, from the agent's reply
+
+
+class Demonstration(Base):
+    """The reply a reviewer wanted for a prompt: supervised fine-tuning data once an admin accepts it."""
+
+    __tablename__ = "demonstrations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[Optional[int]] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"), nullable=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)  # the author
+    text: Mapped[str] = mapped_column(Text)
+    based_on: Mapped[str] = mapped_column(String(20), default="", server_default="")  # one of BASED_ON
+    based_on_candidate_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("candidates.id", ondelete="SET NULL"), nullable=True)
+    guideline_version: Mapped[str] = mapped_column(String(50), default="", server_default="")
+    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending", index=True)
+    reviewed_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), nullable=True)
+    reviewed_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
