@@ -1,15 +1,17 @@
-"""Web form benchmark: the reviewer page's own submit path (the Gradio event a browser triggers on
-/review) beside the REST API and the bare Gradio baseline of bench/feedback_bench.py, all in one run.
+"""Web form benchmark: the reviewer page's own submit path, as a browser on /review takes it, beside
+the REST API and the bare Gradio baseline of bench/feedback_bench.py, all in one run; and the
+keystrokes one K=4 ranking takes on the page.
 
     .venv/bin/python bench/web_form_bench.py                           # 50 reviewers x 20 rankings
     .venv/bin/python bench/web_form_bench.py --reviewers 10 --rankings 5   # quick look
 
-Web form: `rlhf app serve` (pages mounted); each reviewer logs in through the login form (cookie),
-opens a Gradio session on /review (the page-load event fills its state with an item), then for each
-ranking joins the queue with the "submit" event exactly as the browser does (queue/join: the
-validator runs, then the handler stores the ranking and hands out the next item) and reads the
-event stream until the result arrives. One submit is a full cycle (store + next item), like the
-REST figures' "cycle". Logins and the first page load happen before the clock starts.
+Web form: `rlhf app serve` (pages mounted); each reviewer logs in through the login form (cookie and
+its CSRF cookie), opens a Gradio session on /review (the page-load event fills the page and its
+hidden ticket: item id and idempotency key), then for each ranking does what review.js does on
+Ctrl+Enter: POST /api/rankings with the cookie, X-CSRF-Token and the ticket ("submit": stored and
+acknowledged), then the page's "saved" event, which renders the next item and its ticket ("cycle":
+submit + next item on screen, like the REST figures' cycle). Logins and the first page load happen
+before the clock starts.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ from rlhf.runtime import free_port, wait_for_http  # noqa: E402
 K = 4
 
 
+def keystrokes(k: int) -> int:
+    """Keys one ranking of K replies without ties takes on /review (feedback_app/pages/review.js): a
+    digit per reply, each moving the focus to the next reply, then Ctrl+Enter (a chord counts once).
+    tests/web asserts the same count in Chromium."""
+    return k + 1
+
+
 async def gradio_event(client, root: str, fn_index: int, data: list, session_hash: str) -> dict:
     """Join the queue with one event and read the session's stream until it completes (the browser's way)."""
     body = {"data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None, "session_hash": session_hash}
@@ -52,24 +61,35 @@ async def gradio_event(client, root: str, fn_index: int, data: list, session_has
     raise RuntimeError(f"event {event_id}: stream ended without a result")
 
 
+def ticket_of(result: dict) -> tuple[int, str]:
+    """The item id and idempotency key from a /review event's outputs (the ticket is the last one)."""
+    item, key = result["output"]["data"][-1].split()
+    return int(item), key
+
+
 async def reviewer_web(url, name, n, start, out, fns):
     import httpx
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Origin": url}) as client:
         await client.post("/login", data={"username": name, "password": PASSWORD, "next": "/review"})
+        csrf = {"X-CSRF-Token": client.cookies.get("rlhf_csrf", "")}
         session = uuid.uuid4().hex[:11]
-        await gradio_event(client, "/review", fns["refresh"], [], session)  # what the page load does
+        loaded = await gradio_event(client, "/review", fns["refresh"], [], session)  # what the page load does
+        item, key = ticket_of(loaded)
         out["ready"] += 1
         await start.wait()
-        ranks = [str(r) for r in range(1, K + 1)]
         for _ in range(n):
             t0 = time.perf_counter()
-            result = await gradio_event(client, "/review", fns["submit"], [None, *ranks], session)
+            stored = await client.post("/api/rankings", headers=csrf,
+                                       json={"item_id": item, "ranks": list(range(1, K + 1)), "idempotency_key": key})
             t1 = time.perf_counter()
+            shown = await gradio_event(client, "/review", fns["saved"], [], session)
+            t2 = time.perf_counter()
             out["submit"].append(t1 - t0)
-            out["cycle"].append(t1 - t0)
-            if result.get("success") and "Saved." in json.dumps(result.get("output", {})):
+            out["cycle"].append(t2 - t0)
+            if stored.status_code in (200, 201):
                 out["acked"] += 1
+            item, key = ticket_of(shown)
 
 
 async def run_web_load(url: str, reviewers: int, n: int) -> dict:
@@ -142,14 +162,19 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="web-form-bench-") as tmp:
-        web = summary("web form (Gradio submit on /review)", bench_web(Path(tmp), args.reviewers, args.rankings))
+        web = summary("web form (/review: REST submit + page event)", bench_web(Path(tmp), args.reviewers, args.rankings))
         rest = summary("REST API (submit + next, 1 request)", bench_ours(Path(tmp), args.reviewers, args.rankings))
         base = summary("bare Gradio app (1 queued event)", bench_gradio(Path(tmp), args.reviewers, args.rankings))
+    print(f"\nkeystrokes per K={K} ranking on /review: {keystrokes(K)} (one digit per reply, Ctrl+Enter; no Tab, "
+          f"no click)")
     print(f"\n{args.reviewers} concurrent reviewers x {args.rankings} rankings, load generator in its own process")
-    print(f"{'system':38s} {'rank/s':>8s} {'cycle p50':>10s} {'p99':>8s} {'acked':>6s} {'stored':>6s} {'lost':>5s}")
+    print(f"{'system':38s} {'rank/s':>8s} {'submit p50':>11s} {'p99':>8s} {'cycle p50':>10s} {'p99':>8s} "
+          f"{'acked':>6s} {'stored':>6s} {'lost':>5s}")
     for s in (web, rest, base):
-        print(f"{s['system']:38s} {s['rankings_per_s']:8.1f} {s['cycle_p50_ms']:8.1f}ms {s['cycle_p99_ms']:6.0f}ms "
-              f"{s['acked']:6d} {s['stored']:6d} {s['lost']:5d}")
+        print(f"{s['system']:38s} {s['rankings_per_s']:8.1f} {s['submit_p50_ms']:9.1f}ms {s['submit_p99_ms']:6.0f}ms "
+              f"{s['cycle_p50_ms']:8.1f}ms {s['cycle_p99_ms']:6.0f}ms {s['acked']:6d} {s['stored']:6d} {s['lost']:5d}")
+    print(f"web form submit p99 / REST cycle p99: {web['submit_p99_ms'] / rest['cycle_p99_ms']:.2f}x "
+          f"(goal at most 1.5x); web form cycle p99 / REST cycle p99: {web['cycle_p99_ms'] / rest['cycle_p99_ms']:.2f}x")
     print(f"web form / bare Gradio throughput: {web['rankings_per_s'] / base['rankings_per_s']:.2f}x; "
           f"web form / REST: {web['rankings_per_s'] / rest['rankings_per_s']:.2f}x")
     print("\nreproduce: .venv/bin/python bench/web_form_bench.py " + " ".join(sys.argv[1:]))

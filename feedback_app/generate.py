@@ -56,16 +56,23 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
             # prompts whose agent reply takes a candidate's place need K-1 generated replies, the others K
             chunk = [c for c in chunk if c[0] in agent] + [c for c in chunk if c[0] not in agent]
             n_agent = sum(c[0] in agent for c in chunk)
-            replies = []
+            replies, ends = [], []
             for group, n in ((chunk[:n_agent], k - 1), (chunk[n_agent:], k)):
                 if group:
+                    group_ends: list = []
                     replies += generate_replies(policy, tokenizer, [p for _, p in group], n, sampling,
-                                                config.batch_size, progress=False)
-            for (prompt_id, prompt), texts in zip(chunk, replies):
+                                                config.batch_size, progress=False, ends=group_ends)
+                    ends += group_ends
+            for (prompt_id, prompt), texts, reply_ends in zip(chunk, replies, ends):
+                # each candidate's record says how it ended: the reviewer page shows a reply cut at the
+                # token limit as cut
+                records = [{**sampling_record, "finish_reason": e.finish_reason, "new_tokens": e.new_tokens}
+                           for e in reply_ends]
                 agent_position = None
                 if prompt_id in agent:  # a position of its own per prompt: no place or id order gives it away
                     agent_position = random.Random(f"{sampling.seed}:{prompt_id}").randrange(k)
                     texts = texts[:agent_position] + [agent[prompt_id]] + texts[agent_position:]
+                    records.insert(agent_position, {})
                 # a policy can write personal data it learnt (or repeat a placeholder): redact before storing,
                 # numbering new values after the prompt's own placeholders (the agent's reply, redacted at
                 # import, comes through unchanged)
@@ -73,7 +80,7 @@ def generate_candidates(store: Store, config, round: int = 0, model: str | None 
                 redactor.note_placeholders(json.dumps(prompt, ensure_ascii=False))
                 texts = [redactor.redact(t) for t in texts]
                 added += store.add_candidates(prompt_id, round, texts, model=name, checkpoint=str(path),
-                                              sampling=sampling_record, agent_position=agent_position)
+                                              sampling=records, agent_position=agent_position)
             bar.update(len(chunk))
             if progress:
                 progress(start + len(chunk), len(todo))

@@ -35,13 +35,34 @@ def render_prompt(tokenizer, prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
 
+@dataclass
+class ReplyEnd:
+    """How one generated reply ended: ``finish_reason`` "stop" (the model wrote its end-of-sequence
+    token) or "length" (cut by ``max_new_tokens``), and ``new_tokens`` it holds (the end token not
+    counted)."""
+
+    finish_reason: str
+    new_tokens: int
+
+
+def reply_end(new_tokens: list[int], eos_ids: set[int]) -> ReplyEnd:
+    """The end of one row of ``generate``'s new tokens. A finished row is padded after its end token
+    and an unfinished one ran to the end, since a batch stops only when every row has finished or
+    ``max_new_tokens`` is reached: so a row with no end token was cut by the limit."""
+    for i, token in enumerate(new_tokens):
+        if token in eos_ids:
+            return ReplyEnd("stop", i)
+    return ReplyEnd("length", len(new_tokens))
+
+
 def generate_replies(model, tokenizer, prompts: list[Prompt], num_replies: int = 1,
                      sampling: SamplingSettings | None = None, batch_size: int = 8,
-                     progress: bool = True) -> list[list[str]]:
+                     progress: bool = True, ends: list[list[ReplyEnd]] | None = None) -> list[list[str]]:
     """``num_replies`` replies for each prompt: ``result[i][j]`` is reply j to prompt i.
 
     ``tokenizer`` must pad on the left. Prompts are batched (``batch_size`` sequences per forward
     pass, counting each of a prompt's replies), which is several times faster than one at a time.
+    ``ends``, if given (an empty list), receives each reply's ``ReplyEnd`` in the same layout.
     """
     import torch
     from tqdm.auto import tqdm
@@ -54,6 +75,10 @@ def generate_replies(model, tokenizer, prompts: list[Prompt], num_replies: int =
     # Each prompt repeated num_replies times, so a batch holds several replies of one prompt.
     flat = [(i, t) for i, t in enumerate(texts) for _ in range(num_replies)]
     results: list[list[str]] = [[] for _ in prompts]
+    if ends is not None:
+        ends[:] = [[] for _ in prompts]
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, list) else {eos}
     model.eval()
     run = sequences_function(model, tokenizer, sampling)
     with tqdm(total=len(flat), desc="generate", unit="reply", disable=not progress) as bar:
@@ -66,8 +91,11 @@ def generate_replies(model, tokenizer, prompts: list[Prompt], num_replies: int =
             new_tokens = out[:, enc["input_ids"].shape[1]:]
             for (i, _), tokens in zip(chunk, new_tokens):
                 results[i].append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+                if ends is not None:
+                    ends[i].append(reply_end(tokens.tolist(), eos_ids))
             bar.update(len(chunk))
     return results
+
 
 def sequences_function(model, tokenizer, sampling: SamplingSettings):
     """batch -> prompt + reply token ids, by the chosen backend; where the fast loop cannot run the

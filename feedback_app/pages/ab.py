@@ -10,8 +10,11 @@ shown through ``gr.Markdown`` (which sanitises HTML).
 import time
 from dataclasses import dataclass
 
-from feedback_app.ab_store import AbItemView, AbService
+from sqlalchemy import func, select
+
+from feedback_app.ab_store import AbItemView, AbService, AbSetInfo
 from feedback_app.auth import Actor
+from feedback_app.models import AbItem, AbJudgement
 from feedback_app.pages.reviewer import prompt_markdown
 from feedback_app.security import inert_markdown
 from feedback_app.store import ServiceError
@@ -53,6 +56,25 @@ def answer(service: AbService, actor: Actor, set_ref: str | None, state: dict | 
     return ab_view(service, actor, set_ref, "Saved.")
 
 
+def set_choices(sets: list[AbSetInfo], actor: Actor) -> list[tuple[str, str]]:
+    """The A/B sets as the dropdown offers them: ``(label, set id)``. Reviewers see "Set 2 (12 pairs)",
+    never the set's name, which admins often write after the policies ("aligned-vs-base")."""
+    return [(f"{s.name} ({s.items} pairs)" if actor.is_admin else f"Set {i + 1} ({s.items} pairs)", str(s.set_id))
+            for i, s in enumerate(sets)]
+
+
+def progress_markdown(service: AbService, actor: Actor, set_ref: str | None) -> str:
+    """'**3 of 12** judged': this reviewer's answered judgements in the set, of the set's pairs."""
+    if not set_ref or not str(set_ref).isdigit():
+        return ""
+    with service.store.sessions() as s:
+        total = s.scalar(select(func.count(AbItem.id)).where(AbItem.set_id == int(set_ref))) or 0
+        done = s.scalar(select(func.count(AbJudgement.id)).join(AbItem, AbItem.id == AbJudgement.item_id)
+                        .where(AbItem.set_id == int(set_ref), AbJudgement.user_id == actor.id,
+                               AbJudgement.verdict.is_not(None))) or 0
+    return f"**{done} of {total}** judged in this set"
+
+
 def report_markdown(service: AbService, actor: Actor) -> str:
     """Admins: every set's win rate of policy A (95% interval, non-tied judgements) and position bias."""
     if not actor.is_admin:
@@ -85,18 +107,31 @@ def build_ab_page(svc, service: AbService):
             raise gr.Error("Log in first.")
         return actor
 
-    def render(view: AbView):
+    def render(view: AbView, actor: Actor, set_ref: str | None):
         item = view.item
         return (prompt_markdown(item.prompt) if item else "", inert_markdown(item.left) if item else "",
-                inert_markdown(item.right) if item else "", view.message, view.state())
+                inert_markdown(item.right) if item else "", view.message, view.state(),
+                progress_markdown(service, actor, set_ref))
 
-    def sets_choices(request: gr.Request):
-        names = [s.name for s in service.list_sets(who(request))]
-        return gr.update(choices=names, value=names[-1] if names else None)
+    def on_load(request: gr.Request):
+        """Header, sets and report. Reviewers start on the newest set; an admin starts on none, so
+        opening the page for the report leases no pair away from the reviewers."""
+        actor = who(request)
+        choices = set_choices(service.list_sets(actor), actor)
+        head = (f"Signed in as **{actor.username}** · [Rank replies](/review)"
+                + (" · [Admin pages](/admin)" if actor.is_admin else "") + " · [Log out](/logout)")
+        value = None if actor.is_admin or not choices else choices[-1][1]
+        return head, gr.update(choices=choices, value=value), report_markdown(service, actor)
 
     with gr.Blocks(title="Blind A/B") as page:
-        gr.Markdown("## Which reply is better?\nThe two replies come from two models, in a random order.")
-        chosen = gr.Dropdown(label="A/B set", choices=[], interactive=True, elem_id="ab-set")
+        header = gr.Markdown("", elem_id="ab-header")
+        gr.Markdown("## Which reply is better?\nThe two replies come from two models, in a random order. "
+                    "Judge them by the project's guideline:", elem_id="ab-intro")
+        gr.Markdown(svc.store.project.guideline or "Prefer the reply that helps the user more.",
+                    elem_id="ab-guidelines")
+        with gr.Row():
+            chosen = gr.Dropdown(label="A/B set", choices=[], interactive=True, elem_id="ab-set", scale=3)
+            progress = gr.Markdown("", elem_id="ab-progress")
         # The keys themselves are handled by ab.js (a same-origin file, see pages/web.py).
         gr.Markdown("Keys: **1** or **Left**: left is better · **2** or **Right**: right is better · "
                     "**T**: tie · **B**: both bad", elem_id="ab-keys")
@@ -113,20 +148,19 @@ def build_ab_page(svc, service: AbService):
         message = gr.Markdown(elem_id="ab-message")
         report = gr.Markdown(elem_id="ab-report")
         state = gr.State(None)
-        outputs = [prompt, left, right, message, state]
+        outputs = [prompt, left, right, message, state, progress]
 
         def show(set_ref, request: gr.Request):
-            return render(ab_view(service, who(request), set_ref))
+            actor = who(request)
+            return render(ab_view(service, actor, set_ref), actor, set_ref)
 
-        def show_report(request: gr.Request):
-            return report_markdown(service, who(request))
-
-        page.load(sets_choices, None, chosen)
-        page.load(show_report, None, report)
+        page.load(on_load, None, [header, chosen, report])
         chosen.change(show, chosen, outputs)
+
         def on_click(verdict: str):
             def click(set_ref, st, request: gr.Request):
-                return render(answer(service, who(request), set_ref, st, verdict))
+                actor = who(request)
+                return render(answer(service, actor, set_ref, st, verdict), actor, set_ref)
             return click
 
         for button, verdict in buttons:

@@ -1,6 +1,9 @@
 // Keyboard-first ranking on /review, loaded as a same-origin file (the Content-Security-Policy needs
-// no inline script or eval for it). It only drives the page's own controls: every ranking still goes
-// through the Gradio page's Submit button, its validator and the store.
+// no inline script or eval for it). It drives the page's own controls, and submits a complete ranking
+// through the REST API (POST /api/rankings with the login cookie and its X-CSRF-Token: one short
+// request to the same store call), then presses the page's hidden "next item" button. An incomplete
+// ranking, or any refusal, goes through the page's own Submit instead: its validator marks the
+// missing ranks and its handler says why (e.g. "already ranked" from another tab).
 //
 // Keys (none while typing in a text field):
 //   1..K          rank the reply in focus, then move to the next reply (equal digits make a tie)
@@ -49,6 +52,7 @@
     const done = document.getElementById("all-done");
     if (done && !done.hasAttribute("tabindex")) done.setAttribute("tabindex", "-1");
     noticeNewItem(prompt, done);
+    ticket();
   }
 
   // A new item on screen (after load, Submit, Skip or Undo): back to the top, focus on the prompt.
@@ -83,6 +87,70 @@
     else { const submit = document.getElementById("submit"); if (submit) submit.focus(); }
     return true;
   }
+
+  // The REST submit path. The ticket (#ticket, a hidden field the page fills) names the item on screen and the
+  // ranking's idempotency key; a retry with the key stores the ranking once.
+  const shownAt = {};    // when each ticket was first seen, for the ranking's seconds
+  let sending = false;
+  let viaPage = false;   // a click on Submit that should reach the page's own handler
+
+  function ticket() {
+    const field = document.querySelector("#ticket textarea, #ticket input");
+    const parts = field ? field.value.trim().split(" ") : [];
+    if (parts.length !== 2) return null;
+    if (!(parts[1] in shownAt)) shownAt[parts[1]] = Date.now();
+    return { item: parseInt(parts[0], 10), key: parts[1] };
+  }
+
+  function csrf() {
+    const m = document.cookie.match(/(?:^|; )rlhf_csrf=([^;]*)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  function shownRanks() {
+    const shown = cards().filter((c) => c.offsetParent !== null).length;
+    return Array.from({ length: shown }, (_, i) => {
+      const checked = rankGroup(i) && rankGroup(i).querySelector("input[type=radio]:checked");
+      return checked ? parseInt(checked.value, 10) : null;
+    });
+  }
+
+  async function submitRanking() {
+    const t = ticket();
+    const ranks = shownRanks();
+    const complete = t && ranks.length && ranks.every((r) => r !== null) && ranks.includes(1);
+    if (!complete) return submitViaPage();
+    if (sending) return;
+    sending = true;
+    try {
+      const response = await fetch("/api/rankings", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+        body: JSON.stringify({ item_id: t.item, ranks: ranks, idempotency_key: t.key,
+                               seconds: Math.round((Date.now() - shownAt[t.key]) / 10) / 100 }),
+      });
+      if (response.ok) press("after-submit");
+      else submitViaPage();
+    } catch (err) {
+      submitViaPage();
+    } finally {
+      sending = false;
+    }
+  }
+
+  function submitViaPage() {
+    viaPage = true;
+    try { press("submit"); } finally { viaPage = false; }
+  }
+
+  // A click on the Submit button takes the REST path too (capture phase: before the page's handler).
+  document.addEventListener("click", (event) => {
+    const button = event.target && event.target.closest && event.target.closest("#submit");
+    if (!button || viaPage || !document.getElementById("ticket")) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    submitRanking();
+  }, true);
 
   function press(id) {
     const el = document.getElementById(id);
@@ -125,7 +193,7 @@
     const onRadio = target && target.tagName === "INPUT" && target.type === "radio";
     if (event.key === "Enter" && (event.ctrlKey || event.shiftKey)) {
       event.preventDefault();
-      press("submit");
+      submitRanking();
       return;
     }
     if (event.ctrlKey) return;

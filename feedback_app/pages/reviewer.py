@@ -15,13 +15,18 @@ from typing import Any
 from sqlalchemy import func, select
 
 from feedback_app.auth import Actor
-from feedback_app.models import RankingRow
+from feedback_app.models import Candidate, RankingRow
 from feedback_app.security import inert_markdown
 from feedback_app.store import ItemView, ServiceError, Store
 
 LETTERS = "ABCDEF"
+# The page builds this many reply cards and rank controls once and shows as many as the item on screen
+# has replies: the project's K may change while the server runs (a CLI import into an empty project),
+# and an item keeps the K it was made with.
+MAX_K = len(LETTERS)
 FLAG_KINDS = ("unsafe", "broken", "off-topic")
 WHOLE_ITEM = "the whole item"
+RECENT_TURNS = 2  # a conversation's last turns shown; earlier ones sit behind "Show N earlier turns"
 # Shown beside the item; the keys themselves are handled by review.js (a same-origin file).
 KEY_LEGEND = ("### Keys\n"
               "- **1** to **{k}**: rank the reply in focus (then the next one is in focus; equal digits tie)\n"
@@ -58,6 +63,38 @@ def prompt_markdown(prompt: Any) -> str:
     return "\n\n".join(lines)
 
 
+def split_turns(prompt: Any, recent: int = RECENT_TURNS) -> tuple[Any, Any]:
+    """``(earlier, shown)``: a conversation's turns before its last ``recent`` ones (collapsed on the
+    page) and those last turns. A text prompt, or a conversation of at most ``recent`` turns, has no
+    earlier part (``[]``)."""
+    if isinstance(prompt, str) or len(prompt) <= recent:
+        return [], prompt
+    return list(prompt[:-recent]), list(prompt[-recent:])
+
+
+def earlier_label(n: int) -> str:
+    return f"Show {n} earlier turn" + ("" if n == 1 else "s")
+
+
+def reply_markdown(text: str, end: dict | None) -> str:
+    """A reply as inert Markdown, marked as cut when generation stopped at its token limit (``end`` is
+    the candidate's stored ``sampling``: ``finish_reason`` "length" and ``new_tokens``), so reviewers
+    do not blame the reply for an ending the generator removed."""
+    body = inert_markdown(text)
+    if end and end.get("finish_reason") == "length":
+        body += f"\n\n*\u2026 cut at {end.get('new_tokens', '?')} tokens (the generator's limit)*"
+    return body
+
+
+def candidate_ends(store: Store, candidate_ids: list[int]) -> dict[int, dict]:
+    """The stored generation record (``Candidate.sampling``) of each candidate on screen."""
+    if not candidate_ids:
+        return {}
+    with store.sessions() as s:
+        return {cid: sampling or {} for cid, sampling in
+                s.execute(select(Candidate.id, Candidate.sampling).where(Candidate.id.in_(candidate_ids)))}
+
+
 def progress_text(store: Store, actor: Actor, jobs=None) -> str:
     """'12 of 40 today': rankings since local midnight, out of those plus the items still open to you."""
     counts = store.progress(actor)
@@ -79,6 +116,12 @@ def next_view(store: Store, actor: Actor, message: str = "", jobs=None) -> View:
         message = (message + " " if message else "") + "Nothing left to rank right now. Check again later."
     return View(item, [None] * len(item.candidates) if item else [], message.strip(),
                 progress_text(store, actor, jobs))
+
+
+def ticket_text(state: dict | None) -> str:
+    """The item on screen (``View.state()``) for review.js: "ITEM_ID KEY", its id and the ranking's
+    idempotency key, the same the page's own Submit would use."""
+    return "" if state is None else f"{int(state['item_id'])} {state['key']}"
 
 
 def done_text(view: View) -> str:
@@ -108,6 +151,7 @@ def submit(store: Store, actor: Actor, state: dict | None, ranks: list[Any], job
     """Store the ranking of the item on screen (ranks in the order shown) and show the next item."""
     if not state:
         return next_view(store, actor, jobs=jobs)
+    ranks = list(ranks)[:len(state["candidate_ids"])]  # the page sends MAX_K controls, hidden ones empty
     problems = [p for p in check_ranks(ranks, len(state["candidate_ids"])) if p]
     if problems:  # the page's validator stops this first; a hand-made request lands here
         return _same_item(store, actor, state, ranks, problems[0], jobs)
@@ -148,6 +192,8 @@ def flag(store: Store, actor: Actor, state: dict | None, target: str, kind: str,
     candidate_id = None
     if target != WHOLE_ITEM:
         index = LETTERS.index(target.split()[-1])
+        if index >= len(state["candidate_ids"]):
+            return f"This item has {len(state['candidate_ids'])} replies; choose one of them."
         candidate_id = state["candidate_ids"][index]
     store.flag(actor, state["item_id"], kind, comment or "", candidate_id)
     return f"Flagged {target} as {kind}. Thank you; flagged replies are left out of the training data."
@@ -165,7 +211,8 @@ def _same_item(store: Store, actor: Actor, state: dict, ranks: list[Any], messag
 
 
 def build_reviewer_page(svc) -> "gr.Blocks":
-    """The reviewer page for the app's ``Services`` (store, signer, jobs); K controls for the project's K."""
+    """The reviewer page for the app's ``Services`` (store, signer, jobs): ``MAX_K`` reply cards and rank
+    controls, as many shown as the item on screen has replies."""
     import gradio as gr
 
     from feedback_app.api import actor_of
@@ -173,15 +220,15 @@ def build_reviewer_page(svc) -> "gr.Blocks":
     # Gradio finds the request parameter by its annotation, so it must be the class itself (this
     # module does not use `from __future__ import annotations`).
     store: Store = svc.store
-    k = store.project.k
-    rank_choices = [str(r) for r in range(1, k + 1)]
-    targets = [f"reply {LETTERS[i]}" for i in range(k)] + [WHOLE_ITEM]
 
     def who(request: gr.Request) -> Actor:
         actor = actor_of(svc, request)
         if actor is None:  # the mount's auth_dependency already refused anonymous requests
             raise gr.Error("Log in again.")
         return actor
+
+    def targets_of(n: int) -> list[str]:
+        return [f"reply {LETTERS[i]}" for i in range(n)] + [WHOLE_ITEM]
 
     with gr.Blocks(title="Rank replies", analytics_enabled=False) as page:
         state = gr.State(None)
@@ -195,15 +242,22 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                 done_card = gr.Markdown("", elem_id="all-done", container=True, visible=False)
                 with gr.Column(elem_id="item-area") as item_area:
                     gr.Markdown("### Prompt")
+                    # A long conversation's older turns, collapsed: the last RECENT_TURNS stay in view.
+                    with gr.Accordion(earlier_label(0), open=False, visible=False, elem_id="earlier-box") as earlier_box:
+                        earlier = gr.Markdown("", elem_id="earlier-turns")
                     prompt = gr.Markdown("", elem_id="prompt", container=True)
-                    replies, rank_controls = [], []
-                    for i in range(k):
-                        with gr.Group(elem_classes="reply-card", elem_id=f"card-{i}"):
+                    card_groups, replies, rank_controls = [], [], []
+                    all_ranks = [str(r) for r in range(1, MAX_K + 1)]
+                    for i in range(MAX_K):
+                        with gr.Group(elem_classes="reply-card", elem_id=f"card-{i}", visible=i < 2) as card:
                             gr.Markdown(f"#### Reply {LETTERS[i]}")
                             replies.append(gr.Markdown("", elem_id=f"reply-{i}"))
-                            rank_controls.append(gr.Radio(rank_choices, value=None, label=f"Rank of reply {LETTERS[i]}",
+                            # Built with every rank up to MAX_K (Gradio checks a submitted value against
+                            # the choices it was built with); each item shows 1..its K.
+                            rank_controls.append(gr.Radio(all_ranks, value=None, label=f"Rank of reply {LETTERS[i]}",
                                                           info="1 = best; give equal ranks for a tie",
                                                           elem_id=f"rank-{i}"))
+                        card_groups.append(card)
                 # Sticky at the bottom of the window (CSS in web.py): reachable without scrolling. Outside
                 # the item area, so Undo stays there once the queue is empty.
                 with gr.Row(elem_id="action-bar"):
@@ -211,50 +265,78 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                     skip_btn = gr.Button("Skip", elem_id="skip")
                     undo_btn = gr.Button("Undo last ranking", elem_id="undo")
             with gr.Column(scale=1):
-                gr.Markdown(KEY_LEGEND.format(k=k), elem_id="key-legend")
+                legend = gr.Markdown(KEY_LEGEND.format(k="K"), elem_id="key-legend")
                 gr.Markdown("### Guidelines")
-                gr.Markdown(store.project.guideline or "Rank the replies from best (1) to worst.",
-                            elem_id="guidelines")
+                guidelines = gr.Markdown(store.project.guideline or "Rank the replies from best (1) to worst.",
+                                         elem_id="guidelines")
                 progress = gr.Markdown("", elem_id="progress")
                 refresh_btn = gr.Button("Check for new items", size="sm", elem_id="refresh")
                 with gr.Accordion("Flag a reply", open=False, elem_id="flag-box"):
                     # Radios, not a dropdown, so the F key can pick the reply in focus (review.js).
-                    flag_target = gr.Radio(targets, value=targets[0], label="Which reply", elem_id="flag-target")
+                    flag_target = gr.Radio(targets_of(MAX_K), value="reply A", label="Which reply",
+                                           elem_id="flag-target")
                     flag_kind = gr.Radio(list(FLAG_KINDS), value=None, label="Problem", elem_id="flag-kind")
                     flag_comment = gr.Textbox(label="Comment", lines=2, max_length=2000, elem_id="flag-comment")
                     flag_btn = gr.Button("Flag", elem_id="flag")
                     flag_message = gr.Markdown("", elem_id="flag-message")
+        # How many replies the item on screen has, for the validator (which sees the inputs, not the
+        # session's state); the handler checks against the state again.
+        shown_k = gr.Number(0, visible=False, precision=0)
+        # The item on screen for review.js, which submits a complete ranking through the REST API (one
+        # short request, the same store call) and then asks this page for the next item ("saved").
+        ticket = gr.Textbox("", elem_id="ticket", interactive=False, container=False, show_label=False)
+        saved_btn = gr.Button("Show the next item", elem_id="after-submit", elem_classes="offscreen")
 
-        view_outputs = [state, header, prompt, *replies, *rank_controls, message, progress, submit_btn, skip_btn,
-                        item_area, done_card]
+        view_outputs = [state, header, earlier_box, earlier, prompt, *card_groups, *replies, *rank_controls, message,
+                        progress, submit_btn, skip_btn, item_area, done_card, legend, guidelines, flag_target, shown_k,
+                        ticket]
 
         def render(view: View, actor: Actor) -> list:
             item = view.item
             head = f"Signed in as **{actor.username}**" + (" · [Admin pages](/admin)" if actor.is_admin else "")
+            guideline = (item.guideline if item else store.project.guideline) or "Rank the replies from best (1) to worst."
             if item is None:
                 # The item area is hidden and its ranks cleared, so no earlier item's ranks stay checked.
-                return [None, head, "", *[""] * k, *[gr.update(value=None, interactive=False)] * k,
+                return [None, head, gr.update(visible=False), "", "", *[gr.update(visible=False)] * MAX_K,
+                        *[""] * MAX_K, *[gr.update(value=None, interactive=False)] * MAX_K,
                         view.message, view.progress, gr.update(interactive=False), gr.update(interactive=False),
-                        gr.update(visible=False), gr.update(value=done_text(view), visible=True)]
-            ranks = [str(r) if r else None for r in view.ranks]
-            return [view.state(), head, prompt_markdown(item.prompt), *[inert_markdown(c.text) for c in item.candidates],
-                    *[gr.update(value=r, interactive=True) for r in ranks], view.message, view.progress,
-                    gr.update(interactive=True), gr.update(interactive=True),
-                    gr.update(visible=True), gr.update(value="", visible=False)]
+                        gr.update(visible=False), gr.update(value=done_text(view), visible=True), gr.update(),
+                        guideline, gr.update(), 0, ""]
+            n = len(item.candidates)
+            ranks = [str(r) if r else None for r in view.ranks] + [None] * (MAX_K - n)
+            ends = candidate_ends(store, [c.id for c in item.candidates])
+            texts = [reply_markdown(c.text, ends.get(c.id)) for c in item.candidates] + [""] * (MAX_K - n)
+            choices = [str(r) for r in range(1, n + 1)]
+            older, recent = split_turns(item.prompt)
+            current = view.state()
+            return [current, head,
+                    gr.update(visible=bool(older), label=earlier_label(len(older)), open=False),
+                    prompt_markdown(older) if older else "", prompt_markdown(recent),
+                    *[gr.update(visible=i < n) for i in range(MAX_K)], *texts,
+                    *[gr.update(choices=choices, value=r, interactive=i < n) for i, r in enumerate(ranks)],
+                    view.message, view.progress, gr.update(interactive=True), gr.update(interactive=True),
+                    gr.update(visible=True), gr.update(value="", visible=False), KEY_LEGEND.format(k=n), guideline,
+                    gr.update(choices=targets_of(n), value="reply A"), n, ticket_text(current)]
 
         def on_load(request: gr.Request):
             actor = who(request)
             return render(next_view(store, actor, jobs=svc.jobs), actor)
 
         # The request comes first: Gradio injects it by position, which *ranks would swallow.
-        def on_submit(request: gr.Request, current, *ranks):
+        def on_submit(request: gr.Request, current, n, *ranks):
             actor = who(request)
             return render(submit(store, actor, current, list(ranks), svc.jobs), actor)
 
         # The validator sees the inputs only (not the session's state): the buttons are disabled while
         # no item is on screen, so an empty page is never validated.
-        def validate_submit(current, *ranks):
-            return [gr.validate(True, "")] + [gr.validate(e is None, e or "") for e in check_ranks(list(ranks), k)]
+        def validate_submit(current, n, *ranks):
+            n = int(n or 0)
+            errors = check_ranks(list(ranks), n) + [None] * (MAX_K - n)
+            return [gr.validate(True, ""), gr.validate(True, "")] + [gr.validate(e is None, e or "") for e in errors]
+
+        def on_saved(request: gr.Request):  # review.js stored the ranking through the REST API
+            actor = who(request)
+            return render(next_view(store, actor, "Saved.", svc.jobs), actor)
 
         def on_skip(current, request: gr.Request):
             actor = who(request)
@@ -271,13 +353,15 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                 return str(exc), gr.skip(), gr.skip()
 
         def validate_flag(current, target, kind, comment):
-            return [gr.validate(True, ""), gr.validate(target in targets, "Choose a reply."),
+            n = len(current["candidate_ids"]) if current else MAX_K
+            return [gr.validate(True, ""), gr.validate(target in targets_of(n), "Choose a reply."),
                     gr.validate(kind in FLAG_KINDS, "Choose what is wrong."),
                     gr.validate(len(comment or "") <= 2000, "At most 2000 characters.")]
 
         page.load(on_load, None, view_outputs, concurrency_id="review", show_progress="hidden")
-        submit_btn.click(on_submit, [state, *rank_controls], view_outputs, validator=validate_submit,
+        submit_btn.click(on_submit, [state, shown_k, *rank_controls], view_outputs, validator=validate_submit,
                          concurrency_id="review", api_name="submit")
+        saved_btn.click(on_saved, None, view_outputs, concurrency_id="review", api_name="saved")
         skip_btn.click(on_skip, [state], view_outputs, concurrency_id="review", api_name="skip")
         undo_btn.click(on_undo, None, view_outputs, concurrency_id="review", api_name="undo")
         refresh_btn.click(on_load, None, view_outputs, concurrency_id="review", api_name="refresh")

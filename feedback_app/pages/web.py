@@ -45,6 +45,8 @@ button:focus-visible, input:focus-visible, textarea:focus-visible, a:focus-visib
 .gradio-container {overflow: clip !important;}  /* 'hidden' would make it the sticky bar's scroller */
 #action-bar {position: sticky; bottom: 0; z-index: 20; background: var(--background-fill-primary);
              padding: 8px 0; border-top: 1px solid var(--border-color-primary);}
+/* /review: data and a button for review.js only (the REST submit path), never shown or focused */
+#ticket, .offscreen {display: none !important;}
 """
 # The reviewer page's keys (feedback_app/pages/review.js), served by the app itself: a same-origin
 # script file, so the Content-Security-Policy needs neither inline script nor eval for it.

@@ -313,9 +313,11 @@ def prompt_text(page) -> str:
 
 
 def checked_ranks(page) -> list[str | None]:
-    """The rank checked in each control on screen, in the order shown (None where none is)."""
+    """The rank checked in each control on screen, in the order shown (None where none is). The page
+    builds controls for K up to 6 and hides those the item does not use."""
     return page.eval_on_selector_all(
-        "[id^=rank-]", "gs => gs.map(g => (g.querySelector('input:checked') || {}).value || null)")
+        "[id^=rank-]", "gs => gs.filter(g => g.offsetParent !== null)"
+                       ".map(g => (g.querySelector('input:checked') || {}).value || null)")
 
 
 def test_rank_with_the_keyboard_only(app, browser):
