@@ -413,7 +413,9 @@ class Store:
             before = {name: getattr(project, name) for name in clean}
             if "lease_seconds" in clean and project.lease_seconds is None:
                 before["lease_seconds"] = self.lease_seconds  # the config's, until the project has its own
-            changed = {n: [before[n], v] for n, v in clean.items() if before[n] != v}
+            # A guideline differing only by surrounding blanks (a YAML block's last newline) is the same one.
+            changed = {n: [before[n], v] for n, v in clean.items()
+                       if ((before[n] or "").strip() != v if n == "guideline" else before[n] != v)}
             if not changed:
                 return {}
             if "k" in changed:

@@ -11,7 +11,6 @@ progress with a timer, so reviewers' pages never wait for it.
 import shutil
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 from feedback_app.api import actor_of
@@ -86,6 +85,19 @@ def job_text(jobs) -> str:
     r = job["result"] or {}
     return (f"Generation done: {r.get('items_added', 0)} items added for {r.get('prompts', 0)} prompts "
             f"with model '{r.get('model')}', round {r.get('round')}.")
+
+
+def job_state(jobs) -> str:
+    """The generation job in the dashboard's words (the Prompts tab shows ``job_text`` in full)."""
+    job = jobs.latest()
+    if job is None:
+        return "none since the server started."
+    if job["state"] == "running":
+        return f"running, {job['done']} of {job['total'] or '?'} prompts."
+    if job["state"] == "failed":
+        return "failed (see the Prompts and generation tab)."
+    r = job["result"] or {}
+    return f"finished, {r.get('items_added', 0)} new items in round {r.get('round')}."
 
 
 def parse_rounds(text: str) -> list[int] | None:
@@ -216,7 +228,7 @@ def build_admin_page(svc) -> "gr.Blocks":
 
     def refresh_dashboard(simulated: bool):
         d = dashboard.load_dashboard(store, include_simulated=simulated)
-        return (dashboard.summary_markdown(d) + "\n\n**Generation job**: " + job_text(svc.jobs), dashboard.figure(d), dashboard.per_day_table(d), d.flags,
+        return (dashboard.summary_markdown(d) + "\n\n**Generation job**: " + job_state(svc.jobs), dashboard.figure(d), dashboard.per_day_table(d), d.flags,
                 gr.update(choices=[u for u, _ in users_table(store)]), dashboard.reviewer_rows(d))
 
     with gr.Blocks(title="Admin: rlhf feedback", analytics_enabled=False) as page:
@@ -408,17 +420,16 @@ def build_admin_page(svc) -> "gr.Blocks":
                                      export_min_gold, export_min_agree], [export_msg, export_file], concurrency_id="admin")
 
         # -- gold items and project settings ------------------------------------------------------------
-        def on_gold(action, item_id, spec, request: gr.Request):
-            by = admin_of(request)
-            message = (guarded(mark_gold)(store, item_id, spec, by) if action == "mark"
-                       else guarded(unmark_gold)(store, item_id, by))
-            return message, gold_rows(store)
+        def on_mark(item_id, spec, request: gr.Request):
+            return guarded(mark_gold)(store, item_id, spec, admin_of(request)), gold_rows(store)
+
+        def on_unmark(item_id, request: gr.Request):
+            return guarded(unmark_gold)(store, item_id, admin_of(request)), gold_rows(store)
 
         gold_show.click(guarded(lambda item_id: item_preview(store, item_id)), [gold_item], gold_preview,
                         concurrency_id="admin")
-        gold_mark.click(partial(on_gold, "mark"), [gold_item, gold_spec], [gold_msg, gold_table], concurrency_id="admin")
-        gold_unmark.click(partial(on_gold, "unmark"), [gold_item, gold_spec], [gold_msg, gold_table],
-                          concurrency_id="admin")
+        gold_mark.click(on_mark, [gold_item, gold_spec], [gold_msg, gold_table], concurrency_id="admin")
+        gold_unmark.click(on_unmark, [gold_item], [gold_msg, gold_table], concurrency_id="admin")
 
         def on_settings(guideline, k, rpi, lease, rate, gold_min, agree_min, request: gr.Request):
             message = guarded(save_settings)(store, guideline, k, rpi, lease, rate, gold_min, agree_min,
