@@ -141,6 +141,7 @@ class ExportIn(BaseModel):
     include_flagged: bool = False
     min_gold_accuracy: float | None = Field(None, ge=0, le=1, description="leave out reviewers below this gold accuracy")
     min_agreement: float | None = Field(None, ge=0, le=1, description="leave out reviewers below this agreement")
+    include_pending_demonstrations: bool = Field(False, description="sft/ also takes demonstrations not yet accepted")
 
 
 class GoldIn(BaseModel):
@@ -387,6 +388,7 @@ def export(body: ExportIn, request: Request, actor: Actor = Depends(admin_actor)
     svc = services(request)
     out = export_path(svc.export_dir, body.name)
     filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged, body.min_gold_accuracy,
-                            body.min_agreement)
+                            body.min_agreement, body.include_pending_demonstrations)
     manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=actor)  # audited there
-    return {"path": str(out), "manifest": {k: v for k, v in manifest.items() if k != "ranking_ids"}}
+    return {"path": str(out), "manifest": {k: v for k, v in manifest.items()
+                                           if k not in ("ranking_ids", "demonstration_ids")}}

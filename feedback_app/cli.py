@@ -355,7 +355,7 @@ def run_export(args) -> int:
                         "FILE.jsonl")
     # The REST API's filters; a bad --source stops here, before the store is opened.
     filters = ExportFilters(config.reviewers, config.rounds, config.source, config.include_flagged,
-                            config.min_gold_accuracy, config.min_agreement)
+                            config.min_gold_accuracy, config.min_agreement, config.include_pending_demonstrations)
     store = Store.open(config, create=False)
     if config.agent_replies:
         from feedback_app.export import export_agent_replies

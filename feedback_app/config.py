@@ -110,6 +110,8 @@ class ExportConfig(AppConfig):
                                             "accuracy is below this (0..1); recorded in the manifest")
     min_agreement: float | None = Field(None, description="leave out every ranking of reviewers whose agreement "
                                         "with the others' consensus is below this (0..1; 0.5 is chance)")
+    include_pending_demonstrations: bool = Field(
+        False, description="OUT/sft (demonstrations for 'rlhf sft') also takes those not yet accepted by an admin")
 
 
 class AbCreateConfig(AppConfig):

@@ -28,6 +28,7 @@ from rlhf.schema import (EXPORT_KWISE, EXPORT_MANIFEST, EXPORT_PAIRWISE, Ranking
                          prompt_split)
 
 SOURCES = ("all", "human", "simulated")
+SFT_EXPORT = "sft"  # OUT/sft and OUT/sft.jsonl: demonstrations for `rlhf sft` (rlhf.align.demonstrations reads them)
 
 # One path component: no separator, no "." or "..", not hidden, short enough for any file system.
 _EXPORT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -61,6 +62,8 @@ class ExportFilters:
     # with no figure yet (no gold ranked, no shared item) is kept, and the manifest says so.
     min_gold_accuracy: float | None = None
     min_agreement: float | None = None
+    # Demonstrations (OUT/sft): accepted ones only, unless this also takes those still pending.
+    include_pending_demonstrations: bool = False
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -218,6 +221,7 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
                     file = f"{name}-{split}.{suffix}"
                     write(str(tmp / file), **({"lines": True, "force_ascii": False} if suffix == "jsonl" else {}))
                     manifest["files"].append(file)
+        _write_demonstrations(store, tmp, filters, test_fraction, manifest)
         manifest["exported_by"] = by.username if by is not None else "cli"
         manifest["audit_id"] = audit_id = store.audit(by, "export", str(out), manifest["counts"])
         try:
@@ -282,6 +286,28 @@ def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: floa
         "redaction": store.refresh_project().redaction,
     }
     return manifest, rows
+
+
+def _write_demonstrations(store: Store, tmp: Path, filters: ExportFilters, test_fraction: float,
+                          manifest: dict) -> None:
+    """``OUT/sft`` (DatasetDict train/test, the rankings' prompt-level split) and ``OUT/sft.jsonl`` (every
+    row) from the demonstrations (contract in ``feedback_app.demonstrations``); nothing when there are
+    none. The manifest's ``sft`` records the counts and ``demonstration_ids`` the rows used (erasure
+    looks for them)."""
+    from feedback_app.demonstrations import export_rows
+
+    splits, info = export_rows(store, test_fraction, filters.include_pending_demonstrations, include_agent=False)
+    manifest["sft"] = info["counts"]
+    manifest["demonstration_ids"] = info["demonstration_ids"]
+    if not any(splits.values()):
+        return
+    dataset = _dataset_dict(splits)
+    dataset.save_to_disk(str(tmp / SFT_EXPORT), num_shards={"train": 1, "test": 1})
+    with (tmp / f"{SFT_EXPORT}.jsonl").open("w", encoding="utf-8") as handle:
+        for split in ("train", "test"):
+            for row in splits[split]:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    manifest["files"].append(f"{SFT_EXPORT}.jsonl")
 
 
 def _refuse_existing(out: Path) -> None:

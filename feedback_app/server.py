@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from feedback_app import ab_api, api
+from feedback_app import ab_api, api, demo_api
 from feedback_app.auth import TokenSigner, load_or_create_secret
 from feedback_app.config import AppConfig
 from feedback_app.generate import Jobs
@@ -140,6 +140,7 @@ def build_app(config: AppConfig) -> FastAPI:
 
     app.include_router(api.router)
     app.include_router(ab_api.router)  # blind A/B evaluation
+    app.include_router(demo_api.router)  # demonstrations: the replies reviewers wanted
     return app
 
 
