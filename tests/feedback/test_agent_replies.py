@@ -177,3 +177,32 @@ def test_admin_page_upload_takes_the_chat_log_columns(tmp_path):
     assert store.prompts_needing_candidates(0) == []  # nothing stored
     message = import_file(store, str(log), 0, None, False, {**FLAGS, "customer_speaker": " client "})
     assert message.startswith("log.csv: 10 prompts added") and "redacted" in message and leaks(message) == []
+
+
+def test_agent_candidates_their_wins_and_export_columns_on_sqlite_and_postgresql(database_url, tmp_path):
+    from feedback_app.export import ExportFilters, export_rankings
+    from feedback_app.store import ImportRow
+
+    store = new_store(database_url, k=2, reviewers_per_item=1)
+    store.import_rows([ImportRow(f"Question {i}?", reference=f"Agent answer {i}.") for i in range(3)]
+                      + [ImportRow("No agent here?")])
+    agent = store.reference_replies([pid for pid, _ in store.prompts_needing_candidates(0)])
+    assert sorted(agent.values()) == ["Agent answer 0.", "Agent answer 1.", "Agent answer 2."]
+    for prompt_id, _ in store.prompts_needing_candidates(0):
+        if prompt_id in agent:
+            store.add_candidates(prompt_id, 0, [agent[prompt_id], f"Model {prompt_id}."], "m", agent_position=0)
+        else:
+            store.add_candidates(prompt_id, 0, ["Model a.", "Model b."], "m")
+    reviewer = store.add_user("rev", "plum-otter-41", "reviewer")
+    while (item := store.next_item(reviewer)) is not None:  # the agent's reply wins on "Question 0?" only
+        texts = [c.text for c in item.candidates]
+        first = "Agent answer 0." if "Agent answer 0." in texts else "Model a." if "Model a." in texts else "Model"
+        store.submit_ranking(reviewer, item.item_id, [1 if c.text.startswith(first) else 2 for c in item.candidates],
+                             f"key-{item.item_id}")
+    wins, items = load_agent_wins(store)
+    assert (items, wins.rankings, wins.first, wins.first_alone, wins.mean_rank) == (3, 3, 1, 1, 5 / 3)
+    manifest = export_rankings(store, tmp_path / "out", ExportFilters(), test_fraction=0.0)
+    assert manifest["agent_replies"]["rankings"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "out" / "pairwise-train.jsonl").read_text().splitlines()]
+    assert sorted((r["chosen_source"], r["rejected_source"]) for r in rows) == \
+        [("agent", "model"), ("model", "agent"), ("model", "agent"), ("model", "model")]
