@@ -88,7 +88,7 @@ class QuickstartConfig(Config):
     allow_weak_reward_model: bool = Field(False, description="go on to policy training even when the reward model "
                                           "does not pass the gate (or the held-out split is too small to measure "
                                           "it); recorded in the model card")
-    guard: bool = Field(True, description="PPO: train a second reward model on half of the training prompts "
+    guard: bool = Field(True, description="PPO, GRPO, RLOO: train a second reward model on half of the training prompts "
                         "(reward_guard/) and let PPO's guard stop the run, keeping the best update, when the training "
                         "reward rises while the second model's does not (rlhf ppo --guard-reward-model)")
     eval_replies_per_prompt: int = Field(2, ge=1, le=16, description="replies per held-out prompt and policy")
@@ -380,7 +380,7 @@ def policy_args(run: Run) -> list[str]:
         ["--reward-model", str(run.dir / "reward"), "--prompts-file", str(run.dir / "ppo_prompts.jsonl")]
     return [c.algorithm, "--config", c.align_config or f"configs/{c.algorithm}/default.yaml", "--policy", start_policy(run),
             *inputs, "--output-dir", str(run.dir / c.algorithm), "--seed", str(c.seed),
-            *(_allow_weak(run) if c.algorithm != "dpo" else []), *_flags(c.align_flags)]
+            *(_allow_weak(run) + _guard(run) if c.algorithm != "dpo" else []), *_flags(c.align_flags)]
 
 
 @timed("export aligned", outputs=("aligned",))
@@ -518,7 +518,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
         export_rankings(run)
         check_rule(run, rule)
         train_reward(run)
-        if config.guard and config.algorithm == "ppo":
+        if config.guard and config.algorithm != "dpo":
             train_guard_reward(run)
         eval_reward(run)
         gate(run)

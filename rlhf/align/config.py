@@ -67,7 +67,8 @@ class AlignRunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model"}
+                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model", "guard_reward_model",
+                    "guard_window", "guard_patience", "guard_kl_bound", "guard_margin"}
 
 
 class OnlineRunConfig(AlignRunConfig):
@@ -79,6 +80,15 @@ class OnlineRunConfig(AlignRunConfig):
     center_rewards: bool = Field(True, description="centre and scale scores with reward_stats.json of the reward model")
     allow_weak_reward_model: bool = Field(False, description="train against a reward model whose gate.json says it "
                                           "did not pass the gate (recorded in run_info.json and the model card)")
+    guard_reward_model: str | None = Field(None, description="a second reward model, trained on another split of "
+                                           "the rankings: it scores every group too (weight 0 in the loss), and the "
+                                           "guard (rlhf.guards) stops the run when the training reward rises while "
+                                           "this one's does not, keeping the update where this one's was best")
+    guard_window: int = Field(8, ge=3, description="guard: updates in each slope test")
+    guard_patience: int = Field(2, ge=1, description="guard: warnings in a row before stopping")
+    guard_kl_bound: float | None = Field(None, gt=0.0, description="guard: stop when KL to the reference exceeds this")
+    guard_margin: float | None = Field(None, ge=0.0, description="guard: a drop of the second model's reward below "
+                                       "its best that counts (default: 3 x its per-update noise)")
     temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the replies")
     # Replies to one prompt are compared with each other (GRPO: against their mean and spread; RLOO: each
     # against the mean of the others), so a group needs at least 2. 4 is the smallest group whose

@@ -117,8 +117,11 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     reward_model = load_reward_model(run.reward_model, run.dtype, stats, run.center_rewards)
     reward_tokenizer = load_tokenizer(run.reward_model, padding_side="right")
 
+    guard = build_guard(run, tokenizer)
     common = dict(trainer_args(run), beta=run.beta, num_generations=run.num_generations,
                   max_completion_length=run.response_length, temperature=run.temperature, epsilon=run.epsilon, shuffle_dataset=True)
+    if guard is not None:  # the second reward model is scored and logged, and weighs nothing in the loss
+        common["reward_weights"] = [1.0, 0.0]
     if isinstance(run, GRPORunConfig):
         args = GRPOConfig(**common, scale_rewards="group" if run.scale_rewards else "none")
         trainer_class = ResumableGRPOTrainer
@@ -128,15 +131,41 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     else:
         raise TypeError(f"not an online algorithm config: {type(run).__name__}")
     trainer = trainer_class(
-        model=policy, reward_funcs=reward_model, args=args, train_dataset=Dataset.from_dict({"prompt": prompts}),
-        processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
+        model=policy, reward_funcs=reward_model if guard is None else [reward_model, guard.model], args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizer if guard is None else [reward_tokenizer, guard.tokenizer],
         peft_config=lora_config(run.lora, "CAUSAL_LM") if run.lora.enabled else None,
     )
     trainer.setup_run(run, eval_prompts[:run.num_eval_prompts], reward_scorer(reward_model, reward_tokenizer),
                       resume_from)
+    if guard is not None:
+        guard.reward_names = tuple(trainer.reward_func_names)
+        trainer.guard = guard
     write_run_info(trainer, run, {"reward_model_path": resolve_model_path(run.reward_model), "reward_stats": stats,
                                   "reward_gate": gate, "num_prompts": len(prompts), "num_generations": run.num_generations})
     return trainer
+
+
+def build_guard(run: OnlineRunConfig, tokenizer):
+    """The second reward model and the guard's settings (None without ``guard_reward_model``)."""
+    if run.guard_reward_model is None:
+        return None
+    if zero_stage() == 3:
+        raise UserError("guard_reward_model under DeepSpeed ZeRO-3: the guard keeps the best update's policy weights, "
+                        "which ZeRO-3 partitions; use ZeRO-2 or DDP, or leave guard_reward_model unset")
+    from rlhf.guards import GuardSettings
+    from rlhf.modeling import load_tokenizer
+    from rlhf.ppo.guard import GuardWatch
+    from rlhf.rewards import check_reward_model, load_reward_model
+
+    stats = check_reward_model(run.guard_reward_model, tokenizer)
+    model = load_reward_model(run.guard_reward_model, run.dtype, stats, run.center_rewards)
+    model.config._name_or_path = "guard_reward_model"  # TRL names each reward's logged mean after it
+    settings = GuardSettings(window=run.guard_window, patience=run.guard_patience, kl_bound=run.guard_kl_bound,
+                             margin=run.guard_margin)
+    guard = GuardWatch(model, tokenizer.pad_token_id, settings, Path(run.output_dir) / "guard.json")
+    guard.tokenizer = load_tokenizer(run.guard_reward_model, padding_side="right")
+    return guard
 
 
 def run_online(run: OnlineRunConfig, resume: str | None = None) -> int:

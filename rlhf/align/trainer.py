@@ -70,6 +70,7 @@ class ResumableRun:
         """``eval_prompts``: chat messages of the sample-reply prompts; ``scorer(prompts, replies) -> [float]``."""
         self.run, self.eval_prompts, self.scorer, self.resume_from = run, eval_prompts, scorer, resume_from
         self.stop_requested = False
+        self.guard = None  # rlhf.ppo.guard.GuardWatch (GRPO/RLOO with guard_reward_model), set by the builder
         self.writer = MetricsWriter(run.output_dir, scope=run.algorithm) if self.accelerator.is_main_process else None
         self.add_callback(_RunCallback(self))
         self.remove_callback(PrinterCallback)  # our callback prints one readable line per update
@@ -164,9 +165,45 @@ class _RunCallback(TrainerCallback):
             t.say(f"stopped after update {step}; continue with --resume")
         return control
 
+    def _guard(self, step: int, logs: dict, control) -> None:
+        """The guard's decision on this update (every process: TRL's logged means are over all of them);
+        on a stop the best update's policy weights go back into the policy and are saved as this step's
+        checkpoint, the run's last, which ``rlhf export`` takes."""
+        from rlhf.guards import UpdateMetrics
+        from rlhf.ppo.guard import restore_policy_weights, trainable_policy_weights
+
+        t = self.trainer
+        train_name, guard_name = t.guard.reward_names
+        keys = (f"rewards/{train_name}/mean", f"rewards/{guard_name}/mean")
+        if not all(k in logs for k in keys):
+            return
+        eos = 1.0 - float(logs.get("completions/clipped_ratio", 1.0))
+        decision = t.guard.check(UpdateMetrics(step, float(logs[keys[0]]), float(logs[keys[1]]),
+                                               float(logs.get("kl", 0.0)),
+                                               float(logs.get("completions/mean_length", 0.0)), eos))
+        logs["held_out_reward"] = float(logs[keys[1]])
+        policy = t.accelerator.unwrap_model(t.model)
+        if decision.keep_step == step:
+            t.guard.best_weights, t.guard.best_step = trainable_policy_weights(policy), step
+        if decision.action != "continue":
+            t.say(f"guard: {decision.message}")
+        if decision.action == "stop":
+            restore_policy_weights(policy, t.guard.best_weights)
+            control.should_save = True
+            control.should_training_stop = True
+            t.say(f"guard: stopped after update {step} of {t.run.total_updates}; kept update {t.guard.best_step} "
+                  f"(the second reward model's best): its policy weights are this update's checkpoint")
+        if t.accelerator.is_main_process:
+            from rlhf.checkpoint import checkpoint_dir
+
+            t.guard.write(kept_checkpoint=str(checkpoint_dir(t.run.output_dir, step))
+                          if decision.action == "stop" else None)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         t = self.trainer
         logs = dict(logs or {})
+        if t.guard is not None and "train_runtime" not in logs:
+            self._guard(state.global_step, logs, control)
         if not t.writer or "train_runtime" in logs or any(k.startswith("eval_") for k in logs):
             return
         metrics = {RENAMED.get(k, k): v for k, v in logs.items() if isinstance(v, (int, float))}
