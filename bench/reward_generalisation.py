@@ -4,7 +4,7 @@ One candidate generation (the bundled model's replies to every shipped prompt, K
 rule of a suite of preferences nobody tuned for, scripted reviewers rank ~100 training prompts and
 each method is scored on held-out prompts against the reviewers' (noisy) labels:
 
-  lora_default  today's default: ``rlhf reward train --config configs/reward/default.yaml`` (real CLI)
+  lora_default  the earlier default: ``rlhf reward train --config configs/reward/default.yaml --method finetune``
                 on all 100 labelled rankings
   probe_last    K-wise Bradley-Terry linear probe (reward/probe.py) on the frozen last-token hidden
                 state of the last layer (what a ``*ForSequenceClassification`` score head reads: the
@@ -310,6 +310,7 @@ def method_lora_default(ctx) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     data = _export(work / "export", ctx["labelled"], ctx["parts"]["train"] + ctx["parts"]["val"], ctx["parts"]["test"])
     command = [str(REPO / ".venv" / "bin" / "rlhf"), "reward", "train", "--config", "configs/reward/default.yaml",
+               "--method", "finetune",  # the LoRA fine-tune measured here was the default before the probe
                "--data", str(data), "--output-dir", str(work / "model"), "--report-to", "[none]"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
