@@ -84,6 +84,8 @@ def _gold(data: dict, where: str, replies: list[str] | None) -> list[int] | None
                 raise ValueError
             return ranks
         return best_reply_ranks(int(best), len(replies))
+    except UserError as exc:  # a reply number outside 1..K
+        raise UserError(f"{where}: gold_best: {exc}") from None
     except (TypeError, ValueError):
         raise UserError(f"{where}: 'gold_ranking' must list one whole-number rank per reply (1 best), "
                         f"'gold_best' one reply number") from None

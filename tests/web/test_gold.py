@@ -250,3 +250,16 @@ def test_gold_and_settings_commands(tmp_path):
     store = Store(sessions, "default", create=False)
     assert store.gold_items() == {1: [2, 1, 2]} and store.project.settings_version == 1
     assert [e.action for e in store.audit_log(2)] == ["settings changed", "gold marked"]
+
+
+def test_import_rows_carry_gold_from_jsonl_and_csv():
+    from feedback_app.importing import parse_bytes
+
+    csv_text = "prompt,reply_1,reply_2,reply_3,gold_ranking,gold_best\nq1,a,b,c,\"2,1,3\",\nq2,a,b,c,,3\nq3,a,b,c,,\n"
+    assert [r.gold_ranks for r in parse_bytes("p.csv", csv_text.encode())] == [[2, 1, 3], [2, 2, 1], None]
+    jsonl = '{"prompt": "q", "replies": ["a", "b"], "gold_best": 1}\n'
+    assert parse_bytes("p.jsonl", jsonl.encode())[0].gold_ranks == [1, 2]
+    for bad in ('{"prompt": "q", "gold_best": 1}', '{"prompt": "q", "replies": ["a", "b"], "gold_ranking": "x"}',
+                '{"prompt": "q", "replies": ["a", "b"], "gold_best": 3}'):
+        with pytest.raises(UserError, match="p.jsonl:1"):
+            parse_bytes("p.jsonl", bad.encode())
