@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -71,7 +72,9 @@ async def reviewer_web(url, name, n, start, out, fns):
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Origin": url}) as client:
-        await client.post("/login", data={"username": name, "password": PASSWORD, "next": "/review"})
+        form = (await client.get("/login")).text  # the login form's own CSRF token, as a browser posts it
+        token = re.search(r"name='csrf' value='([^']*)'", form).group(1)
+        await client.post("/login", data={"username": name, "password": PASSWORD, "next": "/review", "csrf": token})
         csrf = {"X-CSRF-Token": client.cookies.get("rlhf_csrf", "")}
         session = uuid.uuid4().hex[:11]
         loaded = await gradio_event(client, "/review", fns["refresh"], [], session)  # what the page load does
