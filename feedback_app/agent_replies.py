@@ -79,14 +79,17 @@ AGENT, MODEL = "agent", "model"
 
 def agent_texts(store: Store, ranking_ids: list[int]) -> dict[int, str]:
     """The agent's reply text of each of these rankings that has one, by ranking id."""
-    if not ranking_ids:
+    wanted = set(ranking_ids)
+    if not wanted:
         return {}
-    with store.sessions() as s:
+    with store.sessions() as s:  # by project, not by an IN list: an export can hold more ids than SQLite binds
         rows = s.execute(select(RankingRow.id, Candidate.text).join(Candidate, Candidate.item_id == RankingRow.item_id)
-                         .where(RankingRow.id.in_(ranking_ids), Candidate.model == AGENT_MODEL)).all()
+                         .join(Item, Item.id == RankingRow.item_id)
+                         .where(Item.project_id == store.project.id, Candidate.model == AGENT_MODEL)).all()
     found: dict[int, list[str]] = {}
     for ranking_id, text in rows:
-        found.setdefault(ranking_id, []).append(text)
+        if ranking_id in wanted:
+            found.setdefault(ranking_id, []).append(text)
     return {ranking_id: texts[0] for ranking_id, texts in found.items() if len(texts) == 1}
 
 

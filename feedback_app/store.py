@@ -885,10 +885,11 @@ class Store:
     def reference_replies(self, prompt_ids: list[int]) -> dict[int, str]:
         """The agents' reference replies of these prompts (chat-log imports), by prompt id; prompts
         without one are left out."""
-        with self.sessions() as s:
+        wanted = set(prompt_ids)
+        with self.sessions() as s:  # by project, not by an IN list: there can be more ids than SQLite binds
             rows = s.execute(select(PromptRow.id, PromptRow.reference_reply)
-                             .where(PromptRow.id.in_(prompt_ids), PromptRow.reference_reply.is_not(None)))
-            return {pid: text for pid, text in rows if text and text.strip()}
+                             .where(PromptRow.project_id == self.project.id, PromptRow.reference_reply.is_not(None)))
+            return {pid: text for pid, text in rows if pid in wanted and text and text.strip()}
 
     # -- hand-out ---------------------------------------------------------------------------------
 
