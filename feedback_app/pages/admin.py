@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from feedback_app.api import actor_of
+from feedback_app.pages import demo_admin
 from feedback_app.store import ServiceError
 from rlhf.errors import UserError
 
@@ -242,6 +243,7 @@ def build_admin_page(svc) -> "gr.Blocks":
                 redaction_line = gr.Markdown("", elem_id="dash-redaction")  # personal data: privacy.py
                 agent_line = gr.Markdown("", elem_id="dash-agent")
                 per_reviewer = gr.Dataframe(headers=dashboard.REVIEWER_HEADERS, interactive=False, wrap=True,
+                                            column_widths=dashboard.REVIEWER_WIDTHS,
                                             label="Reviewers (agreement: share of reply pairs ordered like the "
                                             "other reviewers' consensus, 0.5 = chance)", elem_id="dash-reviewers")
                 plot = gr.Plot(label="Plots", elem_id="dash-plot")
@@ -371,6 +373,7 @@ def build_admin_page(svc) -> "gr.Blocks":
                 settings_msg = gr.Markdown("", elem_id="settings-message")
                 gr.Markdown("K can change only once no item of the old K waits for rankings (the reviewer page "
                             "follows each item's own reply count). Each save is audit-logged.")
+            demo_admin.demonstrations_tab(svc, lambda request: actor_of(svc, request))  # written replies
 
         dash_outputs = [summary, plot, per_day, flags, export_reviewers, per_reviewer]
         page.load(refresh_dashboard, [include_sim], dash_outputs, concurrency_id="admin")

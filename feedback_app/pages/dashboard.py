@@ -155,6 +155,8 @@ def summary_markdown(d: Dashboard) -> str:
 REVIEWER_HEADERS = ["reviewer", "rankings", "simulated", "median s (real)", "skip rate", "flag rate",
                     "agreement with the rest", "pairs compared", "shared items", "top reply ranked first",
                     "position-bias p", "gold ranked", "gold accuracy", "trust"]
+# the trust column holds the reasons in words: give it the room, keep the figures narrow
+REVIEWER_WIDTHS = ["7%", "5%", "5%", "6%", "5%", "5%", "7%", "5%", "5%", "7%", "6%", "5%", "6%", "26%"]
 
 
 def reviewer_rows(d: Dashboard) -> list[list]:
