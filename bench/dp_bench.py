@@ -13,6 +13,11 @@ stage (the bench does not need PPO), or pass any ``rlhf app export`` folder:
     .venv/bin/rlhf loop --config configs/quickstart/full.yaml --run-dir runs/dp_bench/quickstart  # Ctrl-C after "== export"
     .venv/bin/python bench/dp_bench.py --data runs/dp_bench/quickstart/export
 
+On a busy machine (the quickstart's candidate generation takes a while), ``--planted N`` writes an
+export of N prompts instead: K = 4 replies ranked by a planted quality word, two prompts per
+conversation (the privacy unit), as ``tests/reward/conftest.py`` plants it; pass ``--model`` a small
+model then (``rlhf.modeling.make_tiny_model``) to measure the mechanics in minutes.
+
 Resumable: each finished row is kept in ``--work``/<row>/metrics.json and skipped when run again.
 """
 
@@ -45,19 +50,40 @@ def train(data: Path, out: Path, flags: list[str], log: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def planted_export(out: Path, n_prompts: int) -> Path:
+    """The export layout with a planted preference and a conversation unit per two prompts (kept if present)."""
+    import dataclasses
+
+    sys.path.insert(0, str(REPO))
+    from tests.reward.conftest import planted_rankings, write_export
+
+    if not (out / "manifest.json").is_file():
+        rankings = planted_rankings(n_prompts, seed=5)
+        write_export(out, [dataclasses.replace(r, unit=f"conversation:c{i // 2}") for i, r in enumerate(rankings)])
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO / "runs/dp_bench/quickstart/export",
                         help="an 'rlhf app export' folder (its rows carry the privacy unit)")
     parser.add_argument("--work", type=Path, default=REPO / "runs/dp_bench/work", help="results, one folder per row")
-    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--model", default="bundled", help="base model; 'tiny': a 2-layer random model (mechanics)")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--units-per-step", type=int, default=8, help="expected units per DP-SGD step")
     parser.add_argument("--epochs", type=float, default=2.0, help="expected passes over the units")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--no-probe-row", action="store_true", help="leave out the default (probe) reference row")
+    parser.add_argument("--planted", type=int, default=None, metavar="N",
+                        help="write and use a planted export of N prompts (two per conversation) under --work")
     args = parser.parse_args()
+    if args.planted:
+        args.data = planted_export(args.work / f"planted-{args.planted}", args.planted)
+    if args.model == "tiny":  # a 2-layer random model with the bundled tokenizer, as the tests use
+        from rlhf.modeling import make_tiny_model
+
+        args.model = str(make_tiny_model(args.work / "tiny-model"))
     if not (args.data / "manifest.json").is_file():
         sys.exit(f"error: {args.data}: not an 'rlhf app export' folder (see this file's docstring to make one)")
     args.work.mkdir(parents=True, exist_ok=True)
