@@ -110,6 +110,7 @@ RULES = {
     "offers_help": (0.0, 0.0, "mentions help, yes/no, lexical, noiseless reviewers"),
     "unlearnable": (0.0, 0.0, "sha256 of the reply: cannot be learned from the replies (the gate must stop it)"),
 }
+REVIEWERS = ("sim-1", "sim-2", "sim-3")  # three accounts in every size: "one of three disagrees" stays one of three
 __doc__ += "\n".join(f"  {name:<13}{what}" for name, (_, _, what) in RULES.items()) + "\n"
 
 
@@ -166,7 +167,8 @@ def run_rule(name: str, out: Path, candidates: Path, size: str) -> dict:
         shutil.copytree(candidates, run_dir)
     command = [str(REPO / ".venv" / "bin" / "rlhf"), "loop", "--config", str(CONFIGS[size]),
                f"--rule=bench.efficacy_suite:{name}", "--rule-name", name, "--noise", str(noise),
-               "--disagreement", str(disagreement), "--run-dir", str(run_dir), "--resume"]
+               "--disagreement", str(disagreement), "--reviewers", str(len(REVIEWERS)), "--run-dir", str(run_dir),
+               "--resume"]
     log(f"{name}: {' '.join(command[1:])}")
     start = time.perf_counter()
     with open(folder / "loop.log", "a", encoding="utf-8") as handle:
@@ -175,10 +177,14 @@ def run_rule(name: str, out: Path, candidates: Path, size: str) -> dict:
     seconds = time.perf_counter() - start
     tail = (folder / "loop.log").read_text(encoding="utf-8").strip().splitlines()
     error = next((line for line in reversed(tail) if line.startswith("error:")), None)
-    if proc.returncode not in (0, 2) or (proc.returncode == 2 and not (run_dir / "reward" / "gate.json").is_file()):
+    if proc.returncode not in (0, 2):
         raise SystemExit(f"{name}: rlhf loop failed (exit {proc.returncode}); see {folder / 'loop.log'}")
+    # Exit 2 is the loop refusing: at the gate (reward/gate.json exists), or bad input before training (one
+    # line, e.g. no held-out ranking with two distinct ranks): a result of this rule, not a crash of the suite.
+    gated = proc.returncode == 2 and (run_dir / "reward" / "gate.json").is_file()
     result = {"rule": name, "what": what, "noise": noise, "disagreement": disagreement, "size": size,
-              "exit_code": proc.returncode, "stopped_at_gate": proc.returncode == 2, "message": error,
+              "exit_code": proc.returncode, "stopped_at_gate": gated,
+              "stopped_before_training": proc.returncode == 2 and not gated, "message": error,
               "wall_seconds": seconds, **reward_figures(run_dir, name), **policy_figures(run_dir)}
     write_json(folder / "result.json", result)
     return result
@@ -246,6 +252,7 @@ def table(results: list[dict]) -> str:
              "length-controlled [95%] | KL | wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gate = ("passed" if r.get("gate_passed") else "stopped" if r.get("stopped_at_gate") else
+                "refused before training" if r.get("stopped_before_training") else
                 "not measured, overridden" if r.get("gate_measured") is False else "failed, overridden")
         lines.append(f"| {r['rule']} | {_interval(r.get('rm_accuracy'), r.get('rm_interval'))} | {_f(r.get('ceiling'))} "
                      f"| {_f(r.get('share_closed'), '.0%')} | {gate} | {_interval(r.get('win_rate'), r.get('win_interval'))} "
@@ -281,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_rule(name, out, candidates, args.size))
         log(f"{name}: done in {results[-1]['wall_seconds'] / 60:.1f} min")
     print(table(results))
+    for r in results:
+        if r.get("message"):
+            print(f"{r['rule']}: {r['message']}")
     print(f"\nreproduce: .venv/bin/python bench/efficacy_suite.py --out {args.out} --size {args.size} "
           f"--rules {','.join(names)}")
     return 0
