@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--units-per-step", type=int, default=8, help="expected units per DP-SGD step")
     parser.add_argument("--epochs", type=float, default=2.0, help="expected passes over the units")
+    parser.add_argument("--max-steps", type=int, default=-1, help="fixed steps instead of --epochs (-1: epochs)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--no-probe-row", action="store_true", help="leave out the default (probe) reference row")
@@ -89,7 +90,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model, "--method", "finetune", "--batch-size", str(args.units_per_step),
               "--num-epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
-              "--max-length", str(args.max_length)]
+              "--max-length", str(args.max_length), "--max-steps", str(args.max_steps)]
 
     rows = []
     for eps in args.epsilons:
@@ -125,7 +126,8 @@ def main() -> int:
         print(f"| {label} | {spent} | {sigma} | {per_step} | {'n/a' if acc is None else f'{acc:.3f}'} "
               f"| {seconds:.0f} |")
     print(f"\nReproduce: .venv/bin/python bench/dp_bench.py --data {args.data} --units-per-step {args.units_per_step} "
-          f"--epochs {args.epochs:g} --learning-rate {args.learning_rate:g}")
+          f"--epochs {args.epochs:g} --max-steps {args.max_steps} --learning-rate {args.learning_rate:g}"
+          + (f" --planted {args.planted}" if args.planted else "") + (" --model tiny" if args.planted else ""))
     return 0
 
 
