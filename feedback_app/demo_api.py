@@ -1,6 +1,7 @@
 """REST routes of demonstrations (service: ``feedback_app.demonstrations``).
 
   POST /api/demonstrations                          reviewer: the reply you wanted for an item's prompt
+  GET  /api/demonstrations/context/{item_id}        reviewer: an item's replies in your order, the agent's reply
   GET  /api/demonstrations/mine                     reviewer: your own, newest first
   GET  /api/admin/demonstrations                    admin: every reviewer's, filtered by status/author
   POST /api/admin/demonstrations/{id}/accept        admin: accept (audit-logged)
@@ -56,6 +57,14 @@ def add_demonstration(body: DemonstrationIn, request: Request, actor: Actor = De
     view = demonstrations.add(services(request).store, actor, body.item_id, body.text, body.based_on,
                               body.based_on_candidate_id, redact=redactor_for(request))
     return dataclasses.asdict(view)
+
+
+@router.get("/demonstrations/context/{item_id}", tags=["review"],
+            summary="An item handed to you: its replies in your order and the agent's reply, to start from")
+def demonstration_context(item_id: Id, request: Request, actor: Actor = Depends(current_actor)):
+    from feedback_app import demonstrations
+
+    return demonstrations.context(services(request).store, actor, item_id)
 
 
 @router.get("/demonstrations/mine", tags=["review"], summary="Your demonstrations, newest first")

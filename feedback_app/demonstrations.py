@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from feedback_app.auth import Actor
-from feedback_app.models import (BASED_ON, DEMONSTRATION_STATUSES, Candidate, Demonstration, Item, Project, PromptRow,
-                                 User)
+from feedback_app.models import (BASED_ON, DEMONSTRATION_STATUSES, Assignment, Candidate, Demonstration, Item,
+                                 Project, PromptRow, User)
 from feedback_app.store import Forbidden, Invalid, NotFound, Store, _audit
 from rlhf.schema import as_messages, is_conversational, prompt_key, prompt_split
 
@@ -93,6 +93,23 @@ def add(store: Store, author: Actor, item_id: int, text: str, based_on: str = ""
         return _view(row, prompt.prompt, author.username, None)
 
     return store.transaction(work)
+
+
+def context(store: Store, reviewer: Actor, item_id: int) -> dict:
+    """What the "Write a better reply" box starts from, for an item handed to ``reviewer``: its replies
+    in the order this reviewer sees them (``[{"id", "text"}]``) and the agent's reply (or None).
+    ``NotFound`` for an item never handed to them (no reading other reviewers' items by id)."""
+    with store.sessions() as s:
+        lease = s.scalars(select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == reviewer.id)
+                          .order_by(Assignment.id.desc()).limit(1)).first()
+        item = s.get(Item, item_id) if lease is not None else None
+        if item is None or item.project_id != store.project.id:
+            raise NotFound(f"item_id: item {item_id} was not handed to you")
+        by_position = {c.position: c for c in item.candidates}
+        order = lease.shown_order or sorted(by_position)
+        return {"item_id": item.id,
+                "candidates": [{"id": by_position[p].id, "text": by_position[p].text} for p in order if p in by_position],
+                "reference": item.prompt_row.reference_reply or None}
 
 
 def listing(store: Store, status: str | None = None, author: str | None = None,

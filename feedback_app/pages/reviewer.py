@@ -264,6 +264,8 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                     submit_btn = gr.Button("Submit ranking", variant="primary", elem_id="submit")
                     skip_btn = gr.Button("Skip", elem_id="skip")
                     undo_btn = gr.Button("Undo last ranking", elem_id="undo")
+                # Demonstrations: demo_reply.js builds its "Write a better reply" box (key W) in here.
+                gr.Markdown("", elem_id="demo-reply")
             with gr.Column(scale=1):
                 legend = gr.Markdown(KEY_LEGEND.format(k="K"), elem_id="key-legend")
                 gr.Markdown("### Guidelines")

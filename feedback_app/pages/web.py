@@ -52,6 +52,8 @@ button:focus-visible, input:focus-visible, textarea:focus-visible, a:focus-visib
 # script file, so the Content-Security-Policy needs neither inline script nor eval for it.
 REVIEW_SCRIPT = Path(__file__).with_name("review.js")
 REVIEW_SCRIPT_PATH = "/static/review.js"
+DEMO_SCRIPT = Path(__file__).with_name("demo_reply.js")  # /review's "Write a better reply" box, likewise
+DEMO_SCRIPT_PATH = "/static/demo_reply.js"
 AB_SCRIPT = Path(__file__).with_name("ab.js")  # the blind A/B page's keys, likewise
 AB_SCRIPT_PATH = "/static/ab.js"
 
@@ -153,6 +155,10 @@ def add_login_routes(app: FastAPI, svc) -> None:
     def review_script():
         return FileResponse(REVIEW_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
+    @app.get(DEMO_SCRIPT_PATH, include_in_schema=False)
+    def demo_script():
+        return FileResponse(DEMO_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
     @app.get(AB_SCRIPT_PATH, include_in_schema=False)
     def ab_script():
         return FileResponse(AB_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
@@ -205,7 +211,8 @@ def mount_pages(app: FastAPI) -> FastAPI:
     common = dict(footer_links=[], run_history=False, mcp_server=False, ssr_mode=False, theme=theme, css=CSS,
                   show_error=False, pwa=False, enable_monitoring=False)
     gr.mount_gradio_app(app, build_reviewer_page(svc), path=REVIEW_PATH, auth_dependency=any_user,
-                        head=f'<script src="{REVIEW_SCRIPT_PATH}"></script>', **common)
+                        head=f'<script src="{REVIEW_SCRIPT_PATH}"></script><script src="{DEMO_SCRIPT_PATH}"></script>',
+                        **common)
     gr.mount_gradio_app(app, build_admin_page(svc), path=ADMIN_PATH, auth_dependency=admin_only,
                         max_file_size="20mb", **common)
     from feedback_app.ab_store import AbService
