@@ -68,7 +68,8 @@ def agent_markdown(wins: AgentWins, items: int) -> str:
     return (f"**Agents' replies vs the policy's**: in **{wins.rankings} rankings** of the {items} items holding an "
             f"agent's real reply, reviewers ranked it **first in {wins.first} ({wins.first_share:.0%})**, "
             f"{wins.first_alone} of them alone (by chance: {wins.chance_first:.0%}); its **average rank "
-            f"{wins.mean_rank:.2f}** (1 = best). Above chance, the agents still write better replies than the policy.")
+            f"{wins.mean_rank:.2f}** (1 = best)." + (" Reviewers prefer the agents' replies more often than chance would."
+                                                     if wins.first_share > wins.chance_first else ""))
 
 
 # ---------------------------------------------------------------------------------------------------

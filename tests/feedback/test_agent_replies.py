@@ -30,6 +30,11 @@ def test_agent_wins_against_hand_computed_values():
     assert wins.first_share == pytest.approx(2 / 3) and wins.mean_rank == pytest.approx(4 / 3)
     assert wins.chance_first == pytest.approx((1 / 4 + 1 / 4 + 1 / 2) / 3)
     assert agent_wins([]).first_share is None
+    from feedback_app.agent_replies import agent_markdown
+
+    assert "more often than chance" in agent_markdown(wins, 3)  # 2/3 first against 1/3 by chance
+    assert "more often than chance" not in agent_markdown(agent_wins([([2, 1], 0), ([1, 2], 0)]), 2)  # 1/2 = chance
+    assert agent_markdown(agent_wins([]), 0) == "" and "none ranked yet" in agent_markdown(agent_wins([]), 4)
 
 
 def test_export_rows_mark_the_agents_reply():
