@@ -13,7 +13,14 @@ names its cause:
                     gradients for its backbone)
   freeze_gc         gc.freeze() before the loop: TRL's two gc.collect() calls per update skip the
                     half a million objects that imports and models created
+  fast_decode       bf16_rollouts with rollouts sampled by rlhf.decode's loop (generation_backend: fast;
+                    the other variants use transformers' generate())
   b_default         configs/ppo/default.yaml: all of the above
+
+Each update is also split into phases by timing TRL's functions (generation, the reference pass,
+the value and reward passes, the training forward, backward, optimizer step, gc.collect, and the rest:
+TRL's per-update Python work); ``--profile`` adds the torch profiler's table of the operators that
+took the most time in the default variant.
 
 Figures: seconds per update (median over the updates after the first, which warms caches up;
 checkpoint writing excluded), episodes per second, peak resident memory of the process, the share
@@ -43,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _OFF = {"lora.enabled": False, "bf16_autocast": False, "bf16_rollouts": False, "value_lora": False,
-        "freeze_gc": False}
+        "freeze_gc": False, "generation_backend": "transformers"}
 VARIANTS = {
     "a_trl_reference": _OFF,
     "lora_shared_ref": {**_OFF, "lora.enabled": True},
@@ -51,6 +58,7 @@ VARIANTS = {
     "bf16_rollouts": {**_OFF, "bf16_rollouts": True},
     "value_lora": {**_OFF, "value_lora": True},
     "freeze_gc": {**_OFF, "freeze_gc": True},
+    "fast_decode": {**_OFF, "bf16_rollouts": True, "generation_backend": "fast"},
     "b_default": {},  # configs/ppo/default.yaml as it is
 }
 
@@ -79,6 +87,21 @@ def _timed(function, seconds: list):
     return run
 
 
+PHASES = ("generate", "reference", "value+reward", "train forward", "backward", "optimizer", "gc")
+
+
+def _phase(function, seconds: dict, name):
+    """``function`` adding its duration to ``seconds[name]`` (``name`` may be a function of the call)."""
+    def run(*args, **kwargs):
+        key = name() if callable(name) else name
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+    return run
+
+
 def child(variant: str, args) -> dict:
     """One variant, in this process: build the run, time each update and its generation."""
     import trl.experimental.ppo.ppo_trainer as ppo_module
@@ -99,15 +122,37 @@ def child(variant: str, args) -> dict:
     # written inside the last update's step-end callbacks and is taken out of that update's time.
     ppo_module.batch_generation = _timed(ppo_module.batch_generation, generating)
     trainer.save_checkpoint = _timed(trainer.save_checkpoint, saving)
-    ends = []
+    # Phases of each update: TRL's loop looks these functions up in its module at each call.
+    import gc
+
+    import torch
+
+    phase: dict = {}
+    ppo_module.batch_generation = _phase(ppo_module.batch_generation, phase, "generate")
+    ppo_module.forward = _phase(ppo_module.forward, phase,
+                                lambda: "train forward" if torch.is_grad_enabled() else "reference")
+    ppo_module.get_reward = _phase(ppo_module.get_reward, phase, "value+reward")
+    trainer.accelerator.backward = _phase(trainer.accelerator.backward, phase, "backward")
+    trainer.optimizer.step = _phase(trainer.optimizer.step, phase, "optimizer")
+    gc.collect = _phase(gc.collect, phase, "gc")
+    ends, phases = [], []
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **kw):
             ends.append((time.perf_counter(), sum(saving)))
+            phases.append(dict(phase))
+            phase.clear()
 
     trainer.add_callback(Clock())
     start = (time.perf_counter(), 0.0)
-    trainer.train()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            trainer.train()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr, flush=True)
+    else:
+        trainer.train()
     per_update = [(b - a) - (sb - sa) for (a, sa), (b, sb) in zip([start] + ends[:-1], ends)]
     measured = per_update[1:] or per_update  # the first update warms caches up
     gen = generating[1:] if len(generating) > 1 else generating
@@ -117,7 +162,8 @@ def child(variant: str, args) -> dict:
     # update 1, where policy and reference are still the same weights.
     metrics = [json.loads(x) for x in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(args.out)  # a full fine-tuning checkpoint is over 3 GB; fourteen of them fill a disk
-    return {"variant": variant, "update_seconds": measured, "generate_seconds": gen,
+    split = [{**p, "rest": s - sum(p.values())} for p, s in zip(phases[1:] or phases, measured)]
+    return {"variant": variant, "update_seconds": measured, "generate_seconds": gen, "phases": split,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
             "approxkl": sum(m["policy/approxkl_avg"] for m in metrics) / len(metrics),
             "kl_update_1": metrics[0]["kl"]}
@@ -131,7 +177,8 @@ def summarise(runs: list[dict], batch: int) -> dict:
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
             "approxkl": statistics.mean(r["approxkl"] for r in runs),
             "kl_update_1": statistics.mean(r["kl_update_1"] for r in runs),
-            "spread": (min(s for r in runs for s in r["update_seconds"]), max(s for r in runs for s in r["update_seconds"]))}
+            "spread": (min(s for r in runs for s in r["update_seconds"]), max(s for r in runs for s in r["update_seconds"])),
+            "phases": {k: statistics.median(p.get(k, 0.0) for r in runs for p in r["phases"]) for k in PHASES + ("rest",)}}
 
 
 def main() -> int:
@@ -141,6 +188,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--profile", action="store_true", help="torch profiler's operator table of each variant (stderr)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reward-model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -160,9 +208,12 @@ def main() -> int:
             for name in runs:
                 cmd = [sys.executable, __file__, "--child", name, "--reward-model", str(reward), "--out",
                        os.path.join(tmp, f"{name}-{repeat}"), "--updates", str(args.updates), "--batch",
-                       str(args.batch), "--response-length", str(args.response_length)]
+                       str(args.batch), "--response-length", str(args.response_length)] + \
+                    (["--profile"] if args.profile else [])
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if args.profile:
+                    print(proc.stderr[proc.stderr.find("---"):][-6000:], file=sys.stderr)
                 if proc.returncode or not line:
                     print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
                     return 1
@@ -183,6 +234,10 @@ def main() -> int:
               f"{r['approxkl']:>10.5f}{r['kl_update_1']:>8.3f}{r['spread'][0]:>7.2f}-{r['spread'][1]:<6.2f}")
     print("approxkl: rollout log-probs against the training forward's, same weights (arithmetic only); "
           "kl@1: summed KL to the reference at update 1, where the two are the same weights")
+    print("\nseconds per update by phase (medians; rest: TRL's per-update Python work and everything untimed)")
+    print(f"{'variant':<18}" + "".join(f"{k:>14}" for k in PHASES + ("rest",)))
+    for name, r in results.items():
+        print(f"{name:<18}" + "".join(f"{r['phases'][k]:>14.2f}" for k in PHASES + ("rest",)))
     print("reproduce: .venv/bin/python bench/ppo_bench.py " + " ".join(sys.argv[1:]))
     return 0
 

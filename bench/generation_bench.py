@@ -1,0 +1,260 @@
+"""Generation speed on the bundled model: ms per new token beside the machine's lower bound.
+
+Variants (same prompts, same number of new tokens, end token ignored so every row runs to the limit):
+
+  float32_eager   transformers' generate() on the float32 model
+  bf16_generate   the generate() path of PPO's bf16_rollouts before the fast loop: bfloat16 copies of the
+                  weights made once per batch, bfloat16 autocast, LM head top-exact in float32
+  bf16_model      generate() on a whole bfloat16 copy of the model (weights stored in bfloat16, no autocast)
+  static_cache    the same with transformers' static KV cache (cache_implementation="static")
+  compiled        the same, static cache + torch.compile of the forward (only with --compile: the first
+                  call compiles for minutes on two cores; its compile time is printed)
+  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies)
+
+In the same run the machine's memory bandwidth (a 512 MB tensor copy) and matrix throughput (bfloat16
+and float32 matmuls) are measured, and each variant's lower bound per token is printed beside it:
+the larger of (bytes of weights it reads per token / bandwidth) and (its FLOPs per token / matmul
+throughput). Variants run interleaved (a, b, c, a, b, c, ...) and the medians are compared, so a busy
+spell of a shared machine is spread over all of them. ``--profile`` adds the torch profiler's split of
+a batch-4 token into matrix products, attention, sampling, other tensor operations and the rest
+(Python and framework overhead: wall time not spent inside any operator).
+
+    .venv/bin/python bench/generation_bench.py [--batches 1,4,8,16] [--tokens 32] [--repeats 3] [--profile] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PROMPTS = ["How do I reset my password?", "Where is my order? It was due on Monday.",
+           "Can I get a refund for a damaged item?", "What are your opening hours on Sundays?",
+           "My invoice shows the wrong address, can you fix it?", "How do I cancel my subscription?",
+           "The app crashes when I open my basket.", "Do you ship to Norway?"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The machine
+
+
+def memory_bandwidth(torch, megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes per second of a large tensor copy (read + write counted), best of ``repeats``."""
+    src = torch.ones(megabytes * 2 ** 20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+def matmul_flops(torch, dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matrix product in ``dtype``, best of ``repeats``."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+# ---------------------------------------------------------------------------------------------------
+# The variants
+
+
+def load(torch):
+    from rlhf.modeling import load_policy, load_tokenizer, prepare_bundled_model
+    from rlhf.ppo.rollout import float32_output_layer
+
+    path = prepare_bundled_model(progress=False)
+    tokenizer = load_tokenizer(path, padding_side="left")
+    model = load_policy(path, dtype="float32").eval()
+    float32_output_layer(model.get_output_embeddings())  # as PPO's bf16 settings do
+    return model, tokenizer
+
+
+def encode(tokenizer, batch: int):
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tokenize=False,
+                                           add_generation_prompt=True) for i in range(batch)]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
+    """name -> function(batch encoding) generating ``tokens`` new tokens per row."""
+    from rlhf.decode import decode
+    from rlhf.ppo.rollout import bf16_generation_weights
+
+    plain = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
+                 pad_token_id=tokenizer.pad_token_id)
+
+    def float32_eager(enc):
+        with torch.no_grad():
+            model.generate(**enc, **plain)
+
+    def bf16(cache=None):
+        def run(enc):
+            extra = {"cache_implementation": cache} if cache else {}
+            with torch.no_grad(), bf16_generation_weights(model), torch.autocast("cpu", dtype=torch.bfloat16):
+                model.generate(**enc, **plain, **extra)
+        return run
+
+    def fast(enc):
+        decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, temperature=0.7,
+               eos_token_id=None, pad_token_id=tokenizer.pad_token_id, output_scores=True)
+
+    # A whole bfloat16 copy (weights, norms, embeddings, cache): transformers' static cache needs one
+    # dtype (under autocast the keys come out float32 and the values bfloat16, which it refuses).
+    import copy
+
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    # the copy's head would keep the float32 wrapper of the original (it closes over the original layer)
+    vars(bf16_model.get_output_embeddings()).pop("forward", None)
+
+    def bf16_weights(cache=None, forward=None):
+        def run(enc):
+            extra = {"cache_implementation": cache} if cache else {}
+            original = bf16_model.forward
+            if forward is not None:
+                bf16_model.forward = forward
+            try:
+                with torch.no_grad():
+                    bf16_model.generate(**enc, **plain, **extra)
+            finally:
+                bf16_model.forward = original
+        return run
+
+    out = {"float32_eager": float32_eager, "bf16_generate": bf16(), "bf16_model": bf16_weights(),
+           "static_cache": bf16_weights("static")}
+    if compile_:
+        out["compiled"] = bf16_weights("static", torch.compile(bf16_model.forward, dynamic=False))
+    out["fast"] = fast
+    return out
+
+
+def lower_bound(model, name: str, batch: int, bandwidth: float, bf16_flops: float, fp32_flops: float) -> float:
+    """Seconds per token: weights read once per token (bfloat16 matrices and the bfloat16 head copy in the
+    bfloat16 variants; float32 in float32_eager) against bandwidth, or the matrix FLOPs against throughput."""
+    embed = model.get_input_embeddings().weight.numel()
+    matrices = sum(p.numel() for p in model.parameters()) - embed  # decoder layers (norms are tiny)
+    params = matrices + embed  # the tied LM head is read once per token too
+    float32 = name == "float32_eager"
+    bytes_per_token = params * (4 if float32 else 2)
+    flops = 2 * params * batch
+    return max(bytes_per_token / bandwidth, flops / (fp32_flops if float32 else bf16_flops))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Profile
+
+
+CATEGORIES = {
+    "matmul": ("mm", "addmm", "bmm", "linear", "matmul", "mkldnn", "onednn", "_weight_int"),
+    "attention": ("scaled_dot_product", "_flash_attention", "softmax_backward"),
+    "sampling": ("multinomial", "softmax", "topk", "sort", "cumsum", "argmax", "isin", "where", "scatter",
+                 "exponential", "log_softmax"),
+}
+
+
+def profile_split(torch, function, enc, tokens: int) -> dict:
+    """Per-token ms by category: operators' self time, and the rest of the wall time as overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    function(enc)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        function(enc)
+    wall = (time.perf_counter() - start) * 1000
+    split = {"matmul": 0.0, "attention": 0.0, "sampling": 0.0, "other ops": 0.0}
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        name = event.key[6:]
+        category = next((c for c, keys in CATEGORIES.items() if any(k in name for k in keys)), "other ops")
+        split[category] += event.self_cpu_time_total / 1000
+    split["python/framework"] = max(0.0, wall - sum(split.values()))
+    return {k: v / tokens for k, v in split.items()} | {"wall (profiled)": wall / tokens}
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="1,4,8,16")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+
+    from rlhf.runtime import apply_offline_env
+
+    apply_offline_env()
+    import torch
+
+    model, tokenizer = load(torch)
+    bandwidth = memory_bandwidth(torch)
+    bf16_flops, fp32_flops = matmul_flops(torch, torch.bfloat16), matmul_flops(torch, torch.float32)
+    print(f"machine: {torch.get_num_threads()} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s, matmul "
+          f"bf16 {bf16_flops / 1e9:.0f} GFLOP/s, fp32 {fp32_flops / 1e9:.0f} GFLOP/s", flush=True)
+    runs = variants(torch, model, tokenizer, args.tokens, args.compile)
+    if args.variants:
+        runs = {k: v for k, v in runs.items() if k in args.variants.split(",")}
+
+    compile_seconds = {}
+    table = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        enc = encode(tokenizer, batch)
+        for name, function in runs.items():  # warm-up (and compilation) outside the measurement
+            start = time.perf_counter()
+            function(enc)
+            if name == "compiled" and name not in compile_seconds:
+                compile_seconds[name] = time.perf_counter() - start
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, function in runs.items():
+                start = time.perf_counter()
+                function(enc)
+                times[name].append((time.perf_counter() - start) / args.tokens * 1000)
+        base = statistics.median(times[next(iter(runs))])
+        for name in runs:
+            ms = statistics.median(times[name])
+            bound = lower_bound(model, name, batch, bandwidth, bf16_flops, fp32_flops) * 1000
+            table.append((batch, name, ms, base / ms, bound, ms / bound))
+            print(f"batch {batch:>2}  {name:<14} {ms:7.1f} ms/token  x{base / ms:5.2f} vs {next(iter(runs))}  "
+                  f"bound {bound:5.1f} ms  ({ms / bound:4.1f}x the bound)", file=sys.stderr, flush=True)
+
+    print(f"\nbatch  {'variant':<14}{'ms/token':>9}{'speed-up':>10}{'bound ms':>10}{'x bound':>9}")
+    for batch, name, ms, speedup, bound, ratio in table:
+        print(f"{batch:>5}  {name:<14}{ms:>9.1f}{speedup:>10.2f}{bound:>10.1f}{ratio:>9.1f}")
+    print(f"(ms per new token including the prompt pass, median of {args.repeats}; speed-up against "
+          f"{next(iter(runs))} in this run; bound: weights bytes / copy bandwidth or FLOPs / matmul throughput)")
+    for name, seconds in compile_seconds.items():
+        print(f"{name}: first call (compilation) {seconds:.1f} s, paid once per process")
+
+    if args.profile:
+        enc = encode(tokenizer, 4)
+        print("\nprofile, batch 4, ms per token:")
+        splits = {name: profile_split(torch, function, enc, args.tokens) for name, function in runs.items()}
+        keys = list(next(iter(splits.values())))
+        print(f"{'variant':<14}" + "".join(f"{k:>18}" for k in keys))
+        for name, split in splits.items():
+            print(f"{name:<14}" + "".join(f"{split[k]:>18.1f}" for k in keys))
+    print("reproduce: .venv/bin/python bench/generation_bench.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
