@@ -184,6 +184,7 @@ def test_cut_replies_and_long_conversations(rv, browser):
     page.get_by_text("Turn one: my parcel is late.").wait_for(state="visible", timeout=10000)
     from tests.web.test_pages_browser import serious_violations
 
+    assert page.locator(".toast-body").all_inner_texts() == []  # no event failed on the way
     assert serious_violations(page) == []
     page.context.close()
 
@@ -230,6 +231,9 @@ def test_ab_progress_captions_blind_set_names_and_no_admin_lease(rv, browser):
         if width == 1366:
             assert "0 of 3" in page.locator("#ab-progress").inner_text()
             shot(page, rv.root, "ab-1366x900.png")
+            from tests.web.test_pages_browser import serious_violations
+
+            assert serious_violations(page) == []  # the reviewer's view, a pair on screen
             page.keyboard.press("1")
             page.get_by_text("Saved.").wait_for(timeout=30000)
             wait_until(lambda: "1 of 3" in page.locator("#ab-progress").inner_text(), 10, "'1 of 3'")
