@@ -327,7 +327,7 @@ def run_erase(args) -> int:
     _, store = _store(args, setup=False)
     report = erase(store, conversation=args.conversation, customer=args.customer)
     print(json.dumps({"prompts": report.prompts, "items": report.items, "rankings": report.rankings,
-                      "exports_with_data": report.exports_with_data,
+                      "demonstrations": report.demonstrations, "exports_with_data": report.exports_with_data,
                       "exports_unreadable": report.exports_unreadable}))
     if report.exports_with_data:
         print("rebuild these exports (and the models trained on them): " + ", ".join(report.exports_with_data),

@@ -36,7 +36,7 @@ from feedback_app import auth
 from feedback_app.db import open_store, read_only, relaxed_durability
 from feedback_app.auth import Actor
 from feedback_app.models import (DONE, FLAG_KINDS, LEASED, ROLES, SKIPPED, AbJudgement, Assignment, AuditEntry,
-                                 Candidate, Flag, GoldItem, Item, LoginThrottle, Project, PromptRow, RankingRow,
+                                 Candidate, Demonstration, Flag, GoldItem, Item, LoginThrottle, Project, PromptRow, RankingRow,
                                  User)
 from rlhf.errors import UserError
 from rlhf.schema import prompt_key, validate_prompt, validate_ranks
@@ -726,14 +726,18 @@ class Store:
                                f"exactly, as imported)")
             item_ids = list(s.scalars(select(Item.id).where(Item.prompt_id.in_(prompt_ids))))
             ranking_ids = sorted(s.scalars(select(RankingRow.id).where(RankingRow.item_id.in_(item_ids))))
+            # reviewers' demonstrations of these prompts go too (their foreign key cascades)
+            demonstration_ids = sorted(s.scalars(select(Demonstration.id)
+                                                 .where(Demonstration.prompt_id.in_(prompt_ids))))
             result = {"prompts": len(prompt_ids), "items": len(item_ids), "rankings": len(ranking_ids),
-                      "ranking_ids": ranking_ids}
+                      "demonstrations": len(demonstration_ids), "ranking_ids": ranking_ids,
+                      "demonstration_ids": demonstration_ids}
             if s.get_bind().dialect.name == "sqlite":  # overwrite the freed pages, not only unlink them
                 s.connection().exec_driver_sql("PRAGMA secure_delete=ON")
             s.execute(delete(PromptRow).where(PromptRow.id.in_(prompt_ids)))
             target = f"{'conversation' if conversation else 'customer'} {key[:16]}"
             _audit(s, by, self.clock(), "erase", target,
-                   {k: v for k, v in result.items() if k != "ranking_ids"} | {"key": key})
+                   {k: v for k, v in result.items() if not k.endswith("_ids")} | {"key": key})
             return result
 
         return self._run(work)

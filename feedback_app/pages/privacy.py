@@ -46,8 +46,8 @@ def erase_request(store, kind: str, identifier: str, by=None) -> str:
     if not identifier:
         raise UserError(f"{kind}: give the {kind} id to erase, as in the imported chat log")
     report = erase(store, **{kind: identifier}, by=by)
-    lines = [f"Erased {kind} data: {report.prompts} prompts, {report.items} items, {report.rankings} rankings "
-             f"(recorded in the audit log under its hash)."]
+    lines = [f"Erased {kind} data: {report.prompts} prompts, {report.items} items, {report.rankings} rankings, "
+             f"{report.demonstrations} demonstrations (recorded in the audit log under its hash)."]
     if report.exports_with_data:
         lines += ["", "Earlier exports that contained it (rebuild them and the models trained on them):"]
         lines += [f"- `{path}`" for path in report.exports_with_data]

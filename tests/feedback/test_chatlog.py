@@ -152,7 +152,13 @@ def test_erasing_a_customer_removes_their_conversations_and_names_the_exports_on
     from feedback_app.export import ExportFilters, export_rankings
     from feedback_app.models import Candidate, Item, PromptRow, RankingRow
 
+    from feedback_app import demonstrations
+
     store = _imported_and_ranked(database_url)
+    reviewer = next(a for a in store.list_users() if a.username == "rev")
+    with store.sessions() as s:  # a reviewer's reply to C-1001's first prompt: erased with it
+        first_item = s.scalar(select(Item.id).order_by(Item.id))
+    demonstrations.add(store, reviewer, first_item, "Let me check that order for you right away.")
     out = tmp_path / "export-1"
     manifest = export_rankings(store, out, ExportFilters(), test_fraction=0.0)
     store.audit(None, "export", str(out), manifest["counts"])
@@ -162,13 +168,22 @@ def test_erasing_a_customer_removes_their_conversations_and_names_the_exports_on
     store.audit(None, "export", str(tmp_path / "export-moved"), {})  # audited, its folder moved since
 
     report = erase(store, customer="CUST-77120")  # conversations C-1001 (3 prompts) and C-1004 (1 prompt)
-    assert (report.prompts, report.items, report.rankings) == (4, 4, 4)
+    assert (report.prompts, report.items, report.rankings, report.demonstrations) == (4, 4, 4, 1)
     assert report.exports_with_data == [str(out)] and report.exports_unreadable == [str(tmp_path / "export-moved")]
     with store.sessions() as s:
         counts = [s.scalar(select(func.count()).select_from(t)) for t in (PromptRow, Item, Candidate, RankingRow)]
     assert counts == [6, 6, 12, 6]
     entry = next(e for e in store.audit_log() if e.action == "erase")
     assert entry.detail["prompts"] == 4 and "CUST-77120" not in json.dumps([entry.target, entry.detail])
+
+    # an export that held only a demonstration of the erased data is named by its manifest's demonstration_ids
+    from feedback_app.erasure import affected_exports
+
+    sft_only = tmp_path / "export-sft"
+    sft_only.mkdir()
+    (sft_only / "manifest.json").write_text(json.dumps({"ranking_ids": [], "demonstration_ids": [41]}))
+    store.audit(None, "export", str(sft_only), {})
+    assert affected_exports(store, [], [41])[0] == [str(sft_only)] and affected_exports(store, [], [42])[0] == []
 
     report = erase(store, conversation="C-1002")  # its two prompts, also in that export
     assert (report.prompts, report.rankings) == (2, 2) and report.exports_with_data == [str(out)]
@@ -187,8 +202,8 @@ def test_rlhf_app_erase_command(tmp_path):
                ORDER).returncode == 0
     result = app(db, "erase", "--conversation", "C-1003")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"prompts": 2, "items": 0, "rankings": 0, "exports_with_data": [],
-                                         "exports_unreadable": []}
+    assert json.loads(result.stdout) == {"prompts": 2, "items": 0, "rankings": 0, "demonstrations": 0,
+                                         "exports_with_data": [], "exports_unreadable": []}
     assert_user_error(app(db, "erase", "--customer", "CUST-00000"), "no prompts of customer 'CUST-00000'")
     assert leaks(db.read_bytes()) == []
 
