@@ -261,9 +261,11 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                 # Sticky at the bottom of the window (CSS in web.py): reachable without scrolling. Outside
                 # the item area, so Undo stays there once the queue is empty.
                 with gr.Row(elem_id="action-bar"):
-                    submit_btn = gr.Button("Submit ranking", variant="primary", elem_id="submit")
-                    skip_btn = gr.Button("Skip", elem_id="skip")
-                    undo_btn = gr.Button("Undo last ranking", elem_id="undo")
+                    # Narrow enough to share one line at 390 px (Gradio's default 160 px each stacks them
+                    # and the sticky bar then covers a fifth of a phone's screen).
+                    submit_btn = gr.Button("Submit ranking", variant="primary", elem_id="submit", min_width=96)
+                    skip_btn = gr.Button("Skip", elem_id="skip", min_width=64)
+                    undo_btn = gr.Button("Undo last ranking", elem_id="undo", min_width=96)
                 # Demonstrations: demo_reply.js builds its "Write a better reply" box (key W) in here.
                 gr.Markdown("", elem_id="demo-reply")
             with gr.Column(scale=1):
