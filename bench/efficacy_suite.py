@@ -212,11 +212,15 @@ def reward_figures(run_dir: Path, name: str) -> dict:
     metrics_file = run_dir / "reward" / "metrics.json"
     if not metrics_file.is_file():
         return {}
-    gate = json.loads(metrics_file.read_text()).get("gate") or {}
+    metrics = json.loads(metrics_file.read_text())
+    gate, held_out = metrics.get("gate") or {}, metrics.get("held_out") or {}
     top, pairs = ceiling(run_dir, name)
-    accuracy = gate.get("accuracy")
+    # The gate's figure (interval clustered by prompt); when it was not measured (too few held-out pairs),
+    # the evaluation's own accuracy and bootstrap interval.
+    accuracy = gate.get("accuracy", held_out.get("accuracy"))
     closed = (accuracy - 0.5) / (top - 0.5) if accuracy is not None and top is not None and top > 0.5 else None
-    return {"rm_accuracy": accuracy, "rm_interval": gate.get("interval"), "held_out_pairs": pairs,
+    return {"rm_accuracy": accuracy, "rm_interval": gate.get("interval", held_out.get("ci95_bootstrap_prompts")),
+            "held_out_pairs": pairs,
             "gate_passed": gate.get("passed"), "gate_measured": gate.get("measured"), "gate": gate.get("summary"),
             "ceiling": top, "share_closed": closed}
 
