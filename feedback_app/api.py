@@ -350,7 +350,7 @@ def list_gold(request: Request, actor: Actor = Depends(admin_actor)):
 
 @router.put("/admin/gold/{item_id}", tags=["admin"],
             summary="Mark an item as gold with its known ranking (or its best reply); audited")
-def mark_gold(item_id: int, body: GoldIn, request: Request, actor: Actor = Depends(admin_actor)):
+def mark_gold(item_id: Id, body: GoldIn, request: Request, actor: Actor = Depends(admin_actor)):
     from feedback_app.gold import best_reply_ranks
     from feedback_app.store import Invalid
 
@@ -363,7 +363,7 @@ def mark_gold(item_id: int, body: GoldIn, request: Request, actor: Actor = Depen
 
 
 @router.delete("/admin/gold/{item_id}", tags=["admin"], status_code=204, summary="Make a gold item ordinary again")
-def unmark_gold(item_id: int, request: Request, actor: Actor = Depends(admin_actor)):
+def unmark_gold(item_id: Id, request: Request, actor: Actor = Depends(admin_actor)):
     services(request).store.unmark_gold(item_id, by=actor)
     return Response(status_code=204)
 

@@ -32,6 +32,8 @@ ADMIN_CASES = [
                                    "data": {"round": "-1"}}),
     ("POST", "/api/admin/generate", {"json": {"round": 10**30}}),
     ("POST", "/api/admin/export", {"json": {"rounds": [10**30]}}),
+    ("PUT", f"/api/admin/gold/{BIG}", {"json": {"best": 1}}),  # found by the schema fuzz
+    ("DELETE", f"/api/admin/gold/{BIG}", {}),
 ]
 
 

@@ -113,6 +113,23 @@ def test_k_changed_by_the_cli_while_the_server_runs(k_server, tmp_path):
     assert "Traceback" not in app.output()
 
 
+def test_k_change_refused_while_items_of_the_old_k_wait(k_server, tmp_path):
+    """Once the project holds items (K=3 after the import above), `rlhf app import --k 4` is refused in
+    one line and stores nothing; the running server keeps answering with the stored K."""
+    app, db, common = k_server
+    import_three_replies(common, tmp_path)
+    four = tmp_path / "four.jsonl"
+    four.write_text(json.dumps({"prompt": "A K=4 question?", "replies": ["a", "b", "c", "d"]}) + "\n")
+    result = cli("app", "import", str(four), *common, "--k", "4")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "already holds items with K=3" in result.stderr and "Traceback" not in result.stderr
+    item = httpx.get(app.url + "/api/items/next", headers=login(app.url, "rita"), timeout=30)
+    assert item.status_code == 200, item.text
+    view = item.json()["item"]
+    assert view is None or len(view["candidates"]) == 3
+    assert all(b"A K=4 question?" not in p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
+
+
 def test_database_wal_backup_and_export_files_are_not_world_readable(k_server, tmp_path):
     app, db, common = k_server
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):  # the server holds them open

@@ -76,3 +76,17 @@ def test_reviewer_and_ab_pages_attempt_no_remote_request(hostile_server, browser
     assert rec.outside() == [], rec.outside()  # not even attempted (a CSP-blocked request would be listed)
     assert not [u for u in rec.urls if REMOTE in u]
     page.context.close()
+
+
+def test_the_pages_policy_allows_no_eval_and_no_other_host(attack_server):
+    """The Content-Security-Policy of the pages and the API: no 'unsafe-eval' (Gradio's pages run
+    without it), and scripts, sockets and fetches go to this origin only (no bare ws:/wss:)."""
+    cookies = {"rlhf_token": attack_server.reviewer_token}
+    for path in ("/review", "/ab", "/health", "/api/me"):
+        answer = httpx.get(attack_server.url + path, cookies=cookies, timeout=60, follow_redirects=True)
+        assert answer.status_code == 200, (path, answer.status_code)
+        policy = dict(part.strip().split(" ", 1) for part in answer.headers["content-security-policy"].split(";"))
+        assert "'unsafe-eval'" not in answer.headers["content-security-policy"], path
+        assert policy["connect-src"] == "'self'" and policy["script-src"].split()[0] == "'self'", policy
+        assert not {"ws:", "wss:", "http:", "https:", "*"} & set(" ".join(policy.values()).split()), policy
+        assert policy["frame-ancestors"] == "'none'" and policy["object-src"] == "'none'"
