@@ -353,6 +353,8 @@ class AbReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["win_rate"], out["position_bias"] = self.win_rate.to_dict(), self.position_bias.to_dict()
+        if out["length_controlled"] is None:  # not computed (no lengths): the file reads as it did before the field
+            del out["length_controlled"]
         return out
 
     @classmethod

@@ -46,8 +46,10 @@ def app(tmp_path_factory, tiny_model_dir):
 
 
 def prompt_text(page) -> str:
-    prose = page.locator("#prompt .prose")
-    return prose.first.inner_text(timeout=5000) if prose.count() else ""
+    # all_inner_texts does not wait: after the last item the prompt block is replaced by the "all done" card,
+    # and an element counted a moment before may be gone when its text is read
+    texts = page.locator("#prompt .prose").all_inner_texts()
+    return texts[0] if texts else ""
 
 
 def leaks_in_database(db) -> list[str]:
