@@ -31,11 +31,9 @@ for all replies), the whole CLI run (load, train, save, its own evaluation) for 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -116,51 +114,20 @@ def candidates(out: Path, chunk: int = 8) -> list[dict]:
 # The suite of preferences (written for this benchmark; none was used to tune any method)
 
 
-def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyser = SentimentIntensityAnalyzer()
-    return lambda text: analyser.polarity_scores(text)["compound"]
-
-
-def _reading_ease():
-    import textstat
-
-    return lambda text: float(textstat.flesch_reading_ease(text)) if text.strip() else 0.0
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[A-Za-z']+", text.lower())
-
-
-def _you_share(text: str) -> float:
-    words = _words(text)
-    return sum(w in ("you", "your", "you're", "yours") for w in words) / max(1, len(words))
-
-
-def _question(text: str) -> float:
-    return float("?" in text)
-
-
-def _no_apology(text: str) -> float:
-    return -float(bool(re.search(r"\b(sorry|apologi[sz]e)", text, re.IGNORECASE)))
-
-
-def _hash(text: str) -> float:
-    """Uniform in [0, 1) and independent of anything a model can read: cannot be learned."""
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+# The scorers are the efficacy suite's (one definition of each rule, bench/efficacy_suite.py).
+from bench.efficacy_suite import no_apology, question, reading_ease, unlearnable, vader, you_share  # noqa: E402
 
 
 # name: (factory of the score function, reviewers, what it is). Reviewers, three per rule, one per
 # prompt in turn: "noise" adds Gaussian noise of 0.5 x the rule's spread (std over all candidates) to
 # every score; "disagree" has the third reviewer rank in reverse (no noise).
 RULES = {
-    "vader": (_vader, "noise", "vaderSentiment compound sentiment (published), continuous"),
-    "reading_ease": (_reading_ease, "noise", "textstat Flesch reading ease (published), continuous, not lexical"),
-    "you_share": (lambda: _you_share, "disagree", "share of words that are 'you/your', continuous, lexical"),
-    "question": (lambda: _question, "disagree", "asks a question ('?'), yes/no, lexical"),
-    "no_apology": (lambda: _no_apology, "noise", "no 'sorry'/'apologise', yes/no, lexical"),
-    "hash": (lambda: _hash, "noise", "sha256 of the reply: random per reply, cannot be learned"),
+    "vader": (lambda: vader, "noise", "vaderSentiment compound sentiment (published), continuous"),
+    "reading_ease": (lambda: reading_ease, "noise", "textstat Flesch reading ease (published), continuous, not lexical"),
+    "you_share": (lambda: you_share, "disagree", "share of words that are 'you/your', continuous, lexical"),
+    "question": (lambda: question, "disagree", "asks a question ('?'), yes/no, lexical"),
+    "no_apology": (lambda: no_apology, "noise", "no 'sorry'/'apologise', yes/no, lexical"),
+    "hash": (lambda: unlearnable, "noise", "sha256 of the reply: random per reply, cannot be learned"),
 }
 NOISE = 0.5
 REVIEWERS = ("r1", "r2", "r3")

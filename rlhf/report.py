@@ -142,11 +142,20 @@ def _fmt(x, fmt=".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _win_rate_text(wr) -> str:
+    """'0.625 [0.51, 0.73] (95% wilson)': a non-tied A/B win rate with its interval."""
+    if wr.win_rate_a is None:
+        return "n/a"
+    return f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}] ({wr.confidence:.0%} {wr.method})"
+
+
+def _figure_table(rows) -> str:
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
 def render_figures(s: LoopSummary) -> str:
     """The run's headline figures as a Markdown table."""
     wr, pb, p = s.ab.win_rate, s.ab.position_bias, s.training
-    rate = "n/a" if wr.win_rate_a is None else \
-        f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}] ({wr.confidence:.0%} {wr.method})"
     rows = [
         ("rule", f"`{s.rule}`"),
         ("reward model held-out accuracy", f"{_fmt(s.reward_eval.accuracy)} ({s.reward_eval.pairs or 'n/a'} pairs)"),
@@ -159,11 +168,11 @@ def render_figures(s: LoopSummary) -> str:
          f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.aligned.length_mean, '.1f')}"),
         ("mean rule score, base -> aligned", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.aligned.rule_mean)}"),
         ("aligned vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
-        ("aligned win rate, non-tied", rate),
+        ("aligned win rate, non-tied", _win_rate_text(wr)),
         ("aligned win rate, ties 1/2: raw; length-controlled", _length_controlled_text(s)),
         ("position bias: left side won", f"{_fmt(pb.left_share)} (p={_fmt(pb.p_value, '.3g')})"),
     ]
-    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+    return _figure_table(rows)
 
 
 def length_controlled(s: LoopSummary):
@@ -384,8 +393,6 @@ class SFTSummary:
 
 def render_sft(s: SFTSummary) -> str:
     wr = s.ab.win_rate
-    rate = "n/a" if wr.win_rate_a is None else \
-        f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}] ({wr.confidence:.0%} {wr.method})"
     rows = [
         ("demonstrations: training rows, held-out rows", f"{s.train_rows}, {s.heldout_rows}"),
         ("held-out loss per reply token, before -> after SFT", f"{_fmt(s.loss_before, '.4f')} -> {_fmt(s.loss_after, '.4f')}"),
@@ -393,9 +400,9 @@ def render_sft(s: SFTSummary) -> str:
         ("mean reply length (tokens), base -> SFT", f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.sft.length_mean, '.1f')}"),
         ("mean rule score, base -> SFT", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.sft.rule_mean)}"),
         ("SFT vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
-        ("SFT win rate, non-tied", rate),
+        ("SFT win rate, non-tied", _win_rate_text(wr)),
     ]
-    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+    return _figure_table(rows)
 
 
 def add_sft_section(s: SFTSummary, out: Path) -> None:
