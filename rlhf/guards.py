@@ -17,15 +17,25 @@ Rule, checked after every update t (``check_exploitation``):
   Either of the last two is a warning; ``patience`` warnings in a row stop the run. The update to keep
   is the one with the best held-out reward so far (within the KL bound).
 
-Standard library at import; scipy inside ``_slope_test``.
+The guard's settings (``GuardFields``, one set of fields and flags for ``rlhf ppo``, ``rlhf grpo`` and
+``rlhf rloo``) and the one function that loads the second reward model (``build_guard``) live here too.
+
+Standard library and pydantic at import; scipy inside ``_slope_test``, torch and the models inside
+``build_guard``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import median
 from typing import Sequence
+
+from pydantic import Field
+
+from rlhf.config import Config
+from rlhf.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -164,3 +174,55 @@ def first_stop(history: Sequence[UpdateMetrics], settings: GuardSettings = Guard
         if decision.action == "stop":
             break
     return decision
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings and the second reward model, shared by every policy trainer
+
+
+class GuardFields(Config):
+    """The guard's config fields (mixed into ``PPORunConfig`` and ``OnlineRunConfig``: same YAML keys and
+    flags for every policy trainer)."""
+
+    guard_reward_model: str | None = Field(None, description="a second reward model, trained on another split of "
+                                           "the rankings: it scores the same replies as the training reward model "
+                                           "(PPO: every update's rollouts; GRPO/RLOO: every group, weight 0 in the "
+                                           "loss), and the guard (rlhf.guards) stops the run when the training "
+                                           "reward rises while this one's does not, keeping the update where this "
+                                           "one's was best")
+    guard_window: int = Field(8, ge=3, description="guard: updates in each slope test")
+    guard_patience: int = Field(2, ge=1, description="guard: warnings in a row before stopping")
+    guard_kl_bound: float | None = Field(None, gt=0.0, description="guard: stop when KL to the reference exceeds this")
+    guard_margin: float | None = Field(None, ge=0.0, description="guard: a drop of the second model's reward below "
+                                       "its best that counts (default: 3 x its per-update noise)")
+
+    def guard_settings(self) -> GuardSettings:
+        return GuardSettings(window=self.guard_window, patience=self.guard_patience, kl_bound=self.guard_kl_bound,
+                             margin=self.guard_margin)
+
+
+# The guard's fields steer only when to stop, not what one update computes: a run may be resumed with
+# other ones (every trainer's RESUMABLE_FIELDS takes them).
+GUARD_FIELDS = frozenset(GuardFields.model_fields)
+
+
+def build_guard(run, tokenizer, stage: int):
+    """The second reward model and the guard (``rlhf.ppo.guard.GuardWatch``), or None without
+    ``guard_reward_model``. ``run``: a config with ``GuardFields``, ``dtype``, ``center_rewards`` and
+    ``output_dir``; ``tokenizer``: the policy's (the second model must share its vocabulary);
+    ``stage``: the DeepSpeed ZeRO stage of this launch (0 without DeepSpeed)."""
+    if run.guard_reward_model is None:
+        return None
+    if stage == 3:
+        raise UserError("guard_reward_model under DeepSpeed ZeRO-3: the guard keeps the best update's policy weights, "
+                        "which ZeRO-3 partitions; use ZeRO-2 or DDP, or leave guard_reward_model unset")
+    from rlhf.modeling import load_tokenizer
+    from rlhf.ppo.guard import GuardWatch
+    from rlhf.rewards import check_reward_model, load_reward_model
+
+    stats = check_reward_model(run.guard_reward_model, tokenizer)
+    model = load_reward_model(run.guard_reward_model, run.dtype, stats, run.center_rewards)
+    model.config._name_or_path = "guard_reward_model"  # GRPO/RLOO: TRL names each reward's logged mean after it
+    reward_tokenizer = load_tokenizer(run.guard_reward_model, padding_side="right")  # GRPO/RLOO hand it to TRL
+    return GuardWatch(model, tokenizer.pad_token_id, run.guard_settings(), Path(run.output_dir) / "guard.json",
+                      reward_tokenizer)

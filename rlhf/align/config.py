@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlhf.config import Config
 from rlhf.errors import UserError
+from rlhf.guards import GUARD_FIELDS, GuardFields
 from rlhf.lora import LoraSettings
 
 
@@ -67,11 +68,10 @@ class AlignRunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model", "guard_reward_model",
-                    "guard_window", "guard_patience", "guard_kl_bound", "guard_margin"}
+                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model"} | GUARD_FIELDS
 
 
-class OnlineRunConfig(AlignRunConfig):
+class OnlineRunConfig(AlignRunConfig, GuardFields):
     """GRPO and RLOO: a group of sampled replies per prompt, scored by the reward model."""
 
     reward_model: str = Field(..., description="reward model directory (a *ForSequenceClassification, num_labels=1)")
@@ -80,15 +80,6 @@ class OnlineRunConfig(AlignRunConfig):
     center_rewards: bool = Field(True, description="centre and scale scores with reward_stats.json of the reward model")
     allow_weak_reward_model: bool = Field(False, description="train against a reward model whose gate.json says it "
                                           "did not pass the gate (recorded in run_info.json and the model card)")
-    guard_reward_model: str | None = Field(None, description="a second reward model, trained on another split of "
-                                           "the rankings: it scores every group too (weight 0 in the loss), and the "
-                                           "guard (rlhf.guards) stops the run when the training reward rises while "
-                                           "this one's does not, keeping the update where this one's was best")
-    guard_window: int = Field(8, ge=3, description="guard: updates in each slope test")
-    guard_patience: int = Field(2, ge=1, description="guard: warnings in a row before stopping")
-    guard_kl_bound: float | None = Field(None, gt=0.0, description="guard: stop when KL to the reference exceeds this")
-    guard_margin: float | None = Field(None, ge=0.0, description="guard: a drop of the second model's reward below "
-                                       "its best that counts (default: 3 x its per-update noise)")
     temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the replies")
     # Replies to one prompt are compared with each other (GRPO: against their mean and spread; RLOO: each
     # against the mean of the others), so a group needs at least 2. 4 is the smallest group whose
@@ -156,6 +147,17 @@ class SFTRunConfig(AlignRunConfig):
                             "demonstration is refused, naming it, never cut")
     per_device_batch_size: int = Field(8, ge=1, description="demonstrations per process per micro-batch")
     learning_rate: float = Field(2e-4, gt=0.0, description="AdamW learning rate (linear decay)")
+    # Differential privacy (rlhf.align.sft_dp): the privacy unit is each row's 'unit' column.
+    dp: bool = Field(False, description="differentially private SFT (DP-SGD through Opacus) of the LoRA adapter; the "
+                     "privacy unit is the data's 'unit' column (customer, else conversation, else prompt); needs "
+                     "epsilon; per_device_batch_size x gradient_accumulation_steps is then the expected units per "
+                     "update")
+    epsilon: float | None = Field(None, gt=0.0, description="--dp: the privacy budget epsilon per unit")
+    delta: float | None = Field(None, gt=0.0, lt=1.0, description="--dp: the delta of (epsilon, delta)-DP (default "
+                                "1 / (10 x training units))")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="--dp: each unit's summed gradient is clipped to this norm")
+    dp_baseline: bool = Field(False, description="--dp: also train the same schedule without clipping and noise and "
+                              "report its held-out loss beside the private one")
     algorithm: ClassVar[str] = "sft"
 
     @field_validator("data", mode="before")

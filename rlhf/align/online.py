@@ -20,6 +20,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from rlhf.align.config import GRPORunConfig, OnlineRunConfig, RLOORunConfig, check_run_config
 from rlhf.align.trainer import EpochSeededRepeatSampler, ResumableRun, prepare_output_dir, trainer_args, write_run_info
 from rlhf.errors import UserError
+from rlhf.guards import build_guard
 from rlhf.lora import lora_config
 from rlhf.runtime import zero_stage
 from rlhf.schema import as_messages
@@ -117,7 +118,7 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     reward_model = load_reward_model(run.reward_model, run.dtype, stats, run.center_rewards)
     reward_tokenizer = load_tokenizer(run.reward_model, padding_side="right")
 
-    guard = build_guard(run, tokenizer)
+    guard = build_guard(run, tokenizer, zero_stage())
     common = dict(trainer_args(run), beta=run.beta, num_generations=run.num_generations,
                   max_completion_length=run.response_length, temperature=run.temperature, epsilon=run.epsilon, shuffle_dataset=True)
     if guard is not None:  # the second reward model is scored and logged, and weighs nothing in the loss
@@ -144,28 +145,6 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     write_run_info(trainer, run, {"reward_model_path": resolve_model_path(run.reward_model), "reward_stats": stats,
                                   "reward_gate": gate, "num_prompts": len(prompts), "num_generations": run.num_generations})
     return trainer
-
-
-def build_guard(run: OnlineRunConfig, tokenizer):
-    """The second reward model and the guard's settings (None without ``guard_reward_model``)."""
-    if run.guard_reward_model is None:
-        return None
-    if zero_stage() == 3:
-        raise UserError("guard_reward_model under DeepSpeed ZeRO-3: the guard keeps the best update's policy weights, "
-                        "which ZeRO-3 partitions; use ZeRO-2 or DDP, or leave guard_reward_model unset")
-    from rlhf.guards import GuardSettings
-    from rlhf.modeling import load_tokenizer
-    from rlhf.ppo.guard import GuardWatch
-    from rlhf.rewards import check_reward_model, load_reward_model
-
-    stats = check_reward_model(run.guard_reward_model, tokenizer)
-    model = load_reward_model(run.guard_reward_model, run.dtype, stats, run.center_rewards)
-    model.config._name_or_path = "guard_reward_model"  # TRL names each reward's logged mean after it
-    settings = GuardSettings(window=run.guard_window, patience=run.guard_patience, kl_bound=run.guard_kl_bound,
-                             margin=run.guard_margin)
-    guard = GuardWatch(model, tokenizer.pad_token_id, settings, Path(run.output_dir) / "guard.json")
-    guard.tokenizer = load_tokenizer(run.guard_reward_model, padding_side="right")
-    return guard
 
 
 def run_online(run: OnlineRunConfig, resume: str | None = None) -> int:

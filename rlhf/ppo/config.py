@@ -7,11 +7,11 @@ import json
 
 from pydantic import Field, model_validator
 
-from rlhf.config import Config
+from rlhf.guards import GUARD_FIELDS, GuardFields
 from rlhf.lora import LoraSettings
 
 
-class PPORunConfig(Config):
+class PPORunConfig(GuardFields):
     """``rlhf ppo``: fine-tune a policy against a reward model with TRL's PPO."""
 
     policy: str = Field("bundled", description="policy model directory, HF id, or 'bundled'")
@@ -62,16 +62,6 @@ class PPORunConfig(Config):
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="discount")
     lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda")
 
-    guard_reward_model: str | None = Field(None, description="a second reward model, trained on another split of "
-                                           "the rankings: it scores every update's rollouts too, and the guard "
-                                           "(rlhf.guards) stops the run when the training reward rises while this "
-                                           "one's does not, keeping the update where this one's was best")
-    guard_window: int = Field(8, ge=3, description="guard: updates in each slope test")
-    guard_patience: int = Field(2, ge=1, description="guard: warnings in a row before stopping")
-    guard_kl_bound: float | None = Field(None, gt=0.0, description="guard: stop when KL to the reference exceeds this")
-    guard_margin: float | None = Field(None, ge=0.0, description="guard: a drop of the second model's reward below "
-                                       "its best that counts (default: 3 x its per-update noise)")
-
     save_every: int = Field(5, ge=1, description="write a resumable checkpoint every N updates (and at the end, and on SIGTERM)")
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (oldest removed)")
     stop_after_updates: int | None = Field(None, ge=1, description="stop this invocation (with a checkpoint) after N updates in total; resume later")
@@ -96,5 +86,5 @@ class PPORunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model", "generation_backend",
-                    "guard_reward_model", "guard_window", "guard_patience", "guard_kl_bound", "guard_margin"}
+                    "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model",
+                    "generation_backend"} | GUARD_FIELDS

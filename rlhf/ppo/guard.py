@@ -24,8 +24,10 @@ from rlhf.guards import GuardDecision, GuardSettings, UpdateMetrics, check_explo
 class GuardWatch:
     """The second reward model's view of each update, and the guard's decisions (every process)."""
 
-    def __init__(self, guard_model, pad_token_id: int, settings: GuardSettings, path: str):
+    def __init__(self, guard_model, pad_token_id: int, settings: GuardSettings, path: str, tokenizer=None):
         self.model, self.pad_token_id, self.settings = guard_model, pad_token_id, settings
+        self.tokenizer = tokenizer  # the second model's own tokenizer, padding on the right (GRPO/RLOO give it to TRL)
+        self.reward_names: tuple[str, str] = ()  # GRPO/RLOO: TRL's names of the training and second reward functions
         self.path = str(path)
         self.batches: list[tuple[torch.Tensor, int]] = []  # (query + reply ids with pad restored, context length)
         self.history: list[UpdateMetrics] = []

@@ -31,6 +31,7 @@ from rlhf.checkpoint import latest_checkpoint, load_training_state, read_state, 
 from rlhf.config import save_resolved
 from rlhf.errors import UserError
 from rlhf.gate import require_gate
+from rlhf.guards import build_guard
 from rlhf.lora import lora_config
 from rlhf.ppo.config import PPORunConfig
 from rlhf.ppo.data import batch_indices, load_prompt_ids
@@ -371,7 +372,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
         add_value_adapter(value_model, run.lora)
     if stats and run.center_rewards:
         centre_reward_model(reward_model, stats)
-    guard = build_guard(run, tokenizer)
+    guard = build_guard(run, tokenizer, zero_stage())
     probe = RolloutProbe(tokenizer.eos_token_id)
     backbone = getattr(reward_model, reward_model.base_model_prefix)
     backbone.register_forward_pre_hook(probe, with_kwargs=True)
@@ -407,24 +408,6 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
             "reward_stats": stats, "reward_gate": gate, "num_prompts": len(prompt_ids), "world_size": trainer.accelerator.num_processes,
             "zero_stage": zero_stage(), "config_fingerprint": run.fingerprint()}, indent=2))
     return trainer
-
-
-def build_guard(run: PPORunConfig, tokenizer):
-    """The second reward model and the guard's settings (None without ``guard_reward_model``)."""
-    if run.guard_reward_model is None:
-        return None
-    if zero_stage() == 3:
-        raise UserError("guard_reward_model under DeepSpeed ZeRO-3: the guard keeps the best update's policy weights, "
-                        "which ZeRO-3 partitions; use ZeRO-2 or DDP, or leave guard_reward_model unset")
-    from rlhf.guards import GuardSettings
-    from rlhf.ppo.guard import GuardWatch
-    from rlhf.rewards import load_reward_model
-
-    stats = check_reward_model(run.guard_reward_model, tokenizer)
-    model = load_reward_model(run.guard_reward_model, run.dtype, stats, run.center_rewards)
-    settings = GuardSettings(window=run.guard_window, patience=run.guard_patience, kl_bound=run.guard_kl_bound,
-                             margin=run.guard_margin)
-    return GuardWatch(model, tokenizer.pad_token_id, settings, Path(run.output_dir) / "guard.json")
 
 
 def run_ppo(run: PPORunConfig, resume: str | None = None) -> int:
