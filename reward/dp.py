@@ -1,119 +1,34 @@
 """Differentially private reward-model training (``rlhf reward train --dp``): DP-SGD per privacy unit.
 
-The privacy unit is one customer, conversation or prompt (the export's ``unit`` column), not one
-dataset row: a customer's conversation yields several prompts, each ranked by several reviewers,
-and the K-wise loss couples a ranking's K replies. DP-SGD's guarantee holds for whatever one
-clipped gradient covers, so each step here
-
-1. samples UNITS with Poisson sampling (Opacus's ``UniformWithReplacementSampler``, rate q);
-2. computes each sampled unit's gradient as the gradient of the SUM of its rankings' K-wise losses,
-   with plain autograd, one unit at a time (LoRA adapter and score head only);
-3. hands the stacked per-unit gradients to Opacus's ``DPOptimizer`` as ``p.grad_sample``: it clips
-   each unit to ``max_grad_norm`` C (one norm over all trainable parameters), sums, adds Gaussian
-   noise of std sigma * C, divides by the expected units per step and steps AdamW;
-4. records (sigma, q) in Opacus's RDP accountant, whose epsilon at ``delta`` is the reported budget.
-
-Why not Opacus's ``GradSampleModule`` (its hooks compute per-ROW gradients): rows of one unit must be
-summed before clipping, and its hooks on PEFT layers silently corrupted LoRA updates (Opacus issue
-820). Plain autograd per unit is slower (one backward per sampled unit) but exact, and
-``tests/reward/test_dp.py`` checks one step against the same update computed by hand.
+The privacy unit is one customer, conversation or prompt (the export's ``unit`` column): a unit's
+gradient is the gradient of the SUM of its rankings' K-wise losses (the K-wise loss couples a ranking's
+K replies, and one conversation yields several prompts), clipped, noised and accounted by the shared
+DP-SGD core, ``rlhf.dp`` (the method, and why not Opacus's ``GradSampleModule``, are described there).
+Trained: the LoRA adapter and the score head. ``tests/reward/test_dp.py`` checks one step against the
+same update computed by hand.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
+from rlhf.dp import (ACCOUNTANT, PrivacyPlan, check_single_process, clip_factors, dp_step, group_by_unit,  # noqa: F401
+                     make_dp_optimizer, plan_from, train_units)
+from rlhf.dp import per_unit_gradients as _per_unit_gradients
+from rlhf.dp import plan_privacy as _plan_privacy
 from rlhf.errors import UserError
-
-ACCOUNTANT = "rdp"  # Opacus's Renyi-DP accountant (Mironov 2017; Mironov, Talwar, Zhang 2019)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Pure pieces
-
-
-def group_by_unit(units: Sequence[str | None], where: str) -> list[list[int]]:
-    """Row indices grouped by privacy unit, units in order of first appearance.
-
-    ``units[i]``: the unit id of row i. A row without one (None or empty) is a user error: DP over
-    rows would understate what one customer contributes.
-    """
-    groups: OrderedDict[str, list[int]] = OrderedDict()
-    for i, unit in enumerate(units):
-        if unit is None or not str(unit).strip():
-            raise UserError(f"{where} row {i}: no privacy unit ('unit' column) for --dp; re-export the rankings "
-                            f"with 'rlhf app export' (it writes the customer, conversation or prompt as 'unit'), "
-                            f"or add a 'unit' column naming each row's customer or conversation")
-        groups.setdefault(str(unit), []).append(i)
-    return list(groups.values())
-
-
-def clip_factors(norms: Sequence[float], max_grad_norm: float) -> list[float]:
-    """Per-unit scale ``min(1, C / (norm + 1e-6))``, exactly as Opacus's ``DPOptimizer`` clips."""
-    return [min(1.0, max_grad_norm / (n + 1e-6)) for n in norms]
-
-
-@dataclass(frozen=True)
-class PrivacyPlan:
-    """What the budget implies for this data, fixed before training (and printed)."""
-
-    units: int  # privacy units in the training split
-    rankings: int  # training rankings (after long replies are dropped)
-    units_per_step: int  # expected units per step (the Poisson batch's mean; the divisor of the sum)
-    sample_rate: float  # q = units_per_step / units
-    steps: int
-    target_epsilon: float
-    delta: float
-    max_grad_norm: float
-    noise_multiplier: float  # sigma: noise std is sigma * max_grad_norm on the summed clipped gradients
-    accountant: str = ACCOUNTANT
-
-    def summary(self) -> str:
-        return (f"differential privacy: {self.units} units ({self.rankings} rankings), {self.units_per_step} units "
-                f"per step expected (sampling rate {self.sample_rate:.4g}), {self.steps} steps; target epsilon "
-                f"{self.target_epsilon:g} at delta {self.delta:.3g} per unit -> noise multiplier "
-                f"{self.noise_multiplier:.3f} (noise std {self.noise_multiplier * self.max_grad_norm:.3g} on a sum of "
-                f"~{self.units_per_step} gradients clipped to {self.max_grad_norm:g}; signal-to-noise at most "
-                f"{self.units_per_step / max(self.noise_multiplier, 1e-12):.2f} per step)")
 
 
 def plan_privacy(units: int, rankings: int, units_per_step: int, epochs: float, max_steps: int, epsilon: float,
                  delta: float | None, max_grad_norm: float) -> PrivacyPlan:
-    """Sampling rate, steps and the noise multiplier Opacus's accountant needs for (epsilon, delta).
-
-    ``delta`` None: 1 / (10 * units), below the 1/units at which a mechanism could publish one unit's
-    data outright. A budget no noise level meets is a ``UserError`` naming what to change.
-    """
-    from opacus.accountants.utils import get_noise_multiplier
-
-    if units < 2:
-        raise UserError(f"--dp: the training split has {units} privacy unit; DP-SGD needs many (hundreds for "
-                        f"useful accuracy)")
-    delta = delta if delta is not None else 1.0 / (10 * units)
-    if delta >= 1.0 / units:
-        raise UserError(f"delta: {delta:g} is not below 1/units = {1 / units:.3g} ({units} units): such a delta "
-                        f"allows publishing one unit's data outright; lower --delta")
-    units_per_step = min(units_per_step, units)
-    sample_rate = units_per_step / units
-    steps = max_steps if max_steps > 0 else max(1, math.ceil(epochs / sample_rate))
-    try:
-        sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                     steps=steps, accountant=ACCOUNTANT)
-    except ValueError:
-        raise UserError(f"epsilon: the accountant cannot meet epsilon {epsilon:g} at delta {delta:.3g} with "
-                        f"{steps} steps at sampling rate {sample_rate:.4g} (noise multiplier above 1e6); raise "
-                        f"--epsilon, or lower --max-steps / --num-epochs") from None
-    return PrivacyPlan(units=units, rankings=rankings, units_per_step=units_per_step, sample_rate=sample_rate,
-                       steps=steps, target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
-                       noise_multiplier=float(sigma))
+    """``rlhf.dp.plan_privacy`` with the reward model's rows, rankings."""
+    return _plan_privacy(units, rankings, units_per_step, epochs, max_steps, epsilon, delta, max_grad_norm,
+                         row_kind="rankings")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Per-unit gradients and the step
+# Per-unit gradients
 
 
 def unit_loss_backward(model, rankings: list[dict[str, Any]], pad_token_id: int, micro_batch: int,
@@ -147,40 +62,8 @@ def unit_loss_backward(model, rankings: list[dict[str, Any]], pad_token_id: int,
 def per_unit_gradients(model, params, units: list[list[dict[str, Any]]], pad_token_id: int, micro_batch: int,
                        bf16: bool = False) -> tuple[list[Any], float]:
     """([P] tensors of shape [B, *p.shape]: each sampled unit's gradient), summed loss of the B units."""
-    import torch
-
-    grads = [[] for _ in params]
-    loss = 0.0
-    for unit in units:
-        for p in params:
-            p.grad = None
-        loss += unit_loss_backward(model, unit, pad_token_id, micro_batch, bf16)
-        for store, p in zip(grads, params):
-            store.append(p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-    for p in params:
-        p.grad = None
-    stacked = [torch.stack(g) if g else torch.zeros((0, *p.shape), dtype=p.dtype) for g, p in zip(grads, params)]
-    return stacked, loss
-
-
-def dp_step(optimizer, params, grad_samples) -> None:
-    """One DP-SGD step through Opacus: ``grad_samples[i]`` [B, *shape] becomes ``params[i].grad_sample``;
-    ``DPOptimizer.step`` clips each unit, sums, adds noise, divides by the expected batch and steps."""
-    for p, g in zip(params, grad_samples):
-        p.grad_sample = g
-    optimizer.step()
-    optimizer.zero_grad()
-
-
-def make_dp_optimizer(params, plan: PrivacyPlan, learning_rate: float, weight_decay: float, noise_seed: int):
-    """AdamW wrapped in Opacus's ``DPOptimizer``; the noise comes from a generator seeded with ``noise_seed``."""
-    import torch
-    from opacus.optimizers import DPOptimizer
-
-    adamw = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(noise_seed)
-    return DPOptimizer(adamw, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                       expected_batch_size=plan.units_per_step, loss_reduction="mean", generator=generator)
+    return _per_unit_gradients(params, units,
+                               lambda unit: unit_loss_backward(model, unit, pad_token_id, micro_batch, bf16))
 
 
 def lora_score_model(config):
@@ -201,10 +84,6 @@ def lora_score_model(config):
 
 def check_dp_config(config) -> None:
     """Settings DP-SGD here does not support: one line each, before any data is read."""
-    import os
-
-    from rlhf.runtime import zero_stage
-
     if config.epsilon is None:
         raise UserError("--dp needs --epsilon (the privacy budget per unit, e.g. 8)")
     if not config.lora.enabled:
@@ -212,20 +91,13 @@ def check_dp_config(config) -> None:
                         "supported: leave lora.enabled on (the default with --dp)")
     if config.mode != "kwise":
         raise UserError("--dp needs mode kwise (a unit's rankings are summed as whole rankings)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or zero_stage():
-        raise UserError("--dp runs in one process (per-unit gradients are computed one unit at a time); launch "
-                        "it without accelerate/torchrun")
+    check_single_process()
 
 
 def train_private(config, train_rows, tokenizer, private: bool = True, plan: PrivacyPlan | None = None):
     """DP-SGD (or, with ``private=False``, the same sampling and schedule without clipping or noise: the
     baseline DP is compared with). Returns (merged plain score model, record for metrics.json)."""
-    import time
-
     import torch
-    from opacus.accountants import RDPAccountant
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-    from tqdm import tqdm
 
     from reward.data import tokenize_kwise
 
@@ -240,41 +112,11 @@ def train_private(config, train_rows, tokenizer, private: bool = True, plan: Pri
         print(plan.summary(), file=sys.stderr, flush=True)
     torch.manual_seed(config.seed)  # score head and LoRA initialisation
     model, params = lora_score_model(config)
+    record = train_units(params, units, plan, lambda unit: unit_loss_backward(
+        model, unit, tokenizer.pad_token_id, config.batch_size, config.bf16), config.learning_rate,
+        config.weight_decay, config.seed, private=private)
+    record["rankings"] = plan.rows  # the name this record's readers (bench/dp_bench.py) know
     if private:
-        optimizer = make_dp_optimizer(params, plan, config.learning_rate, config.weight_decay, config.seed + 1)
-        accountant = RDPAccountant()
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    sampler = UniformWithReplacementSampler(num_samples=len(units), sample_rate=plan.sample_rate,
-                                            generator=torch.Generator().manual_seed(config.seed), steps=plan.steps)
-    losses, sizes = [], []
-    started = time.perf_counter()
-    bar = tqdm(sampler, total=plan.steps, desc="DP-SGD" if private else "baseline (no DP)", file=sys.stderr)
-    for picked in bar:
-        batch = [units[i] for i in picked]
-        if private:
-            grads, loss = per_unit_gradients(model, params, batch, tokenizer.pad_token_id, config.batch_size,
-                                             config.bf16)
-            dp_step(optimizer, params, grads)
-            accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
-        else:
-            loss = 0.0
-            for unit in batch:  # the same sum of unit losses, over the same expected batch, unclipped
-                loss += unit_loss_backward(model, unit, tokenizer.pad_token_id, config.batch_size, config.bf16)
-            for p in params:
-                if p.grad is not None:
-                    p.grad /= plan.units_per_step
-            optimizer.step()
-            optimizer.zero_grad()
-        rankings = sum(len(u) for u in batch)
-        losses.append(loss / rankings if rankings else None)
-        sizes.append(len(batch))
-        bar.set_postfix(units=len(batch), loss=f"{losses[-1]:.4f}" if rankings else "-")
-    seconds = time.perf_counter() - started
-    record = {"private": private, **asdict(plan), "train_seconds": seconds, "units_per_step_seen": sizes,
-              "loss_history": losses}
-    if private:
-        record["epsilon_spent"] = accountant.get_epsilon(delta=plan.delta)
         record["unit"] = "customer, else conversation, else prompt (the export's 'unit' column)"
     merged = model.merge_and_unload()
     merged.eval()
@@ -314,10 +156,6 @@ def privacy_record(config, record: dict[str, Any], held_out: dict | None, train_
     return record
 
 
-def plan_from(record: dict[str, Any]) -> PrivacyPlan:
-    return PrivacyPlan(**{k: record[k] for k in PrivacyPlan.__dataclass_fields__})
-
-
 def card_lines(dp: dict[str, Any] | None) -> list[str]:
     """The model card's privacy section (also read by the loop report and the policy's export)."""
     if not dp:
@@ -328,8 +166,8 @@ def card_lines(dp: dict[str, Any] | None) -> list[str]:
             f"- DP-SGD (Opacus, {dp['accountant'].upper()} accountant) on the LoRA adapter and score head: "
             f"**epsilon {dp['epsilon_spent']:.3f}** spent at delta {dp['delta']:.3g} (target epsilon "
             f"{dp['target_epsilon']:g})",
-            f"- Privacy unit: one {dp.get('unit', 'unit')}; {dp['units']} units ({dp['rankings']} rankings), "
-            f"{dp['units_per_step']} units per step expected (sampling rate {dp['sample_rate']:.4g}), "
+            f"- Privacy unit: one {dp.get('unit', 'unit')}; {dp['units']} units "
+            f"({dp.get('rows', dp.get('rankings'))} rankings), {dp['units_per_step']} units per step expected (sampling rate {dp['sample_rate']:.4g}), "
             f"{dp['steps']} steps, per-unit gradients clipped to {dp['max_grad_norm']:g}, noise multiplier "
             f"{dp['noise_multiplier']:.3f}",
             f"- Held-out accuracy {'n/a' if acc is None else f'{acc:.3f}'}"

@@ -124,7 +124,7 @@ def test_one_dp_step_equals_the_hand_computed_clipped_noised_update(tiny_model_d
     norms = [math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)) for grads in unit_grads]
     max_grad_norm = sorted(norms)[1]  # clips the largest unit, leaves the smallest alone
     assert min(norms) < max_grad_norm < max(norms)
-    plan = PrivacyPlan(units=30, rankings=40, units_per_step=4, sample_rate=4 / 30, steps=1, target_epsilon=8.0,
+    plan = PrivacyPlan(units=30, rows=40, units_per_step=4, sample_rate=4 / 30, steps=1, target_epsilon=8.0,
                        delta=1e-3, max_grad_norm=max_grad_norm, noise_multiplier=0.7)
     generator = torch.Generator().manual_seed(11)
     expected_grads = []
