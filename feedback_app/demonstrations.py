@@ -8,6 +8,8 @@ The export's data contract, one row (``OUT/sft`` as a DatasetDict with train/tes
   source       "demonstration" | "agent"   written by a reviewer, or the agent's real reply from a chat log
   author       str                     the reviewer's username ("agent" for agents' replies)
   prompt_key   str                     rlhf.schema.prompt_key of the prompt (the split's key)
+  unit         str                     the privacy unit for 'rlhf sft --dp', as the rankings' (customer:<hash>,
+                                       else conversation:<hash>, else prompt:<key>)
 The split is the rankings' prompt-level split (``rlhf.schema.prompt_split``): a prompt's rankings and
 its demonstrations always land on the same side.
 """
@@ -170,26 +172,31 @@ def export_rows(store: Store, test_fraction: float, include_pending: bool = Fals
     wanted = ("accepted", "pending") if include_pending else ("accepted",)
     with store.sessions() as s:
         demos = list(s.execute(
-            select(PromptRow.prompt, Demonstration.text, User.username, Demonstration.id)
+            select(PromptRow.prompt, Demonstration.text, User.username, Demonstration.id, PromptRow.customer_key,
+                   PromptRow.conversation_key, PromptRow.prompt_key)
             .join(PromptRow, PromptRow.id == Demonstration.prompt_id).join(User, User.id == Demonstration.user_id)
             .where(Demonstration.project_id == store.project.id, Demonstration.status.in_(wanted))
             .order_by(Demonstration.id)))
         agents = list(s.execute(
-            select(PromptRow.prompt, PromptRow.reference_reply)
+            select(PromptRow.prompt, PromptRow.reference_reply, PromptRow.customer_key, PromptRow.conversation_key,
+                   PromptRow.prompt_key)
             .where(PromptRow.project_id == store.project.id, PromptRow.reference_reply.is_not(None),
                    PromptRow.reference_reply != "")
             .order_by(PromptRow.id))) if include_agent else []
-    raw = [(p, t, "demonstration", a) for p, t, a, _ in demos] + [(p, t, "agent", "agent") for p, t in agents]
+    from feedback_app.export import privacy_unit  # the rankings' unit: customer, else conversation, else prompt
+
+    raw = [(d.prompt, d.text, "demonstration", d.username, privacy_unit(d)) for d in demos] + \
+          [(a.prompt, a.reference_reply, "agent", "agent", privacy_unit(a)) for a in agents]
     conversational = any(is_conversational(p) for p, *_ in raw)
     splits: dict[str, list[dict]] = {"train": [], "test": []}
-    for prompt, text, source, author in raw:
+    for prompt, text, source, author, unit in raw:
         splits[prompt_split(prompt, test_fraction)].append({
             "prompt": as_messages(prompt) if conversational else prompt, "completion": text,
-            "source": source, "author": author, "prompt_key": prompt_key(prompt)})
+            "source": source, "author": author, "prompt_key": prompt_key(prompt), "unit": unit})
     counts = {"demonstrations": len(demos), "agent_replies": len(agents),
               "train": len(splits["train"]), "test": len(splits["test"]),
               "statuses": list(wanted), "conversational": conversational}
-    return splits, {"counts": counts, "demonstration_ids": [d[3] for d in demos]}
+    return splits, {"counts": counts, "demonstration_ids": [d.id for d in demos]}
 
 
 def _view(row: Demonstration, prompt, author: str, reviewed_by: str | None) -> DemonstrationView:

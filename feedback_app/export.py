@@ -361,14 +361,16 @@ def export_prompts(store: Store, path: str | os.PathLike) -> int:
 
 def export_agent_replies(store: Store, path: str | os.PathLike) -> int:
     """Agents' reference replies (chat-log imports, already redacted) as SFT prompt-completion lines:
-    ``{"prompt": ..., "completion": reply, "source": "agent", "author": "agent", "prompt_key": ...}``, the rows
-    ``rlhf sft --data`` reads (its split keys on the prompt, as the rankings' split does)."""
+    ``{"prompt": ..., "completion": reply, "source": "agent", "author": "agent", "prompt_key": ..., "unit": ...}``,
+    the rows ``rlhf sft --data`` reads (its split keys on the prompt, as the rankings' split does; ``unit`` is the
+    privacy unit ``rlhf sft --dp`` needs, as the rankings')."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: give a file path (for example agent_replies.jsonl), not a folder")
     prepare_parent(path)
     with store.sessions() as s:
-        rows = list(s.execute(select(PromptRow.prompt, PromptRow.reference_reply, PromptRow.prompt_key)
+        rows = list(s.execute(select(PromptRow.prompt, PromptRow.reference_reply, PromptRow.prompt_key,
+                                     PromptRow.customer_key, PromptRow.conversation_key)
                               .where(PromptRow.project_id == store.project.id, PromptRow.reference_reply.is_not(None))
                               .order_by(PromptRow.id)))
     rows = [r for r in rows if r.reference_reply.strip()]
@@ -381,7 +383,8 @@ def export_agent_replies(store: Store, path: str | os.PathLike) -> int:
             os.chmod(tmp, SHARED_FILE)
             for r in rows:
                 handle.write(json.dumps({"prompt": r.prompt, "completion": r.reference_reply, "source": "agent",
-                                         "author": "agent", "prompt_key": r.prompt_key}, ensure_ascii=False) + "\n")
+                                         "author": "agent", "prompt_key": r.prompt_key, "unit": privacy_unit(r)},
+                                        ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

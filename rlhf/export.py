@@ -200,6 +200,22 @@ def _sft_line(run_dir: Path, info: dict) -> str:
             f"before, {loss('heldout_loss_after')} after")
 
 
+def _sft_privacy_line(run_dir: Path) -> str:
+    """The SFT run's own differential privacy (``rlhf sft --dp``), from the ``dp`` record of its ``metrics.json``."""
+    from rlhf.dp import privacy_text
+
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    dp = metrics.get("dp")
+    if not dp:
+        return ("- Differential privacy: none (trained without --dp; the model may reproduce details of its "
+                "demonstrations)")
+    base = dp.get("baseline_heldout_loss_after")
+    return (f"- Differential privacy: {privacy_text(dp, strong=True)}; trained: the LoRA adapter, by this project's "
+            f"DP-SGD loop over TRL's SFT tokenisation and reply-only loss mask"
+            + (f"; held-out loss without DP on the same schedule: {base:.4f}" if isinstance(base, (int, float)) else "")
+            + "; not covered: the held-out demonstrations (scored, never trained on)")
+
+
 def _gate_line(gate: dict) -> str:
     """The reward-model gate as the trainer recorded it (``rlhf.gate.require_gate``)."""
     if gate.get("status") == "not measured":
@@ -235,7 +251,7 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
     manifest = prompts.parent / "manifest.json" if prompts else None
     fig = lambda row, key: f"{row[key]:.4g}" if isinstance(row.get(key), (int, float)) else "n/a"  # noqa: E731
     if trainer == "sft":
-        reward_line = _sft_line(run_dir, info)
+        reward_line = _sft_line(run_dir, info) + "\n" + _sft_privacy_line(run_dir)
     elif trainer == "dpo":
         reward_line = (f"- Reward model: none (DPO learns from the reviewers' pairs directly); preference data "
                        f"`{info.get('data')}`: {info.get('train_pairs', '?')} training pairs, "

@@ -60,10 +60,19 @@ def run_command(args) -> int:
     if args.algorithm == "sft":
         from rlhf.align.demonstrations import load_checked
 
-        load_checked(config.data, config.test_fraction, config.policy, config.max_length)  # bad rows: before TRL
-        from rlhf.align.sft import run_sft
+        if config.dp:  # DP-SGD per unit: settings it cannot use are refused before the demonstrations are read
+            from rlhf.align.sft_dp import check_dp_config
 
-        run_sft(config, resume=args.resume)
+            check_dp_config(config, args.resume)
+        load_checked(config.data, config.test_fraction, config.policy, config.max_length)  # bad rows: before TRL
+        if config.dp:
+            from rlhf.align.sft_dp import run_sft_dp
+
+            run_sft_dp(config, resume=args.resume)  # units and the privacy plan are checked before TRL loads
+        else:
+            from rlhf.align.sft import run_sft
+
+            run_sft(config, resume=args.resume)
     elif args.algorithm == "dpo":
         from rlhf.align.dpo import run_dpo
 

@@ -2,7 +2,8 @@
 
 The data contract (one row):
   {"prompt": "text" | [chat messages], "completion": "the reply" | [one assistant message],
-   "source": "demonstration" | "agent", "author": ..., "prompt_key": ...}   (the last three optional)
+   "source": "demonstration" | "agent", "author": ..., "prompt_key": ..., "unit": ...}   (the last four optional;
+   ``unit``, the privacy unit, is needed by ``rlhf sft --dp``)
 or {"messages": [... , {"role": "assistant", ...}]}: the last assistant message is the completion.
 
 Sources (``data`` holds one or more, read in order):
@@ -42,6 +43,7 @@ class Demonstration:
     completion: str
     source: str = "demonstration"  # "demonstration" (a reviewer wrote it) or "agent" (a reference reply)
     stored_prompt: object = None  # the prompt as the store keeps it (text or messages): the split's key
+    unit: str | None = None  # privacy unit for 'rlhf sft --dp' (customer, conversation or prompt), if the row has one
 
     def row(self) -> dict:
         """The TRL conversational prompt-completion row."""
@@ -91,7 +93,9 @@ def parse_row(row, where: str) -> Demonstration:
         raise UserError(f"{where}: field 'completion': must be text, got {type(completion).__name__}")
     if not completion.strip():
         raise UserError(f"{where}: field 'completion': empty (a demonstration needs the reply's text)")
-    return Demonstration(where, as_messages(stored), completion, str(row.get("source") or "demonstration"), stored)
+    unit = row.get("unit")
+    return Demonstration(where, as_messages(stored), completion, str(row.get("source") or "demonstration"), stored,
+                         str(unit).strip() if unit is not None and str(unit).strip() else None)
 
 
 # ---------------------------------------------------------------------------------------------------

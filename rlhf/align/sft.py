@@ -121,6 +121,10 @@ def build_trainer(run: SFTRunConfig, resume: str | None = None) -> ResumableSFTT
 
 
 def run_sft(run: SFTRunConfig, resume: str | None = None) -> int:
+    if run.dp:  # DP-SGD per privacy unit: this project's loop over the same trainer's data and model
+        from rlhf.align.sft_dp import run_sft_dp
+
+        return run_sft_dp(run, resume)
     trainer = build_trainer(run, resume)
     out = Path(run.output_dir)
     if trainer.resume_from is None:
