@@ -101,13 +101,16 @@ def test_write_review_export_and_erase(served):
         sft = datasets.load_from_disk(str(out / "sft"))
         rows = [dict(r, split=split) for split in ("train", "test") for r in sft[split]]
         assert sorted(r["completion"] for r in rows) == sorted(store_text(store, views[i]["id"]) for i in expected)
-        assert set(sft["train"].column_names) == {"prompt", "completion", "source", "author", "prompt_key"}
+        assert set(sft["train"].column_names) == {"prompt", "completion", "source", "author", "prompt_key", "unit"}
         for row in rows:
             assert (row["source"], row["author"]) == ("demonstration", "alice")
             assert row["prompt_key"] == prompt_key(row["prompt"]) and row["split"] == prompt_split(row["prompt"], 0.5)
         kwise = datasets.load_from_disk(str(out / "kwise"))
         kwise_split = {r["prompt"]: split for split in ("train", "test") for r in kwise[split]}
         assert all(kwise_split[r["prompt"]] == r["split"] for r in rows)  # the same prompt-level split
+        # the privacy unit 'rlhf sft --dp' needs is the rankings' own (each prompt here is its own conversation)
+        kwise_unit = {r["prompt"]: r["unit"] for split in ("train", "test") for r in kwise[split]}
+        assert all(r["unit"].startswith("conversation:") and r["unit"] == kwise_unit[r["prompt"]] for r in rows)
         lines = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
         assert sorted(json.dumps(r, sort_keys=True) for r in lines) == \
             sorted(json.dumps({k: v for k, v in r.items() if k != "split"}, sort_keys=True) for r in rows)

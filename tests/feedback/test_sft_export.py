@@ -24,6 +24,9 @@ def test_agent_replies_export_as_redacted_sft_rows(tmp_path):
     first = rows[0]
     assert first["prompt"][-1] == {"role": "user", "content": first["prompt"][-1]["content"]}
     assert "<PERSON_1>" in json.dumps(rows)
+    # the privacy unit for 'rlhf sft --dp': the sample names its customers, so the customer's salted hash
+    assert all(r["unit"].startswith("customer:") and "CUST" not in r["unit"] for r in rows)
 
     demos = read_demonstrations([out], 0.5)
     assert len(demos.train) + len(demos.test) == len(rows) and demos.counts()["by_source"] == {"agent": len(rows)}
+    assert sorted(d.unit for d in demos.train + demos.test) == sorted(r["unit"] for r in rows)
