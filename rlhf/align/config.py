@@ -68,7 +68,8 @@ class AlignRunConfig(Config):
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
-                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model"} | GUARD_FIELDS
+                    "num_eval_prompts", "eval_prompts_file", "allow_weak_reward_model",
+                    "generation_backend"} | GUARD_FIELDS
 
 
 class OnlineRunConfig(AlignRunConfig, GuardFields):
@@ -81,6 +82,10 @@ class OnlineRunConfig(AlignRunConfig, GuardFields):
     allow_weak_reward_model: bool = Field(False, description="train against a reward model whose gate.json says it "
                                           "did not pass the gate (recorded in run_info.json and the model card)")
     temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the replies")
+    generation_backend: str = Field("fast", pattern="^(fast|transformers)$", description="'fast' samples the groups "
+                                    "with rlhf.decode's loop (Llama-shaped models; else, and under ZeRO-3, "
+                                    "transformers' generate(), said in the log), 'transformers' always with "
+                                    "generate()")
     # Replies to one prompt are compared with each other (GRPO: against their mean and spread; RLOO: each
     # against the mean of the others), so a group needs at least 2. 4 is the smallest group whose
     # baseline is not dominated by one reply, and a batch of 8 replies (2 prompts x 4) costs about one

@@ -22,6 +22,7 @@ from rlhf.align.trainer import EpochSeededRepeatSampler, ResumableRun, prepare_o
 from rlhf.errors import UserError
 from rlhf.guards import build_guard
 from rlhf.lora import lora_config
+from rlhf.ppo.rollout import route_generate
 from rlhf.runtime import zero_stage
 from rlhf.schema import as_messages
 
@@ -139,6 +140,11 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     )
     trainer.setup_run(run, eval_prompts[:run.num_eval_prompts], reward_scorer(reward_model, reward_tokenizer),
                       resume_from)
+    if run.generation_backend == "fast":  # the policy object TRL unwraps for generation (PEFT wrapper or model)
+        route_generate(trainer.model, trainer.say,
+                       "weights partitioned by DeepSpeed ZeRO-3" if zero_stage() == 3 else None)
+    else:
+        trainer.say("generation: transformers' generate() (generation_backend: transformers)")
     if guard is not None:
         guard.reward_names = tuple(trainer.reward_func_names)
         trainer.guard = guard

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import GenerationConfig, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl.trainer.utils import RepeatSampler
 
@@ -128,12 +128,15 @@ class ResumableRun:
         tok = self.processing_class
         texts = [render_prompt(tok, p) for p in self.eval_prompts]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
-        kwargs = {"max_new_tokens": self.run.response_length, "do_sample": False,
-                  "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+        # One GenerationConfig, the call shape rlhf.ppo.rollout.route_generate answers with the fast loop
+        # (GRPO, RLOO); elsewhere generate() reads it the same way.
+        config = GenerationConfig(max_new_tokens=self.run.response_length, do_sample=False,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             was_training = unwrapped.training
             unwrapped.eval()
-            out = unwrapped.generate(**enc, **kwargs)
+            out = unwrapped.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                     generation_config=config)
             unwrapped.train(was_training)
         replies = [tok.decode(ids, skip_special_tokens=True).strip() for ids in out[:, enc["input_ids"].shape[1]:]]
         scores = self.scorer(self.eval_prompts, replies)

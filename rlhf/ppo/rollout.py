@@ -174,6 +174,34 @@ def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool,
     policy.generate = run
 
 
+def route_generate(policy: torch.nn.Module, say=print, blocked: str | None = None) -> bool:
+    """Answer ``policy.generate(input_ids=..., attention_mask=..., generation_config=...)``, the call TRL's
+    GRPO and RLOO make for their groups of replies, with rlhf.decode's loop; any other call, and options
+    the loop lacks (beams, repetition penalty, ...), go to ``generate()`` unchanged. The loop's sampling
+    is in bfloat16 (as PPO's rollouts); the trainers take the old log-probabilities from a training
+    forward, not from generation, so the loss is computed as before. ``blocked``: a reason the caller
+    knows the loop cannot run (ZeRO-3). One log line, through ``say``, tells which path is taken."""
+    from rlhf.decode import unsupported_reason
+
+    reason = blocked or unsupported_reason(policy)
+    if reason:
+        say(f"generation: transformers' generate() (the fast decode loop cannot run: {reason})")
+        return False
+    say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once per generation batch")
+    generate = policy.generate
+
+    @functools.wraps(generate)
+    def run(*args, **kwargs):
+        if not args:
+            output = _fast_generate(policy, **kwargs)
+            if output is not None:
+                return output
+        return generate(*args, **kwargs)
+
+    policy.generate = run
+    return True
+
+
 # generate() options the fast loop reproduces at these values only; anything else goes to generate().
 _PLAIN = {"num_beams": 1, "repetition_penalty": 1.0, "min_new_tokens": None, "min_p": None,
           "no_repeat_ngram_size": 0, "bad_words_ids": None, "typical_p": 1.0, "num_return_sequences": 1}
