@@ -41,6 +41,7 @@ FIGURES = {"ppo": ("reward", "kl", "entropy", "value_loss", "response_length", "
            "dpo": ("loss", "reward_margin", "pair_accuracy", "entropy"),
            "sft": ("loss", "mean_token_accuracy", "entropy")}
 # SFT generates nothing while training either: its figures are the reply tokens' loss and accuracy.
+SFT_METRICS = "sft_metrics.json"  # an exported SFT model's metrics.json (held-out loss, differential privacy)
 PLOTTED_SFT = (("loss", "SFT loss (per reply token)"), ("mean_token_accuracy", "reply tokens predicted"))
 
 
@@ -77,6 +78,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
         _write_model(model, tokenizer, tmp, dtype, adapter_only)
         trainer = _run_info(run_dir).get("trainer", "ppo")
         shutil.copy(run_dir / "config.yaml", tmp / f"{trainer}_config.yaml")
+        if trainer == "sft" and (run_dir / "metrics.json").is_file():  # read by the cards of policies started here
+            shutil.copy(run_dir / "metrics.json", tmp / SFT_METRICS)
         plots = write_plots(run_dir, tmp / "plots")
         (tmp / "README.md").write_text(model_card(config, run_dir, ckpt, state, dtype, adapter_only, plots),
                                        encoding="utf-8")
@@ -216,6 +219,19 @@ def _sft_privacy_line(run_dir: Path) -> str:
             + "; not covered: the held-out demonstrations (scored, never trained on)")
 
 
+def _start_privacy_line(base_dir: Path) -> list[str]:
+    """A policy started from an exported SFT model: that model's differential privacy (its ``sft_metrics.json``);
+    nothing for any other starting model."""
+    from rlhf.dp import privacy_text
+
+    if not (base_dir / SFT_METRICS).is_file():
+        return []
+    dp = json.loads((base_dir / SFT_METRICS).read_text()).get("dp")
+    if not dp:
+        return ["- Starting policy (SFT) privacy: no differential privacy"]
+    return [f"- Starting policy (SFT) privacy: {privacy_text(dp)}; this run's own training is not covered by it"]
+
+
 def _gate_line(gate: dict) -> str:
     """The reward-model gate as the trainer recorded it (``rlhf.gate.require_gate``)."""
     if gate.get("status") == "not measured":
@@ -271,6 +287,7 @@ def model_card(config: PolicyRun, run_dir: Path, checkpoint: Path, state: dict, 
         reward_line,
         *([_gate_line(info["reward_gate"])] if info.get("reward_gate") else []),
         *([_privacy_line(info["reward_model_path"])] if trainer != "dpo" and info.get("reward_model_path") else []),
+        *_start_privacy_line(base_dir),
         *([f"- Prompts: `{prompts}` (sha256 {_sha256(prompts) if prompts.exists() else 'missing'}, "
            f"{info.get('num_prompts', '?')} usable)" + (f"; manifest `{manifest}`" if manifest.is_file() else "")]
           if prompts else []),

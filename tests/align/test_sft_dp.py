@@ -153,6 +153,16 @@ def test_cli_sft_dp_epsilon_8_reports_the_spent_epsilon_in_metrics_and_card(tiny
     assert f"**epsilon {dp['epsilon_spent']:.3f} spent** at delta 0.005 per unit" in card
     assert "- Differential privacy: DP-SGD" in card and "20 units (58 demonstrations)" in card
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    # A policy trained from this model (rlhf ppo/grpo/rloo/dpo --policy MODEL) names the budget in its own card.
+    from rlhf.export import _start_privacy_line
+
+    line = _start_privacy_line(tmp_path / "model")
+    assert len(line) == 1 and line[0].startswith(f"- Starting policy (SFT) privacy: DP-SGD (Opacus, RDP accountant), "
+                                                 f"epsilon {dp['epsilon_spent']:.3f} spent at delta 0.005 per unit")
+    (tmp_path / "plain").mkdir()
+    assert _start_privacy_line(tmp_path / "plain") == []
+    (tmp_path / "plain" / "sft_metrics.json").write_text(json.dumps({"heldout_loss_after": 2.0}))
+    assert _start_privacy_line(tmp_path / "plain") == ["- Starting policy (SFT) privacy: no differential privacy"]
 
 
 def _one_line_exit_2(argv, capsys) -> str:
