@@ -78,7 +78,7 @@ class _Hot:
                       _p.gold_rate).where(_p.id == bindparam("pid"))
     used_slots = select(A.slot).where(A.item_id == bindparam("item"), A.slot.is_not(None))
     add_lease = Assignment.__table__.insert()
-    view = (select(C.position, C.id, C.text, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
+    view = (select(C.position, C.id, C.text, C.sampling, I.round, P.prompt).join(Item.__table__, I.id == C.item_id)
             .join(PromptRow.__table__, P.id == I.prompt_id).where(C.item_id == bindparam("item")))
     _stored = (R.id, R.item_id, R.ranks, R.shown_order, R.simulated, R.created_at, R.idempotency_key)
     stored_by_key = select(*_stored).where(R.user_id == bindparam("uid"), R.idempotency_key == bindparam("key"))
@@ -136,6 +136,17 @@ class TooManyLogins(ServiceError):
 class CandidateView:
     id: int
     text: str
+    # How generation ended ("stop", or "length" when cut at the token limit) and its new tokens, so a
+    # page can mark a cut reply; None for imported replies.
+    finish_reason: str | None = None
+    new_tokens: int | None = None
+
+
+def _candidate_view(row) -> CandidateView:
+    """A candidate row of ``_Hot.view`` (id, text and the generation's ``sampling`` record)."""
+    end = row.sampling if isinstance(row.sampling, dict) else {}
+    tokens = end.get("new_tokens")
+    return CandidateView(row.id, row.text, end.get("finish_reason"), tokens if isinstance(tokens, int) else None)
 
 
 @dataclass
@@ -963,7 +974,7 @@ class Store:
     def _item_view_of(self, rows, item_id: int, shown_order: list[int], expires_at: float | None) -> ItemView:
         by_position = {r.position: r for r in rows}
         return ItemView(item_id=item_id, prompt=rows[0].prompt,
-                        candidates=[CandidateView(by_position[p].id, by_position[p].text) for p in shown_order],
+                        candidates=[_candidate_view(by_position[p]) for p in shown_order],
                         round=rows[0].round, guideline=self.project.guideline,
                         guideline_version=self.project.guideline_version, lease_expires_at=expires_at)
 

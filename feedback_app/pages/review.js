@@ -1,9 +1,17 @@
 // Keyboard-first ranking on /review, loaded as a same-origin file (the Content-Security-Policy needs
 // no inline script or eval for it). It drives the page's own controls, and submits a complete ranking
-// through the REST API (POST /api/rankings with the login cookie and its X-CSRF-Token: one short
-// request to the same store call), then presses the page's hidden "next item" button. An incomplete
-// ranking, or any refusal, goes through the page's own Submit instead: its validator marks the
-// missing ranks and its handler says why (e.g. "already ranked" from another tab).
+// through the REST API (POST /api/rankings with the login cookie, its X-CSRF-Token and fetch_next: one
+// short request that stores the ranking and hands out the next item), then draws that next item into
+// the page itself: no Gradio queue event per ranking. The page's own rendering ("after-submit") takes
+// over when the script cannot draw the item (none left, another K or guideline version). An
+// incomplete ranking, or any refusal, goes through the page's own Submit instead: its validator marks
+// the missing ranks and its handler says why (e.g. "already ranked" from another tab).
+//
+// A drawn item lives in nodes of this script's own ("fast" view) laid over Gradio's Markdown, whose
+// own nodes are hidden, never edited (Svelte owns them); so Gradio's page state is one item behind.
+// Before any other event of the page (skip, undo, flag, refresh, page submit) the script presses the
+// hidden "sync-view" button, which renders the item now leased (the one drawn), removes its own
+// nodes, puts back the ranks and flag target chosen meanwhile, then lets the event go.
 //
 // Keys (none while typing in a text field):
 //   1..K          rank the reply in focus, then move to the next reply (equal digits make a tie)
@@ -51,6 +59,7 @@
     if (prompt && !prompt.hasAttribute("tabindex")) prompt.setAttribute("tabindex", "-1");
     const done = document.getElementById("all-done");
     if (done && !done.hasAttribute("tabindex")) done.setAttribute("tabindex", "-1");
+    noticePageRender();
     noticeNewItem(prompt, done);
     ticket();
   }
@@ -94,12 +103,14 @@
   let sending = false;
   let viaPage = false;   // a click on Submit that should reach the page's own handler
 
+  function ticketField() { return document.querySelector("#ticket textarea, #ticket input"); }
+
   function ticket() {
-    const field = document.querySelector("#ticket textarea, #ticket input");
+    const field = ticketField();
     const parts = field ? field.value.trim().split(" ") : [];
-    if (parts.length !== 2) return null;
+    if (parts.length < 2) return null;
     if (!(parts[1] in shownAt)) shownAt[parts[1]] = Date.now();
-    return { item: parseInt(parts[0], 10), key: parts[1] };
+    return { item: parseInt(parts[0], 10), key: parts[1], guideline: parts[2] || "" };
   }
 
   function csrf() {
@@ -122,35 +133,269 @@
     if (!complete) return submitViaPage();
     if (sending) return;
     sending = true;
+    let answer = null;
     try {
       const response = await fetch("/api/rankings", {
         method: "POST", credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
-        body: JSON.stringify({ item_id: t.item, ranks: ranks, idempotency_key: t.key,
+        body: JSON.stringify({ item_id: t.item, ranks: ranks, idempotency_key: t.key, fetch_next: true,
                                seconds: Math.round((Date.now() - shownAt[t.key]) / 10) / 100 }),
       });
-      if (response.ok) press("after-submit");
-      else submitViaPage();
+      answer = response.ok ? await response.json() : null;
     } catch (err) {
-      submitViaPage();
+      answer = null;
     } finally {
       sending = false;
     }
+    if (!answer) submitViaPage();
+    else if (canDraw(answer.next_item, t)) draw(answer.next_item);
+    else press("after-submit"); // renders from the page's own handler, whose state it sets afresh
   }
 
   function submitViaPage() {
-    viaPage = true;
-    try { press("submit"); } finally { viaPage = false; }
+    syncThen(() => {
+      viaPage = true;
+      try { press("submit"); } finally { viaPage = false; }
+    });
   }
 
   // A click on the Submit button takes the REST path too (capture phase: before the page's handler).
+  // A click on another button of the page's own waits until the page has caught up with a drawn item.
   document.addEventListener("click", (event) => {
-    const button = event.target && event.target.closest && event.target.closest("#submit");
-    if (!button || viaPage || !document.getElementById("ticket")) return;
+    const target = event.target && event.target.closest ? event.target : null;
+    if (!target || !document.getElementById("ticket")) return;
+    if (target.closest("#submit") && !viaPage) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      submitRanking();
+      return;
+    }
+    const button = target.closest("#skip button, button#skip, #undo button, button#undo, #refresh button, " +
+                                  "button#refresh, #flag button, button#flag");
+    if (!button || !fast) return;
     event.preventDefault();
     event.stopImmediatePropagation();
-    submitRanking();
+    syncThen(() => button.click());
   }, true);
+
+  // ---- The next item, drawn from the REST answer ----------------------------------------------------
+
+  let fast = null;      // {item, ticket}: an item this script drew; the page's own state is one behind
+  let syncing = null;   // events waiting for the page to catch up
+
+  const visibleCards = () => cards().filter((c) => c.offsetParent !== null).length;
+
+  function canDraw(next, shownTicket) {
+    if (!next || !Array.isArray(next.candidates)) return false;
+    const n = next.candidates.length;
+    // Another K needs the page's cards and rank choices rebuilt, another guideline its new text.
+    if (n !== visibleCards() || !document.getElementById("prompt")) return false;
+    if (String(next.guideline_version || "").split(/\s+/).join("") !== shownTicket.guideline) return false;
+    for (let i = 0; i < n; i++) if (!document.getElementById("reply-" + i) || !rankGroup(i)) return false;
+    return true;
+  }
+
+  function newKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function draw(next) {
+    const t = ticket();
+    const progress = document.getElementById("progress");
+    const counts = progress && progress.innerText.match(/(\d+) of (\d+) today · (\d+) ranked in all · (\d+) skipped/);
+    clearFast();
+    const turns = Array.isArray(next.prompt) ? next.prompt : null;
+    const older = turns && turns.length > RECENT_TURNS ? turns.slice(0, turns.length - RECENT_TURNS) : [];
+    const recent = turns ? turns.slice(older.length) : next.prompt;
+    const prompt = document.getElementById("prompt");
+    const box = layOver(prompt, turns ? turnsMarkdown(recent) : String(next.prompt));
+    const earlierBox = document.getElementById("earlier-box");
+    if (earlierBox) { earlierBox.dataset.fastHidden = "1"; earlierBox.style.display = "none"; }
+    if (older.length) {
+      const details = document.createElement("details");
+      details.className = "fast-view fast-earlier";
+      const summary = document.createElement("summary");
+      summary.textContent = "Show " + older.length + " earlier turn" + (older.length === 1 ? "" : "s");
+      const body = document.createElement("div");
+      body.className = "md";
+      body.appendChild(renderMarkdown(turnsMarkdown(older)));
+      details.append(summary, body);
+      prompt.insertBefore(details, box);
+    }
+    next.candidates.forEach((c, i) => layOver(document.getElementById("reply-" + i), replyMarkdown(c)));
+    for (let i = 0; i < next.candidates.length; i++) {
+      rankGroup(i).querySelectorAll("input[type=radio]").forEach((input) => {
+        input.checked = false;
+        input.setAttribute("aria-checked", "false");
+      });
+    }
+    layOver(document.getElementById("message"), "Saved.");
+    if (counts) {
+      const [today, total, ranked, skipped] = counts.slice(1).map((x) => parseInt(x, 10));
+      layOver(progress, "**" + (today + 1) + " of " + Math.max(total, today + 1) + " today** · " + (ranked + 1) +
+              " ranked in all · " + skipped + " skipped");
+    }
+    const key = newKey();
+    shownAt[key] = Date.now();
+    const field = ticketField();
+    field.value = next.item_id + " " + key + (t && t.guideline ? " " + t.guideline : "");
+    fast = { item: next.item_id, ticket: field.value };
+    lastPrompt = null;
+    noticeNewItem(prompt, null);
+  }
+
+  // One Markdown block shown in place of a Gradio Markdown's own (hidden, left untouched).
+  function layOver(block, markdown) {
+    if (!block) return null;
+    const own = block.querySelector(":scope > [data-testid=markdown-wrapper]");
+    const div = document.createElement("div");
+    div.className = "prose md fast-view";
+    div.appendChild(renderMarkdown(markdown));
+    block.insertBefore(div, own || null);
+    if (own) { own.dataset.fastHidden = "1"; own.style.display = "none"; }
+    return div;
+  }
+
+  function clearFast() {
+    document.querySelectorAll(".fast-view").forEach((el) => el.remove());
+    document.querySelectorAll("[data-fast-hidden]").forEach((el) => {
+      el.style.display = "";
+      delete el.dataset.fastHidden;
+    });
+  }
+
+  // The page rendered (its ticket is no longer the one this script wrote): its own view is back.
+  function noticePageRender() {
+    const field = ticketField();
+    if (fast && field && field.value !== fast.ticket) {
+      fast = null;
+      clearFast();
+    }
+  }
+
+  // Run `action` (an event of the page's own) once the page shows the drawn item itself.
+  function syncThen(action) {
+    if (!fast) { action(); return; }
+    if (syncing) { syncing.push(action); return; }
+    syncing = [action];
+    const item = fast.item;
+    const ranks = shownRanks();
+    const target = document.querySelector("#flag-target input[type=radio]:checked");
+    const flagTarget = target ? target.value : null;
+    const started = Date.now();
+    press("sync-view");
+    const wait = () => {
+      noticePageRender();
+      if (fast && Date.now() - started < 60000) { setTimeout(wait, 25); return; }
+      if (fast) { fast = null; clearFast(); } // the page never answered: show its own view as it is
+      const t = ticket();
+      if (t && t.item === item) {
+        ranks.forEach((rank, i) => {
+          const input = rank !== null && rankGroup(i) && rankGroup(i).querySelector("input[type=radio][value='" + rank + "']");
+          if (input && !input.checked) input.click();
+        });
+        const again = flagTarget && document.querySelector("#flag-target input[type=radio][value='" + flagTarget + "']");
+        if (again && !again.checked) again.click();
+      }
+      const todo = syncing;
+      syncing = null;
+      todo.forEach((f) => f());
+    };
+    setTimeout(wait, 25);
+  }
+
+  // ---- Markdown, built as DOM nodes (text is never parsed as HTML) ------------------------------------
+  // The subset replies and prompts use: paragraphs, headings, lists, fenced code, code spans, bold,
+  // italics and http(s) links; the rest shows as the text it is (as the page's inert_markdown intends).
+
+  const RECENT_TURNS = 2; // reviewer.RECENT_TURNS: a conversation's last turns in view
+
+  function turnsMarkdown(turns) {
+    return turns.map((m) => {
+      const role = String((m && m.role) || "");
+      return "**" + role.charAt(0).toUpperCase() + role.slice(1) + ":** " + String((m && m.content) || "");
+    }).join("\n\n");
+  }
+
+  function replyMarkdown(c) {
+    const cut = c.finish_reason === "length"
+      ? "\n\n*\u2026 cut at " + (c.new_tokens === null || c.new_tokens === undefined ? "?" : c.new_tokens) +
+        " tokens (the generator's limit)*" : "";
+    return String(c.text) + cut;
+  }
+
+  const FENCE = /^\s*(```|~~~)/, HEADING = /^(#{1,6})\s+(.*)$/, BULLET = /^\s*[-*+]\s+/, NUMBER = /^\s*\d+[.)]\s+/;
+
+  function renderMarkdown(markdown) {
+    const out = document.createDocumentFragment();
+    const lines = String(markdown).replace(/\r\n?/g, "\n").split("\n");
+    let i = 0;
+    while (i < lines.length) {
+      const line = lines[i];
+      if (!line.trim()) { i++; continue; }
+      const fence = line.match(FENCE);
+      if (fence) {
+        const body = [];
+        for (i++; i < lines.length && !lines[i].trim().startsWith(fence[1]); i++) body.push(lines[i]);
+        i++;
+        const pre = document.createElement("pre"), code = document.createElement("code");
+        code.textContent = body.join("\n");
+        pre.appendChild(code);
+        out.appendChild(pre);
+        continue;
+      }
+      const heading = line.match(HEADING);
+      if (heading) {
+        const h = document.createElement("h" + heading[1].length);
+        inline(h, heading[2]);
+        out.appendChild(h);
+        i++;
+        continue;
+      }
+      if (BULLET.test(line) || NUMBER.test(line)) {
+        const marker = BULLET.test(line) ? BULLET : NUMBER;
+        const list = document.createElement(marker === BULLET ? "ul" : "ol");
+        for (; i < lines.length && marker.test(lines[i]); i++) {
+          const li = document.createElement("li");
+          inline(li, lines[i].replace(marker, ""));
+          list.appendChild(li);
+        }
+        out.appendChild(list);
+        continue;
+      }
+      const para = [];
+      for (; i < lines.length && lines[i].trim() && !FENCE.test(lines[i]) && !HEADING.test(lines[i]) &&
+             !BULLET.test(lines[i]) && !NUMBER.test(lines[i]); i++) para.push(lines[i]);
+      const p = document.createElement("p");
+      inline(p, para.join("\n"));
+      out.appendChild(p);
+    }
+    return out;
+  }
+
+  function inline(parent, text) {
+    const re = /`([^`]+)`|\*\*([^*]+)\*\*|(?<!\w)__([^_]+)__(?!\w)|\*([^*\s][^*]*)\*|(?<!\w)_([^_\s][^_]*)_(?!\w)|\[([^\]]+)\]\(([^)\s]+)\)/g;
+    let last = 0, m;
+    while ((m = re.exec(text))) {
+      if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
+      let node;
+      if (m[1] !== undefined) { node = document.createElement("code"); node.textContent = m[1]; }
+      else if (m[2] !== undefined || m[3] !== undefined) { node = document.createElement("strong"); inline(node, m[2] ?? m[3]); }
+      else if (m[4] !== undefined || m[5] !== undefined) { node = document.createElement("em"); inline(node, m[4] ?? m[5]); }
+      else if (/^https?:\/\//i.test(m[7])) {
+        node = document.createElement("a");
+        node.href = m[7];
+        node.rel = "noopener noreferrer nofollow";
+        node.target = "_blank";
+        node.textContent = m[6];
+      } else node = document.createTextNode(m[0]);
+      parent.appendChild(node);
+      last = re.lastIndex;
+    }
+    if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
+  }
 
   function press(id) {
     const el = document.getElementById(id);

@@ -118,10 +118,14 @@ def next_view(store: Store, actor: Actor, message: str = "", jobs=None) -> View:
                 progress_text(store, actor, jobs))
 
 
-def ticket_text(state: dict | None) -> str:
+def ticket_text(state: dict | None, guideline_version: str | None = None) -> str:
     """The item on screen (``View.state()``) for review.js: "ITEM_ID KEY", its id and the ranking's
-    idempotency key, the same the page's own Submit would use."""
-    return "" if state is None else f"{int(state['item_id'])} {state['key']}"
+    idempotency key, the same the page's own Submit would use, then the guideline version it is shown
+    under (review.js draws the next item itself only while that version holds)."""
+    if state is None:
+        return ""
+    text = f"{int(state['item_id'])} {state['key']}"
+    return f"{text} {guideline_version}" if guideline_version else text
 
 
 def done_text(view: View) -> str:
@@ -287,9 +291,15 @@ def build_reviewer_page(svc) -> "gr.Blocks":
         # session's state); the handler checks against the state again.
         shown_k = gr.Number(0, visible=False, precision=0)
         # The item on screen for review.js, which submits a complete ranking through the REST API (one
-        # short request, the same store call) and then asks this page for the next item ("saved").
+        # short request, the same store call, handing out the next item too) and draws that next item
+        # itself; this page renders it ("saved") only when the script cannot (no item left, another K
+        # or guideline, a refusal).
         ticket = gr.Textbox("", elem_id="ticket", interactive=False, container=False, show_label=False)
         saved_btn = gr.Button("Show the next item", elem_id="after-submit", elem_classes="offscreen")
+        # review.js draws the next item from the REST answer itself, so this page's own state falls
+        # behind; before any other event of this page it presses this to render the item now leased
+        # (the one on screen), then replays the reviewer's ranks and the event.
+        sync_btn = gr.Button("Show the item on screen", elem_id="sync-view", elem_classes="offscreen")
 
         view_outputs = [state, header, earlier_box, earlier, prompt, *card_groups, *replies, *rank_controls, message,
                         progress, submit_btn, skip_btn, item_area, done_card, legend, guidelines, flag_target, shown_k,
@@ -320,7 +330,8 @@ def build_reviewer_page(svc) -> "gr.Blocks":
                     *[gr.update(choices=choices, value=r, interactive=i < n) for i, r in enumerate(ranks)],
                     view.message, view.progress, gr.update(interactive=True), gr.update(interactive=True),
                     gr.update(visible=True), gr.update(value="", visible=False), KEY_LEGEND.format(k=n), guideline,
-                    gr.update(choices=targets_of(n), value="reply A"), n, ticket_text(current)]
+                    gr.update(choices=targets_of(n), value="reply A"), n,
+                    ticket_text(current, "".join(str(item.guideline_version or "").split()))]
 
         def on_load(request: gr.Request):
             actor = who(request)
@@ -341,6 +352,10 @@ def build_reviewer_page(svc) -> "gr.Blocks":
         def on_saved(request: gr.Request):  # review.js stored the ranking through the REST API
             actor = who(request)
             return render(next_view(store, actor, "Saved.", svc.jobs), actor)
+
+        def on_sync(request: gr.Request):
+            actor = who(request)
+            return render(next_view(store, actor, "", svc.jobs), actor)
 
         def on_skip(current, request: gr.Request):
             actor = who(request)
@@ -366,6 +381,7 @@ def build_reviewer_page(svc) -> "gr.Blocks":
         submit_btn.click(on_submit, [state, shown_k, *rank_controls], view_outputs, validator=validate_submit,
                          concurrency_id="review", api_name="submit")
         saved_btn.click(on_saved, None, view_outputs, concurrency_id="review", api_name="saved")
+        sync_btn.click(on_sync, None, view_outputs, concurrency_id="review", api_name="sync", show_progress="hidden")
         skip_btn.click(on_skip, [state], view_outputs, concurrency_id="review", api_name="skip")
         undo_btn.click(on_undo, None, view_outputs, concurrency_id="review", api_name="undo")
         refresh_btn.click(on_load, None, view_outputs, concurrency_id="review", api_name="refresh")
