@@ -5,6 +5,7 @@
   GET  /api/ab/sets                    the sets (policy names only for admins: reviewers judge blind)
   GET  /api/ab/sets/{set}/next         reviewer: next item, replies as left/right in a stored random order
   POST /api/ab/judgements/{id}         reviewer: verdict left, right, tie or both_bad
+  POST /api/ab/sets/{set}/undo         reviewer: take back your latest verdict in the set (once)
 """
 
 from __future__ import annotations
@@ -81,3 +82,9 @@ def next_item(set_ref: SetRef, request: Request, actor: Actor = Depends(current_
 @router.post("/ab/judgements/{judgement_id}", tags=["a/b"], summary="Answer an A/B item")
 def judge(judgement_id: Id, body: VerdictIn, request: Request, actor: Actor = Depends(current_actor)):
     return ab_service(request).judge(actor, judgement_id, body.verdict, body.seconds, body.simulated)
+
+
+@router.post("/ab/sets/{set_ref}/undo", tags=["a/b"],
+             summary="Take back your latest verdict in the set; its pair comes back to you (once, audited)")
+def undo(set_ref: SetRef, request: Request, actor: Actor = Depends(current_actor)):
+    return {"item": dataclasses.asdict(ab_service(request).undo_last(actor, set_ref))}

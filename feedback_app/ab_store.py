@@ -22,9 +22,14 @@ from sqlalchemy.orm import Session
 
 from feedback_app.ab import VERDICTS, position_bias, win_rate, winner_of
 from feedback_app.auth import Actor
-from feedback_app.models import AbItem, AbJudgement, AbSet, User
-from feedback_app.store import Conflict, Forbidden, Invalid, LeaseExpired, NotFound, Store
+from feedback_app.models import AbItem, AbJudgement, AbSet, AuditEntry, User
+from feedback_app.store import Conflict, Forbidden, Invalid, LeaseExpired, NotFound, Store, _audit
 from rlhf.schema import AbJudgementRecord, AbReport, validate_prompt
+
+# Audit actions: a reviewer's verdict taken back, and a report written to a file (which then counts
+# every verdict given so far, so none of those can be taken back any more).
+UNDO_ACTION = "ab verdict undone"
+REPORT_ACTION = "ab report written"
 
 # ---------------------------------------------------------------------------------------------------
 # What the service returns
@@ -193,6 +198,47 @@ class AbService:
 
         return self.store.transaction(work)
 
+    def undo_last(self, actor: Actor, set_ref: int | str) -> AbItemView:
+        """Take back the reviewer's latest verdict in this set: its pair comes back to them, in the same
+        blind order, to judge again. Only their latest verdict, and once: a second undo before judging
+        again is refused (409), as is taking back a verdict that a written report already counted
+        (``report_written``). Audited with the verdict taken back."""
+
+        def work(s: Session) -> AbItemView:
+            ab, now = self._set(s, set_ref), self.store.now()
+            j = s.scalar(select(AbJudgement).join(AbItem, AbItem.id == AbJudgement.item_id)
+                         .where(AbItem.set_id == ab.id, AbJudgement.user_id == actor.id,
+                                AbJudgement.verdict.is_not(None))
+                         .order_by(AbJudgement.answered_at.desc(), AbJudgement.id.desc()).limit(1))
+            target = _set_target(ab.id)
+            undone = s.scalar(select(func.max(AuditEntry.at)).where(
+                AuditEntry.action == UNDO_ACTION, AuditEntry.actor == actor.username, AuditEntry.target == target))
+            if undone is not None and (j is None or undone >= j.answered_at):
+                raise Conflict("undo: you already took back your last verdict; judge that pair again first")
+            if j is None:
+                raise NotFound("undo: you have no verdict in this set to take back")
+            reported = s.scalar(select(func.max(AuditEntry.at)).where(
+                AuditEntry.action == REPORT_ACTION, AuditEntry.target == target))
+            if reported is not None and reported >= j.answered_at:
+                raise Conflict("undo: your last verdict is already counted in a written report of this set")
+            _audit(s, actor, now, UNDO_ACTION, target, {"judgement_id": j.id, "verdict": j.verdict})
+            # Handed out again now, so the lease rule gives the reviewer the usual time to judge it.
+            j.verdict, j.winner, j.seconds, j.answered_at, j.simulated, j.shown_at = None, None, None, None, False, now
+            s.flush()
+            return _view(j, ab.id)
+
+        return self.store.transaction(work)
+
+    def report_written(self, actor: Actor, set_ref: int | str, path: str) -> None:
+        """Record (audit) that the set's report went to a file: its verdicts can no longer be taken back."""
+        _admin(actor)
+
+        def work(s: Session) -> None:
+            ab = self._set(s, set_ref)
+            _audit(s, actor, self.store.now(), REPORT_ACTION, _set_target(ab.id), {"path": path})
+
+        self.store.transaction(work)
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _set(self, s: Session, set_ref: int | str) -> AbSet:
@@ -210,6 +256,10 @@ def _view(j: AbJudgement, set_id: int) -> AbItemView:
     item = j.item
     left, right = (item.reply_a, item.reply_b) if j.left_is_a else (item.reply_b, item.reply_a)
     return AbItemView(j.id, set_id, item.prompt, left, right)
+
+
+def _set_target(set_id: int) -> str:
+    return f"ab set {set_id}"
 
 
 def _admin(actor: Actor) -> None:

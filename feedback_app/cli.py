@@ -443,6 +443,7 @@ def run_ab_report(args) -> int:
             prepare_parent(config.output).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         except OSError as exc:
             raise path_error(config.output, exc) from None
+        AbService(store).report_written(_cli_admin(), config.name, str(config.output))
     wr, pb = report.win_rate, report.position_bias
     rate = "n/a" if wr.win_rate_a is None else f"{wr.win_rate_a:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]"
     print(json.dumps({"name": report.name, "policy_a": report.policy_a, "policy_b": report.policy_b,

@@ -1,6 +1,7 @@
 // Keys of the blind A/B page (/ab), loaded as a same-origin file (no inline script, no eval):
 //   1 or Left arrow: left is better · 2 or Right arrow: right is better · T: tie · B: both bad
-// Each presses the page's own verdict button. When the next pair arrives, focus goes to its prompt,
+//   U: undo your last verdict (its pair comes back)
+// Each presses the page's own button. When the next pair arrives, focus goes to its prompt,
 // so a second Enter on the button just pressed cannot judge the new pair unseen.
 (function () {
   "use strict";
@@ -16,8 +17,10 @@
   document.addEventListener("keydown", (event) => {
     if (!document.getElementById("ab-keys")) return;
     if (typing(event.target) || event.ctrlKey || event.altKey || event.metaKey) return;
-    const verdict = KEYS[event.key.toLowerCase()];
-    const button = verdict && document.getElementById("ab-verdict-" + verdict);
+    const key = event.key.toLowerCase();
+    const verdict = KEYS[key];
+    const button = key === "u" ? document.getElementById("ab-undo")
+      : verdict && document.getElementById("ab-verdict-" + verdict);
     if (button && !button.disabled) { event.preventDefault(); button.click(); }
   });
 

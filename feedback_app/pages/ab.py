@@ -56,6 +56,19 @@ def answer(service: AbService, actor: Actor, set_ref: str | None, state: dict | 
     return ab_view(service, actor, set_ref, "Saved.")
 
 
+def take_back(service: AbService, actor: Actor, set_ref: str | None) -> AbView:
+    """Undo: the reviewer's latest verdict in the set is taken back and its pair shown again; a refusal
+    (none to take back, taken back already, already in a written report) is said above the pair on
+    screen."""
+    if not set_ref:
+        return AbView(None, "Choose an A/B set.")
+    try:
+        item = service.undo_last(actor, set_ref)
+    except ServiceError as exc:
+        return ab_view(service, actor, set_ref, str(exc))
+    return AbView(item, "Your last verdict was taken back; judge this pair again.")
+
+
 def set_choices(sets: list[AbSetInfo], actor: Actor) -> list[tuple[str, str]]:
     """The A/B sets as the dropdown offers them: ``(label, set id)``. Reviewers see "Set 2 (12 pairs)",
     never the set's name, which admins often write after the policies ("aligned-vs-base")."""
@@ -134,7 +147,7 @@ def build_ab_page(svc, service: AbService):
             progress = gr.Markdown("", elem_id="ab-progress")
         # The keys themselves are handled by ab.js (a same-origin file, see pages/web.py).
         gr.Markdown("Keys: **1** or **Left**: left is better · **2** or **Right**: right is better · "
-                    "**T**: tie · **B**: both bad", elem_id="ab-keys")
+                    "**T**: tie · **B**: both bad · **U**: undo your last verdict", elem_id="ab-keys")
         prompt = gr.Markdown(elem_id="ab-prompt")
         with gr.Row():
             with gr.Column():
@@ -145,6 +158,7 @@ def build_ab_page(svc, service: AbService):
                 right = gr.Markdown(elem_classes=["reply-card"], elem_id="ab-right")
         with gr.Row():
             buttons = [(gr.Button(label, elem_id=f"ab-verdict-{verdict}"), verdict) for label, verdict in BUTTONS]
+            undo_btn = gr.Button("Undo last verdict", elem_id="ab-undo")
         message = gr.Markdown(elem_id="ab-message")
         report = gr.Markdown(elem_id="ab-report")
         state = gr.State(None)
@@ -165,4 +179,10 @@ def build_ab_page(svc, service: AbService):
 
         for button, verdict in buttons:
             button.click(on_click(verdict), [chosen, state], outputs)
+
+        def on_undo(set_ref, request: gr.Request):
+            actor = who(request)
+            return render(take_back(service, actor, set_ref), actor, set_ref)
+
+        undo_btn.click(on_undo, chosen, outputs)
     return page
