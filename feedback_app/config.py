@@ -93,6 +93,15 @@ class DemoConfig(AppConfig):
                          description="prompts to import first (JSONL or CSV)")
     admin: str = Field("admin", description="admin account created when missing "
                                             "(password: $RLHF_ADMIN_PASSWORD, or generated and printed)")
+    simulated_reviewers: bool = Field(
+        False, description="once the candidates exist, mark a few gold items (by simulated_rule) and have three "
+                           "scripted accounts (sim-careful-1, sim-careful-2 following simulated_rule with a little "
+                           "noise, sim-careless ranking at random) rank part of the queue through the REST API, so "
+                           "the dashboard's reviewer quality has a reviewer to stop trusting; once per database")
+    simulated_rule: str = Field("-len(text)", description="what the careful scripted reviewers and the gold items "
+                                                          "prefer (an expression of `text`; default: the shorter reply)")
+    simulated_rankings: int = Field(8, ge=1, le=1000, description="rankings per scripted reviewer")
+    simulated_gold: int = Field(3, ge=0, le=100, description="gold items marked for the scripted reviewers")
 
 
 class ExportConfig(AppConfig):

@@ -3,15 +3,22 @@
 Top to bottom: open (create or upgrade) the SQLite file, import the shipped example prompts (kept
 once on a rerun), make sure an admin account exists (password from ``$RLHF_ADMIN_PASSWORD``, or
 generated and printed once), mount the pages, start candidate generation in the background for
-prompts that have none yet, print the address and serve until Ctrl-C or SIGTERM.
+prompts that have none yet, print the address and serve until Ctrl-C or SIGTERM. With
+``simulated_reviewers`` (on in configs/app/demo.yaml), once the candidates exist a background thread
+marks a few gold items and has three scripted reviewers rank part of the queue through the REST API
+(``seed_reviewers``), so the dashboard's reviewer quality has something to show.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import sys
+import threading
+import time
+import uuid
 
 from feedback_app.config import DemoConfig
 from rlhf.errors import UserError
@@ -28,6 +35,99 @@ def ensure_admin(store, username: str) -> str | None:
         password = generated = secrets.token_urlsafe(12)
     store.add_user(username, password, "admin")
     return generated or ""
+
+
+# The scripted reviewers of the demo: two follow the rule with a little noise, one ranks at random.
+SIMULATED = (("sim-careful-1", "careful"), ("sim-careful-2", "careful"), ("sim-careless", "careless"))
+CAREFUL_NOISE = 0.5  # std of the noise added to the rule's score (the default rule counts characters)
+DEMO_GOLD_RATE = 0.3  # set only when the project hands out no gold yet
+
+
+def seed_reviewers(store, config: DemoConfig, url: str, jobs, log=print) -> dict | None:
+    """Wait until candidate generation is over, then (once per database) mark ``simulated_gold`` items as
+    gold, ranked by ``simulated_rule``, and let the three ``SIMULATED`` accounts rank
+    ``simulated_rankings`` items each through the REST API at ``url``, taking turns so that they share
+    items. Returns ``{account: rankings}``, or None when it did nothing."""
+    from sqlalchemy import func, select
+
+    from feedback_app.models import Candidate, Item
+    from feedback_app.simulate import _client, _login, _post_with_retry
+    from rlhf.rules import load_rule, rank_replies, ranks_from_scores
+
+    while (job := jobs.latest()) is not None and job["state"] == "running":
+        time.sleep(1.0)
+    if job is not None and job["state"] != "done":
+        log(f"scripted reviewers: not started, candidate generation ended '{job['state']}'")
+        return None
+    names = {a.username for a in store.list_users()}
+    if any(name in names for name, _ in SIMULATED):
+        return None  # seeded by an earlier run on this database
+    rule = load_rule(config.simulated_rule)
+    with store.sessions() as s:
+        items = list(s.scalars(select(Item.id).join(Candidate, Candidate.item_id == Item.id)
+                               .where(Item.project_id == store.project.id).group_by(Item.id)
+                               .having(func.count(Candidate.id) >= 2).order_by(Item.id)))
+    if len(items) < config.simulated_gold + 2:
+        log(f"scripted reviewers: not started, only {len(items)} items have candidates")
+        return None
+    admin = next(a for a in store.list_users() if a.is_admin)
+    # The newest items become gold: the queue hands out the oldest first, so the scripted reviewers
+    # meet their ordinary items there, and gold comes mixed in at the project's rate.
+    for item_id in items[len(items) - config.simulated_gold:]:
+        store.mark_gold(item_id, ranks_from_scores([rule(t) for t in store.item_replies(item_id)]), by=admin)
+    if config.simulated_gold and not store.refresh_project().gold_rate:
+        store.update_settings({"gold_rate": DEMO_GOLD_RATE}, by=admin)
+    password = secrets.token_urlsafe(16)  # nobody logs in as them but this thread
+    for name, _ in SIMULATED:
+        store.add_user(name, password)
+    randomly = load_rule("0")  # every reply scores 0; the noise alone orders them: a random ranking
+
+    with_clients = []
+    for i, (name, kind) in enumerate(SIMULATED):
+        client = _client(url)
+        headers = {"Authorization": f"Bearer {_login(client, name, password)}"}
+        careful = kind == "careful"
+        with_clients.append((name, client, headers, rule if careful else randomly,
+                             CAREFUL_NOISE if careful else 1.0, random.Random(config.seed * 1000 + i)))
+    done = {name: 0 for name, _ in SIMULATED}
+    try:
+        for _ in range(config.simulated_rankings):  # in turns: items are handed out oldest first, so they overlap
+            for name, client, headers, score, noise, rng in with_clients:
+                item = client.get("/api/items/next", headers=headers).json()["item"]
+                if item is None:
+                    continue
+                ranks = rank_replies(score, [c["text"] for c in item["candidates"]], rng, noise)
+                body = {"item_id": item["item_id"], "ranks": ranks, "idempotency_key": uuid.uuid4().hex,
+                        "seconds": 0.0, "simulated": True}
+                if _post_with_retry(client, "/api/rankings", body, headers).status_code in (200, 201):
+                    done[name] += 1
+    finally:
+        for _, client, *_ in with_clients:
+            client.close()
+    log("scripted reviewers done (simulated, shown as such on /admin): "
+        + ", ".join(f"{name} {n} rankings" for name, n in done.items())
+        + f"; {config.simulated_gold} gold items ranked by '{config.simulated_rule}'")
+    return done
+
+
+def _seed_in_background(store, config: DemoConfig, url: str, jobs) -> None:
+    """``seed_reviewers`` once the server answers; a failure is printed as one line, the demo goes on."""
+    import httpx
+
+    def work():
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        try:
+            seed_reviewers(store, config, url, jobs, log=lambda line: print(line, flush=True))
+        except Exception as exc:  # the demo keeps serving; the reason is printed
+            print(f"scripted reviewers failed: {type(exc).__name__}: {exc}", flush=True)
+
+    threading.Thread(target=work, name="demo-reviewers", daemon=True).start()
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -72,6 +172,10 @@ def run_demo(config: DemoConfig) -> int:
         print(f"generating {config.k} replies for {todo} prompts with '{config.model}' in the background "
               f"(job {job['id']}); the pages work meanwhile and show its progress", flush=True)
     url = f"http://{config.host}:{config.port}"
+    if config.simulated_reviewers:
+        _seed_in_background(svc.store, config, url, svc.jobs)
+        print("three scripted reviewers (sim-careful-1, sim-careful-2, sim-careless) rank part of the queue "
+              "once the candidates exist; their quality shows on the admin dashboard", flush=True)
     print(f"open {url}/ and log in (admin: {url}/admin, reviewers: {url}/review, health: {url}/health); "
           f"Ctrl-C stops", flush=True)
     # uvicorn shuts down gracefully on Ctrl-C/SIGTERM, then re-raises the signal it caught; with these

@@ -51,3 +51,60 @@ def test_demo_bad_input_one_line_status_2(tmp_path):
         port = busy.getsockname()[1]
         result = run_cli("app", "demo", "--database-url", db, "--port", str(port), env={**os.environ})
     assert result.returncode == 2 and "choose another with --port" in result.stderr
+
+
+def test_demo_seeds_gold_and_three_scripted_reviewers_the_dashboard_tells_apart(tmp_path, tiny_model_dir, browser,
+                                                                                monkeypatch):
+    """configs/app/demo.yaml turns simulated_reviewers on: once the candidates exist, three gold items and
+    three scripted accounts rank through the REST API; the careless one has the lower gold accuracy and
+    agreement and is the one the dashboard flags, and enough items stay open for a person to rank ten."""
+    from feedback_app.db import open_store
+    from feedback_app.reviewer_quality import quality_table
+    from feedback_app.store import Store
+    from tests.web.conftest import Recorder, login, open_page, outside_requests
+
+    monkeypatch.setenv("RLHF_ADMIN_PASSWORD", "demo-admin-pass")
+    db = tmp_path / "demo" / "feedback.db"
+    args = ["app", "demo", "--config", "configs/app/demo.yaml", "--database-url", f"sqlite:///{db}",
+            "--model", str(tiny_model_dir), "--max-new-tokens", "8"]
+    app = start_app(args, free_port(), tmp_path / "demo.log")
+    try:
+        assert "three scripted reviewers (sim-careful-1, sim-careful-2, sim-careless)" in app.output()
+        wait_until(lambda: "scripted reviewers done" in app.output() or "scripted reviewers failed" in app.output(),
+                   240, "the scripted reviewers")
+        assert "sim-careful-1 8 rankings, sim-careful-2 8 rankings, sim-careless 8 rankings" in app.output(), \
+            app.output()
+        _, sessions = open_store(f"sqlite:///{db}")
+        store = Store(sessions, "demo", k=4, reviewers_per_item=2, create=False)
+        assert len(store.gold_items()) == 3 and store.refresh_project().gold_rate == 0.3
+        rows = {r.reviewer: r for r in quality_table(store)}
+        careful = [rows["sim-careful-1"], rows["sim-careful-2"]]
+        careless = rows["sim-careless"]
+        assert all(r.simulated == r.rankings == 8 and r.median_seconds is None for r in rows.values())
+        assert careless.gold_rankings >= 1 and all(r.gold_rankings >= 1 for r in careful)
+        assert all(r.gold_accuracy >= 0.9 for r in careful)  # gold follows the careful ones' rule
+        assert careless.gold_accuracy < min(r.gold_accuracy for r in careful)
+        assert careless.agreement < min(r.agreement for r in careful)
+        assert careless.concerns
+        # A new reviewer still finds at least ten items to rank.
+        person = store.add_user("newcomer", "newcomer-pass-1")
+        assert store.progress(person).available >= 10
+
+        rec = Recorder()
+        page = open_page(browser, rec)
+        page.set_viewport_size({"width": 1366, "height": 900})
+        login(page, app.url, "admin", "demo-admin-pass", path="/admin")
+        page.get_by_text("Reviewers to check").wait_for(timeout=60000)
+        summary = page.locator("#dash-summary").inner_text()
+        assert "sim-careless (" in summary.split("Reviewers to check")[1], summary
+        page.locator("#dash-reviewers").scroll_into_view_if_needed()
+        page.locator("#dash-reviewers").screenshot(path=str(tmp_path / "demo-reviewer-quality.png"))
+        if os.environ.get("RLHF_SHOTS"):
+            import shutil
+
+            shutil.copy(tmp_path / "demo-reviewer-quality.png", os.environ["RLHF_SHOTS"])
+        assert outside_requests(rec) == []
+        page.context.close()
+    finally:
+        status = stop_app(app)
+    assert status == 0, app.output()
