@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, aliased
 
 from feedback_app.auth import Actor
 from feedback_app.models import (BASED_ON, DEMONSTRATION_STATUSES, Assignment, Candidate, Demonstration, Item,
-                                 Project, PromptRow, User)
+                                 Project, PromptRow, User, privacy_unit)
 from feedback_app.store import Forbidden, Invalid, NotFound, Store, _audit
 from rlhf.schema import as_messages, is_conversational, prompt_key, prompt_split
 
@@ -183,8 +183,6 @@ def export_rows(store: Store, test_fraction: float, include_pending: bool = Fals
             .where(PromptRow.project_id == store.project.id, PromptRow.reference_reply.is_not(None),
                    PromptRow.reference_reply != "")
             .order_by(PromptRow.id))) if include_agent else []
-    from feedback_app.export import privacy_unit  # the rankings' unit: customer, else conversation, else prompt
-
     raw = [(d.prompt, d.text, "demonstration", d.username, privacy_unit(d)) for d in demos] + \
           [(a.prompt, a.reference_reply, "agent", "agent", privacy_unit(a)) for a in agents]
     conversational = any(is_conversational(p) for p, *_ in raw)

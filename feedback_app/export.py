@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from feedback_app.agent_replies import agent_texts, mark_agent_replies
 from feedback_app.files import SHARED_FILE, path_error, prepare_parent, restrict_tree
-from feedback_app.models import Flag, GoldItem, Item, PromptRow, RankingRow, User
+from feedback_app.models import Flag, GoldItem, Item, PromptRow, RankingRow, User, privacy_unit
 from feedback_app.store import Conflict, Invalid, Store
 from rlhf.errors import UserError
 from rlhf.schema import (EXPORT_KWISE, EXPORT_MANIFEST, EXPORT_PAIRWISE, Ranking, as_messages, is_conversational,
@@ -137,17 +137,6 @@ def load_rankings(store: Store, filters: ExportFilters, exclude_reviewers: set[s
                 unit=privacy_unit(row.item.prompt_row),
             ))
         return rankings
-
-
-def privacy_unit(prompt: PromptRow) -> str:
-    """The differential-privacy unit of a prompt's rankings: the customer when the chat log named one
-    (all their conversations together), else the conversation, else the prompt itself (a plain-prompt
-    import). Customer and conversation keys are the store's salted hashes, never the raw identifiers."""
-    if prompt.customer_key:
-        return f"customer:{prompt.customer_key}"
-    if prompt.conversation_key:
-        return f"conversation:{prompt.conversation_key}"
-    return f"prompt:{prompt.prompt_key}"
 
 
 def build_rows(rankings: list[Ranking], test_fraction: float, include_flagged: bool = False) -> dict:

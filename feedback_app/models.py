@@ -66,6 +66,18 @@ class PromptRow(Base):
     customer_key: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
 
 
+def privacy_unit(prompt) -> str:
+    """The differential-privacy unit of a prompt's rankings and demonstrations (``prompt``: a ``PromptRow``, or a
+    selected row with its ``customer_key``, ``conversation_key`` and ``prompt_key``): the customer when the chat
+    log named one (all their conversations together), else the conversation, else the prompt itself (a
+    plain-prompt import). Customer and conversation keys are the store's salted hashes, never the raw identifiers."""
+    if prompt.customer_key:
+        return f"customer:{prompt.customer_key}"
+    if prompt.conversation_key:
+        return f"conversation:{prompt.conversation_key}"
+    return f"prompt:{prompt.prompt_key}"
+
+
 class Item(Base):
     """One prompt with its K candidate replies from one generation round: what a reviewer ranks."""
 
