@@ -389,6 +389,7 @@ def export(body: ExportIn, request: Request, actor: Actor = Depends(admin_actor)
     out = export_path(svc.export_dir, body.name)
     filters = ExportFilters(body.reviewers, body.rounds, body.source, body.include_flagged, body.min_gold_accuracy,
                             body.min_agreement, body.include_pending_demonstrations)
-    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=actor)  # audited there
+    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=actor,
+                               min_test_prompts=svc.config.min_test_prompts)  # audited there
     return {"path": str(out), "manifest": {k: v for k, v in manifest.items()
                                            if k not in ("ranking_ids", "demonstration_ids")}}

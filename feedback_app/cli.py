@@ -367,7 +367,8 @@ def run_export(args) -> int:
         print(f"wrote {n} prompts to {config.prompts}")
     if not config.out:
         return 0
-    manifest = export_rankings(store, config.out, filters, config.test_fraction)  # audited there, as "cli"
+    manifest = export_rankings(store, config.out, filters, config.test_fraction,  # audited there, as "cli"
+                               min_test_prompts=config.min_test_prompts)
     print(json.dumps({"out": config.out, **manifest["counts"]}))
     return 0
 

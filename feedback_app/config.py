@@ -61,6 +61,9 @@ class AppConfig(Config):
                                          description="personal data replaced by placeholders before storage")
     # Export
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of prompts in the test split (by prompt hash)")
+    min_test_prompts: int = Field(0, ge=0, description="hold out at least this many prompts (never more than half) "
+                                  "in the test split, raising test_fraction on small data: the reward model's gate "
+                                  "needs 10 or more held-out prompts for its interval (0: the plain test_fraction)")
 
     @field_validator("database_url")
     @classmethod

@@ -25,7 +25,7 @@ from feedback_app.models import Flag, GoldItem, Item, PromptRow, RankingRow, Use
 from feedback_app.store import Conflict, Invalid, Store
 from rlhf.errors import UserError
 from rlhf.schema import (EXPORT_KWISE, EXPORT_MANIFEST, EXPORT_PAIRWISE, Ranking, as_messages, is_conversational,
-                         prompt_split)
+                         prompt_split, held_out_threshold)
 
 SOURCES = ("all", "human", "simulated")
 SFT_EXPORT = "sft"  # OUT/sft and OUT/sft.jsonl: demonstrations for `rlhf sft` (rlhf.align.demonstrations reads them)
@@ -139,15 +139,19 @@ def load_rankings(store: Store, filters: ExportFilters, exclude_reviewers: set[s
         return rankings
 
 
-def build_rows(rankings: list[Ranking], test_fraction: float, include_flagged: bool = False) -> dict:
+def build_rows(rankings: list[Ranking], test_fraction: float, include_flagged: bool = False,
+               min_test_prompts: int = 0) -> dict:
     """``{"pairwise": {"train": [...], "test": [...]}, "kwise": {...}, "conversational": bool}``.
 
     All rows are plain text, or all conversational when any prompt is a message list (one Arrow type
-    per column). The split follows a hash of the prompt as stored, so it never changes across exports.
+    per column). The split follows a hash of the prompt as stored, so it never changes across exports
+    (``rlhf.schema.held_out_threshold`` raises the fraction on small data when ``min_test_prompts`` asks;
+    ``"test_threshold"`` holds the fraction used).
     """
+    test_fraction = held_out_threshold([r.prompt for r in rankings], test_fraction, min_test_prompts)
     conversational = any(is_conversational(r.prompt) for r in rankings)
     out = {EXPORT_PAIRWISE: {"train": [], "test": []}, EXPORT_KWISE: {"train": [], "test": []},
-           "conversational": conversational}
+           "conversational": conversational, "test_threshold": test_fraction}
     for r in rankings:
         split = prompt_split(r.prompt, test_fraction)
         if conversational and not is_conversational(r.prompt):
@@ -175,7 +179,7 @@ def _dataset_dict(splits: dict[str, list[dict]]):
 
 
 def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFilters, test_fraction: float,
-                    by=None) -> dict:
+                    by=None, min_test_prompts: int = 0) -> dict:
     """Write ``OUT/pairwise``, ``OUT/kwise`` (DatasetDicts with train/test) and ``OUT/manifest.json``.
 
     Everything is written into a hidden folder beside ``OUT`` and renamed to ``OUT`` at the end (an
@@ -197,7 +201,7 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
     except OSError as exc:
         raise path_error(out, exc) from None
     try:
-        manifest, rows = _manifest_and_rows(store, filters, test_fraction)
+        manifest, rows = _manifest_and_rows(store, filters, test_fraction, min_test_prompts)
         manifest["files"] = []
         for name in (EXPORT_PAIRWISE, EXPORT_KWISE):
             splits = _dataset_dict(rows[name])
@@ -210,7 +214,7 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
                     file = f"{name}-{split}.{suffix}"
                     write(str(tmp / file), **({"lines": True, "force_ascii": False} if suffix == "jsonl" else {}))
                     manifest["files"].append(file)
-        _write_demonstrations(store, tmp, filters, test_fraction, manifest)
+        _write_demonstrations(store, tmp, filters, manifest["test_threshold"], manifest)
         manifest["exported_by"] = by.username if by is not None else "cli"
         manifest["audit_id"] = audit_id = store.audit(by, "export", str(out), manifest["counts"])
         try:
@@ -233,7 +237,8 @@ def export_rankings(store: Store, out_dir: str | os.PathLike, filters: ExportFil
     return manifest
 
 
-def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: float) -> tuple[dict, dict]:
+def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: float,
+                       min_test_prompts: int = 0) -> tuple[dict, dict]:
     quality = None
     dropped: set[str] = set()
     if filters.min_gold_accuracy is not None or filters.min_agreement is not None:
@@ -241,7 +246,7 @@ def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: floa
     rankings = load_rankings(store, filters, dropped)
     if not rankings:
         raise UserError(f"no rankings match the filters ({_describe(filters)}); nothing exported")
-    rows = build_rows(rankings, test_fraction, filters.include_flagged)
+    rows = build_rows(rankings, test_fraction, filters.include_flagged, min_test_prompts)
     if not any(rows[EXPORT_PAIRWISE].values()):
         raise UserError(f"{len(rankings)} rankings match, but every one is a full tie or flagged: no pairs")
     # an agent's real reply among the candidates (generate --agent-reply-as-candidate) is marked in the rows
@@ -253,6 +258,8 @@ def _manifest_and_rows(store: Store, filters: ExportFilters, test_fraction: floa
         "project": store.project.name,
         "filters": asdict(filters),
         "test_fraction": test_fraction,
+        # the fraction the split used: test_fraction, raised on small data to hold out min_test_prompts
+        "test_threshold": rows["test_threshold"], "min_test_prompts": min_test_prompts,
         "conversational": rows["conversational"],
         "agent_replies": None if not agent else {
             "rankings": len(agent),

@@ -60,6 +60,9 @@ class QuickstartConfig(Config):
     k: int = Field(4, ge=2, le=6, description="candidates per prompt")
     reviewers: int = Field(3, ge=1, description="scripted reviewer accounts")
     reviewers_per_item: int = Field(1, ge=1, description="reviewers who rank each item")
+    min_test_prompts: int = Field(20, ge=0, description="the export holds out at least this many ranked prompts (at "
+                                  "most half) for the reward model's test split, whatever the app's test_fraction: "
+                                  "the gate needs 10 or more for its interval, 20 give it a usable width")
     noise: float = Field(0.0, ge=0.0, description="std of the noise the scripted reviewers add to the rule")
     disagreement: float = Field(0.0, ge=0.0, le=1.0, description="share of the scripted reviewers who rank by the "
                                 "flipped rule (reviewers who disagree; the A/B judges do not)")
@@ -277,7 +280,8 @@ def rank(run: Run) -> None:
 
 @timed("export rankings", outputs=("export", "ppo_prompts.jsonl"))
 def export_rankings(run: Run) -> None:
-    run.rlhf("app", "export", str(run.dir / "export"), "--prompts", str(run.dir / "ppo_prompts.jsonl"), *run.db_flags)
+    run.rlhf("app", "export", str(run.dir / "export"), "--prompts", str(run.dir / "ppo_prompts.jsonl"),
+             "--min-test-prompts", str(run.config.min_test_prompts), *run.db_flags)
 
 
 def reward_train_args(run: Run) -> list[str]:

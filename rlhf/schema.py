@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from typing import Any, Union
 
 Message = dict[str, str]
@@ -79,6 +80,28 @@ def prompt_key(prompt: Prompt) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _bucket(prompt: Prompt) -> float:
+    return int(prompt_key(prompt)[:8], 16) / 0x1_0000_0000  # uniform in [0, 1)
+
+
+def held_out_threshold(prompts: Iterable[Prompt], test_fraction: float, min_test_prompts: int = 0) -> float:
+    """The ``test_fraction`` to hand ``prompt_split``: the given one, raised just enough that at least
+    ``min_test_prompts`` distinct prompts (never more than half of them) fall in the test split.
+
+    Why: on little data a plain 10% holds out a handful of prompts, too few for the gate's interval
+    (rlhf/gate.py needs at least 10 prompts), so the gate could never pass. The split stays a
+    deterministic function of the prompts' hashes; once the data holds ``min_test_prompts /
+    test_fraction`` prompts the plain fraction applies again. 0 (the default) or a zero
+    ``test_fraction`` (no test split asked for) leaves ``test_fraction`` as it is.
+    """
+    buckets = sorted({_bucket(p) for p in prompts})
+    want = min(min_test_prompts, len(buckets) // 2)
+    if test_fraction <= 0 or want <= 0 or sum(b < test_fraction for b in buckets) >= want:
+        return test_fraction
+    upper = buckets[want] if want < len(buckets) else 1.0
+    return (buckets[want - 1] + upper) / 2  # between the want-th and the next prompt's hash
+
+
 def prompt_split(prompt: Prompt, test_fraction: float) -> str:
     """``"test"`` or ``"train"``, decided by a hash of the prompt so it never changes across exports.
 
@@ -87,8 +110,7 @@ def prompt_split(prompt: Prompt, test_fraction: float) -> str:
     """
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError("test_fraction must be in [0, 1)")
-    bucket = int(prompt_key(prompt)[:8], 16) / 0x1_0000_0000  # uniform in [0, 1)
-    return "test" if bucket < test_fraction else "train"
+    return "test" if _bucket(prompt) < test_fraction else "train"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def export(svc, name: str, reviewers: list[str] | None, rounds: str, source: str
     out = export_path(svc.export_dir, name)
     filters = ExportFilters(list(reviewers) or None if reviewers else None, parse_rounds(rounds), source,
                             bool(include_flagged), _threshold(min_gold_accuracy), _threshold(min_agreement))
-    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=by)  # audited there
+    manifest = export_rankings(svc.store, out, filters, svc.config.test_fraction, by=by,
+                               min_test_prompts=svc.config.min_test_prompts)  # audited there
     archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="rlhf-export-")) / out.name), "zip", out)
     c = manifest["counts"]
     dropped = (manifest.get("quality") or {}).get("dropped_reviewers")

@@ -132,6 +132,24 @@ def test_the_split_follows_the_prompt_hash_and_is_stable(sqlite_url, tmp_path):
     assert first == again
 
 
+def test_min_test_prompts_holds_out_enough_prompts_on_small_data(sqlite_url, tmp_path):
+    """20 ranked prompts at test_fraction 0.1 hold out about 2; min_test_prompts 8 holds out exactly 8 (the
+    real export, its manifest and its datasets), and the plain split's test prompts are among them."""
+    store = new_store(sqlite_url, k=2, reviewers_per_item=1)
+    prompts = [f"question {i}" for i in range(20)]
+    items(store, [(p, [f"{p} x", f"{p} yy"]) for p in prompts])
+    alice = store.add_user("alice", "plum-otter-41")
+    for i, p in enumerate(prompts):
+        rank_by_text(store, alice, {f"{p} x": 1, f"{p} yy": 2}, f"k{i}")
+    plain = {p for p in prompts if prompt_split(p, 0.1) == "test"}
+    assert len(plain) < 8
+    manifest = export_rankings(store, tmp_path / "out", ExportFilters(), 0.1, min_test_prompts=8)
+    test = datasets.load_from_disk(str(tmp_path / "out" / "kwise"))["test"]
+    assert len(test) == 8 and plain <= set(test["prompt"])
+    assert manifest["min_test_prompts"] == 8 and manifest["test_fraction"] == 0.1
+    assert {p for p in prompts if prompt_split(p, manifest["test_threshold"]) == "test"} == set(test["prompt"])
+
+
 def test_prompt_file_for_ppo(ranked, tmp_path):
     out = tmp_path / "prompts.jsonl"
     assert export_prompts(ranked, out) == 2

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlhf.schema import (Ranking, kwise_to_pairs, pair_indices, prompt_key, prompt_split,
+from rlhf.schema import (Ranking, held_out_threshold, kwise_to_pairs, pair_indices, prompt_key, prompt_split,
                          validate_prompt, validate_ranks)
 
 
@@ -91,6 +91,30 @@ def test_prompt_split_is_stable_and_roughly_proportional():
     assert 0.17 < share < 0.23
     # a known value, so the split never changes across versions
     assert prompt_key("hello") == "5aa762ae383fbb727af3c7a36d4940a5b8c40a989452d2304fc958ff3f354e7a"
+
+
+def _test_prompts(prompts, fraction):
+    return {p for p in prompts if prompt_split(p, fraction) == "test"}
+
+
+@pytest.mark.parametrize("n, expected", [(30, 15), (100, 20)])  # min(20, half of n) held out exactly
+def test_held_out_threshold_holds_out_the_minimum_on_small_data(n, expected):
+    prompts = [f"question {i}" for i in range(n)]
+    plain = _test_prompts(prompts, 0.1)
+    assert len(plain) < expected  # 10% of these prompts is too few: the raise is what is tested
+    threshold = held_out_threshold(prompts + prompts[:5], 0.1, min_test_prompts=20)  # repeats count once
+    raised = _test_prompts(prompts, threshold)
+    assert len(raised) == expected and plain <= raised  # the plain split's test prompts stay in the test split
+    assert held_out_threshold(list(reversed(prompts)), 0.1, 20) == threshold  # order does not matter
+
+
+def test_held_out_threshold_leaves_the_fraction_alone_when_it_holds_out_enough():
+    prompts = [f"question {i}" for i in range(400)]
+    assert len(_test_prompts(prompts, 0.1)) >= 20
+    assert held_out_threshold(prompts, 0.1, 20) == 0.1
+    assert held_out_threshold(prompts[:30], 0.1, 0) == 0.1  # 0: off
+    assert held_out_threshold(prompts[:30], 0.0, 20) == 0.0  # no test split asked for
+    assert held_out_threshold([], 0.1, 20) == 0.1
 
 
 @pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "robot", "content": "x"}],
