@@ -249,9 +249,10 @@ def test_validate_only_prints_the_resolved_config(tmp_path):
 # Two processes, as the README launches them
 
 
-# ZeRO-2 only, to keep the added test time small: DDP runs the same Trainer path (it passed here with
-# "ddp.yaml" in this list), and tests/align/test_align_distributed.py launches RLOO under DDP.
-@pytest.mark.parametrize("launcher", ["deepspeed_zero2.yaml"], ids=["zero2"])
+# ZeRO-2 and ZeRO-3 (partitioned weights: the held-out loss, sample replies and the saved adapter gather
+# them); DDP runs the same Trainer path (it passed here with "ddp.yaml" in this list), and
+# tests/align/test_align_distributed.py launches RLOO under DDP.
+@pytest.mark.parametrize("launcher", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"], ids=["zero2", "zero3"])
 def test_two_processes_finish_measure_and_export(launcher, tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
