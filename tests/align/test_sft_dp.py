@@ -175,14 +175,14 @@ def _one_line_exit_2(argv, capsys) -> str:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (("--lora.enabled", "false"), "full fine-tuning under DP is not supported"),
+    (("--epsilon", "8", "--lora.enabled", "false"), "full fine-tuning under DP is not supported"),
     (("--delta", "1e-5", "--epsilon", "0.01", "--total-updates", "10"), "epsilon: the accountant cannot meet epsilon "
                                                                           "0.01 at delta 1e-05"),
-    (("--resume",), "--resume and stop_after_updates are not supported"),
-], ids=["full-fine-tuning", "unmeetable-budget", "resume"])
+    (("--epsilon", "8", "--resume"), "--resume and stop_after_updates are not supported"),
+    ((), "--dp needs --epsilon"),
+], ids=["full-fine-tuning", "unmeetable-budget", "resume", "no-epsilon"])
 def test_sft_dp_bad_settings_are_one_line_before_training(extra, message, tiny_model_dir, unit_demos, tmp_path, capsys):
-    line = _one_line_exit_2(sft_args(tiny_model_dir, tmp_path / "run", unit_demos, "--dp", "--epsilon", "8", *extra),
-                            capsys)
+    line = _one_line_exit_2(sft_args(tiny_model_dir, tmp_path / "run", unit_demos, "--dp", *extra), capsys)
     assert message in line
     assert not (tmp_path / "run").exists()
 
