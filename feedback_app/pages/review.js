@@ -66,7 +66,9 @@
 
   // A new item on screen (after load, Submit, Skip or Undo): back to the top, focus on the prompt.
   function noticeNewItem(prompt, done) {
-    const text = prompt ? prompt.innerText.trim() : "";
+    // The prompt's Markdown only: opening a drawn item's earlier turns (inside #prompt) is no new item.
+    const body = prompt && prompt.querySelector(".prose");
+    const text = body ? body.innerText.trim() : "";
     const doneShown = done && done.offsetParent !== null && done.innerText.trim() !== "";
     const key = doneShown ? "\u0000done" : text;
     if (!key || key === lastPrompt) return;

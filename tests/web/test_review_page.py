@@ -273,3 +273,111 @@ def test_a_second_tab_submitting_an_item_already_ranked_is_told(rv, browser):
     assert [kept.ranks[p] for p in kept.shown_order] == [1, 2, 3, 4]
     assert outside_requests(rec) == []
     first.context.close()
+
+
+def test_ab_undo_key_takes_back_the_last_verdict(rv, browser):
+    """On /ab, U takes back the reviewer's last verdict: the pair comes back, a different verdict is
+    stored in its place; a second U says it was taken back already (nothing else changes)."""
+    from feedback_app.ab_store import AbService
+
+    store = open_db(rv.db)
+    admin = next(a for a in store.list_users() if a.username == "admin")
+    AbService(store).create_set(admin, "undo-set", "p", "q",
+                                [{"prompt": f"Undo question {i}?", "reply_a": f"Undo reply A{i}.",
+                                  "reply_b": f"Undo reply B{i}."} for i in range(2)])
+    store.add_user("wes", "wes-pass-1234")
+    rec = Recorder()
+    page = new_page(browser, 1366, 900, rec)
+    login(page, rv.url, "wes", "wes-pass-1234", path="/ab")
+    wait_until(lambda: "Undo reply" in page.locator("#ab-left").inner_text(), 30, "the first pair")
+    assert "U" in page.locator("#ab-keys").inner_text() and "undo" in page.locator("#ab-keys").inner_text()
+    first_prompt, first_left = page.locator("#ab-prompt").inner_text(), page.locator("#ab-left").inner_text()
+    page.keyboard.press("1")  # left is better
+    wait_until(lambda: "1 of 2" in page.locator("#ab-progress").inner_text(), 30, "'1 of 2'")
+    wait_until(lambda: page.locator("#ab-prompt").inner_text() != first_prompt, 30, "the second pair")
+    page.keyboard.press("u")
+    page.get_by_text("Your last verdict was taken back").wait_for(timeout=30000)
+    assert page.locator("#ab-prompt").inner_text() == first_prompt
+    assert page.locator("#ab-left").inner_text() == first_left  # the same blind order
+    assert "0 of 2" in page.locator("#ab-progress").inner_text()
+    wait_until(lambda: page.evaluate("document.activeElement.id") == "ab-prompt", 10, "the prompt in focus")
+    page.keyboard.press("2")  # this time: right is better
+    wait_until(lambda: "1 of 2" in page.locator("#ab-progress").inner_text(), 30, "'1 of 2' again")
+    wes = next(a for a in store.list_users() if a.username == "wes")
+    with store.sessions() as s:
+        [judged] = s.scalars(select(AbJudgement).where(AbJudgement.user_id == wes.id,
+                                                       AbJudgement.verdict.is_not(None))).all()
+        assert judged.verdict == "right" and judged.item.prompt == first_prompt.strip()
+    page.keyboard.press("u")
+    page.get_by_text("Your last verdict was taken back").wait_for(timeout=30000)
+    page.click("#ab-undo")  # a second undo in a row is refused, and says so
+    page.get_by_text("you already took back your last verdict").wait_for(timeout=30000)
+    with store.sessions() as s:
+        assert s.scalar(select(func.count(AbJudgement.id)).where(AbJudgement.user_id == wes.id,
+                                                                 AbJudgement.verdict.is_not(None))) == 0
+    assert outside_requests(rec) == []
+    page.context.close()
+
+
+def test_next_item_is_drawn_from_the_rest_answer_without_a_page_event(rv, browser):
+    """After Ctrl+Enter the page shows the next item from the REST answer (no Gradio queue event): its
+    last two turns with the earlier ones collapsed, Markdown, a cut reply marked, no rank checked, focus
+    on the prompt. A flag then goes to the item drawn (the page catches up first), and its ranking is
+    stored as typed."""
+    from feedback_app.models import Flag
+
+    store = open_db(rv.db)
+    store.add_user("xav", "xav-pass-1234")
+    chat = [{"role": "user", "content": f"Drawn turn {i}."} if i % 2 else
+            {"role": "assistant", "content": f"Drawn turn {i}."} for i in range(1, 6)]
+    store.import_rows([ImportRow("Drawn question one?", [f"First reply {j}." for j in range(4)], model="m"),
+                       ImportRow(chat, ["Drawn reply **bold** one.", "Drawn reply two.", "Drawn reply three.",
+                                        "Drawn reply four."], model="m")])
+    with store.sessions() as s:
+        cut = s.scalars(select(Candidate).where(Candidate.text == "Drawn reply **bold** one.")).one()
+        cut.sampling = {"finish_reason": "length", "new_tokens": 8}
+        s.commit()
+    rec = Recorder()
+    page = new_page(browser, 1366, 900, rec)
+    login(page, rv.url, "xav", "xav-pass-1234")
+    skip_to(page, "Drawn question one")
+    page.locator("#prompt").focus()
+    events = len([u for u in rec.urls if "/queue/join" in u])
+    for key in ["1", "2", "3", "4", "Control+Enter"]:
+        page.keyboard.press(key)
+    wait_until(lambda: "Drawn turn 5" in prompt_text(page), 30, "the conversation drawn")
+    assert len([u for u in rec.urls if "/queue/join" in u]) == events  # no page event for the next item
+    assert page.evaluate("document.activeElement.id") == "prompt" and "Saved." in page.locator("#message").inner_text()
+    assert page.evaluate("window.scrollY") == 0
+    assert "Drawn turn 4" in prompt_text(page) and "Drawn turn 3" not in prompt_text(page)
+    assert page.get_by_text("Show 3 earlier turns").is_visible()
+    assert not page.get_by_text("Drawn turn 1.").is_visible()
+    page.get_by_text("Show 3 earlier turns").click()
+    page.get_by_text("Drawn turn 1.").wait_for(state="visible", timeout=5000)
+    replies = page.evaluate("[0,1,2,3].map(i => document.querySelector('#reply-' + i).innerText)")
+    assert sum("cut at 8 tokens" in r for r in replies) == 1, replies
+    assert page.locator("[id^=reply-] strong").filter(has_text="bold").count() == 1
+    assert page.eval_on_selector_all("[id^=rank-]", "gs => gs.filter(g => g.offsetParent !== null)"
+                                     ".filter(g => g.querySelector('input:checked')).length") == 0
+    [first] = rankings_of(rv.db, "xav")
+    shown = page.evaluate("[0,1,2,3].map(i => document.querySelector('#reply-' + i + ' .prose').innerText)")
+
+    page.keyboard.press("3")  # a rank typed before the flag survives the page catching up
+    page.keyboard.press("f")  # flag reply B (in focus after the digit)
+    page.locator("#flag-kind label").filter(has_text="off-topic").click()
+    page.click("#flag")
+    page.get_by_text("Flagged reply B as off-topic").wait_for(timeout=30000)
+    with store.sessions() as s:
+        flag = s.scalars(select(Flag).where(Flag.kind == "off-topic")).one()
+        flagged = s.get(Candidate, flag.candidate_id)
+    assert flag.item_id != first.item_id and flagged.text.split("*")[0].strip() in shown[1]
+    assert page.eval_on_selector("#rank-0 input[value='3']", "e => e.checked")
+    page.locator("#card-1").first.focus()
+    for key in ["1", "4", "2", "Control+Enter"]:
+        page.keyboard.press(key)
+    wait_until(lambda: len(rankings_of(rv.db, "xav")) == 2, 30, "the second ranking")
+    second = rankings_of(rv.db, "xav")[1]
+    assert second.item_id == flag.item_id and [second.ranks[p] for p in second.shown_order] == [3, 1, 4, 2]
+    shot(page, rv.root, "review-drawn-1366x900.png")
+    assert outside_requests(rec) == []
+    page.context.close()
