@@ -65,8 +65,9 @@ async def gradio_event(client, root: str, fn_index: int, data: list, session_has
 
 
 def ticket_of(result: dict) -> tuple[int, str]:
-    """The item id and idempotency key from a /review event's outputs (the ticket is the last one)."""
-    item, key = result["output"]["data"][-1].split()
+    """The item id and idempotency key from a /review event's outputs (the ticket is the last one:
+    "ITEM KEY GUIDELINE_VERSION")."""
+    item, key = result["output"]["data"][-1].split()[:2]
     return int(item), key
 
 
