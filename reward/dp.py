@@ -167,7 +167,8 @@ def card_lines(dp: dict[str, Any] | None) -> list[str]:
             f"**epsilon {dp['epsilon_spent']:.3f}** spent at delta {dp['delta']:.3g} (target epsilon "
             f"{dp['target_epsilon']:g})",
             f"- Privacy unit: one {dp.get('unit', 'unit')}; {dp['units']} units "
-            f"({dp.get('rows', dp.get('rankings'))} rankings), {dp['units_per_step']} units per step expected (sampling rate {dp['sample_rate']:.4g}), "
+            f"({dp.get('rows', dp.get('rankings'))} rankings), {dp['units_per_step']} units per step expected "
+            f"(sampling rate {dp['sample_rate']:.4g}), "
             f"{dp['steps']} steps, per-unit gradients clipped to {dp['max_grad_norm']:g}, noise multiplier "
             f"{dp['noise_multiplier']:.3f}",
             f"- Held-out accuracy {'n/a' if acc is None else f'{acc:.3f}'}"

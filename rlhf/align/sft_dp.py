@@ -104,7 +104,7 @@ def run_sft_dp(run, resume: str | None = None) -> int:
     print(plan.summary(), file=sys.stderr, flush=True)
 
     trainer = build_trainer(run)  # the SFT run's checks, policy + LoRA, TRL's tokenisation and collator
-    rows = [{k: trainer.train_dataset[i][k] for k in ("input_ids", "labels")} for i in range(len(trainer.train_dataset))]
+    rows = [{k: row[k] for k in ("input_ids", "labels")} for row in trainer.train_dataset]
     if len(rows) != plan.rows:  # TRL drops rows only when truncation leaves no reply token; ours are never cut
         raise UserError(f"{', '.join(run.data)}: {plan.rows} training demonstrations, but TRL's tokenisation kept "
                         f"{len(rows)}; rows and privacy units no longer line up")

@@ -93,7 +93,7 @@ def test_one_dp_sft_step_equals_the_hand_computed_clipped_noised_update(tmp_path
     expected = [p0 - lr * g / (g.abs() + eps) for p0, g in zip(start, expected_grads)]  # AdamW's first step, wd 0
 
     # The code under test: TRL's tokenized rows in padded micro-batches of 2, Opacus's DPOptimizer.
-    rows = [{k: trainer.train_dataset[i][k] for k in ("input_ids", "labels")} for i in range(len(trainer.train_dataset))]
+    rows = [{k: row[k] for k in ("input_ids", "labels")} for row in trainer.train_dataset]
     units = [rows[0:3], rows[3:5], rows[5:6]]
     optimizer = make_dp_optimizer(params, plan, lr, 0.0, noise_seed=11)
     seen = []
