@@ -19,9 +19,9 @@ def _config_class(path: Path):
 
         return GenerateConfig
     if rel.parts[0] == "app":
-        from feedback_app.config import AppConfig
+        from feedback_app.config import AppConfig, DemoConfig
 
-        return AppConfig
+        return DemoConfig if rel.name == "demo.yaml" else AppConfig  # `rlhf app demo --config` reads it
     if rel.parts[0] == "ppo":
         from rlhf.ppo.config import PPORunConfig
 
