@@ -21,6 +21,8 @@ CASES = [
     ("GET", "/api/ab/sets/%C2%B2/next", {}),
     ("GET", f"/api/ab/sets/{BIG}/next", {}),
     ("GET", "/api/ab/sets/1e25/next", {}),
+    ("POST", f"/api/ab/sets/{BIG}/undo", {}),
+    ("POST", "/api/ab/sets/%C2%B2/undo", {}),
 ]
 ADMIN_CASES = [
     ("GET", "/api/admin/ab/sets/1/report?confidence=nan", {}),
