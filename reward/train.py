@@ -437,9 +437,7 @@ def check_gate_size(test_rows: list[dict], config: RewardTrainConfig) -> str | N
 def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, config: RewardTrainConfig):
     """The probe on the last layer's features (``config.pooling``: mean over tokens, or the last token),
     its L2 chosen on validation and refitted on train + validation; and its learning curve on the test
-    split (None without one). Training rankings are shuffled by ``seed`` before taking a quarter and half."""
-    import random
-
+    split (None without one): a quarter and half of the training rankings in random subsets seeded by ``seed``."""
     from reward.probe import ranking_features, select_l2
     from reward.schedule import probe_learning_curve
 
@@ -450,9 +448,11 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
     curve = None
     if test_rows:
         sx, sr = ranking_features(model, tokenizer, test_rows, feature, config.eval_batch_size)
-        order = list(range(len(train_rows)))
-        random.Random(config.seed).shuffle(order)
-        curve = probe_learning_curve(feature, tx[order], tr[order], vx, vr, sx, sr)
+        curve = probe_learning_curve(feature, tx, tr, vx, vr, sx, sr, seed=config.seed)
+        # in the export's units: the export's training rankings include the validation split cut from them
+        scale = (len(train_rows) + len(val_rows)) / len(train_rows)
+        for point in curve:
+            point["export_rankings"] = round(point["rankings"] * scale)
     return probe, curve
 
 
@@ -521,8 +521,9 @@ def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: Rewar
     credits, prompts = pair_credits(test_rows, test_scores)
     (out / "held_out_pairs.json").write_text(json.dumps({"credits": credits, "prompts": prompts}))
     decision = gate_decision(credits, prompts, threshold=config.gate_threshold)
-    fit = learning_curve_fit([(c["rankings"], c["accuracy"]) for c in curve], gate_target(decision)) \
-        if curve and len({c["rankings"] for c in curve}) >= 2 else None
+    # The number of rankings to ask for counts the export's training rankings (validation included).
+    fit = learning_curve_fit([(c.get("export_rankings", c["rankings"]), c["accuracy"]) for c in curve],
+                             gate_target(decision)) if curve and len({c["rankings"] for c in curve}) >= 2 else None
     agreement = reviewer_agreement(all_rows)
     ties = tie_share(all_rows)
     gate = {"passed": decision.passed, "measured": True, "accuracy": decision.accuracy,

@@ -209,6 +209,12 @@ class LearningCurve:
     reason: str
 
 
+# Below this many training rankings a flat learning curve says nothing: a probe fitted on a handful of
+# rankings is at chance whatever the rule (bench/gate_more_rankings.py: vaderSentiment, flat from 3 to 12
+# rankings, reached 0.71 held-out at 96), so the advice is to rank more, not that more will not help.
+MIN_CURVE_RANKINGS = 40
+
+
 def learning_curve_fit(points: Sequence[tuple[int, float]], target: float, max_factor: float = 20.0,
                        min_gain_per_doubling: float = 0.01) -> LearningCurve:
     """Fit accuracy = a + b ln(rankings) by least squares and solve it for ``target``.
@@ -236,6 +242,9 @@ def learning_curve_fit(points: Sequence[tuple[int, float]], target: float, max_f
     def curve(rankings_needed, reason):
         return LearningCurve(ns, accs, gain, target, rankings_needed, reason)
 
+    if gain < min_gain_per_doubling and current < MIN_CURVE_RANKINGS:
+        return curve(None, f"{current} training rankings are too few for the curve to show a trend ({gain:+.3f} per "
+                           f"doubling); rank at least {MIN_CURVE_RANKINGS} and train again")
     if gain < min_gain_per_doubling:
         return curve(None, f"held-out accuracy is flat or falling as rankings grow ({gain:+.3f} per doubling): "
                            "more rankings are unlikely to help")

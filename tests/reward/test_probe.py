@@ -199,3 +199,27 @@ def test_mean_pooled_checkpoint_scores_the_same_after_reload(tiny_model_dir, tmp
         # context_length past every row's padding: the reward is read at each row's last token
         _, scores, _ = get_reward(ppo_model, rows, pad, width - min(len(x) for x in ids))
     assert scores.tolist() == pytest.approx(before, abs=1e-4)
+
+
+def _planted(n: int, seed: int, noise: float = 1.0):
+    """n rankings of K = 2 replies, 4 features; feature 0 decides which reply wins (plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 4, generator=g)
+    better_first = (x[:, 0, 0] - x[:, 1, 0] + noise * torch.randn(n, generator=g)) > 0
+    ranks = torch.where(better_first.unsqueeze(1), torch.tensor([1, 2]), torch.tensor([2, 1]))
+    return x, ranks
+
+
+def test_learning_curve_averages_random_subsets_and_fits_all_rankings_once():
+    from reward.schedule import probe_learning_curve
+
+    (tx, tr), (vx, vr), (sx, sr) = _planted(40, 0), _planted(20, 1), _planted(200, 2)
+    curve = probe_learning_curve("mean@1", tx, tr, vx, vr, sx, sr, repeats=5, seed=3)
+    assert [c["rankings"] for c in curve] == [10, 20, 40]
+    assert [c["repeats"] for c in curve] == [5, 5, 1] and curve[-1]["spread"] == 0.0
+    assert all(c["spread"] >= 0 for c in curve)
+    # the last point is the probe on every training ranking, L2 chosen on validation: as select_l2 gives it
+    whole = select_l2("mean@1", tx, tr, vx, vr, refit=False)
+    assert curve[-1]["accuracy"] == pair_accuracy(whole.scores(sx), sr) and curve[-1]["l2"] == whole.l2
+    assert probe_learning_curve("mean@1", tx, tr, vx, vr, sx, sr, repeats=5, seed=3) == curve  # seeded
+    assert curve[-1]["accuracy"] > 0.6  # the planted feature is learned
