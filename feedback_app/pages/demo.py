@@ -110,9 +110,12 @@ def seed_reviewers(store, config: DemoConfig, url: str, jobs, log=print) -> dict
     return done
 
 
-def _seed_in_background(store, config: DemoConfig, url: str, jobs) -> None:
-    """``seed_reviewers`` once the server answers; a failure is printed as one line, the demo goes on."""
+def _seed_in_background(store, config: DemoConfig, url: str, jobs) -> threading.Event:
+    """``seed_reviewers`` once the server answers; a failure is printed as one line, the demo goes on.
+    Returns the event to set when the server stops (a seeding cut short then says nothing)."""
     import httpx
+
+    stopping = threading.Event()
 
     def work():
         for _ in range(600):
@@ -125,9 +128,11 @@ def _seed_in_background(store, config: DemoConfig, url: str, jobs) -> None:
         try:
             seed_reviewers(store, config, url, jobs, log=lambda line: print(line, flush=True))
         except Exception as exc:  # the demo keeps serving; the reason is printed
-            print(f"scripted reviewers failed: {type(exc).__name__}: {exc}", flush=True)
+            if not stopping.is_set():
+                print(f"scripted reviewers failed: {type(exc).__name__}: {exc}", flush=True)
 
     threading.Thread(target=work, name="demo-reviewers", daemon=True).start()
+    return stopping
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -172,8 +177,9 @@ def run_demo(config: DemoConfig) -> int:
         print(f"generating {config.k} replies for {todo} prompts with '{config.model}' in the background "
               f"(job {job['id']}); the pages work meanwhile and show its progress", flush=True)
     url = f"http://{config.host}:{config.port}"
+    stopping = threading.Event()
     if config.simulated_reviewers:
-        _seed_in_background(svc.store, config, url, svc.jobs)
+        stopping = _seed_in_background(svc.store, config, url, svc.jobs)
         print("three scripted reviewers (sim-careful-1, sim-careful-2, sim-careless) rank part of the queue "
               "once the candidates exist; their quality shows on the admin dashboard", flush=True)
     print(f"open {url}/ and log in (admin: {url}/admin, reviewers: {url}/review, health: {url}/health); "
@@ -187,6 +193,7 @@ def run_demo(config: DemoConfig) -> int:
     # Open pages hold event streams; stop waiting for them after a few seconds.
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
+    stopping.set()
     print("stopped", flush=True)
     job = svc.jobs.latest()
     if job is not None and job["state"] == "running":
