@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         low, high = r["interval"] or (None, None)
         acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
         print(f"| {r['train_rankings']} | {acc} | {'passed' if r['passed'] else 'stopped'} | "
-              f"{r['rankings_needed'] if r['rankings_needed'] is not None else '-'} | {r['seconds']:.0f} s |")
+              f"{r['rankings_needed'] if r['rankings_needed'] is not None and not r['passed'] else '-'} | "
+              f"{r['seconds']:.0f} s |")
     if not first["passed"] and first["advice"]:
         print(f"\nthe gate's paragraph at {first['train_rankings']} rankings:\n{first['advice']}")
     print(f"\nreproduce: .venv/bin/python bench/gate_more_rankings.py --rule {args.rule} --start {args.start}")

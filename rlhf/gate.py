@@ -243,7 +243,7 @@ def learning_curve_fit(points: Sequence[tuple[int, float]], target: float, max_f
         return LearningCurve(ns, accs, gain, target, rankings_needed, reason)
 
     if gain < min_gain_per_doubling and current < MIN_CURVE_RANKINGS:
-        return curve(None, f"{current} training rankings are too few for the curve to show a trend ({gain:+.3f} per "
+        return curve(MIN_CURVE_RANKINGS, f"{current} training rankings are too few for the curve to show a trend ({gain:+.3f} per "
                            f"doubling); rank at least {MIN_CURVE_RANKINGS} and train again")
     if gain < min_gain_per_doubling:
         return curve(None, f"held-out accuracy is flat or falling as rankings grow ({gain:+.3f} per doubling): "
