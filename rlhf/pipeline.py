@@ -494,7 +494,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
     With ``resume``, stages finished by an earlier call on the same folder are skipped. ``source``
     names the config in error messages."""
     from rlhf.report import HeldoutScores, LoopSummary, TrainingSummary, RewardEvalSummary, render_figures, \
-        render_stage_table, write_report, write_summary
+        add_to_model_card, render_stage_table, write_report, write_summary
     from rlhf.rules import load_rule
     from rlhf.schema import AbReport, ScoredReplies
 
@@ -546,6 +546,7 @@ def run_loop(config: QuickstartConfig, run_dir: str | Path, resume: bool = False
                           AbReport.from_dict(json.loads((run.dir / "ab.json").read_text())))
     start = time.perf_counter()
     write_report(summary, run.dir)
+    add_to_model_card(summary, run.dir)
     run.times["report"] = time.perf_counter() - start
     write_summary(summary, run.dir)
     if config.sft:

@@ -353,6 +353,31 @@ def write_report(s: LoopSummary, out: Path) -> Path:
     return path
 
 
+CARD_SECTION = "## Judged in the loop (rlhf loop)"
+
+
+def add_to_model_card(s: LoopSummary, out: Path) -> Path | None:
+    """The loop's verdict on the exported policy, in its own model card (``aligned/README.md``): the
+    blind A/B win rate against its start, raw and length-controlled, and the counterfactual-prompt
+    shift, so whoever ships the checkpoint sees them without the run folder. Written again on resume."""
+    card = out / "aligned" / "README.md"
+    if not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8").split(f"\n{CARD_SECTION}\n")[0].rstrip("\n")
+    wr = s.ab.win_rate
+    lines = [CARD_SECTION, "",
+             f"Rule `{s.rule}` ({s.rule_name}); blind A/B on held-out prompts against the policy it started from.", "",
+             f"- win rate, non-tied: {_win_rate_text(wr)} ({wr.wins_a} wins, {wr.wins_b} losses, {wr.ties} ties, "
+             f"{wr.both_bad} both bad)",
+             f"- ties 1/2, raw and length-controlled: {_length_controlled_text(s)}",
+             f"- mean reply length (tokens), start -> this policy: {_fmt(s.base.length_mean, '.1f')} -> "
+             f"{_fmt(s.aligned.length_mean, '.1f')}", ""]
+    lines += [line.replace("## Counterfactual prompts", "### Counterfactual prompts", 1)
+              for line in counterfactual_lines(out)]
+    card.write_text(text + "\n\n" + "\n".join(lines), encoding="utf-8")
+    return card
+
+
 def write_summary(s: LoopSummary, out: Path) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(s.to_dict(), indent=2), encoding="utf-8")

@@ -102,5 +102,17 @@ def test_report_shows_how_far_each_policys_reply_moves_on_counterfactual_prompts
     assert "- base: 1 of 1 replies unchanged, mean similarity 1.000 (1 = the same), mean length change +0.0" in text
     # difflib: "Thank you." and "Thanks" share "Thank": 2 x 5 / (10 + 6) = 0.625; 6 - 10 = -4 characters.
     assert "- aligned: 0 of 1 replies unchanged, mean similarity 0.625 (1 = the same), mean length change -4.0" in text
+    # The exported policy's model card gets the loop's verdict and this section (once, also when written again).
+    from rlhf.report import CARD_SECTION, add_to_model_card
+
+    (tmp_path / "aligned").mkdir()
+    (tmp_path / "aligned" / "README.md").write_text("# Aligned policy\n\nTrained by PPO.\n")
+    s = _summary([10, 20, 5, 8], [8, 8, 9, 8], ["a", "a", "b", "tie"])
+    add_to_model_card(s, tmp_path)
+    card = add_to_model_card(s, tmp_path).read_text()
+    assert card.startswith("# Aligned policy\n\nTrained by PPO.\n\n" + CARD_SECTION) and card.count(CARD_SECTION) == 1
+    assert "- win rate, non-tied: 0.667 [0.200, 0.940] (95% wilson) (2 wins, 1 losses, 1 ties, 0 both bad)" in card
+    assert "raw 0.625 [" in card and "- mean reply length (tokens), start -> this policy: n/a -> n/a" in card
+    assert "### Counterfactual prompts" in card and "- aligned: 0 of 1 replies unchanged, mean similarity 0.625" in card
     (folder / "probes.json").write_text("[]")
     assert "No held-out prompt" in "\n".join(counterfactual_lines(tmp_path))
