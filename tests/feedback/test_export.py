@@ -117,13 +117,19 @@ def test_chat_prompts_make_the_whole_export_conversational(sqlite_url):
     }
 
 
-def test_the_split_follows_the_prompt_hash_and_is_stable(sqlite_url, tmp_path):
+def _twenty_ranked_prompts(sqlite_url):
+    """20 prompts with two replies each, every one ranked by alice: (store, prompts)."""
     store = new_store(sqlite_url, k=2, reviewers_per_item=1)
     prompts = [f"question {i}" for i in range(20)]
     items(store, [(p, [f"{p} x", f"{p} yy"]) for p in prompts])
     alice = store.add_user("alice", "plum-otter-41")
     for i, p in enumerate(prompts):
         rank_by_text(store, alice, {f"{p} x": 1, f"{p} yy": 2}, f"k{i}")
+    return store, prompts
+
+
+def test_the_split_follows_the_prompt_hash_and_is_stable(sqlite_url, tmp_path):
+    store, prompts = _twenty_ranked_prompts(sqlite_url)
     first = build_rows(load_rankings(store, ExportFilters()), 0.5)
     for split in ("train", "test"):
         assert all(prompt_split(r["prompt"], 0.5) == split for r in first["pairwise"][split])
@@ -135,12 +141,7 @@ def test_the_split_follows_the_prompt_hash_and_is_stable(sqlite_url, tmp_path):
 def test_min_test_prompts_holds_out_enough_prompts_on_small_data(sqlite_url, tmp_path):
     """20 ranked prompts at test_fraction 0.1 hold out about 2; min_test_prompts 8 holds out exactly 8 (the
     real export, its manifest and its datasets), and the plain split's test prompts are among them."""
-    store = new_store(sqlite_url, k=2, reviewers_per_item=1)
-    prompts = [f"question {i}" for i in range(20)]
-    items(store, [(p, [f"{p} x", f"{p} yy"]) for p in prompts])
-    alice = store.add_user("alice", "plum-otter-41")
-    for i, p in enumerate(prompts):
-        rank_by_text(store, alice, {f"{p} x": 1, f"{p} yy": 2}, f"k{i}")
+    store, prompts = _twenty_ranked_prompts(sqlite_url)
     plain = {p for p in prompts if prompt_split(p, 0.1) == "test"}
     assert len(plain) < 8
     manifest = export_rankings(store, tmp_path / "out", ExportFilters(), 0.1, min_test_prompts=8)

@@ -12,12 +12,17 @@ from tests.conftest import run_cli
 from tests.web.conftest import free_port, start_app, stop_app, wait_until
 
 
-def test_demo_starts_answers_health_generates_and_stops_cleanly(tmp_path, tiny_model_dir, monkeypatch):
+def _start_demo(tmp_path, tiny_model_dir, monkeypatch):
+    """`rlhf app demo` on configs/app/demo.yaml, a fresh SQLite file and the tiny model: (app, database path)."""
     monkeypatch.setenv("RLHF_ADMIN_PASSWORD", "demo-admin-pass")
     db = tmp_path / "demo" / "feedback.db"
     args = ["app", "demo", "--config", "configs/app/demo.yaml", "--database-url", f"sqlite:///{db}",
             "--model", str(tiny_model_dir), "--max-new-tokens", "8"]
-    app = start_app(args, free_port(), tmp_path / "demo.log")
+    return start_app(args, free_port(), tmp_path / "demo.log"), db
+
+
+def test_demo_starts_answers_health_generates_and_stops_cleanly(tmp_path, tiny_model_dir, monkeypatch):
+    app, _ = _start_demo(tmp_path, tiny_model_dir, monkeypatch)
     try:
         assert httpx.get(app.url + "/health").json()["project"] == "demo"
         out = app.output()
@@ -63,11 +68,7 @@ def test_demo_seeds_gold_and_three_scripted_reviewers_the_dashboard_tells_apart(
     from feedback_app.store import Store
     from tests.web.conftest import Recorder, login, open_page, outside_requests
 
-    monkeypatch.setenv("RLHF_ADMIN_PASSWORD", "demo-admin-pass")
-    db = tmp_path / "demo" / "feedback.db"
-    args = ["app", "demo", "--config", "configs/app/demo.yaml", "--database-url", f"sqlite:///{db}",
-            "--model", str(tiny_model_dir), "--max-new-tokens", "8"]
-    app = start_app(args, free_port(), tmp_path / "demo.log")
+    app, db = _start_demo(tmp_path, tiny_model_dir, monkeypatch)
     try:
         assert "three scripted reviewers (sim-careful-1, sim-careful-2, sim-careless)" in app.output()
         wait_until(lambda: "scripted reviewers done" in app.output() or "scripted reviewers failed" in app.output(),
