@@ -71,9 +71,14 @@ def heldout_loss(trainer: ResumableSFTTrainer) -> tuple[float, int] | None:
         return None
     from trl.models.utils import unwrap_model_for_generation
 
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
     rows = [trainer.eval_dataset[i] for i in range(len(trainer.eval_dataset))]
     size = trainer.args.per_device_eval_batch_size
-    batches = [trainer.data_collator([{k: r[k] for k in ("input_ids", "labels")} for r in rows[i:i + size]])
+    # Always padded batches with an attention mask (the training collator may be padding-free), so the figure
+    # is computed the same way whatever the training batches look like.
+    collate = DataCollatorForLanguageModeling(pad_token_id=trainer.processing_class.pad_token_id)
+    batches = [collate([{k: r[k] for k in ("input_ids", "labels")} for r in rows[i:i + size]])
                for i in range(0, len(rows), size)]
     if trainer.model_wrapped is trainer.model:  # before train(): the plain (or peft-wrapped) model
         return completion_loss(trainer.model, batches)
@@ -107,8 +112,17 @@ def build_trainer(run: SFTRunConfig, resume: str | None = None) -> ResumableSFTT
 
     torch.manual_seed(run.seed)
     policy = load_policy(run.policy, dtype=run.dtype)
-    args = SFTConfig(**trainer_args(run), max_length=run.max_length, completion_only_loss=True, packing=False,
-                     per_device_eval_batch_size=run.per_device_batch_size)
+    # Padding-free batches (one row, position ids restarting at each demonstration) are correct without
+    # FlashAttention here: with no attention mask, transformers' create_causal_mask reads the restarts in
+    # position_ids and builds a block-diagonal causal mask for sdpa/eager, so no demonstration attends to
+    # another (tests/align/test_sft.py compares the loss with padded batches). TRL still warns that only
+    # FlashAttention is "known" to support it. DP-SGD's per-unit loop needs padded batches with a mask.
+    # TRL refuses max_length with padding-free batches (it would not cut them); no cut is needed: load_checked
+    # has already refused any demonstration longer than max_length.
+    padding_free = run.padding_free and not run.dp
+    args = SFTConfig(**trainer_args(run), max_length=None if padding_free else run.max_length,
+                     completion_only_loss=True, packing=False,
+                     padding_free=padding_free, per_device_eval_batch_size=run.per_device_batch_size)
     trainer = ResumableSFTTrainer(
         model=policy, args=args, train_dataset=Dataset.from_list([d.row() for d in demos.train]),
         eval_dataset=Dataset.from_list([d.row() for d in demos.test]) if demos.test else None,

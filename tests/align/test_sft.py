@@ -94,6 +94,40 @@ def test_labels_mask_prompt_and_padding_and_the_loss_is_the_reply_tokens_cross_e
     assert tokens == len(terms) and held == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_padding_free_batches_give_the_padded_loss_and_no_row_attends_to_another(tmp_path, tiny_model_dir):
+    """padding_free lays the micro-batch end to end in one row with no attention mask: correct on CPU
+    (sdpa/eager, no FlashAttention) only because transformers builds a block-diagonal causal mask from
+    the position ids that restart at each demonstration. Same rows, same reply tokens, same loss as the
+    padded batch; the same row with one running position sequence (rows attending to each other) is not."""
+    from rlhf.align.sft import build_trainer, heldout_loss
+
+    data = tmp_path / "hand.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in HAND_MADE))
+    padded_trainer = build_trainer(_config(tiny_model_dir, tmp_path / "padded", data=[str(data)], test_fraction=0.0,
+                                           lora={"enabled": False}, num_eval_prompts=0))
+    trainer = build_trainer(_config(tiny_model_dir, tmp_path / "free", data=[str(data)], test_fraction=0.0,
+                                    lora={"enabled": False}, num_eval_prompts=0, padding_free=True))
+    rows = [{k: trainer.train_dataset[i][k] for k in ("input_ids", "labels")} for i in range(2)]
+    padded = padded_trainer.data_collator(rows)
+    free = trainer.data_collator(rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert "attention_mask" not in free and free["input_ids"].shape == (1, sum(lengths))  # no pad token at all
+    assert free["position_ids"][0].tolist() == list(range(lengths[0])) + list(range(lengths[1]))
+    assert int((free["labels"] != -100).sum()) == int((padded["labels"] != -100).sum())  # the same reply tokens
+
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss_padded = trainer.compute_loss(model, dict(padded)).item()
+        loss_free = trainer.compute_loss(model, dict(free)).item()
+        leaking = trainer.compute_loss(model, {"input_ids": free["input_ids"], "labels": free["labels"],
+                                               "position_ids": torch.arange(sum(lengths))[None]}).item()
+    assert loss_free == pytest.approx(loss_padded, rel=1e-5)
+    assert abs(leaking - loss_padded) > 1e-3  # the check above would see a leak between rows
+    # held-out loss is measured on padded batches whatever the training batches are
+    trainer.eval_dataset = trainer.train_dataset
+    assert heldout_loss(trainer)[0] == pytest.approx(loss_padded, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # A real run
 
