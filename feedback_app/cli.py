@@ -369,7 +369,8 @@ def run_export(args) -> int:
         return 0
     manifest = export_rankings(store, config.out, filters, config.test_fraction,  # audited there, as "cli"
                                min_test_prompts=config.min_test_prompts)
-    print(json.dumps({"out": config.out, **manifest["counts"]}))
+    # the demonstrations written to OUT/sft (accepted ones; what 'rlhf sft --data OUT' trains on) beside the rankings
+    print(json.dumps({"out": config.out, **manifest["counts"], "sft": manifest.get("sft")}))
     return 0
 
 
