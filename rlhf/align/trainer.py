@@ -237,7 +237,8 @@ def prepare_output_dir(run: AlignRunConfig, resume: str | None) -> Path | None:
                             f"output_dir")
     else:
         resume_from = latest_checkpoint(out) if resume == "latest" else Path(resume)
-        read_state(resume_from, fingerprint=run.fingerprint())
+        read_state(resume_from, fingerprint=run.fingerprint(), launch=(int(os.environ.get("WORLD_SIZE", "1")),
+                                                                        zero_stage()))
     if int(os.environ.get("RANK", "0")) == 0:
         for stale in out.glob(f"{CHECKPOINTS}/{TRAINER_CHECKPOINT}*"):
             shutil.rmtree(stale, ignore_errors=True)

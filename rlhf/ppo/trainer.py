@@ -333,7 +333,7 @@ def resolve_resume(run: PPORunConfig, resume: str | None) -> Path | None:
     if resume is None:
         return None
     path = latest_checkpoint(run.output_dir) if resume == "latest" else Path(resume)
-    read_state(path, fingerprint=run.fingerprint())
+    read_state(path, fingerprint=run.fingerprint(), launch=(int(os.environ.get("WORLD_SIZE", "1")), zero_stage()))
     return path
 
 
