@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from rlhf.errors import UserError
-from rlhf.runtime import apply_offline_env
+from rlhf.runtime import apply_offline_env, exit_launched_worker, is_launched_worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,4 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if is_launched_worker():
+        # A finished multi-process run could still abort in native teardown (exit 1 after success):
+        # exit_launched_worker says why. Only here, never in main(), which tests call in-process.
+        exit_launched_worker(exit_code)
+    sys.exit(exit_code)

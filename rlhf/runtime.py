@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 # No process of this project reaches a model hub or sends telemetry: these machines are offline,
 # and a reviewer's data should never leave the host by accident.
@@ -56,6 +57,40 @@ def _destroy_process_group_at_exit() -> None:
                 pass
 
     atexit.register(_teardown)
+
+
+def exit_launched_worker(code: int) -> NoReturn:
+    """End a process started by ``accelerate launch`` with ``code``, skipping interpreter finalisation.
+
+    The atexit teardown above was not enough: in about one two-process gloo launch in 25, rank 0
+    still printed "terminate called without an active exception" after the command had finished and
+    its checkpoint was written, and died with SIGABRT, so the launcher exited 1. The abort happens in
+    native code after every Python-level step of exit (a C++ thread object of torch.distributed or
+    DeepSpeed destroyed while its thread still runs). So this does, in CPython's order, what exit
+    does at the Python level (wait for non-daemon threads, run atexit callbacks: the process-group
+    teardown, logging's flush), flushes stdout/stderr, and then leaves with ``os._exit``, which skips
+    the interpreter's and the C++ runtime's destructors. Only for launched workers run as
+    ``python -m rlhf.cli``: never call it from code that others call, such as tests calling main().
+    """
+    import atexit
+    import sys
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe must not turn a success into a crash
+            pass
+    os._exit(code)
+
+
+def is_launched_worker() -> bool:
+    """True in a process that ``accelerate launch`` (or torchrun) started as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def cache_home() -> str:
