@@ -23,7 +23,7 @@ from typing import Any
 from rlhf.config import add_config_flags, config_from_args, save_resolved
 from rlhf.errors import UserError
 from rlhf.lora import lora_config
-from rlhf.runtime import apply_offline_env, is_main_process, zero_stage
+from rlhf.runtime import apply_offline_env, is_main_process, run_entry_point, zero_stage
 from rlhf.schema import pair_indices
 
 from reward.config import RewardTrainConfig
@@ -631,4 +631,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_entry_point(main)  # a launched worker skips native teardown, which could abort a finished run

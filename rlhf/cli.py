@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from rlhf.errors import UserError
-from rlhf.runtime import apply_offline_env, exit_launched_worker, is_launched_worker
+from rlhf.runtime import apply_offline_env, run_entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_code = main()
-    if is_launched_worker():
-        # A finished multi-process run could still abort in native teardown (exit 1 after success):
-        # exit_launched_worker says why. Only here, never in main(), which tests call in-process.
-        exit_launched_worker(exit_code)
-    sys.exit(exit_code)
+    run_entry_point(main)  # a launched worker skips native teardown, which could abort a finished run

@@ -62,15 +62,16 @@ def _destroy_process_group_at_exit() -> None:
 def exit_launched_worker(code: int) -> NoReturn:
     """End a process started by ``accelerate launch`` with ``code``, skipping interpreter finalisation.
 
-    The atexit teardown above was not enough: in about one two-process gloo launch in 25, rank 0
-    still printed "terminate called without an active exception" after the command had finished and
-    its checkpoint was written, and died with SIGABRT, so the launcher exited 1. The abort happens in
-    native code after every Python-level step of exit (a C++ thread object of torch.distributed or
-    DeepSpeed destroyed while its thread still runs). So this does, in CPython's order, what exit
-    does at the Python level (wait for non-daemon threads, run atexit callbacks: the process-group
-    teardown, logging's flush), flushes stdout/stderr, and then leaves with ``os._exit``, which skips
-    the interpreter's and the C++ runtime's destructors. Only for launched workers run as
-    ``python -m rlhf.cli``: never call it from code that others call, such as tests calling main().
+    The atexit teardown above is not enough. In a two-process ZeRO-3 GRPO launch the gloo threads of
+    two process groups (pt_gloo_runloop, gloo_tcp_loop) still run after destroy_process_group,
+    because objects of the finished run still hold the groups; they are destroyed during interpreter
+    finalisation, in no fixed order and while their threads run. In about one launch in 25, rank 0
+    then printed "terminate called without an active exception" after the command had finished and
+    its checkpoint was written, and died with SIGABRT, so the launcher exited 1. So this does what
+    exit does at the Python level, in CPython's order (wait for non-daemon threads, run the atexit
+    callbacks: the process-group teardown, logging's flush), flushes stdout/stderr, and leaves with
+    ``os._exit``, which skips the interpreter's and the C++ runtime's destructors. Only through
+    ``run_entry_point``: never from code that others call, such as tests calling main().
     """
     import atexit
     import sys
@@ -91,6 +92,20 @@ def exit_launched_worker(code: int) -> NoReturn:
 def is_launched_worker() -> bool:
     """True in a process that ``accelerate launch`` (or torchrun) started as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def run_entry_point(main) -> NoReturn:
+    """``if __name__ == "__main__": run_entry_point(main)`` for every module ``accelerate launch`` runs.
+
+    ``main()`` returns the exit code; a launched worker then leaves through ``exit_launched_worker``
+    (why: see there), any other process through ``sys.exit``. Never inside main(), which tests call.
+    """
+    import sys
+
+    code = main()
+    if is_launched_worker():
+        exit_launched_worker(code)
+    sys.exit(code)
 
 
 def cache_home() -> str:

@@ -1,7 +1,8 @@
 """How a worker started by ``accelerate launch`` ends: exit code, output and exit hooks kept.
 
-``python -m rlhf.cli`` in a multi-process launch leaves through ``rlhf.runtime.exit_launched_worker``
-(``os._exit`` after the Python-level exit steps) so a finished run cannot abort in native teardown.
+``python -m rlhf.cli`` and ``python -m reward.train`` in a multi-process launch leave through
+``rlhf.runtime.exit_launched_worker`` (``os._exit`` after the Python-level exit steps) so a finished
+run cannot abort in native teardown.
 These run the real entry point in a subprocess with WORLD_SIZE=2, as the launcher sets it.
 """
 
@@ -47,8 +48,12 @@ def test_exit_keeps_code_output_threads_and_atexit_hooks(tmp_path):
 
 
 def test_user_error_in_a_launched_worker_is_one_line_and_exit_2(tmp_path):
-    for world_size in ("2", "1"):
-        result = _run(["-m", "rlhf.cli", "export", str(tmp_path / "nope"), str(tmp_path / "x")], world_size, tmp_path)
-        assert result.returncode == 2, (world_size, result.stderr[-2000:])
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and "not a PPO run directory" in lines[0], lines
+    # Both modules the README launches: the rlhf command and the reward model's trainer.
+    commands = [(["-m", "rlhf.cli", "export", str(tmp_path / "nope"), str(tmp_path / "x")], "not a PPO run directory"),
+                (["-m", "reward.train", "--config", str(tmp_path / "none.yaml")], "config file not found")]
+    for args, message in commands:
+        for world_size in ("2", "1"):
+            result = _run(args, world_size, tmp_path)
+            assert result.returncode == 2, (args, world_size, result.stderr[-2000:])
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
