@@ -151,11 +151,13 @@ class SFTRunConfig(AlignRunConfig):
     max_length: int = Field(512, ge=8, description="tokens per prompt+reply (chat template applied); a longer "
                             "demonstration is refused, naming it, never cut")
     per_device_batch_size: int = Field(8, ge=1, description="demonstrations per process per micro-batch")
-    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW learning rate (linear decay)")
+    learning_rate: float = Field(1e-3, gt=0.0, description="AdamW learning rate (linear decay); 1e-3 suits the LoRA "
+                                 "adapter (bench/sft_bench.py), full fine-tuning wants about 2e-5")
     padding_free: bool = Field(False, description="train on each micro-batch's demonstrations laid end to end in one "
                                "row, no padding tokens (TRL's padding_free; position ids restart at each "
                                "demonstration and transformers masks attention across them); the same loss as padded "
-                               "batches for fewer tokens computed. Off under --dp")
+                               "batches with no pad tokens computed, but on a CPU sdpa's mask over the whole row "
+                               "measured slower (bench/sft_bench.py). Off under --dp")
     # Differential privacy (rlhf.align.sft_dp): the privacy unit is each row's 'unit' column.
     dp: bool = Field(False, description="differentially private SFT (DP-SGD through Opacus) of the LoRA adapter; the "
                      "privacy unit is the data's 'unit' column (customer, else conversation, else prompt); needs "
