@@ -152,3 +152,35 @@ def probe_learning_curve(feature: str, train_x, train_ranks, val_x, val_ranks, t
                     "spread": statistics.pstdev(accuracies), "repeats": len(accuracies),
                     "l2": statistics.median(l2s)})
     return out
+
+
+def shuffle_ranks(ranks, generator):
+    """``ranks`` [B, K] with each row's ranks permuted among its present replies (rank > 0): the same
+    rankings, ties and reply counts, no longer tied to the replies. The null of ``probe_chance_null``."""
+    import torch
+
+    out = ranks.clone()
+    for i in range(ranks.shape[0]):
+        present = torch.nonzero(ranks[i] > 0).flatten()
+        out[i, present] = ranks[i, present[torch.randperm(len(present), generator=generator)]]
+    return out
+
+
+def probe_chance_null(feature: str, train_x, train_ranks, val_x, val_ranks, test_x, test_ranks,
+                      repeats: int = 40, seed: int = 0, progress: bool = True) -> list[float]:
+    """Held-out (test) accuracy of the probe fitted, exactly as the real one (L2 chosen on validation,
+    refitted on training + validation), to the training and validation rankings shuffled
+    (``shuffle_ranks``), ``repeats`` times: what luck in fitting reaches on these held-out pairs
+    (``rlhf.gate.ChanceNull``). About a second per repeat on a few hundred rankings."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from reward.probe import pair_accuracy, select_l2
+
+    generator = torch.Generator().manual_seed(10_007 + seed)  # apart from the learning curve's subsets
+    out = []
+    for _ in tqdm(range(repeats), desc="gate: probes on shuffled rankings", disable=not progress, leave=False):
+        probe = select_l2(feature, train_x, shuffle_ranks(train_ranks, generator), val_x,
+                          shuffle_ranks(val_ranks, generator))
+        out.append(pair_accuracy(probe.scores(test_x), test_ranks))
+    return out

@@ -280,10 +280,10 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
 
     # The linear probe on frozen features: the method itself (probe), the starting head
     # (probe_then_finetune), and in every case the learning curve (cheap: a convex fit per size).
-    probe, curve, probe_model = None, None, None
+    probe, curve, chance, probe_model = None, None, None, None
     if len(val_rows):
         probe_model = load_score_model(config.model)  # before trainer_args: loads whole even under ZeRO-3
-        probe, curve = fit_probe_and_curve(probe_model, tokenizer, train_rows.to_list(), val_rows.to_list(),
+        probe, curve, chance = fit_probe_and_curve(probe_model, tokenizer, train_rows.to_list(), val_rows.to_list(),
                                            test_rows, config)
     if config.method != "probe":
         del probe_model
@@ -364,7 +364,7 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
             warn(f"no held-out evaluation: {exc}")
     bias = bias_audit(saved, saved_tokenizer, test_rows, test_scores, config) if test_scores else None
     all_rows = data.kwise["train"].to_list() + test_rows
-    gate = write_gate(out, test_rows, test_scores, all_rows, curve, config, held_out_problem)
+    gate = write_gate(out, test_rows, test_scores, all_rows, curve, config, held_out_problem, chance)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e] if trainer else []
     if private:
         from reward.dp import privacy_record
@@ -436,8 +436,11 @@ def check_gate_size(test_rows: list[dict], config: RewardTrainConfig) -> str | N
 
 def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, config: RewardTrainConfig):
     """The probe on the last layer's features (``config.pooling``: mean over tokens, or the last token),
-    its L2 chosen on validation and refitted on train + validation; and its learning curve on the test
-    split (None without one): a quarter and half of the training rankings in random subsets seeded by ``seed``."""
+    its L2 chosen on validation and refitted on train + validation; its learning curve on the test
+    split (None without one): a quarter and half of the training rankings in random subsets seeded by
+    ``seed``; and (None without a test split) a function giving the gate's chance null: the same probe
+    fitted to shuffled rankings (``reward.schedule.probe_chance_null``). The null is the probe's whatever
+    the method: a fine-tuned model on shuffled rankings would cost a fine-tune per shuffle."""
     from reward.probe import ranking_features, select_l2
     from reward.schedule import probe_learning_curve
 
@@ -445,7 +448,7 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
     tx, tr = ranking_features(model, tokenizer, train_rows, feature, config.eval_batch_size)
     vx, vr = ranking_features(model, tokenizer, val_rows, feature, config.eval_batch_size)
     probe = select_l2(feature, tx, tr, vx, vr)
-    curve = None
+    curve, chance = None, None
     if test_rows:
         sx, sr = ranking_features(model, tokenizer, test_rows, feature, config.eval_batch_size)
         curve = probe_learning_curve(feature, tx, tr, vx, vr, sx, sr, seed=config.seed)
@@ -453,7 +456,12 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
         scale = (len(train_rows) + len(val_rows)) / len(train_rows)
         for point in curve:
             point["export_rankings"] = round(point["rankings"] * scale)
-    return probe, curve
+
+        def chance():  # called by write_gate only when the interval passes: the fits cost ~a second each
+            from reward.schedule import probe_chance_null
+
+            return probe_chance_null(feature, tx, tr, vx, vr, sx, sr, repeats=config.gate_shuffles, seed=config.seed)
+    return probe, curve, chance
 
 
 def early_stopping(config: RewardTrainConfig, train_rows, val_rows, tokenizer):
@@ -505,9 +513,11 @@ def schedule_record(config: RewardTrainConfig, probe, curve, early, n_train: int
 
 
 def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: RewardTrainConfig,
-               problem: str | None) -> dict[str, Any]:
+               problem: str | None, chance=None) -> dict[str, Any]:
     """``gate.json`` (the decision and, when it fails, the paragraph) and ``held_out_pairs.json`` (per-pair
-    credits and prompt keys, so policy trainers and reports need not rescore)."""
+    credits and prompt keys, so policy trainers and reports need not rescore). ``chance``: a function
+    giving held-out accuracies of fits to shuffled rankings (``fit_probe_and_curve``), called only when
+    the interval passes; without it (no validation split) the gate is the interval alone."""
     from rlhf.gate import (failure_advice, gate_decision, gate_target, learning_curve_fit, pair_credits,
                            reviewer_agreement, tie_share)
 
@@ -521,6 +531,8 @@ def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: Rewar
     credits, prompts = pair_credits(test_rows, test_scores)
     (out / "held_out_pairs.json").write_text(json.dumps({"credits": credits, "prompts": prompts}))
     decision = gate_decision(credits, prompts, threshold=config.gate_threshold)
+    if decision.interval_passed and chance is not None and config.gate_shuffles:
+        decision = gate_decision(credits, prompts, threshold=config.gate_threshold, chance=chance())
     # The number of rankings to ask for counts the export's training rankings (validation included).
     fit = learning_curve_fit([(c.get("export_rankings", c["rankings"]), c["accuracy"]) for c in curve],
                              gate_target(decision)) if curve and len({c["rankings"] for c in curve}) >= 2 else None
@@ -529,6 +541,7 @@ def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: Rewar
     gate = {"passed": decision.passed, "measured": True, "accuracy": decision.accuracy,
             "interval": list(decision.interval), "n_pairs": decision.n_pairs, "n_prompts": decision.n_prompts,
             "threshold": decision.threshold, "summary": decision.summary(),
+            "chance": decision.chance.record() if decision.chance else None,
             "learning_curve": {"rankings": list(fit.rankings), "accuracy": list(fit.accuracy),
                                "gain_per_doubling": fit.gain_per_doubling, "rankings_needed": fit.rankings_needed,
                                "reason": fit.reason} if fit else None,

@@ -6,7 +6,8 @@ the functions that need them), so ``import rlhf.gate`` stays light and any stage
 
 * ``gate_decision``: held-out pairwise accuracy of a reward model with a 95% interval that accounts
   for pairs of one prompt not being independent; passes when the interval's lower end clears chance
-  (0.5) or the user's threshold. ``pair_credits`` turns K-wise rows and reward scores into its input.
+  (0.5) or the user's threshold, and the accuracy clears what models fitted to the same rankings
+  shuffled reach by luck (``ChanceNull``). ``pair_credits`` turns K-wise rows and reward scores into its input.
 * ``check_rule_discriminates``, ``check_usable_pairs``, ``check_held_out_size``: bad input, one line
   each (``UserError``), before any training.
 * ``learning_curve_fit``, ``reviewer_agreement``, ``tie_share`` and ``failure_advice``: the paragraph
@@ -48,14 +49,79 @@ class GateResult:
     n_pairs: int
     n_prompts: int
     threshold: float  # the interval's lower end must exceed this
-    passed: bool
+    passed: bool  # the interval clears the threshold and (when measured) the accuracy clears ``chance``'s bar
+    chance: ChanceNull | None = None  # what models fitted to the same rankings shuffled reach (None: not measured)
+
+    @property
+    def interval_passed(self) -> bool:
+        return self.interval[0] > self.threshold
 
     def summary(self) -> str:
         lo, hi = self.interval
         verdict = "passes" if self.passed else "does not pass"
-        return (f"reward model held-out accuracy {self.accuracy:.3f} (95% interval {lo:.3f} to {hi:.3f}, "
+        text = (f"reward model held-out accuracy {self.accuracy:.3f} (95% interval {lo:.3f} to {hi:.3f}, "
                 f"{self.n_pairs} pairs from {self.n_prompts} prompts) {verdict} the gate: the interval's "
                 f"lower end must exceed {self.threshold:.2f}")
+        if self.chance is not None:
+            text += f", and the accuracy {self.chance.bar_text()}"
+        return text
+
+
+@dataclass(frozen=True)
+class ChanceNull:
+    """Held-out accuracy of models fitted to the training rankings shuffled (each ranking's ranks permuted
+    among its own replies), beside the real model's: a permutation test of "the model learned nothing"
+    (Ojala & Garriga 2010, "Permutation tests for studying classifier performance", JMLR 11).
+
+    Why besides the interval: the interval covers the luck of which held-out prompts were drawn, not the
+    luck of fitting. A model fitted to a preference that cannot be learned still ranks the held-out pairs
+    it happens to line up with, and on 20 held-out prompts that luck alone reached 0.658 (40 fits on
+    shuffled rankings of a hash rule: mean 0.499, 95th percentile 0.633), where the real fit's 0.650
+    had passed the interval. The test passes when no shuffled fit reaches the real accuracy: exact under
+    the null whatever the features (no normal approximation: on a few planted features the shuffled fits
+    spread from 0.12 to 0.85), with p at most 1 / (shuffles + 1), 0.01 at the default 99.
+    """
+
+    accuracies: tuple[float, ...]  # one per shuffled fit
+    accuracy: float  # the real model's
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accuracies) / len(self.accuracies)
+
+    @property
+    def sd(self) -> float:
+        m = self.mean
+        return math.sqrt(sum((a - m) ** 2 for a in self.accuracies) / max(1, len(self.accuracies) - 1))
+
+    @property
+    def bar(self) -> float:
+        """The best shuffled fit: the real model must do better."""
+        return max(self.accuracies)
+
+    @property
+    def reached(self) -> int:
+        """How many shuffled fits reached the real model's accuracy or more."""
+        return sum(a >= self.accuracy for a in self.accuracies)
+
+    @property
+    def p_value(self) -> float:
+        """The permutation p-value (1 + reached) / (shuffles + 1)."""
+        return (1 + self.reached) / (len(self.accuracies) + 1)
+
+    @property
+    def passed(self) -> bool:
+        return self.reached == 0
+
+    def bar_text(self) -> str:
+        return (f"must exceed {self.bar:.3f}, the best of {len(self.accuracies)} fits to the same rankings shuffled "
+                f"(mean {self.mean:.3f}, sd {self.sd:.3f}; {self.reached} reached {self.accuracy:.3f}; "
+                f"permutation p = {self.p_value:.3g})")
+
+    def record(self) -> dict[str, Any]:
+        return {"shuffles": len(self.accuracies), "mean": self.mean, "sd": self.sd, "bar": self.bar,
+                "p_value": self.p_value, "reached": self.reached, "passed": self.passed,
+                "accuracies": list(self.accuracies)}
 
 
 def check_held_out_size(n_pairs: int, n_prompts: int, min_pairs: int = MIN_PAIRS,
@@ -134,19 +200,24 @@ def pair_credits(rows: Sequence[dict[str, Any]],
 
 
 def gate_decision(credits: Sequence[float], prompts: Sequence[Hashable], threshold: float = 0.5,
-                  min_pairs: int = MIN_PAIRS, min_prompts: int = MIN_PROMPTS) -> GateResult:
-    """Pass when the lower end of the 95% interval of held-out accuracy exceeds ``threshold``.
+                  min_pairs: int = MIN_PAIRS, min_prompts: int = MIN_PROMPTS,
+                  chance: Sequence[float] | None = None) -> GateResult:
+    """Pass when the lower end of the 95% interval of held-out accuracy exceeds ``threshold`` and, when
+    ``chance`` is given, the accuracy also exceeds every one of them (``ChanceNull``).
 
     ``credits[i]``: 1 when the reward model ranks held-out pair i like the reviewers, 0 when it ranks it
     the other way, 0.5 for an exact score tie; ``prompts[i]``: that pair's prompt (any hashable key,
-    e.g. ``rlhf.schema.prompt_key``). Raises ``UserError`` when the split is too small for an interval.
+    e.g. ``rlhf.schema.prompt_key``); ``chance``: held-out accuracies (same pairs) of models fitted to
+    the training rankings shuffled. Raises ``UserError`` when the split is too small for an interval.
     """
     if not 0.5 <= threshold < 1.0:
         raise UserError(f"gate threshold {threshold}: must be in [0.5, 1)")
     n_prompts = len(set(prompts))
     check_held_out_size(len(credits), n_prompts, min_pairs, min_prompts)
     accuracy, lo, hi = accuracy_interval(credits, prompts)
-    return GateResult(accuracy, (lo, hi), len(credits), n_prompts, threshold, lo > threshold)
+    null = ChanceNull(tuple(float(a) for a in chance), accuracy) if chance else None
+    passed = lo > threshold and (null is None or null.passed)
+    return GateResult(accuracy, (lo, hi), len(credits), n_prompts, threshold, passed, null)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -417,10 +488,18 @@ def failure_advice(gate: GateResult, curve: LearningCurve | None = None,
     ``gate.threshold`` plus the interval's half width (``gate_target``).
     """
     lo, hi = gate.interval
-    parts = [f"The reward model ranks {gate.accuracy:.0%} of held-out pairs like the reviewers (95% interval "
-             f"{lo:.0%} to {hi:.0%}, {gate.n_pairs} pairs from {gate.n_prompts} prompts); the interval's lower end "
-             f"does not clear {gate.threshold:.0%}, so a policy trained against it would chase noise, and policy "
-             "training will not start."]
+    measured = (f"The reward model ranks {gate.accuracy:.0%} of held-out pairs like the reviewers (95% interval "
+                f"{lo:.0%} to {hi:.0%}, {gate.n_pairs} pairs from {gate.n_prompts} prompts)")
+    if gate.interval_passed and gate.chance is not None and not gate.chance.passed:
+        c = gate.chance
+        parts = [f"{measured}; the interval clears {gate.threshold:.0%}, but models fitted to the same rankings "
+                 f"shuffled reach {c.mean:.0%} on average and up to {max(c.accuracies):.0%} ({len(c.accuracies)} "
+                 f"shuffles, {c.reached} reached this model's accuracy), so luck in fitting "
+                 "this few rankings explains it as well as a learned preference does, and policy training will "
+                 "not start."]
+    else:
+        parts = [f"{measured}; the interval's lower end does not clear {gate.threshold:.0%}, so a policy trained "
+                 "against it would chase noise, and policy training will not start."]
     if curve is not None:
         measured = ", ".join(f"{a:.0%} at {n}" for n, a in zip(curve.rankings, curve.accuracy))
         parts.append(f"Held-out accuracy by training rankings: {measured}; {curve.reason}.")
@@ -441,9 +520,11 @@ def failure_advice(gate: GateResult, curve: LearningCurve | None = None,
 
 
 def gate_target(gate: GateResult) -> float:
-    """Accuracy at which the gate would pass with the current interval width: threshold + half width."""
+    """Accuracy at which the gate would pass with the current interval width: threshold + half width, or
+    the chance bar when that is higher."""
     lo, hi = gate.interval
-    return gate.threshold + (hi - lo) / 2
+    target = gate.threshold + (hi - lo) / 2
+    return max(target, gate.chance.bar) if gate.chance is not None else target
 
 
 # ---------------------------------------------------------------------------------------------------

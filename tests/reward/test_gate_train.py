@@ -52,6 +52,10 @@ def test_gate_passes_planted_and_refuses_shuffled(probe_models):
     planted, stderr = probe_models["planted"]
     gate = json.loads((planted / "gate.json").read_text())
     assert gate["passed"] and gate["measured"] and gate["interval"][0] > 0.5 and gate["advice"] is None
+    # the permutation test: probes fitted to the rankings shuffled stay well below the real one
+    chance = gate["chance"]
+    assert chance["passed"] and chance["shuffles"] == len(chance["accuracies"]) == 99
+    assert chance["bar"] < gate["accuracy"] and chance["reached"] == 0
     assert "passes the gate" in stderr
     metrics = json.loads((planted / "metrics.json").read_text())
     assert metrics["method"] == "probe" and metrics["steps"] == 0

@@ -223,3 +223,33 @@ def test_learning_curve_averages_random_subsets_and_fits_all_rankings_once():
     assert curve[-1]["accuracy"] == pair_accuracy(whole.scores(sx), sr) and curve[-1]["l2"] == whole.l2
     assert probe_learning_curve("mean@1", tx, tr, vx, vr, sx, sr, repeats=5, seed=3) == curve  # seeded
     assert curve[-1]["accuracy"] > 0.6  # the planted feature is learned
+
+
+def test_shuffle_ranks_permutes_each_ranking_among_its_replies():
+    from reward.schedule import shuffle_ranks
+
+    ranks = torch.tensor([[1, 2, 2, 3], [2, 1, 0, 0], [1, 1, 2, 0]])
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        out = shuffle_ranks(ranks, g)
+        for row, new in zip(ranks.tolist(), out.tolist()):
+            assert sorted(row) == sorted(new)  # same ranks, ties and reply count
+            assert [r == 0 for r in row] == [r == 0 for r in new]  # padding slots stay padding
+        seen.add(tuple(out[0].tolist()))
+    assert len(seen) > 3  # and it does shuffle
+
+
+def test_chance_null_of_a_planted_probe_sits_at_chance_and_below_the_real_fit():
+    from reward.schedule import probe_chance_null
+    from rlhf.gate import ChanceNull
+
+    (tx, tr), (vx, vr), (sx, sr) = _planted(60, 0, noise=0.5), _planted(20, 1, noise=0.5), _planted(200, 2, noise=0.5)
+    null = probe_chance_null("mean@1", tx, tr, vx, vr, sx, sr, repeats=12, seed=0, progress=False)
+    assert len(null) == 12 and probe_chance_null("mean@1", tx, tr, vx, vr, sx, sr, repeats=12, seed=0,
+                                                 progress=False) == null  # seeded
+    real = pair_accuracy(select_l2("mean@1", tx, tr, vx, vr).scores(sx), sr)
+    # On 4 features a direction fitted to noise is still a direction: its held-out accuracy spreads
+    # widely around 0.5 (why the test is exact, not a normal approximation); the real fit beats them all.
+    chance = ChanceNull(tuple(null), real)
+    assert min(null) < 0.5 < max(null) and real > 0.85 and chance.passed

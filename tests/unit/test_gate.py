@@ -10,6 +10,7 @@ import pytest
 from rlhf.errors import UserError
 from rlhf.schema import prompt_key
 from rlhf.gate import (
+    ChanceNull,
     GateResult,
     accuracy_interval,
     check_held_out_size,
@@ -85,6 +86,34 @@ def test_gate_counts_prompts_not_pairs_as_the_independent_unit():
     assert result.interval[0] == pytest.approx(lo) and lo == pytest.approx(0.420972, abs=1e-6)
     assert not result.passed
     assert "does not pass" in result.summary()
+
+
+def test_chance_null_is_a_permutation_test():
+    # shuffled fits 0.4, 0.5, 0.6, 0.65: mean 0.5375; the real 0.65 is reached by one of them (ties count).
+    null = ChanceNull((0.4, 0.5, 0.6, 0.65), accuracy=0.65)
+    assert null.mean == pytest.approx(0.5375) and null.bar == 0.65
+    assert null.sd == pytest.approx(math.sqrt((0.1375 ** 2 + 0.0375 ** 2 + 0.0625 ** 2 + 0.1125 ** 2) / 3))
+    assert (null.reached, null.p_value, null.passed) == (1, 2 / 5, False)
+    clear = ChanceNull((0.4, 0.5, 0.6, 0.65), accuracy=0.66)
+    assert (clear.reached, clear.p_value, clear.passed) == (0, 1 / 5, True)
+    record = null.record()
+    assert (record["shuffles"], record["reached"], record["passed"], record["bar"]) == (4, 1, False, 0.65)
+
+
+def test_gate_refuses_an_interval_pass_that_shuffled_fits_reach():
+    # The interval passes (lower end 0.666, as above; accuracy 26/30), but one fit to shuffled rankings
+    # reaches 0.9: the gate refuses; below every shuffled fit it passes.
+    credits, prompts = _pairs([[1, 1, 1]] * 8 + [[1, 0, 0]] * 2)
+    passing = gate_decision(credits, prompts, chance=[0.50, 0.60, 0.80])
+    assert passing.passed and passing.chance.bar == 0.8 and "the best of 3 fits" in passing.summary()
+    failing = gate_decision(credits, prompts, chance=[0.50, 0.60, 0.90])
+    assert failing.interval_passed and not failing.passed
+    assert "does not pass" in failing.summary() and "shuffled" in failing.summary()
+    assert gate_target(failing) == 0.9  # the best shuffled fit is higher than threshold + half width (0.6)
+    text = failure_advice(failing)
+    assert "\n" not in text and "the interval clears 50%" in text and "up to 90% (3 shuffles, 1 reached" in text
+    assert text.endswith("policy training will not start.")
+    assert gate_decision(credits, prompts).chance is None  # not measured: the interval alone
 
 
 def test_pair_credits_from_k_wise_rows_and_scores():
