@@ -62,12 +62,15 @@ def _destroy_process_group_at_exit() -> None:
 def exit_launched_worker(code: int) -> NoReturn:
     """End a process started by ``accelerate launch`` with ``code``, skipping interpreter finalisation.
 
-    The atexit teardown above is not enough. In a two-process ZeRO-3 GRPO launch the gloo threads of
-    two process groups (pt_gloo_runloop, gloo_tcp_loop) still run after destroy_process_group,
-    because objects of the finished run still hold the groups; they are destroyed during interpreter
-    finalisation, in no fixed order and while their threads run. In about one launch in 25, rank 0
-    then printed "terminate called without an active exception" after the command had finished and
-    its checkpoint was written, and died with SIGABRT, so the launcher exited 1. So this does what
+    The atexit teardown above is not enough. In two-process launches (reward training under DDP, GRPO
+    under ZeRO-3) the gloo threads (pt_gloo_runloop, gloo_tcp_loop) still run after
+    destroy_process_group, because objects of the finished run still hold the groups. A native
+    thread that needs the GIL once the interpreter has begun finalising is ended by CPython 3.11
+    with pthread_exit, and when
+    that unwinds through a C++ noexcept destructor the C++ runtime aborts: "terminate called without
+    an active exception" (pytorch/pytorch issue 38228; CPython 3.14 parks such threads instead). In
+    about one launch in 25 rank 0 printed exactly that after the command had finished and its
+    checkpoint was written, and died with SIGABRT, so the launcher exited 1. So this does what
     exit does at the Python level, in CPython's order (wait for non-daemon threads, run the atexit
     callbacks: the process-group teardown, logging's flush), flushes stdout/stderr, and leaves with
     ``os._exit``, which skips the interpreter's and the C++ runtime's destructors. Only through
