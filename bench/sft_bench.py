@@ -6,7 +6,7 @@ rows, loss on the reply tokens) in its own process, on the same demonstrations
 
   a_trl_stock     full fine-tuning in float32 at TRL's default learning rate 2e-5 (SFTConfig's defaults,
                   with bf16 and gradient checkpointing off as a CPU needs), padded micro-batches
-  b_default       configs/sft/default.yaml: LoRA + bfloat16 autocast, LR 1e-3 (padded batches)
+  b_default       configs/sft/default.yaml but random batches: LoRA + bfloat16 autocast, LR 1e-3 (padded)
   lora            a LoRA adapter (r 16, alpha 32, every linear layer) at 1e-3: no gradients or AdamW state
                   for the frozen weights; an adapter wants a much larger step than full fine-tuning
   padding_free    each micro-batch laid end to end in one row with position ids restarting per
@@ -15,6 +15,9 @@ rows, loss on the reply tokens) in its own process, on the same demonstrations
                   (tests/align/test_sft.py); on a CPU the mask over the whole row costs more than the
                   padding it saves (measured 2026-11-30 under load, see the README), so it is off by default
   bf16_autocast   bfloat16 autocast for the forward and backward (the CPU's AMX units), full fine-tuning
+  group_by_length micro-batches of demonstrations of similar length (transformers' LengthGroupedSampler),
+                  full fine-tuning: fewer pad tokens computed for the same real tokens
+  default_grouped configs/sft/default.yaml as shipped: b_default with group_by_length
 
 TRL's BFD packing (rows filled up to max_length) is not used: within a micro-batch it is the same
 padding-free layout, and across micro-batches it changes which demonstrations form an update.
@@ -44,14 +47,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_STOCK = {"lora": {"enabled": False}, "bf16_autocast": False, "padding_free": False, "learning_rate": 2e-5}
+_STOCK = {"lora": {"enabled": False}, "bf16_autocast": False, "padding_free": False, "group_by_length": False,
+          "learning_rate": 2e-5}
 _DEFAULT_LR = 1e-3  # configs/sft/default.yaml's learning rate for the LoRA adapter
 VARIANTS = {
     "a_trl_stock": _STOCK,
-    "b_default": {},  # configs/sft/default.yaml as shipped
+    "b_default": {"group_by_length": False},  # configs/sft/default.yaml with random batches
     "lora": {**_STOCK, "lora": {"enabled": True}, "learning_rate": _DEFAULT_LR},
     "padding_free": {**_STOCK, "padding_free": True},
     "bf16_autocast": {**_STOCK, "bf16_autocast": True},
+    "group_by_length": {**_STOCK, "group_by_length": True},
+    "default_grouped": {},  # configs/sft/default.yaml as shipped (group_by_length: true)
 }
 
 

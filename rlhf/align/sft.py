@@ -122,7 +122,8 @@ def build_trainer(run: SFTRunConfig, resume: str | None = None) -> ResumableSFTT
     padding_free = run.padding_free and not run.dp
     args = SFTConfig(**trainer_args(run), max_length=None if padding_free else run.max_length,
                      completion_only_loss=True, packing=False,
-                     padding_free=padding_free, per_device_eval_batch_size=run.per_device_batch_size)
+                     padding_free=padding_free, per_device_eval_batch_size=run.per_device_batch_size,
+                     train_sampling_strategy="group_by_length" if run.group_by_length else "random")
     trainer = ResumableSFTTrainer(
         model=policy, args=args, train_dataset=Dataset.from_list([d.row() for d in demos.train]),
         eval_dataset=Dataset.from_list([d.row() for d in demos.test]) if demos.test else None,

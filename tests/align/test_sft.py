@@ -146,6 +146,7 @@ def uninterrupted(tmp_path_factory, tiny_model_dir):
         trainer = build(*args, **kwargs)
         policy = trainer.accelerator.unwrap_model(trainer.model)
         captured["policy"] = policy
+        captured["sampler"] = type(trainer._get_train_sampler()).__name__
         captured["before"] = {k: v.clone() for k, v in policy.state_dict().items() if "lora_" not in k}
         return trainer
 
@@ -155,6 +156,8 @@ def uninterrupted(tmp_path_factory, tiny_model_dir):
     finally:
         sft.build_trainer = build
     after = {k: v for k, v in captured["policy"].state_dict().items() if "lora_" not in k}
+    # the default batches demonstrations of similar length (fewer pad tokens); resume below must hold with it
+    assert captured["sampler"] == "LengthGroupedSampler"
     return out, captured["before"], after
 
 
