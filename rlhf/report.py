@@ -313,6 +313,10 @@ def counterfactual_lines(run_dir: Path) -> list[str]:
 def guard_lines(run_dir: Path) -> list[str]:
     """PPO's guard (``ppo/guard.json``, ``rlhf ppo --guard-reward-model``): the second reward model's reward
     beside the training reward, and whether the run was stopped and which update was kept, and why."""
+    skipped = run_dir / "reward_guard.skipped"  # rlhf.pipeline.GUARD_SKIPPED: the second model could not be trained
+    if skipped.is_file():
+        return ["## Guard", "", f"- **No second reward model**: {skipped.read_text(encoding='utf-8').strip()}. The "
+                "policy trained without the guard's judge, watched by KL, reply length and EOS share only.", ""]
     path = run_dir / "ppo" / "guard.json"
     if not path.is_file():
         return []

@@ -46,3 +46,23 @@ def test_a_failed_gate_stops_the_loop_unless_overridden(tmp_path):
     assert "--allow-weak-reward-model" in reward_train_args(run) and "--allow-weak-reward-model" in policy_args(run)
     assert "--allow-weak-reward-model" not in policy_args(_run(tmp_path, allow_weak_reward_model=True,
                                                                algorithm="dpo"))
+
+
+def test_without_enough_rankings_for_a_second_reward_model_the_guard_goes_on_without_it(tmp_path, tiny_model_dir,
+                                                                                         capsys):
+    """After SFT the quickstart's "fewer apologies" left 30 usable rankings, so the second half held 7 and
+    none fell in the validation split: the real reward command fails, the loop says so and trains the
+    policy without the guard's judge (it had stopped the whole loop)."""
+    from rlhf.pipeline import GUARD_SKIPPED, policy_args, train_guard_reward
+    from rlhf.report import guard_lines
+
+    write_export(tmp_path / "export", planted_rankings(6, seed=4))
+    run = _run(tmp_path, reward_config="configs/reward/default.yaml", reward_base=str(tiny_model_dir),
+               policy=str(tiny_model_dir))
+    assert "--guard-reward-model" in policy_args(run)
+    train_guard_reward(run)  # does not raise
+    reason = (tmp_path / GUARD_SKIPPED).read_text().strip()
+    assert reason.startswith("error: ") and "\n" not in reason
+    assert "warning: no second reward model for the guard" in capsys.readouterr().out
+    assert "--guard-reward-model" not in policy_args(run)
+    assert "**No second reward model**" in "\n".join(guard_lines(tmp_path))
