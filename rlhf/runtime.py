@@ -106,7 +106,10 @@ def run_entry_point(main) -> NoReturn:
     import sys
 
     code = main()
-    if is_launched_worker():
+    # Only a finished run skips finalisation (the abort only ever hit finished runs). A failing worker
+    # exits as before: leaving at once let rank 1 end before rank 0 had printed the one error line, and
+    # the launcher then killed rank 0 (a ZeRO-3 refusal lost its message that way in CI).
+    if code == 0 and is_launched_worker():
         exit_launched_worker(code)
     sys.exit(code)
 
