@@ -167,7 +167,7 @@ def shuffle_ranks(ranks, generator):
 
 
 def probe_chance_null(feature: str, train_x, train_ranks, val_x, val_ranks, test_x, test_ranks,
-                      repeats: int = 40, seed: int = 0, progress: bool = True) -> list[float]:
+                      repeats: int = 99, seed: int = 0, progress: bool = True) -> list[float]:
     """Held-out (test) accuracy of the probe fitted, exactly as the real one (L2 chosen on validation,
     refitted on training + validation), to the training and validation rankings shuffled
     (``shuffle_ranks``), ``repeats`` times: what luck in fitting reaches on these held-out pairs
