@@ -23,7 +23,7 @@ from typing import Any
 from rlhf.config import add_config_flags, config_from_args, save_resolved
 from rlhf.errors import UserError
 from rlhf.lora import lora_config
-from rlhf.runtime import apply_offline_env, is_main_process, run_entry_point, zero_stage
+from rlhf.runtime import apply_offline_env, is_main_process, run_entry_point, world_size, zero_stage
 from rlhf.schema import pair_indices
 
 from reward.config import RewardTrainConfig
@@ -466,13 +466,11 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
 
 def early_stopping(config: RewardTrainConfig, train_rows, val_rows, tokenizer):
     """The validation callback: checks about four times per epoch unless ``validation_every`` says."""
-    import os
-
-    from reward.data import tokenize_kwise, warn
+    from reward.data import tokenize_kwise
     from reward.schedule import validation_callback
 
     val = tokenize_kwise(val_rows, tokenizer, config.max_length, what="validation")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * world))
                           // config.gradient_accumulation_steps)
     every = config.validation_every or max(1, steps_per_epoch // 4)

@@ -124,11 +124,9 @@ def plan_from(record: dict[str, Any]) -> PrivacyPlan:
 
 def check_single_process() -> None:
     """DP-SGD here computes per-unit gradients one unit at a time in one process: refused under a launcher."""
-    import os
+    from rlhf.runtime import world_size, zero_stage
 
-    from rlhf.runtime import zero_stage
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or zero_stage():
+    if world_size() > 1 or zero_stage():
         raise UserError("--dp runs in one process (per-unit gradients are computed one unit at a time); launch "
                         "it without accelerate/torchrun")
 

@@ -461,20 +461,24 @@ def ab_pairs(run: Run) -> list[tuple[str, str, str]]:
 @timed("blind A/B judgement")
 def ab_judgement(run: Run) -> None:
     """In each set the reviewers see neither name, in a random recorded order."""
-    c = run.config
     for a, b, report in ab_pairs(run):
-        name = f"{a}-vs-{b}"
-        try:
-            run.rlhf("app", "ab", "create", name, "--policy-a", a, "--replies-a", str(run.dir / "eval" / f"{a}.jsonl"),
-                     "--policy-b", b, "--replies-b", str(run.dir / "eval" / f"{b}.jsonl"), "--judgements-per-item",
-                     str(c.ab_judgements_per_item), *run.db_flags)
-        except UserError as exc:  # made by the interrupted run from the same replies: its judging continues
-            if not (run.resume and "already exists" in str(exc)):
-                raise
-            print("   the A/B set of the interrupted run is kept; judging continues", flush=True)
-        run.rlhf("simulate", "--url", run.url, "--accounts", _accounts(run), "--ab", name,
-                 f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
-        run.rlhf("app", "ab", "report", name, "--output", str(run.dir / report), *run.db_flags)
+        blind_ab(run, a, run.dir / "eval" / f"{a}.jsonl", b, run.dir / "eval" / f"{b}.jsonl", run.dir / report)
+
+
+def blind_ab(run: Run, a: str, replies_a: Path, b: str, replies_b: Path, report: Path) -> None:
+    """One blind A/B set ``A-vs-B`` in the running app: created from two replies files to the same prompts,
+    judged by the scripted reviewers by the run's rule, its report written to ``report``."""
+    c, name = run.config, f"{a}-vs-{b}"
+    try:
+        run.rlhf("app", "ab", "create", name, "--policy-a", a, "--replies-a", str(replies_a), "--policy-b", b,
+                 "--replies-b", str(replies_b), "--judgements-per-item", str(c.ab_judgements_per_item), *run.db_flags)
+    except UserError as exc:  # made by the interrupted run from the same replies: its judging continues
+        if not (run.resume and "already exists" in str(exc)):
+            raise
+        print("   the A/B set of the interrupted run is kept; judging continues", flush=True)
+    run.rlhf("simulate", "--url", run.url, "--accounts", _accounts(run), "--ab", name,
+             f"--rule={c.rule}", "--noise", str(c.noise), "--seed", str(c.seed))
+    run.rlhf("app", "ab", "report", name, "--output", str(report), *run.db_flags)
 
 
 @timed("score held-out replies", outputs=("eval/base.scores.json", "eval/sft.scores.json", "eval/aligned.scores.json"))

@@ -92,9 +92,14 @@ def exit_launched_worker(code: int) -> NoReturn:
     os._exit(code)
 
 
+def world_size() -> int:
+    """Processes in this launch (``WORLD_SIZE`` set by torchrun/accelerate); 1 when alone."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def is_launched_worker() -> bool:
     """True in a process that ``accelerate launch`` (or torchrun) started as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return world_size() > 1
 
 
 def run_entry_point(main) -> NoReturn:

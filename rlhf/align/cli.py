@@ -46,14 +46,12 @@ def register(subparsers) -> None:
 
 
 def run_command(args) -> int:
-    import os
-
     from rlhf.align.config import CONFIGS, check_run_config
-    from rlhf.runtime import zero_stage
+    from rlhf.runtime import world_size, zero_stage
 
     config = config_from_args(CONFIGS[args.algorithm], args)
     # The combinations an algorithm cannot use are refused here, before TRL or any model is imported.
-    check_run_config(config, int(os.environ.get("WORLD_SIZE", "1")), zero_stage())
+    check_run_config(config, world_size(), zero_stage())
     if args.validate_only:
         print(config.model_dump_json())
         return 0

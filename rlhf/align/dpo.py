@@ -10,7 +10,6 @@ train/test split; the held-out pairs are scored once at the end (``heldout.json`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from rlhf.align.config import DPORunConfig, check_run_config
 from rlhf.align.trainer import ResumableRun, prepare_output_dir, trainer_args, write_run_info
 from rlhf.errors import UserError
 from rlhf.lora import lora_config
-from rlhf.runtime import zero_stage
+from rlhf.runtime import world_size, zero_stage
 
 
 class ResumableDPOTrainer(ResumableRun, DPOTrainer):
@@ -68,7 +67,7 @@ def build_trainer(run: DPORunConfig, resume: str | None = None) -> ResumableDPOT
     from rlhf.align.online import load_prompts
     from rlhf.modeling import load_policy, load_tokenizer
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     check_run_config(run, world, zero_stage())
     resume_from = prepare_output_dir(run, resume)
     train, test, manifest = load_pairs(run.data, run.test_fraction)

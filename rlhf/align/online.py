@@ -11,7 +11,6 @@ reference is the policy with its adapter switched off.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from rlhf.errors import UserError
 from rlhf.guards import build_guard
 from rlhf.lora import lora_config
 from rlhf.ppo.rollout import route_generate
-from rlhf.runtime import zero_stage
+from rlhf.runtime import world_size, zero_stage
 from rlhf.schema import as_messages
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
     from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
     from rlhf.rewards import check_reward_model, load_reward_model
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     check_run_config(run, world, zero_stage())
     resume_from = prepare_output_dir(run, resume)
 

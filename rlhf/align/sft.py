@@ -17,7 +17,6 @@ after the last, into ``metrics.json``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from rlhf.align.demonstrations import load_checked, word_f1
 from rlhf.align.trainer import ResumableRun, prepare_output_dir, trainer_args, write_run_info
 from rlhf.errors import UserError
 from rlhf.lora import lora_config
-from rlhf.runtime import zero_stage
+from rlhf.runtime import world_size, zero_stage
 
 BEFORE = "heldout_before.json"  # the loss before update 1, kept for a resumed run's metrics.json
 
@@ -91,7 +90,7 @@ def build_trainer(run: SFTRunConfig, resume: str | None = None) -> ResumableSFTT
 
     from rlhf.modeling import load_policy
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     check_run_config(run, world, zero_stage())
     resume_from = prepare_output_dir(run, resume)
     # Every demonstration is checked (fields, then length with the policy's tokenizer) before the model loads.

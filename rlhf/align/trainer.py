@@ -35,7 +35,7 @@ from rlhf.align.config import AlignRunConfig
 from rlhf.checkpoint import CHECKPOINTS, latest_checkpoint, publish_checkpoint, read_state
 from rlhf.errors import UserError
 from rlhf.runlog import MetricsWriter
-from rlhf.runtime import zero_stage
+from rlhf.runtime import world_size, zero_stage
 
 # TRL metric name -> the name this project logs (PPO's names where the meaning is the same)
 RENAMED = {
@@ -237,7 +237,7 @@ def prepare_output_dir(run: AlignRunConfig, resume: str | None) -> Path | None:
                             f"output_dir")
     else:
         resume_from = latest_checkpoint(out) if resume == "latest" else Path(resume)
-        read_state(resume_from, fingerprint=run.fingerprint(), launch=(int(os.environ.get("WORLD_SIZE", "1")),
+        read_state(resume_from, fingerprint=run.fingerprint(), launch=(world_size(),
                                                                         zero_stage()))
     if int(os.environ.get("RANK", "0")) == 0:
         for stale in out.glob(f"{CHECKPOINTS}/{TRAINER_CHECKPOINT}*"):

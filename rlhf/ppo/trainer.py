@@ -38,7 +38,7 @@ from rlhf.ppo.data import batch_indices, load_prompt_ids
 from rlhf.ppo.metrics import RENAMED, MetricsWriter, RolloutProbe
 # centred_head is re-exported: the PPO unit tests import it from here.
 from rlhf.rewards import centre_reward_model, centred_head, check_reward_model  # noqa: F401
-from rlhf.runtime import is_main_process, zero_stage
+from rlhf.runtime import is_main_process, world_size, zero_stage
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def resolve_resume(run: PPORunConfig, resume: str | None) -> Path | None:
     if resume is None:
         return None
     path = latest_checkpoint(run.output_dir) if resume == "latest" else Path(resume)
-    read_state(path, fingerprint=run.fingerprint(), launch=(int(os.environ.get("WORLD_SIZE", "1")), zero_stage()))
+    read_state(path, fingerprint=run.fingerprint(), launch=(world_size(), zero_stage()))
     return path
 
 
@@ -342,7 +342,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
 
     from rlhf.modeling import load_policy, load_score_model, load_tokenizer, resolve_model_path
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     check_run_config(run, world, zero_stage())
     resume_from = resolve_resume(run, resume)
     out = Path(run.output_dir)
