@@ -293,7 +293,9 @@ def goal(result: dict, ppo: dict | None) -> str:
     versus = result.get("versus_ppo")
     if not versus or not ppo:
         return ""
-    holds = versus["ci_high"] is not None and versus["ci_high"] >= 0.5
+    if not versus["decided"]:
+        return "no (no decided judgement)"
+    holds = versus["ci_high"] >= 0.5
     enough = versus["judgements"] >= MIN_JUDGEMENTS
     fast = result["seconds"] <= ppo["seconds"] / 2
     return "yes" if holds and enough and fast else \
@@ -314,7 +316,7 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"| {rule} | {r['algorithm']} | {r['seconds']:.0f} | {_f(ratio, '.2f')} | {r['peak_rss_gb']:.2f} | "
                 f"{r['per_second']:.2f} {r['unit']} | {_f(r['reward_base'], '.2f')} -> {_f(r['reward_aligned'], '.2f')} | "
-                f"{_f(r['rule_base'], '.2f')} -> {_f(r['rule_aligned'], '.2f')} | {r['kl_to_base']:.2f} | "
+                f"{_f(r['rule_base'], '.2f')} -> {_f(r['rule_aligned'], '.2f')} | {r['kl_to_base']:.3g} | "
                 f"{_ab(r['versus_base'])} | {_ab(r['versus_ppo'])} | {goal(r, ppo)} |")
     return "\n".join(lines)
 
