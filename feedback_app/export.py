@@ -145,10 +145,13 @@ def build_rows(rankings: list[Ranking], test_fraction: float, include_flagged: b
 
     All rows are plain text, or all conversational when any prompt is a message list (one Arrow type
     per column). The split follows a hash of the prompt as stored, so it never changes across exports
-    (``rlhf.schema.held_out_threshold`` raises the fraction on small data when ``min_test_prompts`` asks;
-    ``"test_threshold"`` holds the fraction used).
+    (``rlhf.schema.held_out_threshold`` raises the fraction on small data when ``min_test_prompts`` asks,
+    counting only prompts with at least one untied pair; ``"test_threshold"`` holds the fraction used).
     """
-    test_fraction = held_out_threshold([r.prompt for r in rankings], test_fraction, min_test_prompts)
+    # A prompt whose replies were all tied gives no pair: it neither trains nor tests. The minimum counts
+    # prompts with a usable pair, so a rule most replies tie on still holds out what the gate needs.
+    usable = [r.prompt for r in rankings if r.pairs(include_flagged)]
+    test_fraction = held_out_threshold(usable, test_fraction, min_test_prompts)
     conversational = any(is_conversational(r.prompt) for r in rankings)
     out = {EXPORT_PAIRWISE: {"train": [], "test": []}, EXPORT_KWISE: {"train": [], "test": []},
            "conversational": conversational, "test_threshold": test_fraction}

@@ -151,6 +151,22 @@ def test_min_test_prompts_holds_out_enough_prompts_on_small_data(sqlite_url, tmp
     assert {p for p in prompts if prompt_split(p, manifest["test_threshold"]) == "test"} == set(test["prompt"])
 
 
+def test_min_test_prompts_counts_only_prompts_with_a_usable_pair(sqlite_url):
+    """Half the prompts ranked as a tie (no pair): min_test_prompts 4 holds out exactly 4 prompts that have a
+    pair, whatever the tied ones do (found in the efficacy suite: 20 held-out prompts, 8 with a pair)."""
+    store = new_store(sqlite_url, k=2, reviewers_per_item=1)
+    prompts = [f"question {i}" for i in range(20)]
+    items(store, [(p, [f"{p} x", f"{p} yy"]) for p in prompts])
+    alice = store.add_user("alice", "plum-otter-41")
+    tied = set(prompts[::2])
+    for i, p in enumerate(prompts):
+        rank_by_text(store, alice, {f"{p} x": 1, f"{p} yy": 1 if p in tied else 2}, f"k{i}")
+    rows = build_rows(load_rankings(store, ExportFilters()), 0.01, min_test_prompts=4)
+    held = {r["prompt"] for r in rows["kwise"]["test"]}
+    assert len(held - tied) == 4 and {r["prompt"] for r in rows["pairwise"]["test"]} == held - tied
+    assert all(prompt_split(p, rows["test_threshold"]) == ("test" if p in held else "train") for p in prompts)
+
+
 def test_prompt_file_for_ppo(ranked, tmp_path):
     out = tmp_path / "prompts.jsonl"
     assert export_prompts(ranked, out) == 2
