@@ -111,6 +111,15 @@ RULES = {
     "unlearnable": (0.0, 0.0, "sha256 of the reply: cannot be learned from the replies (the gate must stop it)"),
 }
 REVIEWERS = ("sim-1", "sim-2", "sim-3")  # three accounts in every size: "one of three disagrees" stays one of three
+
+
+def reviewers_per_item(disagreement: float) -> int:
+    """Reviewers who disagree rank the same items as the others (all three rank every item), as a team that
+    wants to know whether its reviewers agree would: the gate reads agreement only from pairs two reviewers
+    ranked. With one reviewer per item the disagreement is invisible and a third of the labels are simply
+    flipped: the first run of the suite (2026-11-30) stopped "you_share" at the gate with a label ceiling of
+    0.55 and "0 comparisons between reviewers". Noisy or noiseless reviewers keep one reviewer per item."""
+    return len(REVIEWERS) if disagreement > 0 else 1
 __doc__ += "\n".join(f"  {name:<13}{what}" for name, (_, _, what) in RULES.items()) + "\n"
 
 
@@ -167,7 +176,8 @@ def run_rule(name: str, out: Path, candidates: Path, size: str) -> dict:
         shutil.copytree(candidates, run_dir)
     command = [str(REPO / ".venv" / "bin" / "rlhf"), "loop", "--config", str(CONFIGS[size]),
                f"--rule=bench.efficacy_suite:{name}", "--rule-name", name, "--noise", str(noise),
-               "--disagreement", str(disagreement), "--reviewers", str(len(REVIEWERS)), "--run-dir", str(run_dir),
+               "--disagreement", str(disagreement), "--reviewers", str(len(REVIEWERS)),
+               "--reviewers-per-item", str(reviewers_per_item(disagreement)), "--run-dir", str(run_dir),
                "--resume"]
     log(f"{name}: {' '.join(command[1:])}")
     start = time.perf_counter()
@@ -183,6 +193,7 @@ def run_rule(name: str, out: Path, candidates: Path, size: str) -> dict:
     # line, e.g. no held-out ranking with two distinct ranks): a result of this rule, not a crash of the suite.
     gated = proc.returncode == 2 and (run_dir / "reward" / "gate.json").is_file()
     result = {"rule": name, "what": what, "noise": noise, "disagreement": disagreement, "size": size,
+              "reviewers_per_item": reviewers_per_item(disagreement),
               "exit_code": proc.returncode, "stopped_at_gate": gated,
               "stopped_before_training": proc.returncode == 2 and not gated, "message": error,
               "wall_seconds": seconds, **reward_figures(run_dir, name), **policy_figures(run_dir)}
