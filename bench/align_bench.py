@@ -48,19 +48,11 @@ if str(REPO) not in sys.path:
 RULES = {"no_apology": REPO / "configs" / "quickstart" / "full.yaml",
          "offers_help": REPO / "configs" / "quickstart" / "full_help.yaml"}
 ALGORITHMS = ("ppo", "grpo", "rloo", "dpo")
+from bench.efficacy_suite import _f, log, write_json  # noqa: E402  (the suite's small helpers)
+
 SMALL = REPO / "configs" / "quickstart" / "small.yaml"
 EVAL = {"eval_replies_per_prompt": 4}  # 36 held-out prompts x 4 = 144 judgements per A/B set
 MIN_JUDGEMENTS = 144
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
 
 
 def config_file(rule: str, size: str) -> Path:
@@ -275,10 +267,6 @@ def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # The table
-
-
-def _f(x, fmt=".3f") -> str:
-    return "n/a" if x is None else format(x, fmt)
 
 
 def _ab(ab: dict | None) -> str:
