@@ -66,10 +66,11 @@ class RewardTrainConfig(Config):
         "held-out accuracy exceeds this (0.5: better than chance with confidence)"
     )
     gate_shuffles: int = Field(
-        99, ge=0, le=10_000, description="the gate's permutation test: fit the probe this many times to the training "
-        "rankings shuffled, and pass only when the held-out accuracy beats every one of them (p at most 1 / (N + 1): "
-        "0.01 at 99); 0 skips it (the interval alone, which once let a rule that cannot be learned through on 20 "
-        "held-out prompts). About a second per fit; run only when the interval passes; needs a validation split"
+        99, ge=0, le=10_000, description="the gate's permutation test: the probe cross-fitted over every prompt of "
+        "the export (5 folds), on the real rankings and on them shuffled this many times; pass only when the real "
+        "rankings beat every shuffle (p at most 1 / (N + 1): 0.01 at 99); 0 skips it (the interval alone, which "
+        "once let a rule that cannot be learned through on 20 held-out prompts). About a second per cross-fit; "
+        "run only when the interval passes; needs a validation split"
     )
 
     @field_validator("gate_shuffles")

@@ -438,9 +438,10 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
     """The probe on the last layer's features (``config.pooling``: mean over tokens, or the last token),
     its L2 chosen on validation and refitted on train + validation; its learning curve on the test
     split (None without one): a quarter and half of the training rankings in random subsets seeded by
-    ``seed``; and (None without a test split) a function giving the gate's chance null: the same probe
-    fitted to shuffled rankings (``reward.schedule.probe_chance_null``). The null is the probe's whatever
-    the method: a fine-tuned model on shuffled rankings would cost a fine-tune per shuffle."""
+    ``seed``; and (None without a test split) a function giving the gate's permutation test: the same
+    probe cross-fitted over every prompt (training, validation and test), on the real rankings and on
+    them shuffled (``reward.schedule.probe_chance_null``). It is the probe's whatever the method: a
+    fine-tuned model on shuffled rankings would cost a fine-tune per shuffle."""
     from reward.probe import ranking_features, select_l2
     from reward.schedule import probe_learning_curve
 
@@ -457,10 +458,18 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
         for point in curve:
             point["export_rankings"] = round(point["rankings"] * scale)
 
-        def chance():  # called by write_gate only when the interval passes: the fits cost ~a second each
-            from reward.schedule import probe_chance_null
+        def chance():  # called by write_gate only when the interval passes: a cross-fit costs ~a second
+            import torch
 
-            return probe_chance_null(feature, tx, tr, vx, vr, sx, sr, repeats=config.gate_shuffles, seed=config.seed)
+            from reward.probe import pad_k
+            from reward.schedule import probe_chance_null
+            from rlhf.schema import prompt_key
+
+            k = max(tx.shape[1], vx.shape[1], sx.shape[1])
+            x = torch.cat([pad_k(tx, k), pad_k(vx, k), pad_k(sx, k)])
+            ranks = torch.cat([pad_k(tr, k), pad_k(vr, k), pad_k(sr, k)])
+            groups = [prompt_key(r["prompt"]) for r in [*train_rows, *val_rows, *test_rows]]
+            return probe_chance_null(feature, x, ranks, groups, repeats=config.gate_shuffles, seed=config.seed)
     return probe, curve, chance
 
 
@@ -514,8 +523,7 @@ def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: Rewar
                problem: str | None, chance=None) -> dict[str, Any]:
     """``gate.json`` (the decision and, when it fails, the paragraph) and ``held_out_pairs.json`` (per-pair
     credits and prompt keys, so policy trainers and reports need not rescore). ``chance``: a function
-    giving held-out accuracies of fits to shuffled rankings (``fit_probe_and_curve``), called only when
-    the interval passes; without it (no validation split) the gate is the interval alone."""
+    giving the permutation test (``fit_probe_and_curve``), called only when the interval passes; without it (no validation split) the gate is the interval alone."""
     from rlhf.gate import (failure_advice, gate_decision, gate_target, learning_curve_fit, pair_credits,
                            reviewer_agreement, tie_share)
 

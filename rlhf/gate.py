@@ -50,7 +50,7 @@ class GateResult:
     n_prompts: int
     threshold: float  # the interval's lower end must exceed this
     passed: bool  # the interval clears the threshold and (when measured) the accuracy clears ``chance``'s bar
-    chance: ChanceNull | None = None  # what models fitted to the same rankings shuffled reach (None: not measured)
+    chance: ChanceNull | None = None  # the permutation test (None: not measured)
 
     @property
     def interval_passed(self) -> bool:
@@ -63,15 +63,16 @@ class GateResult:
                 f"{self.n_pairs} pairs from {self.n_prompts} prompts) {verdict} the gate: the interval's "
                 f"lower end must exceed {self.threshold:.2f}")
         if self.chance is not None:
-            text += f", and the accuracy {self.chance.bar_text()}"
+            text += f", and {self.chance.bar_text()}"
         return text
 
 
 @dataclass(frozen=True)
 class ChanceNull:
-    """Held-out accuracy of models fitted to the training rankings shuffled (each ranking's ranks permuted
-    among its own replies), beside the real model's: a permutation test of "the model learned nothing"
-    (Ojala & Garriga 2010, "Permutation tests for studying classifier performance", JMLR 11).
+    """A permutation test of "the probe learned nothing" (Ojala & Garriga 2010, "Permutation tests for
+    studying classifier performance", JMLR 11, test 1): the probe's accuracy on the real rankings beside
+    its accuracy on the same rankings shuffled (each ranking's ranks permuted among its own replies),
+    each through the identical procedure.
 
     Why besides the interval: the interval covers the luck of which held-out prompts were drawn, not the
     luck of fitting. A model fitted to a preference that cannot be learned still ranks the held-out pairs
@@ -80,10 +81,17 @@ class ChanceNull:
     had passed the interval. The test passes when no shuffled fit reaches the real accuracy: exact under
     the null whatever the features (no normal approximation: on a few planted features the shuffled fits
     spread from 0.12 to 0.85), with p at most 1 / (shuffles + 1), 0.01 at the default 99.
+
+    ``rlhf reward train`` cross-fits it over every prompt of the export (``prompts``, in ``folds`` folds;
+    ``reward.schedule.probe_chance_null``): on the 20 held-out prompts alone the null spread so wide
+    that a rule learned to the reviewers' ceiling was refused. ``prompts`` None: measured on the held-out
+    split (``accuracy`` is then the held-out accuracy).
     """
 
     accuracies: tuple[float, ...]  # one per shuffled fit
-    accuracy: float  # the real model's
+    accuracy: float  # the real rankings' (cross-fitted: out-of-fold over every prompt)
+    prompts: int | None = None  # cross-fitted over this many prompts (None: the held-out split)
+    folds: int | None = None
 
     @property
     def mean(self) -> float:
@@ -113,15 +121,23 @@ class ChanceNull:
     def passed(self) -> bool:
         return self.reached == 0
 
+    @property
+    def what(self) -> str:
+        """What ``accuracy`` is, in words."""
+        if self.prompts is None:
+            return "the accuracy"
+        return f"the probe's accuracy cross-fitted over all {self.prompts} prompts ({self.folds} folds)"
+
     def bar_text(self) -> str:
-        return (f"must exceed {self.bar:.3f}, the best of {len(self.accuracies)} fits to the same rankings shuffled "
-                f"(mean {self.mean:.3f}, sd {self.sd:.3f}; {self.reached} reached {self.accuracy:.3f}; "
-                f"permutation p = {self.p_value:.3g})")
+        fits = "fits" if self.prompts is None else "cross-fits"
+        return (f"{self.what}, {self.accuracy:.3f}, must exceed {self.bar:.3f}, the best of {len(self.accuracies)} "
+                f"{fits} to the same rankings shuffled (mean {self.mean:.3f}, sd {self.sd:.3f}; {self.reached} "
+                f"reached {self.accuracy:.3f}; permutation p = {self.p_value:.3g})")
 
     def record(self) -> dict[str, Any]:
-        return {"shuffles": len(self.accuracies), "mean": self.mean, "sd": self.sd, "bar": self.bar,
-                "p_value": self.p_value, "reached": self.reached, "passed": self.passed,
-                "accuracies": list(self.accuracies)}
+        return {"shuffles": len(self.accuracies), "accuracy": self.accuracy, "prompts": self.prompts,
+                "folds": self.folds, "mean": self.mean, "sd": self.sd, "bar": self.bar, "p_value": self.p_value,
+                "reached": self.reached, "passed": self.passed, "accuracies": list(self.accuracies)}
 
 
 def check_held_out_size(n_pairs: int, n_prompts: int, min_pairs: int = MIN_PAIRS,
@@ -201,21 +217,23 @@ def pair_credits(rows: Sequence[dict[str, Any]],
 
 def gate_decision(credits: Sequence[float], prompts: Sequence[Hashable], threshold: float = 0.5,
                   min_pairs: int = MIN_PAIRS, min_prompts: int = MIN_PROMPTS,
-                  chance: Sequence[float] | None = None) -> GateResult:
+                  chance: ChanceNull | Sequence[float] | None = None) -> GateResult:
     """Pass when the lower end of the 95% interval of held-out accuracy exceeds ``threshold`` and, when
-    ``chance`` is given, the accuracy also exceeds every one of them (``ChanceNull``).
+    ``chance`` is given, its permutation test passes (``ChanceNull``).
 
     ``credits[i]``: 1 when the reward model ranks held-out pair i like the reviewers, 0 when it ranks it
     the other way, 0.5 for an exact score tie; ``prompts[i]``: that pair's prompt (any hashable key,
-    e.g. ``rlhf.schema.prompt_key``); ``chance``: held-out accuracies (same pairs) of models fitted to
-    the training rankings shuffled. Raises ``UserError`` when the split is too small for an interval.
+    e.g. ``rlhf.schema.prompt_key``); ``chance``: a ``ChanceNull`` (``rlhf reward train``'s is
+    cross-fitted over every prompt), or held-out accuracies (same pairs) of models fitted to the training
+    rankings shuffled. Raises ``UserError`` when the split is too small for an interval.
     """
     if not 0.5 <= threshold < 1.0:
         raise UserError(f"gate threshold {threshold}: must be in [0.5, 1)")
     n_prompts = len(set(prompts))
     check_held_out_size(len(credits), n_prompts, min_pairs, min_prompts)
     accuracy, lo, hi = accuracy_interval(credits, prompts)
-    null = ChanceNull(tuple(float(a) for a in chance), accuracy) if chance else None
+    null = chance if isinstance(chance, ChanceNull) else (
+        ChanceNull(tuple(float(a) for a in chance), accuracy) if chance else None)
     passed = lo > threshold and (null is None or null.passed)
     return GateResult(accuracy, (lo, hi), len(credits), n_prompts, threshold, passed, null)
 
@@ -492,11 +510,13 @@ def failure_advice(gate: GateResult, curve: LearningCurve | None = None,
                 f"{lo:.0%} to {hi:.0%}, {gate.n_pairs} pairs from {gate.n_prompts} prompts)")
     if gate.interval_passed and gate.chance is not None and not gate.chance.passed:
         c = gate.chance
-        parts = [f"{measured}; the interval clears {gate.threshold:.0%}, but models fitted to the same rankings "
-                 f"shuffled reach {c.mean:.0%} on average and up to {max(c.accuracies):.0%} ({len(c.accuracies)} "
-                 f"shuffles, {c.reached} reached this model's accuracy), so luck in fitting "
-                 "this few rankings explains it as well as a learned preference does, and policy training will "
-                 "not start."]
+        real = "this model's accuracy" if c.prompts is None else f"its {c.accuracy:.0%}"
+        parts = [f"{measured}; the interval clears {gate.threshold:.0%}, but "
+                 + ("" if c.prompts is None else f"{c.what} is {c.accuracy:.0%}, and ")
+                 + f"the same fits to the rankings shuffled reach {c.mean:.0%} on average and up to "
+                 f"{max(c.accuracies):.0%} ({len(c.accuracies)} shuffles, {c.reached} reached {real}), so luck in "
+                 "fitting this few rankings explains it as well as a learned preference does, and policy training "
+                 "will not start."]
     else:
         parts = [f"{measured}; the interval's lower end does not clear {gate.threshold:.0%}, so a policy trained "
                  "against it would chase noise, and policy training will not start."]

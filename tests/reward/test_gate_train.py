@@ -52,10 +52,11 @@ def test_gate_passes_planted_and_refuses_shuffled(probe_models):
     planted, stderr = probe_models["planted"]
     gate = json.loads((planted / "gate.json").read_text())
     assert gate["passed"] and gate["measured"] and gate["interval"][0] > 0.5 and gate["advice"] is None
-    # the permutation test: probes fitted to the rankings shuffled stay well below the real one
+    # the permutation test, cross-fitted over every prompt: probes fitted to the rankings shuffled stay
+    # well below the real rankings' cross-fit
     chance = gate["chance"]
-    assert chance["passed"] and chance["shuffles"] == len(chance["accuracies"]) == 99
-    assert chance["bar"] < gate["accuracy"] and chance["reached"] == 0
+    assert chance["passed"] and chance["shuffles"] == len(chance["accuracies"]) == 99 and chance["folds"] == 5
+    assert chance["prompts"] == 64 and chance["bar"] < chance["accuracy"] and chance["reached"] == 0
     assert "passes the gate" in stderr
     metrics = json.loads((planted / "metrics.json").read_text())
     assert metrics["method"] == "probe" and metrics["steps"] == 0

@@ -240,16 +240,45 @@ def test_shuffle_ranks_permutes_each_ranking_among_its_replies():
     assert len(seen) > 3  # and it does shuffle
 
 
+def test_cross_fold_groups_keep_a_prompt_in_one_fold_and_balance_the_folds():
+    from reward.schedule import cross_fold_groups
+
+    groups = ["a", "b", "a", "c", "d", "e", "b", "f", "g"]  # 7 prompts; a and b ranked twice
+    folds = cross_fold_groups(groups, 3, seed=0)
+    assert sorted(i for f in folds for i in f) == list(range(len(groups)))  # every row once
+    fold_of = {i: n for n, f in enumerate(folds) for i in f}
+    assert fold_of[0] == fold_of[2] and fold_of[1] == fold_of[6]  # a prompt's rankings stay together
+    assert sorted(len({groups[i] for i in f}) for f in folds) == [2, 2, 3]  # prompts dealt round-robin
+    assert cross_fold_groups(groups, 3, seed=0) == folds and cross_fold_groups(groups, 3, seed=1) != folds
+
+
+def test_cross_fit_pools_each_folds_out_of_fold_scores():
+    from reward.schedule import cross_fold_groups, probe_cross_fit
+
+    x, ranks = _planted(60, 0, noise=0.5)
+    folds = cross_fold_groups(list(range(60)), 5, seed=0)
+    # by hand: fold f scored by the probe fitted on the three others, its L2 chosen on fold f + 1
+    scores = torch.zeros(ranks.shape, dtype=torch.float64)
+    for f in range(5):
+        v = (f + 1) % 5
+        train = [i for j in range(5) if j not in (f, v) for i in folds[j]]
+        scores[folds[f]] = select_l2("mean@1", x[train], ranks[train], x[folds[v]], ranks[folds[v]]).scores(x[folds[f]])
+    assert probe_cross_fit("mean@1", x, ranks, folds) == pair_accuracy(scores, ranks) > 0.7  # planted: learned
+
+
 def test_chance_null_of_a_planted_probe_sits_at_chance_and_below_the_real_fit():
     from reward.schedule import probe_chance_null
-    from rlhf.gate import ChanceNull
 
-    (tx, tr), (vx, vr), (sx, sr) = _planted(60, 0, noise=0.5), _planted(20, 1, noise=0.5), _planted(200, 2, noise=0.5)
-    null = probe_chance_null("mean@1", tx, tr, vx, vr, sx, sr, repeats=12, seed=0, progress=False)
-    assert len(null) == 12 and probe_chance_null("mean@1", tx, tr, vx, vr, sx, sr, repeats=12, seed=0,
-                                                 progress=False) == null  # seeded
-    real = pair_accuracy(select_l2("mean@1", tx, tr, vx, vr).scores(sx), sr)
-    # On 4 features a direction fitted to noise is still a direction: its held-out accuracy spreads
-    # widely around 0.5 (why the test is exact, not a normal approximation); the real fit beats them all.
-    chance = ChanceNull(tuple(null), real)
-    assert min(null) < 0.5 < max(null) and real > 0.85 and chance.passed
+    x, ranks = _planted(80, 0, noise=0.5)
+    groups = [i // 2 for i in range(80)]  # 40 prompts, two rankings each
+    chance = probe_chance_null("mean@1", x, ranks, groups, repeats=12, seed=0, progress=False)
+    assert probe_chance_null("mean@1", x, ranks, groups, repeats=12, seed=0, progress=False) == chance  # seeded
+    assert (len(chance.accuracies), chance.prompts, chance.folds) == (12, 40, 5)
+    # On 4 features a direction fitted to noise is still a direction: its accuracy spreads around 0.5
+    # (why the test is exact, not a normal approximation); the real rankings beat every shuffle.
+    assert min(chance.accuracies) < 0.5 < max(chance.accuracies) and chance.accuracy > 0.8 and chance.passed
+    assert "cross-fitted over all 40 prompts (5 folds)" in chance.bar_text()
+    shuffled = ranks.flip(1)[torch.randperm(80, generator=torch.Generator().manual_seed(1))]  # labels off their rows
+    assert not probe_chance_null("mean@1", x, shuffled, groups, repeats=12, seed=0, progress=False).accuracy > 0.6
+    with pytest.raises(ValueError, match="3 or more prompts"):
+        probe_chance_null("mean@1", x, ranks, [0, 1] * 40, repeats=12, progress=False)

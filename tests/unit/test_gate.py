@@ -116,6 +116,22 @@ def test_gate_refuses_an_interval_pass_that_shuffled_fits_reach():
     assert gate_decision(credits, prompts).chance is None  # not measured: the interval alone
 
 
+def test_gate_with_a_cross_fitted_null_names_what_it_compared():
+    # The held-out interval passes (26/30, as above); the permutation test is cross-fitted over 84 prompts:
+    # the real rankings' 0.62 against shuffles up to 0.65 fails it, 0.70 passes it.
+    credits, prompts = _pairs([[1, 1, 1]] * 8 + [[1, 0, 0]] * 2)
+    shuffles = (0.48, 0.52, 0.65)
+    failing = gate_decision(credits, prompts, chance=ChanceNull(shuffles, 0.62, prompts=84, folds=5))
+    assert failing.interval_passed and not failing.passed and failing.accuracy == pytest.approx(26 / 30)
+    assert ("the probe's accuracy cross-fitted over all 84 prompts (5 folds), 0.620, must exceed 0.650, the best of 3 "
+            "cross-fits") in failing.summary()
+    text = failure_advice(failing)
+    assert "cross-fitted over all 84 prompts (5 folds) is 62%" in text and "up to 65% (3 shuffles, 1 reached its 62%)" in text
+    assert gate_target(failing) == pytest.approx(0.5 + (1.0 - failing.interval[0]) / 2)  # above the bar 0.65
+    passing = gate_decision(credits, prompts, chance=ChanceNull(shuffles, 0.70, prompts=84, folds=5))
+    assert passing.passed and passing.chance.record()["accuracy"] == 0.70 and passing.chance.record()["prompts"] == 84
+
+
 def test_pair_credits_from_k_wise_rows_and_scores():
     rows = [{"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 2, 2]},  # pairs a>b, a>c
             {"prompt": "q", "completions": ["x", "y"], "ranks": [2, 1]}]  # pair y>x
