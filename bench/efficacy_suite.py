@@ -233,7 +233,7 @@ def reward_figures(run_dir: Path, name: str) -> dict:
     return {"rm_accuracy": accuracy, "rm_interval": gate.get("interval", held_out.get("ci95_bootstrap_prompts")),
             "held_out_pairs": pairs,
             "gate_passed": gate.get("passed"), "gate_measured": gate.get("measured"), "gate": gate.get("summary"),
-            "ceiling": top, "share_closed": closed}
+            "permutation": gate.get("chance"), "ceiling": top, "share_closed": closed}
 
 
 def policy_figures(run_dir: Path) -> dict:
@@ -269,6 +269,9 @@ def table(results: list[dict]) -> str:
         gate = ("passed" if r.get("gate_passed") else "stopped" if r.get("stopped_at_gate") else
                 "refused before training" if r.get("stopped_before_training") else
                 "not measured, overridden" if r.get("gate_measured") is False else "failed, overridden")
+        test = r.get("permutation")
+        if test and test.get("prompts"):  # the cross-fitted permutation test (absent when the interval failed)
+            gate += f" (cross-fit {test['accuracy']:.3f}, shuffles up to {test['bar']:.3f}, p {test['p_value']:.2f})"
         lines.append(f"| {r['rule']} | {_interval(r.get('rm_accuracy'), r.get('rm_interval'))} | {_f(r.get('ceiling'))} "
                      f"| {_f(r.get('share_closed'), '.0%')} | {gate} | {_interval(r.get('win_rate'), r.get('win_interval'))} "
                      f"| {_interval(r.get('lc_win_rate'), r.get('lc_interval'))} | {_f(r.get('kl'))} "
