@@ -52,5 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The ``rlhf`` console script: as ``python -m rlhf.cli``, so ``accelerate launch $(which rlhf) ...``
+    workers leave as ``run_entry_point`` says."""
+    run_entry_point(main)
+
+
 if __name__ == "__main__":
     run_entry_point(main)  # a launched worker skips native teardown, which could abort a finished run
