@@ -33,6 +33,7 @@ a cut one continues from its checkpoint with the loop's --resume.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -211,12 +212,26 @@ def heldout_kl(policy: str, base: str, replies_file: Path) -> float:
 
 
 def ab_figures(path: Path) -> dict:
+    from rlhf.bias import score_interval
     from rlhf.schema import AbReport
 
     report = AbReport.from_dict(json.loads(path.read_text()))
     w = report.win_rate
+    # ties 1/2, both-bad dropped, with the interval from the scores' own variance (rlhf.bias.score_interval)
+    mean, low, high = score_interval(w.wins_a, w.wins_b, w.ties) or (None, None, None)
     return {"win_rate": w.win_rate_a, "ci_low": w.ci_low, "ci_high": w.ci_high, "decided": w.decided,
-            "judgements": w.total, "length_controlled": (report.length_controlled or {}).get("win_rate")}
+            "judgements": w.total, "ties": w.ties, "ties_half": mean, "ties_half_low": low,
+            "ties_half_high": high, "length_controlled": (report.length_controlled or {}).get("length_controlled")}
+
+
+def load_result(folder: Path) -> dict:
+    """A finished algorithm's result.json, its A/B figures read again from the reports beside it (so a
+    table printed later shows every figure this version computes)."""
+    result = json.loads((folder / "result.json").read_text())
+    result["versus_base"] = ab_figures(folder / "ab.json")
+    if (folder / "ab_vs_ppo.json").is_file():
+        result["versus_ppo"] = ab_figures(folder / "ab_vs_ppo.json")
+    return result
 
 
 def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
@@ -224,7 +239,7 @@ def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
 
     folder = out / rule / algorithm
     if (folder / "result.json").is_file():
-        return json.loads((folder / "result.json").read_text())
+        return load_result(folder)
     if not folder.exists():
         clone(out / rule / "shared", folder)
     config = loop_config(rule, size, algorithm)
@@ -248,7 +263,10 @@ def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
             log(f"{rule}/{algorithm}: blind A/B against PPO's aligned model")
             try:
                 pipeline.start_app(run)
-                pipeline.blind_ab(run, algorithm, folder / "eval" / "aligned.jsonl", "ppo", ppo_replies, report)
+                # the set's name carries the PPO replies' hash: a set judged against an earlier PPO run's
+                # replies (kept in this folder's database) is never taken for this one's
+                ppo_name = "ppo-" + hashlib.sha256(ppo_replies.read_bytes()).hexdigest()[:8]
+                pipeline.blind_ab(run, algorithm, folder / "eval" / "aligned.jsonl", ppo_name, ppo_replies, report)
             finally:
                 pipeline.stop_app(run)
         versus = ab_figures(report)
@@ -270,20 +288,27 @@ def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
 
 
 def _ab(ab: dict | None) -> str:
+    """Win rate with ties counted 1/2 [its 95% Wilson interval] of the judgements, then the decided
+    (non-tied) judgements' own win rate."""
     if not ab:
         return "(itself)"
-    return f"{_f(ab['win_rate'], '.2f')} [{_f(ab['ci_low'], '.2f')}, {_f(ab['ci_high'], '.2f')}] of {ab['decided']}/{ab['judgements']}"
+    return (f"{_f(ab['ties_half'], '.2f')} [{_f(ab['ties_half_low'], '.2f')}, {_f(ab['ties_half_high'], '.2f')}] "
+            f"of {ab['judgements']}; decided {ab['decided']}: {_f(ab['win_rate'], '.2f')}")
 
 
 def goal(result: dict, ppo: dict | None) -> str:
-    """Issue 13's goal for an alternative: not losing to PPO's model (its win rate's interval reaches 0.5,
-    from 144 judgements or more) in at most half of PPO's training time."""
+    """Issue 13's goal for an alternative: not losing to PPO's model in at most half of PPO's training
+    time. "Not losing": the mean score per judgement (win 1, tie 1/2, loss 0, as AlpacaEval counts
+    them) has a 95% interval reaching 0.5, from 144 judgements or more. A tie is the judge finding
+    neither reply better on the rule, so it counts; the interval comes from the scores' own variance
+    (``rlhf.bias.score_interval``), so ties do not widen it as coin flips would, and an alternative that
+    loses every decided judgement does lose."""
     versus = result.get("versus_ppo")
     if not versus or not ppo:
         return ""
-    if not versus["decided"]:
-        return "no (no decided judgement)"
-    holds = versus["ci_high"] >= 0.5
+    if versus["ties_half"] is None:
+        return "no (no usable judgement)"
+    holds = versus["ties_half_high"] >= 0.5
     enough = versus["judgements"] >= MIN_JUDGEMENTS
     fast = result["seconds"] <= ppo["seconds"] / 2
     return "yes" if holds and enough and fast else \
@@ -293,7 +318,7 @@ def goal(result: dict, ppo: dict | None) -> str:
 
 def table(results: list[dict]) -> str:
     head = ("| rule | algorithm | training s | x PPO time | peak RSS GB | per s | reward base -> aligned | "
-            "rule score base -> aligned | KL to base | A/B vs base (win rate [95%], decided/judged) | "
+            "rule score base -> aligned | KL to base | A/B vs base (win rate, ties 1/2 [95%]; decided) | "
             "A/B vs PPO | goal |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for rule in dict.fromkeys(r["rule"] for r in results):
@@ -343,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         for algorithm in algorithms:
             path = out / rule / algorithm / "result.json"
             if args.table:
-                results += [json.loads(path.read_text())] if path.is_file() else []
+                results += [load_result(path.parent)] if path.is_file() else []
                 continue
             if algorithm != "ppo" and not (out / rule / "ppo" / "result.json").is_file():
                 raise SystemExit(f"{rule}/{algorithm}: PPO's run must finish first (it is judged against PPO's model)")

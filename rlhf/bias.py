@@ -187,6 +187,26 @@ def length_controlled_win_rate(verdicts: Sequence[str], aligned_lengths: Sequenc
     return result(_sigmoid(b0), (_sigmoid(b0 - z * se), _sigmoid(b0 + z * se)), float(beta[1]))
 
 
+def score_interval(wins: int, losses: int, ties: int, confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """(mean, low, high): the mean per-judgement score (win 1, tie 1/2, loss 0) with a normal interval
+    from the scores' own sample variance, as AlpacaEval reports its win rate's standard error.
+
+    For a claim of *not losing* this is the interval to use: a Wilson interval on (wins + ties/2) of n
+    treats each tie as a coin flip (variance 1/4), so 123 ties and 21 losses of 144 would reach 0.5
+    (0.43 [0.35, 0.51]) although every decided judgement was lost; here they give [0.40, 0.46]. Every
+    judgement tied gives [0.5, 0.5]: the judge told the two models apart nowhere. None without scores.
+    """
+    n = wins + losses + ties
+    if n == 0:
+        return None
+    mean = (wins + ties / 2) / n
+    if n == 1:
+        return mean, 0.0, 1.0
+    variance = (wins * (1 - mean) ** 2 + losses * mean ** 2 + ties * (0.5 - mean) ** 2) / (n - 1)
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt(variance / n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
 def _sigmoid(t: float) -> float:
     return 1 / (1 + math.exp(-t)) if t >= 0 else math.exp(t) / (1 + math.exp(t))
 

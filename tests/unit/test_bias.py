@@ -9,6 +9,7 @@ from rlhf.bias import (
     length_bias,
     length_controlled_win_rate,
     reply_shift,
+    score_interval,
     score_shift,
     swap_text,
 )
@@ -91,6 +92,19 @@ def test_lc_win_rate_with_ties_both_bad_and_separation():
     result = length_controlled_win_rate(["win"] * 16 + ["loss"] * 4, [20] * 16 + [0] * 4, [10] * 20)
     assert result.length_controlled == pytest.approx(2 / 3, abs=1e-3)
     assert result.lc_interval[0] < 0.01 and result.lc_interval[1] > 0.99
+
+
+def test_score_interval_by_hand():
+    # 2 wins, 1 loss, 1 tie: scores 1, 1, 0, 0.5; mean 0.625; sample variance
+    # (2 * 0.375^2 + 0.625^2 + 0.125^2) / 3 = 0.6875 / 3; half width z * sqrt(0.6875 / 3 / 4).
+    mean, low, high = score_interval(2, 1, 1)
+    assert mean == 0.625
+    assert mean - low == pytest.approx(Z * math.sqrt(0.6875 / 3 / 4)) and high == 1.0  # clipped
+    # 123 ties and 21 losses: mean 61.5/144; not losing would need the interval to reach 0.5.
+    mean, low, high = score_interval(0, 21, 123)
+    assert mean == pytest.approx(61.5 / 144) and high < 0.47
+    assert score_interval(0, 0, 144) == (0.5, 0.5, 0.5)  # every judgement tied
+    assert score_interval(0, 0, 0) is None and score_interval(1, 0, 0) == (1.0, 0.0, 1.0)
 
 
 def test_lc_win_rate_undefined_cases_say_why():
