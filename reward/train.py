@@ -458,7 +458,7 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
         for point in curve:
             point["export_rankings"] = round(point["rankings"] * scale)
 
-        def chance():  # called by write_gate only when the interval passes: a cross-fit costs ~a second
+        def chance_null():  # called by write_gate only when the interval passes: a cross-fit costs ~a second
             import torch
 
             from reward.probe import pad_k
@@ -470,6 +470,8 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
             ranks = torch.cat([pad_k(tr, k), pad_k(vr, k), pad_k(sr, k)])
             groups = [prompt_key(r["prompt"]) for r in [*train_rows, *val_rows, *test_rows]]
             return probe_chance_null(feature, x, ranks, groups, repeats=config.gate_shuffles, seed=config.seed)
+
+        chance = chance_null
     return probe, curve, chance
 
 
@@ -538,7 +540,7 @@ def write_gate(out: Path, test_rows, test_scores, all_rows, curve, config: Rewar
     (out / "held_out_pairs.json").write_text(json.dumps({"credits": credits, "prompts": prompts}))
     decision = gate_decision(credits, prompts, threshold=config.gate_threshold)
     if decision.interval_passed and chance is not None and config.gate_shuffles:
-        decision = gate_decision(credits, prompts, threshold=config.gate_threshold, chance=chance())
+        decision = decision.with_chance(chance())
     # The number of rankings to ask for counts the export's training rankings (validation included).
     fit = learning_curve_fit([(c.get("export_rankings", c["rankings"]), c["accuracy"]) for c in curve],
                              gate_target(decision)) if curve and len({c["rankings"] for c in curve}) >= 2 else None

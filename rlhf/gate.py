@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any, Hashable, Sequence
 
@@ -55,6 +55,10 @@ class GateResult:
     @property
     def interval_passed(self) -> bool:
         return self.interval[0] > self.threshold
+
+    def with_chance(self, chance: ChanceNull) -> GateResult:
+        """This decision with the permutation test measured: it passes when both the interval and the test do."""
+        return replace(self, chance=chance, passed=self.interval_passed and chance.passed)
 
     def summary(self) -> str:
         lo, hi = self.interval
@@ -217,25 +221,23 @@ def pair_credits(rows: Sequence[dict[str, Any]],
 
 def gate_decision(credits: Sequence[float], prompts: Sequence[Hashable], threshold: float = 0.5,
                   min_pairs: int = MIN_PAIRS, min_prompts: int = MIN_PROMPTS,
-                  chance: ChanceNull | Sequence[float] | None = None) -> GateResult:
+                  chance: ChanceNull | None = None) -> GateResult:
     """Pass when the lower end of the 95% interval of held-out accuracy exceeds ``threshold`` and, when
     ``chance`` is given, its permutation test passes (``ChanceNull``).
 
     ``credits[i]``: 1 when the reward model ranks held-out pair i like the reviewers, 0 when it ranks it
     the other way, 0.5 for an exact score tie; ``prompts[i]``: that pair's prompt (any hashable key,
-    e.g. ``rlhf.schema.prompt_key``); ``chance``: a ``ChanceNull`` (``rlhf reward train``'s is
-    cross-fitted over every prompt), or held-out accuracies (same pairs) of models fitted to the training
-    rankings shuffled. Raises ``UserError`` when the split is too small for an interval.
+    e.g. ``rlhf.schema.prompt_key``); ``chance``: the permutation test (``rlhf reward train``'s is
+    cross-fitted over every prompt; None: not measured). Raises ``UserError`` when the split is too small
+    for an interval.
     """
     if not 0.5 <= threshold < 1.0:
         raise UserError(f"gate threshold {threshold}: must be in [0.5, 1)")
     n_prompts = len(set(prompts))
     check_held_out_size(len(credits), n_prompts, min_pairs, min_prompts)
     accuracy, lo, hi = accuracy_interval(credits, prompts)
-    null = chance if isinstance(chance, ChanceNull) else (
-        ChanceNull(tuple(float(a) for a in chance), accuracy) if chance else None)
-    passed = lo > threshold and (null is None or null.passed)
-    return GateResult(accuracy, (lo, hi), len(credits), n_prompts, threshold, passed, null)
+    decision = GateResult(accuracy, (lo, hi), len(credits), n_prompts, threshold, lo > threshold)
+    return decision if chance is None else decision.with_chance(chance)
 
 
 # ---------------------------------------------------------------------------------------------------

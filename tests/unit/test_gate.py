@@ -104,9 +104,9 @@ def test_gate_refuses_an_interval_pass_that_shuffled_fits_reach():
     # The interval passes (lower end 0.666, as above; accuracy 26/30), but one fit to shuffled rankings
     # reaches 0.9: the gate refuses; below every shuffled fit it passes.
     credits, prompts = _pairs([[1, 1, 1]] * 8 + [[1, 0, 0]] * 2)
-    passing = gate_decision(credits, prompts, chance=[0.50, 0.60, 0.80])
+    passing = gate_decision(credits, prompts, chance=ChanceNull((0.50, 0.60, 0.80), 26 / 30))
     assert passing.passed and passing.chance.bar == 0.8 and "the best of 3 fits" in passing.summary()
-    failing = gate_decision(credits, prompts, chance=[0.50, 0.60, 0.90])
+    failing = gate_decision(credits, prompts, chance=ChanceNull((0.50, 0.60, 0.90), 26 / 30))
     assert failing.interval_passed and not failing.passed
     assert "does not pass" in failing.summary() and "shuffled" in failing.summary()
     assert gate_target(failing) == 0.9  # the best shuffled fit is higher than threshold + half width (0.6)
