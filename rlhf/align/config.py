@@ -94,6 +94,13 @@ class OnlineRunConfig(AlignRunConfig, GuardFields):
     per_device_batch_size: int = Field(8, ge=1, description="replies per process per micro-batch; the generation "
                                        "batch (x processes x gradient_accumulation_steps) must hold whole groups")
     epsilon: float = Field(0.2, gt=0.0, description="clip range of the policy ratio")
+    # TRL's num_iterations (the GRPO paper's mu): PPO's num_ppo_epochs for these two. Sampling is the
+    # expensive part on a CPU, so reusing a batch of replies for several steps is cheap per step; the
+    # clipped ratio to the policy that sampled them keeps the later steps near it.
+    num_iterations: int = Field(1, ge=1, description="optimizer updates on each batch of sampled replies (TRL's "
+                                "num_iterations; > 1 reuses them, with the ratio clipped by epsilon); total_updates "
+                                "counts optimizer updates, so a run samples total_updates / num_iterations times, "
+                                "and total_updates, save_every and stop_after_updates must be multiples of it")
     beta: float = Field(0.05, gt=0.0, description="strength of the KL penalty to the reference (> 0: without it "
                         "nothing holds the policy near the base model)")
 
@@ -206,6 +213,12 @@ def check_run_config(config: AlignRunConfig, world_size: int, stage: int) -> Non
             raise UserError(f"field 'reward_model': DPO uses no reward model (it learns from the pairs in "
                             f"'data'); remove reward_model={config.reward_model!r}, or run 'rlhf grpo' or 'rlhf rloo'")
         return
+    for field in ("total_updates", "save_every", "stop_after_updates"):
+        value = getattr(config, field)
+        if value is not None and value % config.num_iterations:
+            raise UserError(f"field '{field}': {value} is not a multiple of num_iterations={config.num_iterations} "
+                            f"(a checkpoint must fall where a new batch of replies is sampled, so that a resumed "
+                            f"run samples where an uninterrupted one does)")
     if config.num_generations < 2:
         raise UserError(f"field 'num_generations': {config.algorithm.upper()} compares several replies to one "
                         f"prompt; num_generations={config.num_generations} must be at least 2")

@@ -34,7 +34,8 @@ class _GroupSampling:
     def _get_train_sampler(self, dataset=None):
         dataset = self.train_dataset if dataset is None else dataset
         prompts_per_update = self.args.generation_batch_size // self.num_generations
-        updates_per_epoch = max(len(dataset) // prompts_per_update, 1)
+        # each batch of prompts is sampled once and trained on for num_iterations updates
+        updates_per_epoch = max(len(dataset) // prompts_per_update, 1) * self.num_iterations
         return EpochSeededRepeatSampler(
             data_source=dataset, mini_repeat_count=self.num_generations, batch_size=prompts_per_update,
             repeat_count=self.num_iterations * self.args.steps_per_generation, shuffle=self.shuffle_dataset,
@@ -120,7 +121,8 @@ def build_trainer(run: OnlineRunConfig, resume: str | None = None):
 
     guard = build_guard(run, tokenizer, zero_stage())
     common = dict(trainer_args(run), beta=run.beta, num_generations=run.num_generations,
-                  max_completion_length=run.response_length, temperature=run.temperature, epsilon=run.epsilon, shuffle_dataset=True)
+                  max_completion_length=run.response_length, temperature=run.temperature, epsilon=run.epsilon,
+                  num_iterations=run.num_iterations, shuffle_dataset=True)
     if guard is not None:  # the second reward model is scored and logged, and weighs nothing in the loss
         common["reward_weights"] = [1.0, 0.0]
     if isinstance(run, GRPORunConfig):

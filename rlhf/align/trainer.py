@@ -94,7 +94,10 @@ class ResumableRun:
     def _on_sigterm(self, signum, frame):
         # Only a flag: the checkpoint is written at the end of the current update, in step on all processes.
         self.stop_requested = True
-        self.say("SIGTERM: saving a checkpoint after this update, then stopping")
+        iterations = getattr(self.run, "num_iterations", 1)
+        self.say("SIGTERM: saving a checkpoint after this update, then stopping" if iterations == 1 else
+                 f"SIGTERM: saving a checkpoint after the last of the {iterations} updates on this batch of "
+                 f"replies, then stopping")
 
     def say(self, text: str) -> None:
         if self.accelerator.is_main_process:
@@ -152,7 +155,10 @@ class _RunCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         t, run, step = self.trainer, self.trainer.run, state.global_step
-        stop = t.stop_requested or (run.stop_after_updates is not None and step >= run.stop_after_updates)
+        # SIGTERM stops where a new batch of replies is sampled next (GRPO/RLOO with num_iterations > 1),
+        # so the resumed run samples where the uninterrupted one does
+        boundary = step % getattr(run, "num_iterations", 1) == 0
+        stop = (t.stop_requested and boundary) or (run.stop_after_updates is not None and step >= run.stop_after_updates)
         if t.accelerator.num_processes > 1:  # every process must agree: the save is collective
             flag = torch.tensor([float(stop)], device=t.accelerator.device)
             stop = bool(t.accelerator.reduce(flag, "sum").item() > 0)

@@ -51,6 +51,16 @@ def test_generation_batch_counts_every_process(tmp_path):
     assert "= 4 x 2 x 1 = 8 replies is not divisible by num_generations=3" in line
 
 
+def test_checkpoints_must_fall_where_replies_are_sampled(tmp_path):
+    """num_iterations 3: tiny.yaml's 4 updates and checkpoints every 2 would cut a batch of replies."""
+    line = _refused(align_args("rloo", tmp_path / "policy", tmp_path / "o", tmp_path / "reward", None,
+                               "--num-iterations", "3"))
+    assert "field 'total_updates': 4 is not a multiple of num_iterations=3" in line
+    line = _refused(align_args("grpo", tmp_path / "policy", tmp_path / "o", tmp_path / "reward", None,
+                               "--num-iterations", "2", "--stop-after-updates", "3"))
+    assert "field 'stop_after_updates': 3 is not a multiple of num_iterations=2" in line
+
+
 def test_dpo_given_a_reward_model(tmp_path):
     line = _refused(align_args("dpo", tmp_path / "policy", tmp_path / "o", tmp_path / "reward", tmp_path / "data"))
     assert "field 'reward_model'" in line and "DPO uses no reward model" in line
