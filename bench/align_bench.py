@@ -175,13 +175,15 @@ def train(run, algorithm: str) -> dict:
 
 def throughput(folder: Path, algorithm: str, seconds: float) -> tuple[float, str]:
     """(episodes or pairs per second, unit): updates done (the last logged step, or fewer when PPO's
-    guard stopped early) x sequences per update, from the run's resolved config."""
+    guard stopped early) x sequences per update, from the run's resolved config; GRPO/RLOO with
+    ``num_iterations`` N sample once per N updates, so an episode counts once, not N times."""
     import yaml
 
     config = yaml.safe_load((folder / "config.yaml").read_text())
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     updates = max((int(r["step"]) for r in rows if "step" in r), default=config["total_updates"])
     per_update = config["per_device_batch_size"] * config.get("gradient_accumulation_steps", 1)
+    per_update /= config.get("num_iterations", 1)
     return updates * per_update / seconds, "pairs" if algorithm == "dpo" else "episodes"
 
 
