@@ -60,27 +60,31 @@ def config_file(rule: str, size: str) -> Path:
     return RULES[rule] if size == "default" else SMALL
 
 
-def overrides(rule: str, size: str, algorithm: str) -> dict:
-    """The loop's settings: the rule's config, or small.yaml with the rule's rule (the smoke)."""
+def overrides(rule: str, size: str, algorithm: str, align: dict | None = None) -> dict:
+    """The loop's settings: the rule's config, or small.yaml with the rule's rule (the smoke); ``align``:
+    settings of GRPO/RLOO/DPO laid over the config's ``align_flags`` (``--align-flags``)."""
+    import yaml
+
     out = {"algorithm": algorithm, **(EVAL if size == "default" else {})}
     if size == "small":
-        import yaml
-
         full = yaml.safe_load(RULES[rule].read_text())
         out.update(rule=full["rule"], rule_name=full["rule_name"])
+    if align:
+        shipped = yaml.safe_load(config_file(rule, size).read_text()).get("align_flags") or {}
+        out["align_flags"] = {**shipped, **align}
     return out
 
 
-def loop_config(rule: str, size: str, algorithm: str):
+def loop_config(rule: str, size: str, algorithm: str, align: dict | None = None):
     from rlhf.config import load_config
     from rlhf.pipeline import QuickstartConfig
 
-    return load_config(QuickstartConfig, config_file(rule, size), overrides(rule, size, algorithm))
+    return load_config(QuickstartConfig, config_file(rule, size), overrides(rule, size, algorithm, align))
 
 
-def loop_flags(rule: str, size: str, algorithm: str) -> list[str]:
+def loop_flags(rule: str, size: str, algorithm: str, align: dict | None = None) -> list[str]:
     return ["--config", str(config_file(rule, size))] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in overrides(rule, size, algorithm).items()]
+        f"--{k.replace('_', '-')}={v}" for k, v in overrides(rule, size, algorithm, align).items()]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def load_result(folder: Path) -> dict:
     return result
 
 
-def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
+def run_algorithm(out: Path, rule: str, size: str, algorithm: str, align: dict | None = None) -> dict:
     from rlhf import pipeline
 
     folder = out / rule / algorithm
@@ -244,11 +248,11 @@ def run_algorithm(out: Path, rule: str, size: str, algorithm: str) -> dict:
         return load_result(folder)
     if not folder.exists():
         clone(out / rule / "shared", folder)
-    config = loop_config(rule, size, algorithm)
+    config = loop_config(rule, size, algorithm, align)
     run = pipeline.Run(config, folder.resolve(), resume=True)
     training = train(run, algorithm)
 
-    command = [sys.executable, "-m", "rlhf.cli", "loop", *loop_flags(rule, size, algorithm), "--run-dir",
+    command = [sys.executable, "-m", "rlhf.cli", "loop", *loop_flags(rule, size, algorithm, align), "--run-dir",
                str(folder), "--resume"]
     if not (folder / "summary.json").is_file():  # written last by the loop
         log(f"{rule}/{algorithm}: rlhf {' '.join(command[3:])}  (log {folder / 'loop.log'})")
@@ -344,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
                         "are judged against its model)")
     parser.add_argument("--size", choices=("default", "small"), default="default",
                         help="default: the quickstart's configs; small: configs/quickstart/small.yaml (a smoke test)")
+    parser.add_argument("--align-flags", default=None, metavar="YAML",
+                        help="GRPO/RLOO/DPO settings laid over the quickstart's align_flags, as a YAML mapping, e.g. "
+                             "'{num_iterations: 2, total_updates: 40, save_every: 10, sample_every: 10}' (give it its "
+                             "own --out: finished runs are not redone)")
     parser.add_argument("--table", action="store_true", help="print the table of the finished results and stop")
     args = parser.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
@@ -354,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     if algorithms and algorithms[0] != "ppo" and "ppo" in algorithms:
         algorithms = ["ppo"] + [a for a in algorithms if a != "ppo"]
     out = Path(args.out) / args.size
+    import yaml
+
+    align = yaml.safe_load(args.align_flags) if args.align_flags else None
+    if align is not None and not isinstance(align, dict):
+        parser.error(f"--align-flags: {args.align_flags!r} is not a YAML mapping")
 
     from rlhf.errors import UserError
     from rlhf.runtime import apply_offline_env
@@ -374,11 +387,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if algorithm != "ppo" and not (out / rule / "ppo" / "result.json").is_file():
                 raise SystemExit(f"{rule}/{algorithm}: PPO's run must finish first (it is judged against PPO's model)")
-            results.append(run_algorithm(out, rule, args.size, algorithm))
+            results.append(run_algorithm(out, rule, args.size, algorithm, align))
             log(f"{rule}/{algorithm}: done")
     print(table(results))
     print(f"\nreproduce: nice -n 10 .venv/bin/python bench/align_bench.py --out {args.out} --size {args.size} "
-          f"--rules {','.join(rules)} --algorithms {','.join(algorithms)}")
+          f"--rules {','.join(rules)} --algorithms {','.join(algorithms)}"
+          + (f" --align-flags '{args.align_flags}'" if args.align_flags else ""))
     return 0
 
 
