@@ -102,6 +102,9 @@ def is_launched_worker() -> bool:
     return world_size() > 1
 
 
+FAILED_WORKER_GRACE_S = 30.0
+
+
 def run_entry_point(main) -> NoReturn:
     """``if __name__ == "__main__": run_entry_point(main)`` for every module ``accelerate launch`` runs.
 
@@ -111,11 +114,18 @@ def run_entry_point(main) -> NoReturn:
     import sys
 
     code = main()
-    # Only a finished run skips finalisation (the abort only ever hit finished runs). A failing worker
-    # exits as before: leaving at once let rank 1 end before rank 0 had printed the one error line, and
-    # the launcher then killed rank 0 (a ZeRO-3 refusal lost its message that way in CI).
+    # Only a finished run skips finalisation (the abort only ever hit finished runs).
     if code == 0 and is_launched_worker():
         exit_launched_worker(code)
+    # A failing rank other than 0 (every rank reads the same config and data, and only rank 0 says what
+    # is wrong) waits for the launcher to stop it: had it exited first, the launcher would have killed
+    # rank 0 before it printed the one error line (a ZeRO-3 refusal lost its message that way in CI,
+    # twice, the second time with the worker leaving through sys.exit's slower teardown). When rank 0
+    # exits, the launcher ends this process; if rank 0 has not failed, this one leaves after the grace.
+    if code != 0 and is_launched_worker() and not is_main_process():
+        import time
+
+        time.sleep(FAILED_WORKER_GRACE_S)
     sys.exit(code)
 
 
