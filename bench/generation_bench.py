@@ -9,7 +9,10 @@ Variants (same prompts, same number of new tokens, end token ignored so every ro
   static_cache    the same with transformers' static KV cache (cache_implementation="static")
   compiled        the same, static cache + torch.compile of the forward (only with --compile: the first
                   call compiles for minutes on two cores; its compile time is printed)
-  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies)
+  fast_plain      rlhf.decode's loop as it was before its weights were packed: plain bfloat16 weights
+                  (oneDNN reorders each at every product), torch.multinomial, flash attention per token
+  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): weights packed
+                  in oneDNN's layout once per call, inverse-CDF sampling, one-query attention
 
 In the same run the machine's memory bandwidth (a 512 MB tensor copy) and matrix throughput (bfloat16
 and float32 matmuls) are measured, and each variant's lower bound per token is printed beside it:
@@ -113,6 +116,22 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
         decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, temperature=0.7,
                eos_token_id=None, pad_token_id=tokenizer.pad_token_id, output_scores=True)
 
+    def fast_plain(enc):
+        import rlhf.decode as loop
+
+        def attend_with_sdpa(q, keys, values, masked):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, keys, values, attn_mask=~masked, enable_gqa=True).transpose(1, 2).flatten(2)
+
+        saved = loop.packing_available, loop.sample, loop._attend_one
+        loop.packing_available = lambda device: False
+        loop.sample = lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
+        loop._attend_one = attend_with_sdpa
+        try:
+            fast(enc)
+        finally:
+            loop.packing_available, loop.sample, loop._attend_one = saved
+
     # A whole bfloat16 copy (weights, norms, embeddings, cache): transformers' static cache needs one
     # dtype (under autocast the keys come out float32 and the values bfloat16, which it refuses).
     import copy
@@ -138,6 +157,7 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
            "static_cache": bf16_weights("static")}
     if compile_:
         out["compiled"] = bf16_weights("static", torch.compile(bf16_model.forward, dynamic=False))
+    out["fast_plain"] = fast_plain
     out["fast"] = fast
     return out
 
@@ -159,7 +179,7 @@ def lower_bound(model, name: str, batch: int, bandwidth: float, bf16_flops: floa
 
 
 CATEGORIES = {
-    "matmul": ("mm", "addmm", "bmm", "linear", "matmul", "mkldnn", "onednn", "_weight_int"),
+    "matmul": ("mm", "addmm", "bmm", "linear", "matmul", "mkldnn", "onednn", "_weight_int", "_reorder"),
     "attention": ("scaled_dot_product", "_flash_attention", "softmax_backward"),
     "sampling": ("multinomial", "softmax", "topk", "sort", "cumsum", "argmax", "isin", "where", "scatter",
                  "exponential", "log_softmax"),
@@ -177,9 +197,9 @@ def profile_split(torch, function, enc, tokens: int) -> dict:
     wall = (time.perf_counter() - start) * 1000
     split = {"matmul": 0.0, "attention": 0.0, "sampling": 0.0, "other ops": 0.0}
     for event in prof.key_averages():
-        if not event.key.startswith("aten::"):
+        namespace, _, name = event.key.partition("::")
+        if namespace not in ("aten", "mkldnn"):  # operators (not the profiler's own spans)
             continue
-        name = event.key[6:]
         category = next((c for c, keys in CATEGORIES.items() if any(k in name for k in keys)), "other ops")
         split[category] += event.self_cpu_time_total / 1000
     split["python/framework"] = max(0.0, wall - sum(split.values()))

@@ -106,7 +106,7 @@ def sequences_function(model, tokenizer, sampling: SamplingSettings):
 
     if sampling.backend != "fast":
         return with_transformers
-    from rlhf.decode import decode, unsupported_reason
+    from rlhf.decode import PackedWeights, decode, unsupported_reason
 
     reason = unsupported_reason(model)
     if reason:
@@ -116,5 +116,6 @@ def sequences_function(model, tokenizer, sampling: SamplingSettings):
     def fast(enc):
         return decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=sampling.max_new_tokens,
                       do_sample=sampling.temperature > 0, temperature=sampling.temperature, top_p=sampling.top_p,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).sequences
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      weights=PackedWeights.kept(model)).sequences
     return fast

@@ -162,3 +162,70 @@ def test_unsupported_model_falls_back_and_says_so(tiny_model_dir, tmp_path, capl
         replies = generate_replies(model, tok, ["Hello?"], 2, SamplingSettings(max_new_tokens=4), progress=False)
     assert len(replies[0]) == 2
     assert any("transformers' generate()" in r.getMessage() and "bias" in r.getMessage() for r in caplog.records)
+
+
+def test_sample_draws_from_the_softmax_and_never_a_filtered_token(monkeypatch):
+    from rlhf.decode import sample
+
+    torch.manual_seed(0)
+    # softmax([log 1, log 2, -inf, log 7]) = [0.1, 0.2, 0, 0.7]
+    scores = torch.tensor([[0.0, float(torch.log(torch.tensor(2.0))), float("-inf"),
+                            float(torch.log(torch.tensor(7.0)))]]).expand(20000, 4)
+    drawn = sample(scores)
+    counts = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert counts[2] == 0
+    # binomial spread of a share p over 20,000 draws: sqrt(p(1-p)/20000) <= 0.0033; 4 of them
+    assert torch.allclose(counts, torch.tensor([0.1, 0.2, 0.0, 0.7]), atol=0.014)
+    # a draw rounded up to the total probability falls on the last token that has any
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
+    assert sample(torch.tensor([[1.0, 2.0, float("-inf")], [0.0, float("-inf"), 3.0]])).tolist() == [1, 2]
+
+
+def test_one_query_attention_matches_flash_attention():
+    from rlhf.decode import _attend_one
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, 1, 8).bfloat16()
+    keys, values = torch.randn(2, 2, 5, 8).bfloat16(), torch.randn(2, 2, 5, 8).bfloat16()
+    hidden = torch.tensor([[False, False, True, False, False], [True, False, False, False, False]])[:, None, None, :]
+    got = _attend_one(q, keys, values, hidden)
+    want = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=~hidden, enable_gqa=True)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 1, 48)
+    # heads 0-2 read kv head 0 and 3-5 kv head 1; the same to bfloat16 rounding of the output
+    assert torch.allclose(got.float(), want.transpose(1, 2).reshape(2, 1, 48).float(), atol=0.02, rtol=0.01)
+
+
+def test_packed_weights_give_the_same_products_and_samples(lora_policy, tiny_model_dir, monkeypatch):
+    import rlhf.decode as decode_module
+    from rlhf.decode import PackedWeights, pack, packing_available
+    from rlhf.ppo.rollout import bf16_linear
+
+    if not packing_available(torch.device("cpu")):  # a CPU without oneDNN bfloat16: plain weights, said so
+        assert not PackedWeights(lora_policy).packed
+        return
+    matrix = torch.randn(24, 16).bfloat16()
+    for rows in (1, 4, 7):
+        x = torch.randn(rows, 16).bfloat16()
+        assert torch.equal(bf16_linear(x, pack(matrix)), torch.nn.functional.linear(x, matrix))
+    tok, batch = _prompts(tiny_model_dir)
+    assert PackedWeights(lora_policy).packed
+    packed = _decode_logprobs(lora_policy, tok, batch, seed=3)
+    monkeypatch.setattr(decode_module, "packing_available", lambda device: False)
+    assert not PackedWeights(lora_policy).packed
+    plain = _decode_logprobs(lora_policy, tok, batch, seed=3)
+    assert torch.equal(packed[0], plain[0]) and torch.equal(packed[1], plain[1])
+
+
+def test_kept_weights_are_packed_again_when_the_model_changes(lora_policy):
+    from rlhf.decode import PackedWeights
+
+    first = PackedWeights.kept(lora_policy)
+    assert PackedWeights.kept(lora_policy) is first
+    with lora_policy.disable_adapter():
+        off = PackedWeights.kept(lora_policy)
+        assert off is not first and not torch.equal(off.layers[0].qkv.to_dense(), first.layers[0].qkv.to_dense())
+    again = PackedWeights.kept(lora_policy)
+    assert again is not off
+    with torch.no_grad():  # an in-place change (as an optimizer step makes) is seen
+        next(p for n, p in lora_policy.named_parameters() if "lora_B" in n).add_(1.0)
+    assert PackedWeights.kept(lora_policy) is not again
