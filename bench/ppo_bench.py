@@ -15,6 +15,8 @@ names its cause:
                     half a million objects that imports and models created
   fast_decode       bf16_rollouts with rollouts sampled by rlhf.decode's loop (generation_backend: fast;
                     the other variants use transformers' generate())
+  reply_logits      the policy's LM head computes logits for the reply's columns only (TRL reads no
+                    other), not the prompt's (reply_logits_only)
   b_default         configs/ppo/default.yaml: all of the above
 
 Each update is also split into phases by timing TRL's functions (generation, the reference pass,
@@ -50,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _OFF = {"lora.enabled": False, "bf16_autocast": False, "bf16_rollouts": False, "value_lora": False,
-        "freeze_gc": False, "generation_backend": "transformers"}
+        "freeze_gc": False, "generation_backend": "transformers", "reply_logits_only": False}
 VARIANTS = {
     "a_trl_reference": _OFF,
     "lora_shared_ref": {**_OFF, "lora.enabled": True},
@@ -59,6 +61,7 @@ VARIANTS = {
     "value_lora": {**_OFF, "value_lora": True},
     "freeze_gc": {**_OFF, "freeze_gc": True},
     "fast_decode": {**_OFF, "bf16_rollouts": True, "generation_backend": "fast"},
+    "reply_logits": {**_OFF, "reply_logits_only": True},
     "b_default": {},  # configs/ppo/default.yaml as it is
 }
 

@@ -33,6 +33,10 @@ class PPORunConfig(GuardFields):
     freeze_gc: bool = Field(True, description="move the objects alive when training starts out of the garbage "
                             "collector's reach (gc.freeze), so the two gc.collect() calls TRL's loop makes per update "
                             "cost nothing instead of about 0.3 s each")
+    reply_logits_only: bool = Field(True, description="the policy's LM head computes logits for the reply's "
+                                    "columns only (the last response_length + 1), zeros before them: TRL's PPO reads "
+                                    "no other column, and the head's product over the prompt is about a fifth of a "
+                                    "forward pass (float32 in training)")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA on the policy (on unless "
                                "lora.enabled is false); the reference is then the policy with the adapter off")
     value_lora: bool = Field(False, description="train the value model through a LoRA adapter (lora's r, alpha and "
@@ -87,4 +91,4 @@ class PPORunConfig(GuardFields):
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
                     "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model",
-                    "generation_backend"} | GUARD_FIELDS
+                    "generation_backend", "reply_logits_only"} | GUARD_FIELDS

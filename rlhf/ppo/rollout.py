@@ -69,7 +69,39 @@ def float32_output_layer(layer: torch.nn.Module) -> None:
     layer.forward = run
 
 
+def reply_logits_only(layer: torch.nn.Module, keep: int) -> None:
+    """Run the LM head ``layer`` on the last ``keep`` columns of a longer sequence only; the logits
+    of the columns before them are zeros.
+
+    TRL's PPO reads the policy's logits at columns ``context_length - 1`` to ``-2`` only (the
+    reference pass and the training forward both slice ``output.logits[:, context_length - 1:-1]``):
+    with replies of at most ``response_length`` tokens those are among the last
+    ``response_length + 1``. The head's product over the prompt's columns, which nothing reads, is
+    about a fifth of a forward pass's arithmetic, and more in training, where the head is float32.
+    A call of ``keep`` columns or fewer (generation) is unchanged.
+    """
+    forward = layer.forward
+
+    @functools.wraps(forward)
+    def run(hidden, *args, **kwargs):
+        skip = hidden.shape[-2] - keep if hidden.dim() == 3 else 0
+        if skip <= 0:
+            return forward(hidden, *args, **kwargs)
+        return torch.nn.functional.pad(forward(hidden[:, skip:], *args, **kwargs), (0, 0, skip, 0))
+
+    layer.forward = run
+
+
 TOP_EXACT = 64
+
+
+def bf16_linear(x, weight):
+    """``x @ weight.T`` for a bfloat16 weight, plain or laid out by oneDNN in advance
+    (``rlhf.decode.pack``; the same products, bit for bit, without oneDNN reordering the weight at
+    every call)."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return torch.nn.functional.linear(x, weight)
 
 
 def top_exact_logits(hidden, weight, weight_bf16, bias=None, k: int = TOP_EXACT):
@@ -81,7 +113,7 @@ def top_exact_logits(hidden, weight, weight_bf16, bias=None, k: int = TOP_EXACT)
     make up the normaliser), so those are made exact; the rest keep bfloat16 error, weighted by the
     little probability they carry.
     """
-    logits = torch.nn.functional.linear(hidden.to(torch.bfloat16), weight_bf16).float()
+    logits = bf16_linear(hidden.to(torch.bfloat16), weight_bf16).float()
     top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
     exact = (weight[top] * hidden.float().unsqueeze(-2)).sum(-1)
     if bias is not None:

@@ -118,6 +118,11 @@ class ResumablePPOTrainer(PPOTrainer):
         self.remove_callback(PrinterCallback)  # our callback prints one readable line per update
         if run.bf16_autocast or run.bf16_rollouts:
             self._bfloat16(rollouts=run.bf16_rollouts, swap_weights=zero_stage() < 3)
+        if run.reply_logits_only:
+            from rlhf.ppo.rollout import reply_logits_only
+
+            for model in self._causal_lms():
+                reply_logits_only(model.get_output_embeddings(), run.response_length + 1)
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             # TRL's loop reaches the policy as `model.policy` for the LoRA reference pass, which DDP's
             # wrapper does not forward. Expose it as a plain attribute (not a submodule, so DDP's
@@ -133,6 +138,15 @@ class ResumablePPOTrainer(PPOTrainer):
         optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
         return optimizer
 
+    def _causal_lms(self) -> list:
+        """The policy's causal LM (under any PEFT wrapper) and the separate reference copy, if any."""
+        unwrap = self.accelerator.unwrap_model
+        policy = unwrap(self.model).policy
+        models = [policy.get_base_model() if hasattr(policy, "get_base_model") else policy]
+        if self.ref_model is not None:
+            models.append(unwrap(self.ref_model))
+        return models
+
     def _bfloat16(self, rollouts: bool, swap_weights: bool) -> None:
         """Output layers in float32; with ``rollouts``, generation and the reference, value and reward
         passes in bfloat16 (see rlhf.ppo.rollout)."""
@@ -142,11 +156,8 @@ class ResumablePPOTrainer(PPOTrainer):
         device = self.accelerator.device.type
         wrapper = unwrap(self.model)
         policy = wrapper.policy
-        causal_lms = [policy.get_base_model() if hasattr(policy, "get_base_model") else policy]
-        if self.ref_model is not None:
-            causal_lms.append(unwrap(self.ref_model))
         scorers = [wrapper.value_model, unwrap(self.reward_model)]
-        for model in causal_lms:
+        for model in self._causal_lms():
             float32_output_layer(model.get_output_embeddings())
             if rollouts:
                 autocast_without_grad(model, device)

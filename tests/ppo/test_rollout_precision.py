@@ -145,3 +145,36 @@ def test_top_exact_logits_by_hand():
     bias = torch.tensor([0.5, 0.0, -0.5, 0.0])
     with_bias = top_exact_logits(hidden, weight, weight.bfloat16(), bias, k=2)
     assert torch.equal(with_bias[0, [0, 2]], exact[0, [0, 2]] + bias[[0, 2]])
+
+
+def test_reply_logits_only_gives_trl_the_same_reply_logits_and_gradients(lora_policy, tiny_model_dir):
+    """TRL's forward (reference pass and training forward) with the head on the reply's columns only:
+    the columns TRL reads are the same, in value and in the gradient they pass back; the prompt's are zeros."""
+    from trl.experimental.ppo.ppo_trainer import forward
+
+    from rlhf.ppo.rollout import reply_logits_only
+
+    tok, batch = _prompt(tiny_model_dir)
+    context, reply = batch["input_ids"].shape[1], 5
+    torch.manual_seed(0)
+    sequences = torch.cat([batch["input_ids"], torch.randint(10, 100, (2, reply))], dim=1)
+    float32_output_layer(lora_policy.get_base_model().get_output_embeddings())
+
+    def reply_logits():
+        lora_policy.zero_grad()
+        logits = forward(lora_policy, sequences, tok.pad_token_id).logits
+        logits[:, context - 1:-1].log_softmax(-1)[..., 7].sum().backward()
+        grads = [p.grad.clone() for p in lora_policy.parameters() if p.requires_grad]
+        return logits.detach(), grads
+
+    full, full_grads = reply_logits()
+    reply_logits_only(lora_policy.get_base_model().get_output_embeddings(), reply + 1)
+    trimmed, trimmed_grads = reply_logits()
+    assert trimmed.shape == full.shape
+    assert torch.allclose(trimmed[:, context - 1:-1], full[:, context - 1:-1], atol=1e-5)
+    assert torch.equal(trimmed[:, :context - 1], torch.zeros_like(trimmed[:, :context - 1]))
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(trimmed_grads, full_grads))
+    # a call of no more columns than it keeps (generation's steps) is unchanged
+    hidden = torch.randn(2, 3, lora_policy.config.hidden_size)
+    head = lora_policy.get_base_model().get_output_embeddings()
+    assert torch.equal(head(hidden), torch.nn.functional.linear(hidden, head.weight))
