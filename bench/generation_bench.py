@@ -10,9 +10,11 @@ Variants (same prompts, same number of new tokens, end token ignored so every ro
   compiled        the same, static cache + torch.compile of the forward (only with --compile: the first
                   call compiles for minutes on two cores; its compile time is printed)
   fast_plain      rlhf.decode's loop as it was before its weights were packed: plain bfloat16 weights
-                  (oneDNN reorders each at every product), torch.multinomial, flash attention per token
+                  (oneDNN reorders each at every product), torch.multinomial, flash attention per token,
+                  top-p by a sort of the whole vocabulary (these variants sample with top-p 1: no sort)
   fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): weights packed
-                  in oneDNN's layout once per call, inverse-CDF sampling, one-query attention
+                  in oneDNN's layout once per call, inverse-CDF sampling, one-query attention, top-p
+                  among the largest 256 or 2,048 entries
 
 In the same run the machine's memory bandwidth (a 512 MB tensor copy) and matrix throughput (bfloat16
 and float32 matmuls) are measured, and each variant's lower bound per token is printed beside it:
@@ -23,13 +25,13 @@ a batch-4 token into matrix products, attention, sampling, other tensor operatio
 (Python and framework overhead: wall time not spent inside any operator).
 
     .venv/bin/python bench/generation_bench.py [--batches 1,4,8,16] [--tokens 32] [--repeats 3] [--profile] [--compile]
+        [--candidates]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import time
@@ -117,20 +119,8 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
                eos_token_id=None, pad_token_id=tokenizer.pad_token_id, output_scores=True)
 
     def fast_plain(enc):
-        import rlhf.decode as loop
-
-        def attend_with_sdpa(q, keys, values, masked):
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, keys, values, attn_mask=~masked, enable_gqa=True).transpose(1, 2).flatten(2)
-
-        saved = loop.packing_available, loop.sample, loop._attend_one
-        loop.packing_available = lambda device: False
-        loop.sample = lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
-        loop._attend_one = attend_with_sdpa
-        try:
+        with loop_before(torch):
             fast(enc)
-        finally:
-            loop.packing_available, loop.sample, loop._attend_one = saved
 
     # A whole bfloat16 copy (weights, norms, embeddings, cache): transformers' static cache needs one
     # dtype (under autocast the keys come out float32 and the values bfloat16, which it refuses).
@@ -207,6 +197,55 @@ def profile_split(torch, function, enc, tokens: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The quickstart's candidates
+
+
+def candidates(torch, model, tokenizer) -> None:
+    """Seconds for the quickstart's candidate generation (configs/quickstart/full.yaml: 84 training
+    prompts x 4 replies, at most 40 new tokens, temperature 0.8, top-p 0.95, batches of 16, ending
+    at the end token) through ``generate_replies``, as ``rlhf app generate`` runs it, with the loop
+    before this stop's changes and with the fast loop, in turn."""
+    from rlhf.generation import SamplingSettings, generate_replies
+    from rlhf.prompts import read_prompts
+
+    prompts = read_prompts(REPO / "configs/quickstart/train_prompts.jsonl")
+    sampling = SamplingSettings(max_new_tokens=40, temperature=0.8, top_p=0.95, seed=0)
+    seconds = {}
+    for name in ("fast_plain", "fast"):
+        start = time.perf_counter()
+        with loop_before(torch) if name == "fast_plain" else contextlib.nullcontext():
+            replies = generate_replies(model, tokenizer, prompts, 4, sampling, 16, progress=False)
+        seconds[name] = time.perf_counter() - start
+        print(f"candidates {name:<11} {seconds[name]:6.1f} s for {sum(map(len, replies))} replies", file=sys.stderr,
+              flush=True)
+    print(f"\nquickstart candidates ({len(prompts)} prompts x 4, 40 new tokens, batch 16): fast_plain "
+          f"{seconds['fast_plain']:.1f} s, fast {seconds['fast']:.1f} s: {seconds['fast_plain'] / seconds['fast']:.2f}x")
+
+
+@contextlib.contextmanager
+def loop_before(torch):
+    """rlhf.decode's loop as it was before its weights were packed: plain bfloat16 weights (oneDNN
+    reorders each at every product), torch.multinomial, flash attention for one query, and top-p
+    by a sort of the whole vocabulary."""
+    import rlhf.decode as loop
+
+    def attend(q, keys, values, masked):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, keys, values, attn_mask=~masked, enable_gqa=True).transpose(1, 2).flatten(2)
+
+    saved = loop.packing_available, loop.sample, loop._attend_one, loop._top_p_drop
+    top_p_drop = loop._top_p_drop
+    loop.packing_available = lambda device: False
+    loop.sample = lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
+    loop._attend_one = attend
+    loop._top_p_drop = lambda scores, top_p: top_p_drop(scores, top_p, candidates=())
+    try:
+        yield
+    finally:
+        loop.packing_available, loop.sample, loop._attend_one, loop._top_p_drop = saved
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -217,6 +256,8 @@ def main() -> int:
     parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--candidates", action="store_true",
+                        help="also time the quickstart's candidate generation (84 x 4 replies) before and after")
     args = parser.parse_args()
 
     from rlhf.runtime import apply_offline_env
@@ -235,7 +276,7 @@ def main() -> int:
 
     compile_seconds = {}
     table = []
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in (int(b) for b in args.batches.split(",") if b):
         enc = encode(tokenizer, batch)
         for name, function in runs.items():  # warm-up (and compilation) outside the measurement
             start = time.perf_counter()
@@ -272,6 +313,8 @@ def main() -> int:
         print(f"{'variant':<14}" + "".join(f"{k:>18}" for k in keys))
         for name, split in splits.items():
             print(f"{name:<14}" + "".join(f"{split[k]:>18.1f}" for k in keys))
+    if args.candidates:
+        candidates(torch, model, tokenizer)
     print("reproduce: .venv/bin/python bench/generation_bench.py " + " ".join(sys.argv[1:]))
     return 0
 

@@ -229,3 +229,17 @@ def test_kept_weights_are_packed_again_when_the_model_changes(lora_policy):
     with torch.no_grad():  # an in-place change (as an optimizer step makes) is seen
         next(p for n, p in lora_policy.named_parameters() if "lora_B" in n).add_(1.0)
     assert PackedWeights.kept(lora_policy) is not again
+
+
+def test_top_p_drops_what_transformers_warper_drops_with_or_without_the_full_sort():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from rlhf.decode import _top_p_drop
+
+    torch.manual_seed(0)
+    for scale in (0.5, 3.0, 10.0):  # flat rows (the nucleus beyond the top 2,048: full sort) to peaked rows
+        logits = torch.randn(6, 5000) * scale
+        for top_p in (0.5, 0.95):
+            want = torch.isinf(TopPLogitsWarper(top_p)(None, logits.clone()))
+            assert torch.equal(_top_p_drop(logits, top_p), want)
+            assert torch.equal(_top_p_drop(logits, top_p, candidates=(8,)), want)  # too few: falls back
