@@ -202,24 +202,26 @@ def profile_split(torch, function, enc, tokens: int) -> dict:
 
 def candidates(torch, model, tokenizer) -> None:
     """Seconds for the quickstart's candidate generation (configs/quickstart/full.yaml: 84 training
-    prompts x 4 replies, at most 40 new tokens, temperature 0.8, top-p 0.95, batches of 16, ending
-    at the end token) through ``generate_replies``, as ``rlhf app generate`` runs it, with the loop
-    before this stop's changes and with the fast loop, in turn."""
+    prompts x 4 replies, at most 40 new tokens, temperature 0.8, top-p 0.95, ending at the end token)
+    through ``generate_replies``, as ``rlhf app generate`` runs it: the loop before this stop's
+    changes in batches of 16 (the quickstart's setting then), the fast loop in batches of 16, and in
+    batches of 32 (the quickstart's setting now), in turn."""
     from rlhf.generation import SamplingSettings, generate_replies
     from rlhf.prompts import read_prompts
 
     prompts = read_prompts(REPO / "configs/quickstart/train_prompts.jsonl")
     sampling = SamplingSettings(max_new_tokens=40, temperature=0.8, top_p=0.95, seed=0)
     seconds = {}
-    for name in ("fast_plain", "fast"):
+    for name, batch in (("fast_plain", 16), ("fast", 16), ("fast", 32)):
         start = time.perf_counter()
         with loop_before(torch) if name == "fast_plain" else contextlib.nullcontext():
-            replies = generate_replies(model, tokenizer, prompts, 4, sampling, 16, progress=False)
-        seconds[name] = time.perf_counter() - start
-        print(f"candidates {name:<11} {seconds[name]:6.1f} s for {sum(map(len, replies))} replies", file=sys.stderr,
-              flush=True)
-    print(f"\nquickstart candidates ({len(prompts)} prompts x 4, 40 new tokens, batch 16): fast_plain "
-          f"{seconds['fast_plain']:.1f} s, fast {seconds['fast']:.1f} s: {seconds['fast_plain'] / seconds['fast']:.2f}x")
+            replies = generate_replies(model, tokenizer, prompts, 4, sampling, batch, progress=False)
+        seconds[name, batch] = time.perf_counter() - start
+        print(f"candidates {name:<11} batch {batch}: {seconds[name, batch]:6.1f} s for {sum(map(len, replies))} "
+              f"replies", file=sys.stderr, flush=True)
+    before = seconds["fast_plain", 16]
+    print(f"\nquickstart candidates ({len(prompts)} prompts x 4, 40 new tokens): "
+          + ", ".join(f"{name} batch {batch} {s:.1f} s ({before / s:.2f}x)" for (name, batch), s in seconds.items()))
 
 
 @contextlib.contextmanager
