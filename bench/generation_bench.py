@@ -203,23 +203,25 @@ def profile_split(torch, function, enc, tokens: int) -> dict:
 def candidates(torch, model, tokenizer) -> None:
     """Seconds for the quickstart's candidate generation (configs/quickstart/full.yaml: 84 training
     prompts x 4 replies, at most 40 new tokens, temperature 0.8, top-p 0.95, ending at the end token)
-    through ``generate_replies``, as ``rlhf app generate`` runs it: the loop before this stop's
-    changes in batches of 16 (the quickstart's setting then), the fast loop in batches of 16, and in
-    batches of 32 (the quickstart's setting now), in turn."""
+    through ``generate_replies``, as ``rlhf app generate`` runs it, in turn: transformers' float32
+    ``generate()`` in batches of 16 (the app's candidates when issue #16 was filed: the baseline of its
+    3x goal), the fast loop before its weights were packed (``fast_plain``) in batches of 16, and the
+    fast loop in batches of 16 and of 32 (the quickstart's setting now)."""
     from rlhf.generation import SamplingSettings, generate_replies
     from rlhf.prompts import read_prompts
 
     prompts = read_prompts(REPO / "configs/quickstart/train_prompts.jsonl")
-    sampling = SamplingSettings(max_new_tokens=40, temperature=0.8, top_p=0.95, seed=0)
     seconds = {}
-    for name, batch in (("fast_plain", 16), ("fast", 16), ("fast", 32)):
+    for name, batch in (("transformers", 16), ("fast_plain", 16), ("fast", 16), ("fast", 32)):
+        sampling = SamplingSettings(max_new_tokens=40, temperature=0.8, top_p=0.95, seed=0,
+                                    backend="transformers" if name == "transformers" else "fast")
         start = time.perf_counter()
         with loop_before(torch) if name == "fast_plain" else contextlib.nullcontext():
             replies = generate_replies(model, tokenizer, prompts, 4, sampling, batch, progress=False)
         seconds[name, batch] = time.perf_counter() - start
         print(f"candidates {name:<11} batch {batch}: {seconds[name, batch]:6.1f} s for {sum(map(len, replies))} "
               f"replies", file=sys.stderr, flush=True)
-    before = seconds["fast_plain", 16]
+    before = seconds["transformers", 16]
     print(f"\nquickstart candidates ({len(prompts)} prompts x 4, 40 new tokens): "
           + ", ".join(f"{name} batch {batch} {s:.1f} s ({before / s:.2f}x)" for (name, batch), s in seconds.items()))
 
