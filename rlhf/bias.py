@@ -93,7 +93,7 @@ class LengthControlledWinRate:
     ties: int
     both_bad: int  # dropped: no preference
     raw: float | None  # (wins + ties/2) / (wins + losses + ties)
-    raw_interval: tuple[float, float] | None  # Wilson
+    raw_interval: tuple[float, float] | None  # Wilson without ties, else ``score_interval``'s
     length_controlled: float | None  # predicted win probability at zero length difference
     lc_interval: tuple[float, float] | None
     length_coefficient: float | None  # on tanh(standardised length difference); > 0: longer wins
@@ -168,7 +168,11 @@ def length_controlled_win_rate(verdicts: Sequence[str], aligned_lengths: Sequenc
 
     def result(lc=None, lc_interval=None, coefficient=None, note=""):
         raw = sum(y) / len(y) if y else None
-        raw_interval = _wilson(sum(y), len(y), z) if y else None
+        raw_interval = None
+        if y and not counts["tie"]:  # wins and losses alone: a binomial proportion, Wilson's interval
+            raw_interval = _wilson(sum(y), len(y), z)
+        elif y:  # a tie is half a win with no variance of its own, not a coin flip (score_interval)
+            raw_interval = score_interval(counts["win"], counts["loss"], counts["tie"], confidence)[1:]
         return LengthControlledWinRate(counts["win"], counts["loss"], counts["tie"], counts["both_bad"],
                                        raw, raw_interval, lc, lc_interval, coefficient, note)
 

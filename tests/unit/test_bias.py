@@ -107,6 +107,19 @@ def test_score_interval_by_hand():
     assert score_interval(0, 0, 0) is None and score_interval(1, 0, 0) == (1.0, 0.0, 1.0)
 
 
+def test_raw_win_rate_interval_with_ties_is_the_score_interval():
+    # With ties the raw (ties 1/2) win rate's interval comes from the scores' own variance: 123 ties
+    # and 21 losses stay below 0.5 (a Wilson interval on 61.5 of 144 would reach 0.51).
+    lengths = [10] * 144
+    result = length_controlled_win_rate(["loss"] * 21 + ["tie"] * 123, lengths, lengths)
+    assert result.raw_interval == pytest.approx(score_interval(0, 21, 123)[1:])
+    assert result.raw_interval[1] < 0.47
+    # Without ties it is Wilson's: 3 wins of 4, centre (0.75 + z^2/8) / (1 + z^2/4).
+    result = length_controlled_win_rate(["win", "win", "loss", "win"], [5] * 4, [5] * 4)
+    low, high = result.raw_interval
+    assert (low + high) / 2 == pytest.approx((0.75 + Z * Z / 8) / (1 + Z * Z / 4))
+
+
 def test_lc_win_rate_undefined_cases_say_why():
     all_wins = length_controlled_win_rate(["win"] * 5, [1] * 5, [2] * 5)
     assert all_wins.raw == 1.0 and all_wins.length_controlled is None and "every verdict is the same" in all_wins.note
