@@ -99,7 +99,7 @@ class DemoConfig(AppConfig):
     simulated_reviewers: bool = Field(
         False, description="once the candidates exist, mark a few gold items (by simulated_rule) and have three "
                            "scripted accounts (sim-careful-1, sim-careful-2 following simulated_rule with a little "
-                           "noise, sim-careless ranking at random) rank part of the queue through the REST API, so "
+                           "noise, sim-careless ranking by it backwards) rank part of the queue through the REST API, so "
                            "the dashboard's reviewer quality has a reviewer to stop trusting; once per database")
     simulated_rule: str = Field("-len(text)", description="what the careful scripted reviewers and the gold items "
                                                           "prefer (an expression of `text`; default: the shorter reply)")

@@ -7,6 +7,9 @@ with hand-computed tests in ``tests/web/test_reviewer_quality.py``.
   order strictly is one comparison; the figure is the share of comparisons where the reviewer's
   order matches. 1 = always sides with the others, 0.5 = chance, 0 = always against them. Pairs the
   reviewer tied, or on which the others are tied on average, say nothing and are left out.
+  Reviewers whose gold accuracy is below the project's threshold are left out of everyone else's
+  consensus (their own agreement is still measured against the rest): with two reviewers per item a
+  careful reviewer who shared items with a careless one would otherwise look as careless as it.
 * **Position bias** of one reviewer: how often the reply shown at the top of their screen got rank 1
   (a tie for first splits it), against 1/K with no bias; ``feedback_app.stats.position_bias`` per
   reviewer, with its chi-square test once there are enough rankings.
@@ -59,15 +62,17 @@ class ReviewerRow:
     concerns: tuple[str, ...] = ()  # figures below the project's thresholds: do not trust this reviewer
 
 
-def agreement_with_consensus(by_item: dict[int, dict[str, list[int]]]) -> dict[str, tuple[int, int, int]]:
+def agreement_with_consensus(by_item: dict[int, dict[str, list[int]]],
+                             untrusted: frozenset[str] | set[str] = frozenset()) -> dict[str, tuple[int, int, int]]:
     """``by_item[item][reviewer]``: that reviewer's ranks by reply position. Returns, per reviewer who
-    shares at least one item, ``(agreeing pairs, compared pairs, shared items)``."""
+    shares at least one item with a trusted reviewer, ``(agreeing pairs, compared pairs, shared items)``.
+    ``untrusted`` reviewers (failed gold) count for nobody's consensus but are measured themselves."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for rankings in by_item.values():
-        if len(rankings) < 2:
-            continue
         for reviewer, ranks in rankings.items():
-            others = [r for name, r in rankings.items() if name != reviewer]
+            others = [r for name, r in rankings.items() if name != reviewer and name not in untrusted]
+            if not others:
+                continue
             consensus = [sum(r[j] for r in others) / len(others) for j in range(len(ranks))]
             counts = out[reviewer]
             counts[2] += 1
@@ -94,8 +99,9 @@ def reviewer_table(facts: list[RankingFact], skips: dict[str, int], flags: dict[
         by_reviewer[f.reviewer].append(f)
         if f.item_id not in gold:
             by_item[f.item_id][f.reviewer] = list(f.ranks)
-    agreement = agreement_with_consensus(by_item)
     scores = gold_items.gold_scores([(f.reviewer, f.item_id, list(f.ranks)) for f in facts], gold)
+    failed_gold = {name for name, sc in scores.items() if sc.accuracy is not None and sc.accuracy < gold_threshold}
+    agreement = agreement_with_consensus(by_item, failed_gold)
     rows = []
     for name in sorted(set(by_reviewer) | set(skips) | set(flags)):
         mine = by_reviewer.get(name, [])

@@ -61,8 +61,8 @@ def test_demo_bad_input_one_line_status_2(tmp_path):
 def test_demo_seeds_gold_and_three_scripted_reviewers_the_dashboard_tells_apart(tmp_path, tiny_model_dir, browser,
                                                                                 monkeypatch):
     """configs/app/demo.yaml turns simulated_reviewers on: once the candidates exist, three gold items and
-    three scripted accounts rank through the REST API; the careless one has the lower gold accuracy and
-    agreement and is the one the dashboard flags, and enough items stay open for a person to rank ten."""
+    three scripted accounts rank through the REST API; the careless one (the rule backwards) has the lower gold accuracy and
+    agreement and is the one the dashboard flags (the careful ones are not), and enough items stay open for a person to rank ten."""
     from feedback_app.db import open_store
     from feedback_app.reviewer_quality import quality_table
     from feedback_app.store import Store
@@ -83,10 +83,13 @@ def test_demo_seeds_gold_and_three_scripted_reviewers_the_dashboard_tells_apart(
         careless = rows["sim-careless"]
         assert all(r.simulated == r.rankings == 8 and r.median_seconds is None for r in rows.values())
         assert careless.gold_rankings >= 1 and all(r.gold_rankings >= 1 for r in careful)
-        assert all(r.gold_accuracy >= 0.9 for r in careful)  # gold follows the careful ones' rule
+        # gold follows the careful ones' rule; their noise may swap a reply pair whose lengths differ by a
+        # character (below 0.9 in 0.5% of simulated demos, below 0.8 in none of 6,000)
+        assert all(r.gold_accuracy >= 0.8 for r in careful)
+        assert careless.gold_accuracy < 0.5  # it ranks by the rule backwards
         assert careless.gold_accuracy < min(r.gold_accuracy for r in careful)
         assert careless.agreement < min(r.agreement for r in careful)
-        assert careless.concerns
+        assert careless.concerns and not any(r.concerns for r in careful)
         # A new reviewer still finds at least ten items to rank.
         person = store.add_user("newcomer", "newcomer-pass-1")
         assert store.progress(person).available >= 10
@@ -97,7 +100,8 @@ def test_demo_seeds_gold_and_three_scripted_reviewers_the_dashboard_tells_apart(
         login(page, app.url, "admin", "demo-admin-pass", path="/admin")
         page.get_by_text("Reviewers to check").wait_for(timeout=60000)
         summary = page.locator("#dash-summary").inner_text()
-        assert "sim-careless (" in summary.split("Reviewers to check")[1], summary
+        listed = summary.split("Reviewers to check")[1]
+        assert "sim-careless (" in listed and "sim-careful" not in listed, summary
         page.locator("#dash-reviewers").scroll_into_view_if_needed()
         page.locator("#dash-reviewers").screenshot(path=str(tmp_path / "demo-reviewer-quality.png"))
         if os.environ.get("RLHF_SHOTS"):

@@ -59,11 +59,13 @@ def test_concerns_and_the_table_keep_gold_out_of_agreement():
     facts = [RankingFact("ann", 1, [1, 2, 3], [0, 1, 2], 5.0, False),
              RankingFact("bob", 1, [1, 2, 3], [0, 1, 2], 5.0, False),
              # item 2 is gold: ann right, bob reversed. Were it counted for agreement, ann and bob would
-             # disagree there; they agree on item 1 only.
+             # disagree there; they agree on item 1 only. bob fails gold, so he is no part of ann's
+             # consensus: ann has nobody trusted to agree with, bob is measured against ann.
              RankingFact("ann", 2, [1, 2, 3], [0, 1, 2], 5.0, False),
              RankingFact("bob", 2, [3, 2, 1], [0, 1, 2], 5.0, True)]
     rows = {r.reviewer: r for r in reviewer_table(facts, {}, {}, {2: [1, 2, 3]}, 0.7, 0.6)}
-    assert (rows["ann"].agreement, rows["ann"].compared_pairs, rows["ann"].shared_items) == (1.0, 3, 1)
+    assert (rows["ann"].agreement, rows["ann"].compared_pairs, rows["ann"].shared_items) == (None, 0, 0)
+    assert (rows["bob"].agreement, rows["bob"].compared_pairs, rows["bob"].shared_items) == (1.0, 3, 1)
     assert (rows["ann"].gold_rankings, rows["ann"].gold_accuracy, rows["ann"].concerns) == (1, 1.0, ())
     assert (rows["bob"].gold_accuracy, rows["bob"].concerns) == (0.0, ("gold accuracy 0.00 < 0.70",))
 

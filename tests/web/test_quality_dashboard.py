@@ -58,15 +58,15 @@ def _seed(db) -> Store:
 # Gold accuracy. bot [2,3,1] against [1,2,3]: (a,b) right, (a,c) and (b,c) wrong: 1 of 3, twice;
 #   against [1,2,2] (pairs (a,b), (a,c)): (a,b) right, (a,c) wrong: 1 of 2. Pooled 3 of 8 = 0.375.
 #   ann and ben rank every gold item as known: 1.00.
-# Agreement on the six ordinary items (each against the mean ranks of the other two):
-#   ann: others ben [1,2,3] + bot [2,3,1] = [1.5,2.5,2]: (a,b), (a,c) agree, (b,c) not: 2 of 3 on four
-#     items; where ben swapped, others [1.5,3,1.5]: (a,b) agrees, (a,c) tied out, (b,c) not: 1 of 2.
-#     (4*2 + 2*1) / (4*3 + 2*2) = 10/16 = 0.625.
-#   ben: others [1.5,2.5,2] on every item: [1,2,3] 2 of 3 (four items), [1,3,2] 3 of 3 (two):
-#     14/18 = 0.78.
-#   bot: others [1,2,3]: 1 of 3 (four items); others [1,2.5,2.5]: (a,b) agrees, (a,c) not, (b,c)
-#     tied out: 1 of 2 (two items). 6/16 = 0.375.
-EXPECTED = {"ann": ("1.00", "0.62"), "ben": ("1.00", "0.78"), "bot": ("0.38", "0.38")}
+# Agreement on the six ordinary items. bot fails gold (0.375 < 0.70), so it is no part of ann's or
+#   ben's consensus (feedback_app.reviewer_quality); each of them is measured against the other alone:
+#   ann: ben [1,2,3]: 3 of 3 on four items; where ben swapped ([1,3,2]): (a,b), (a,c) agree, (b,c)
+#     not: 2 of 3. (4*3 + 2*2) / (6*3) = 16/18 = 0.89.
+#   ben: against ann [1,2,3], the same pairs: 16/18 = 0.89.
+#   bot: others ann + ben: [1,2,3] (four items): 1 of 3; [1,2.5,2.5] (two items): (a,b) agrees,
+#     (a,c) not, (b,c) tied out: 1 of 2. 6/16 = 0.375.
+#   (Were bot part of the consensus, ann would have 10/16 = 0.62 for sharing items with it.)
+EXPECTED = {"ann": ("1.00", "0.89"), "ben": ("1.00", "0.89"), "bot": ("0.38", "0.38")}
 
 
 def test_the_dashboard_shows_which_reviewer_to_stop_trusting(tmp_path, browser):

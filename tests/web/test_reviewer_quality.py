@@ -27,6 +27,15 @@ def test_agreement_with_the_consensus_of_the_others():
     assert agreement_with_consensus({7: {"solo": [1, 2]}}) == {}
 
 
+def test_a_reviewer_who_failed_gold_is_no_part_of_the_others_consensus():
+    # carl untrusted. Item 1: alice's consensus is bob's [1, 2, 3] alone: 3 of 3 (bob against alice the
+    #   same); carl is still measured against alice and bob's [1, 2, 3]: 0 of 3.
+    # Items 2 and 3 as above (carl is not on them): 2 of 3 and 2 of 2 each.
+    assert agreement_with_consensus(BY_ITEM, {"carl"}) == {"alice": (7, 8, 3), "bob": (7, 8, 3), "carl": (0, 3, 1)}
+    # Only untrusted others on an item: nothing to measure against, the item is not counted as shared.
+    assert agreement_with_consensus({5: {"ann": [1, 2], "carl": [2, 1]}}, {"carl"}) == {"carl": (0, 1, 1)}
+
+
 def test_reviewer_table_by_hand():
     facts = [
         RankingFact("alice", 1, [1, 2, 3], [2, 0, 1], 10.0, False),  # top slot shows reply C, ranked 3
