@@ -295,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.runtime import apply_offline_env
 
     apply_offline_env()
+    for name in names:  # a missing scorer package ends here, not after the shared candidate generation
+        try:
+            globals()[name]("Thank you for waiting. Can I help with anything else?")
+        except ImportError as exc:
+            print(f"error: rule {name}: {exc}; `make bench` installs the bench extra "
+                  f"(.venv/bin/pip install -c constraints.txt -e '.[bench]')", file=sys.stderr)
+            return 2
     candidates = shared_candidates(out, args.size)
     results = []
     for name in names:

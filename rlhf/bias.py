@@ -20,6 +20,8 @@ from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Sequence
 
+from rlhf.gate import wilson_interval
+
 # ---------------------------------------------------------------------------------------------------
 # Length bias
 
@@ -170,7 +172,7 @@ def length_controlled_win_rate(verdicts: Sequence[str], aligned_lengths: Sequenc
         raw = sum(y) / len(y) if y else None
         raw_interval = None
         if y and not counts["tie"]:  # wins and losses alone: a binomial proportion, Wilson's interval
-            raw_interval = _wilson(sum(y), len(y), z)
+            raw_interval = wilson_interval(sum(y), len(y), z)
         elif y:  # a tie is half a win with no variance of its own, not a coin flip (score_interval)
             raw_interval = score_interval(counts["win"], counts["loss"], counts["tie"], confidence)[1:]
         return LengthControlledWinRate(counts["win"], counts["loss"], counts["tie"], counts["both_bad"],
@@ -213,13 +215,6 @@ def score_interval(wins: int, losses: int, ties: int, confidence: float = 0.95) 
 
 def _sigmoid(t: float) -> float:
     return 1 / (1 + math.exp(-t)) if t >= 0 else math.exp(t) / (1 + math.exp(t))
-
-
-def _wilson(successes: float, n: int, z: float) -> tuple[float, float]:
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlhf.lora import lora_layer_type, lora_variant
 from rlhf.ppo.rollout import bf16_linear, top_exact_logits
 
 SUPPORTED_TYPES = ("llama",)
@@ -57,6 +58,10 @@ def unsupported_reason(model) -> str | None:
         return "no rotary embedding module"
     if any(getattr(p, "ds_id", None) is not None or p.numel() == 0 for p in lm.parameters()):
         return "weights partitioned by DeepSpeed ZeRO-3"
+    LoraLayer = lora_layer_type()
+    variants = {v for m in model.modules() if isinstance(m, LoraLayer) and (v := lora_variant(m))}
+    if variants:
+        return f"a LoRA variant ({', '.join(sorted(variants))}: its merged weight is not base + scaling B A)"
     return None
 
 
@@ -70,11 +75,7 @@ def supports(model) -> bool:
 
 def _weight(linear) -> torch.Tensor:
     """A linear layer's weight with its active LoRA adapters merged in (float32 or as stored)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        LoraLayer = ()
-    if isinstance(linear, LoraLayer):
+    if isinstance(linear, lora_layer_type()):
         weight = linear.get_base_layer().weight
         if linear.merged or linear.disable_adapters:
             return weight
@@ -183,10 +184,7 @@ class PackedWeights:
 def _weights_state(model) -> tuple:
     """What the packed weights depend on: every parameter (its identity and in-place version) and
     each LoRA layer's switches (adapters disabled, active, merged)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        LoraLayer = ()
+    LoraLayer = lora_layer_type()
     parameters = tuple((id(p), p._version) for p in model.parameters())
     switches = tuple((m.disable_adapters, tuple(m.active_adapters), m.merged)
                      for m in model.modules() if isinstance(m, LoraLayer))

@@ -39,3 +39,23 @@ def lora_config(settings: LoraSettings, task_type: str):
     return LoraConfig(task_type=task_type, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=list(settings.target_modules),
                       modules_to_save=list(settings.modules_to_save) or None)
+
+
+def lora_layer_type() -> type:
+    """peft's LoRA layer class (imported on first use: importing peft loads transformers)."""
+    from peft.tuners.lora import LoraLayer
+
+    return LoraLayer
+
+
+def lora_variant(layer) -> str | None:
+    """The name of a LoRA variant (peft's DoRA, ...) one of ``layer``'s active adapters uses, else None.
+    Such a layer's weight is not base + scaling x B @ A (DoRA rescales it by a learned magnitude), so
+    neither the fast loop nor the bfloat16 weight swap may merge it that way."""
+    if layer.merged or layer.disable_adapters:
+        return None
+    for name in layer.active_adapters:
+        variant = getattr(layer, "lora_variant", {}).get(name)
+        if variant is not None:
+            return type(variant).__name__
+    return None

@@ -32,6 +32,8 @@ import functools
 
 import torch
 
+from rlhf.lora import lora_layer_type, lora_variant
+
 
 def _bf16_autocast(device_type: str):
     return torch.autocast(device_type, dtype=torch.bfloat16)
@@ -125,12 +127,13 @@ def top_exact_logits(hidden, weight, weight_bf16, bias=None, k: int = TOP_EXACT)
 def _linear_layers(policy: torch.nn.Module):
     """(parent, attribute, linear layer, LoRA layer or None) for every linear layer of the policy but
     its output layer; for a LoRA layer, the linear layer is its base layer."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        LoraLayer = ()
+    LoraLayer = lora_layer_type()
     output = policy.get_output_embeddings()
+    adapters = [m for m in policy.modules() if isinstance(m, LoraLayer)]
+    inside = {id(m) for lora in adapters for m in lora.modules()}  # reached through their LoRA layer only
     for parent in policy.modules():
+        if id(parent) in inside:
+            continue
         for attribute, module in parent.named_children():
             if isinstance(module, LoraLayer):
                 yield parent, attribute, module.get_base_layer(), module
@@ -142,8 +145,10 @@ def _linear_layers(policy: torch.nn.Module):
 def bf16_generation_weights(policy: torch.nn.Module):
     """Inside the block each linear layer of ``policy`` holds a bfloat16 copy of its weight; a LoRA
     layer is replaced by its base layer holding the merged weight (base plus the active adapters'
-    delta), so generation runs no adapter code. Everything is put back afterwards: the original
-    float32 tensors, not a subtraction of the delta."""
+    delta), so generation runs no adapter code. A merged LoRA layer only has its base weight swapped; a
+    LoRA variant's layer (DoRA: not base + B A) is left as it is and runs its own forward under
+    autocast. Everything is put back afterwards: the original float32 tensors, not a subtraction of
+    the delta."""
     weights, modules = [], []
     head = policy.get_output_embeddings()
     try:
@@ -151,10 +156,10 @@ def bf16_generation_weights(policy: torch.nn.Module):
             head.generation_weight = head.weight.detach().to(torch.bfloat16)  # read by float32_output_layer
         with torch.no_grad():
             for parent, attribute, linear, lora in list(_linear_layers(policy)):
-                if linear.weight.dtype != torch.float32 or (lora is not None and getattr(lora, "merged", False)):
-                    continue
+                if linear.weight.dtype != torch.float32 or (lora is not None and lora_variant(lora)):
+                    continue  # a DoRA layer keeps its float32 weights and its own forward (under autocast)
                 merged = linear.weight.data
-                if lora is not None and not lora.disable_adapters:
+                if lora is not None and not lora.merged and not lora.disable_adapters:
                     for name in lora.active_adapters:
                         if name in lora.lora_A:
                             merged = merged + lora.get_delta_weight(name)

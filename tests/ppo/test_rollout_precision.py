@@ -178,3 +178,38 @@ def test_reply_logits_only_gives_trl_the_same_reply_logits_and_gradients(lora_po
     hidden = torch.randn(2, 3, lora_policy.config.hidden_size)
     head = lora_policy.get_base_model().get_output_embeddings()
     assert torch.equal(head(hidden), torch.nn.functional.linear(hidden, head.weight))
+
+
+def test_a_dora_policy_is_never_merged_as_plain_lora(tiny_model_dir):
+    """DoRA rescales base + B A by a learned magnitude: the fast loop refuses it (and says why), and the
+    bfloat16 weight swap leaves its layers as they are, so generation samples the DoRA policy itself."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from rlhf.decode import unsupported_reason
+    from rlhf.modeling import load_policy
+
+    torch.manual_seed(0)
+    policy = get_peft_model(load_policy(tiny_model_dir, dtype="float32"),
+                            LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, use_dora=True,
+                                       target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    assert "LoRA variant (DoraLinearVariant" in unsupported_reason(policy)
+    dora = {n: m for n, m in policy.named_modules() if isinstance(m, LoraLayer)}
+    plain = next(m for n, m in policy.named_modules() if n.endswith("k_proj"))
+    with bf16_generation_weights(policy):
+        assert {n: m for n, m in policy.named_modules() if isinstance(m, LoraLayer)} == dora
+        assert all(m.get_base_layer().weight.dtype == torch.float32 for m in dora.values())
+        assert plain.weight.dtype == torch.bfloat16  # layers without an adapter are still swapped
+    tok, batch = _prompt(tiny_model_dir)
+    with torch.no_grad():
+        expected = policy(**batch).logits[:, -1].float()
+        with bf16_generation_weights(policy), torch.autocast("cpu", dtype=torch.bfloat16):
+            swapped = policy(**batch).logits[:, -1].float()
+        with policy.disable_adapter():
+            base = policy(**batch).logits[:, -1].float()
+    # the swap changes precision only: nearer the DoRA policy than the base model is
+    assert (swapped - expected).abs().mean() < (swapped - base).abs().mean()
