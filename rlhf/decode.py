@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlhf import decode_native
 from rlhf.lora import lora_layer_type, lora_variant
 from rlhf.ppo.rollout import bf16_linear, top_exact_logits
 
@@ -221,13 +222,16 @@ def _attend_one(q, keys, values, masked) -> torch.Tensor:
     return torch.matmul(probs.float(), values.float()).to(torch.bfloat16).view(batch, 1, heads * head_dim)
 
 
-def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, rotary=None) -> torch.Tensor:
+def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, rotary=None,
+             native: bool = True) -> torch.Tensor:
     """Final normed hidden state of the last token of each row, float32 (batch, hidden).
 
     ``ids``/``positions``: (batch, tokens) written at cache slots ``start`` to ``start + tokens``;
     ``keys``/``values``: per layer (batch, kv_heads, max_len, head_dim) bfloat16, filled in place;
     ``mask``: boolean (batch, 1, tokens, start + tokens), True where a query may attend;
     ``rotary``: (cos, sin) of shape (batch, 1, tokens, head_dim) in place of computing them from ``positions``.
+    One token per row runs in C++ (``rlhf.decode_native``: the same operations) unless ``native`` is
+    False or it cannot be built.
     """
     batch, tokens = ids.shape
     end = start + tokens
@@ -240,6 +244,10 @@ def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, r
     q_width, kv_width = w.heads * w.head_dim, w.kv_heads * w.head_dim
     size = hidden.shape[-1:]
     masked = ~mask if tokens == 1 else None
+    if masked is not None and native:
+        out = decode_native.step(w, hidden, cos, sin, keys, values, start, masked)
+        if out is not None:
+            return out
     for layer, k_cache, v_cache in zip(w.layers, keys, values):
         x = F.rms_norm(hidden, size, layer.input_norm, w.eps).to(torch.bfloat16)
         qkv = bf16_linear(x, layer.qkv)

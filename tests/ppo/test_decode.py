@@ -243,3 +243,25 @@ def test_top_p_drops_what_transformers_warper_drops_with_or_without_the_full_sor
             want = torch.isinf(TopPLogitsWarper(top_p)(None, logits.clone()))
             assert torch.equal(_top_p_drop(logits, top_p), want)
             assert torch.equal(_top_p_drop(logits, top_p, candidates=(8,)), want)  # too few: falls back
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_cpp_step_samples_what_the_python_loop_samples(lora_policy, tiny_model_dir, monkeypatch, packed):
+    """rlhf.decode_native runs the one-token step from C++ (built here with g++ and the pinned ninja): the
+    same sampled tokens as the Python loop, packed weights or not, and the same scores but for the order
+    in which its norms add up their squares (float32 rounding: at most about 1e-6 here)."""
+    import rlhf.decode as decode_module
+    from rlhf import decode_native
+
+    assert decode_native.available(), decode_native._failed
+    if not packed:
+        monkeypatch.setattr(decode_module, "packing_available", lambda device: False)
+    tok, batch = _prompts(tiny_model_dir)
+    native = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
+    calls = []
+    forward = decode_module._forward
+    monkeypatch.setattr(decode_module, "_forward", lambda *a, **k: calls.append(1) or forward(*a, **k, native=False))
+    python = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
+    assert len(calls) == 12  # the prompt pass and 11 one-token steps, all in Python this time
+    assert torch.equal(native[0], python[0])
+    assert (native[1] - python[1]).abs().max() < 1e-4
