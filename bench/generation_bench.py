@@ -246,12 +246,12 @@ def python_steps():
     """rlhf.decode's loop with its one-token steps in Python, as before its C++ step."""
     from rlhf import decode_native
 
-    saved = decode_native.step
-    decode_native.step = lambda *args, **kwargs: None
+    saved = decode_native.available
+    decode_native.available = lambda: False
     try:
         yield
     finally:
-        decode_native.step = saved
+        decode_native.available = saved
 
 
 @contextlib.contextmanager

@@ -222,16 +222,14 @@ def _attend_one(q, keys, values, masked) -> torch.Tensor:
     return torch.matmul(probs.float(), values.float()).to(torch.bfloat16).view(batch, 1, heads * head_dim)
 
 
-def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, rotary=None,
-             native: bool = True) -> torch.Tensor:
+def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, rotary=None) -> torch.Tensor:
     """Final normed hidden state of the last token of each row, float32 (batch, hidden).
 
     ``ids``/``positions``: (batch, tokens) written at cache slots ``start`` to ``start + tokens``;
     ``keys``/``values``: per layer (batch, kv_heads, max_len, head_dim) bfloat16, filled in place;
     ``mask``: boolean (batch, 1, tokens, start + tokens), True where a query may attend;
     ``rotary``: (cos, sin) of shape (batch, 1, tokens, head_dim) in place of computing them from ``positions``.
-    One token per row runs in C++ (``rlhf.decode_native``: the same operations) unless ``native`` is
-    False or it cannot be built.
+    ``decode`` runs its one-token steps in C++ instead where it can (``rlhf.decode_native``).
     """
     batch, tokens = ids.shape
     end = start + tokens
@@ -244,10 +242,6 @@ def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, r
     q_width, kv_width = w.heads * w.head_dim, w.kv_heads * w.head_dim
     size = hidden.shape[-1:]
     masked = ~mask if tokens == 1 else None
-    if masked is not None and native:
-        out = decode_native.step(w, hidden, cos, sin, keys, values, start, masked)
-        if out is not None:
-            return out
     for layer, k_cache, v_cache in zip(w.layers, keys, values):
         x = F.rms_norm(hidden, size, layer.input_norm, w.eps).to(torch.bfloat16)
         qkv = bf16_linear(x, layer.qkv)
@@ -366,6 +360,8 @@ def decode(model, input_ids, attention_mask=None, *, max_new_tokens: int, do_sam
     eos = torch.tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else
                        [] if eos_token_id is None else [eos_token_id], device=device)
     hidden = _forward(w, input_ids, positions, keys, values, 0, prefill_mask)
+    # The one-token steps in C++ where it was built, over float32 copies of the cache (the same values)
+    step_caches = decode_native.float_caches(keys, values) if decode_native.available() else None
     logits = top_exact_logits(hidden, w.head, w.head_bf16)
     new_positions = positions[:, -1:] + 1 + torch.arange(max_new_tokens, device=device)
     cos_all, sin_all = w.decoder.rotary_emb(hidden[:, None], new_positions)
@@ -389,7 +385,10 @@ def decode(model, input_ids, attention_mask=None, *, max_new_tokens: int, do_sam
         slot = prompt + step
         cos, sin = cos_all[:, None, step:step + 1], sin_all[:, None, step:step + 1]
         mask = key_valid[:, None, None, :slot + 1]
-        hidden = _forward(w, token[:, None], None, keys, values, slot, mask, rotary=(cos, sin))
+        if step_caches is not None:
+            hidden = decode_native.step(w, w.embed(token[:, None]).float(), cos, sin, *step_caches, slot, ~mask)
+        else:
+            hidden = _forward(w, token[:, None], None, keys, values, slot, mask, rotary=(cos, sin))
         logits = top_exact_logits(hidden, w.head, w.head_bf16)
     sequences = torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
     return DecodeOutput(sequences, tuple(scores) if output_scores else None)

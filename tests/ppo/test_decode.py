@@ -257,11 +257,13 @@ def test_the_cpp_step_samples_what_the_python_loop_samples(lora_policy, tiny_mod
     if not packed:
         monkeypatch.setattr(decode_module, "packing_available", lambda device: False)
     tok, batch = _prompts(tiny_model_dir)
-    native = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
     calls = []
     forward = decode_module._forward
-    monkeypatch.setattr(decode_module, "_forward", lambda *a, **k: calls.append(1) or forward(*a, **k, native=False))
+    monkeypatch.setattr(decode_module, "_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    native = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
+    assert len(calls) == 1  # the prompt pass; the 11 one-token steps ran in C++
+    monkeypatch.setattr(decode_native, "available", lambda: False)
     python = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
-    assert len(calls) == 12  # the prompt pass and 11 one-token steps, all in Python this time
+    assert len(calls) == 13  # and the prompt pass and 11 steps, all in Python this time
     assert torch.equal(native[0], python[0])
     assert (native[1] - python[1]).abs().max() < 1e-4
