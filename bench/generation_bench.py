@@ -1,5 +1,7 @@
 """Generation speed on the bundled model: ms per new token beside the machine's lower bound.
 
+The model is PPO's default policy: the bundled model in float32 with the default LoRA adapter.
+
 Variants (same prompts, same number of new tokens, end token ignored so every row runs to the limit):
 
   float32_eager   transformers' generate() on the float32 model
@@ -13,8 +15,9 @@ Variants (same prompts, same number of new tokens, end token ignored so every ro
                   (oneDNN reorders each at every product), torch.multinomial, flash attention per token,
                   top-p by a sort of the whole vocabulary (these variants sample with top-p 1: no sort)
   fast_python     rlhf.decode's loop with its one-token steps in Python (as before rlhf.decode_native)
-  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): weights packed
-                  in oneDNN's layout once per call (as PPO packs once per update), inverse-CDF
+  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): the adapted
+                  weights packed in oneDNN's layout once per call, after an in-place change of the
+                  adapter (as PPO packs once per update), the frozen head kept; inverse-CDF
                   sampling, one-query attention, top-p among the largest 256 or 2,048 entries, each
                   one-token step over the layers in one C++ call (rlhf.decode_native)
   fast_kept       the same with the packed weights kept from call to call (as generate_replies keeps
@@ -83,14 +86,35 @@ def matmul_flops(torch, dtype, n: int = 2048, repeats: int = 5) -> float:
 
 
 def load(torch):
+    """The bundled model as PPO's default policy: float32, the default LoRA adapter on every projection
+    (its B given small values, as after some updates; the base weights frozen), the head in float32."""
+    from peft import get_peft_model
+
+    from rlhf.lora import LoraSettings, lora_config
     from rlhf.modeling import load_policy, load_tokenizer, prepare_bundled_model
     from rlhf.ppo.rollout import float32_output_layer
 
     path = prepare_bundled_model(progress=False)
     tokenizer = load_tokenizer(path, padding_side="left")
-    model = load_policy(path, dtype="float32").eval()
+    torch.manual_seed(0)
+    model = get_peft_model(load_policy(path, dtype="float32"), lora_config(LoraSettings(), "CAUSAL_LM")).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
     float32_output_layer(model.get_output_embeddings())  # as PPO's bf16 settings do
     return model, tokenizer
+
+
+def adapter_step(model):
+    """Mark the adapter's weights changed in place, as PPO's optimizer step does between rollout batches
+    (their values stay: every call samples from the same policy)."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            with torch.no_grad():
+                param.add_(0)
 
 
 def encode(tokenizer, batch: int):
@@ -119,6 +143,7 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
         return run
 
     def fast(enc):
+        adapter_step(model)  # as an update does: the adapted layers are packed again, the frozen head is not
         decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, temperature=0.7,
                eos_token_id=None, pad_token_id=tokenizer.pad_token_id, output_scores=True)
 
@@ -130,15 +155,18 @@ def variants(torch, model, tokenizer, tokens: int, compile_: bool) -> dict:
         with python_steps():
             fast(enc)
 
+    # generate_replies' case on its own copy of the policy: "fast" changes the adapter before each call
+    import copy
+
+    kept_model = copy.deepcopy(model)
+
     def fast_kept(enc):
-        decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, temperature=0.7,
+        decode(kept_model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, temperature=0.7,
                eos_token_id=None, pad_token_id=tokenizer.pad_token_id, output_scores=True,
-               weights=PackedWeights.kept(model))
+               weights=PackedWeights.kept(kept_model))
 
     # A whole bfloat16 copy (weights, norms, embeddings, cache): transformers' static cache needs one
     # dtype (under autocast the keys come out float32 and the values bfloat16, which it refuses).
-    import copy
-
     bf16_model = copy.deepcopy(model).to(torch.bfloat16)
     # the copy's head would keep the float32 wrapper of the original (it closes over the original layer)
     vars(bf16_model.get_output_embeddings()).pop("forward", None)
@@ -171,7 +199,8 @@ def lower_bound(model, name: str, batch: int, bandwidth: float, bf16_flops: floa
     """Seconds per token: weights read once per token (bfloat16 matrices and the bfloat16 head copy in the
     bfloat16 variants; float32 in float32_eager) against bandwidth, or the matrix FLOPs against throughput."""
     embed = model.get_input_embeddings().weight.numel()
-    matrices = sum(p.numel() for p in model.parameters()) - embed  # decoder layers (norms are tiny)
+    # decoder layers (norms are tiny), adapters merged in (read as part of the weights they change)
+    matrices = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) - embed
     params = matrices + embed  # the tied LM head is read once per token too
     float32 = name == "float32_eager"
     bytes_per_token = params * (4 if float32 else 2)

@@ -6,10 +6,11 @@ calls with their hooks), not in the matrix products: the bundled model's weights
 270 MB, which the machine streams in a fraction of the 60 ms a token took. This loop runs the same
 arithmetic with far fewer operations:
 
-* the weights are packed once per call (``PackedWeights``): q, k and v of a layer in one bfloat16
+* the weights are packed per call (``PackedWeights``): q, k and v of a layer in one bfloat16
   matrix, gate and up in another, LoRA adapters merged in, so a layer is four matrix products;
-  they are read from the modules at every call, so an adapter that changed since the last call
-  (PPO's policy after each update) is what is sampled from;
+  a matrix whose sources changed since the last call (PPO's policy after each update) is made
+  again, so the adapter sampled from is the current one, and one whose sources did not (the frozen
+  LM head) is reused;
 * the key/value cache is allocated once at full length (prompt + new tokens) and written in place;
 * the batch keeps its full width to the end (finished rows produce padding), sampling
   (temperature, top-k, top-p, or greedy) runs on tensors, and the loop stops when every row ended.
@@ -27,13 +28,14 @@ partitions); callers fall back to ``generate()`` and say so otherwise.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from rlhf import decode_native
-from rlhf.lora import lora_layer_type, lora_variant
+from rlhf.lora import lora_layer_type, lora_variant, merged_weight
 from rlhf.ppo.rollout import bf16_linear, top_exact_logits
 
 SUPPORTED_TYPES = ("llama",)
@@ -74,32 +76,6 @@ def supports(model) -> bool:
 # Weights
 
 
-def _weight(linear) -> torch.Tensor:
-    """A linear layer's weight with its active LoRA adapters merged in (float32 or as stored)."""
-    if isinstance(linear, lora_layer_type()):
-        weight = linear.get_base_layer().weight
-        if linear.merged or linear.disable_adapters:
-            return weight
-        for name in linear.active_adapters:
-            if name in linear.lora_A:
-                weight = _plus_delta(linear, name, weight)
-        return weight
-    return linear.weight
-
-
-def _plus_delta(linear, name: str, weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` plus LoRA adapter ``name``'s delta (scaling x B @ A), as peft's ``get_delta_weight``.
-
-    For float32 weights in the usual layout, in one ``addmm``: peft's product, scaling and sum are
-    three passes over the full matrix, 0.07 of the 0.16 s it took to pack the bundled model's LoRA
-    policy (PPO packs once per update).
-    """
-    a, b = linear.lora_A[name].weight, linear.lora_B[name].weight
-    if linear.fan_in_fan_out or not weight.dtype == a.dtype == b.dtype == torch.float32:
-        return weight + linear.get_delta_weight(name)
-    return torch.addmm(weight, b, a, alpha=linear.scaling[name])
-
-
 def packing_available(device) -> bool:
     """Whether oneDNN can hold bfloat16 weights in its own layout on ``device`` (CPUs with it)."""
     return (device.type == "cpu" and torch.backends.mkldnn.is_available()
@@ -128,10 +104,24 @@ class PackedLayer:
     down: torch.Tensor          # (hidden, intermediate) bfloat16
 
 
-class PackedWeights:
-    """The decoder's weights for one generation call, bfloat16 matrices packed per layer."""
+# model -> {slot: (what the matrix was made from, the matrix)}; weakly held, and not a model attribute,
+# so a deep copy of the model does not try to copy oneDNN's tensors.
+_remembered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def __init__(self, model, rows: int = 4):
+
+class PackedWeights:
+    """The decoder's weights for one generation call, bfloat16 matrices packed per layer.
+
+    A matrix whose sources did not change since an earlier call is not made again: every matrix is
+    remembered on the model with what it was made from (each source tensor's identity, storage and
+    in-place version, and each LoRA layer's switches), and it is reused while those are the same. It is
+    remembered when none of its sources trains (``requires_grad`` off: in a LoRA policy the base weights,
+    so the LM head, a fifth of the bundled model's bytes and half its packing time, is packed once per
+    run rather than once per rollout batch), or for every matrix when ``keep`` (``kept``). Otherwise a
+    matrix whose sources train is made at every call and not held after it, so training holds no copy.
+    """
+
+    def __init__(self, model, rows: int = 4, keep: bool = False):
         lm, decoder = _backbone(model)
         config = lm.config
         self.lm, self.decoder, self.config = lm, decoder, config
@@ -140,56 +130,82 @@ class PackedWeights:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.packed = packing_available(lm.device)
+        memo = _remembered.setdefault(model, {})
 
-        def bf16(*linears):
+        def remembered(slot, linears, make):
+            """``make()``, or the matrix made for ``slot`` from the same sources by an earlier call."""
+            sources = [t for linear in linears for t in _sources(linear)]
+            key = (self.packed, rows, tuple(_state(t) for t in sources),
+                   tuple(_switches(linear) for linear in linears))
+            hit = memo.get(slot)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+            memo.pop(slot, None)  # an outdated copy is freed before the new one is made
+            matrix = make()
+            if keep or not any(t.requires_grad for t in sources):
+                memo[slot] = (key, matrix)
+            return matrix
+
+        def bf16(slot, *linears):
             """The layers' weights stacked, in bfloat16 (each cast before stacking: fewer bytes moved)."""
-            parts = [_weight(linear).to(torch.bfloat16) for linear in linears]
-            matrix = torch.cat(parts) if len(parts) > 1 else parts[0]
-            return pack(matrix, rows) if self.packed else matrix
+            def make():
+                parts = [merged_weight(linear).to(torch.bfloat16) for linear in linears]
+                matrix = torch.cat(parts) if len(parts) > 1 else parts[0]
+                return pack(matrix, rows) if self.packed else matrix
+            return remembered(slot, linears, make)
 
         self.layers = []
         with torch.no_grad():
-            for layer in decoder.layers:
+            for i, layer in enumerate(decoder.layers):
                 attn, mlp = layer.self_attn, layer.mlp
                 self.layers.append(PackedLayer(
                     input_norm=layer.input_layernorm.weight.float(),
-                    qkv=bf16(attn.q_proj, attn.k_proj, attn.v_proj),
-                    o=bf16(attn.o_proj),
+                    qkv=bf16((i, "qkv"), attn.q_proj, attn.k_proj, attn.v_proj),
+                    o=bf16((i, "o"), attn.o_proj),
                     post_norm=layer.post_attention_layernorm.weight.float(),
-                    gate_up=bf16(mlp.gate_proj, mlp.up_proj),
-                    down=bf16(mlp.down_proj)))
+                    gate_up=bf16((i, "gate_up"), mlp.gate_proj, mlp.up_proj),
+                    down=bf16((i, "down"), mlp.down_proj)))
             self.final_norm = decoder.norm.weight.float()
             head = lm.get_output_embeddings()
-            self.head = _weight(head).float()
-            self.head_bf16 = bf16(head)
+            self.head = remembered("head", [head], lambda: merged_weight(head).float())
+            self.head_bf16 = bf16("head_bf16", head)
             self.embed = decoder.embed_tokens
 
     @classmethod
     def kept(cls, model) -> "PackedWeights":
-        """The packed weights kept on ``model`` from an earlier call while none of its parameters
-        changed in place since (an optimizer step, a load) and its adapters are switched as they were;
-        packed again otherwise. For callers that generate several batches from a model that does not
-        train meanwhile (``generate_replies``: candidates, held-out replies), so a job packs once
-        rather than once per batch (about 0.2 s each for the bundled model). The copy stays on the
-        model (about 270 MB for the bundled one) until the model goes."""
-        key = _weights_state(model)
-        kept = model.__dict__.get("_rlhf_packed_weights")
-        if kept is not None and kept[0] == key:
-            return kept[1]
-        model.__dict__.pop("_rlhf_packed_weights", None)  # free the old copy before packing the new one
-        weights = cls(model)
-        model.__dict__["_rlhf_packed_weights"] = (key, weights)
-        return weights
+        """Every matrix remembered on ``model`` (and reused while its sources are unchanged), also those
+        of weights that train: for callers that generate several batches from a model that does not
+        train meanwhile (``generate_replies``: candidates, held-out replies), so a job packs once rather
+        than once per batch (about 0.2 s each for the bundled model). The copies stay on the model
+        (about 270 MB for the bundled one) until the model goes."""
+        return cls(model, keep=True)
 
 
-def _weights_state(model) -> tuple:
-    """What the packed weights depend on: every parameter (its identity and in-place version) and
-    each LoRA layer's switches (adapters disabled, active, merged)."""
-    LoraLayer = lora_layer_type()
-    parameters = tuple((id(p), p._version) for p in model.parameters())
-    switches = tuple((m.disable_adapters, tuple(m.active_adapters), m.merged)
-                     for m in model.modules() if isinstance(m, LoraLayer))
-    return parameters + switches
+def _sources(linear) -> list[torch.Tensor]:
+    """The tensors a linear layer's (merged) weight is made from: its weight, or a LoRA layer's base
+    weight and its active adapters' A and B."""
+    if not isinstance(linear, lora_layer_type()):
+        return [linear.weight]
+    sources = [linear.get_base_layer().weight]
+    if not (linear.merged or linear.disable_adapters):
+        for name in linear.active_adapters:
+            if name in linear.lora_A:
+                sources += [linear.lora_A[name].weight, linear.lora_B[name].weight]
+    return sources
+
+
+def _state(tensor: torch.Tensor) -> tuple:
+    """Changes when the tensor is replaced, given other storage (``.data = ``) or changed in place (an
+    optimizer step, ``load_state_dict``)."""
+    return id(tensor), tensor.data_ptr(), tensor._version, tensor.dtype
+
+
+def _switches(linear) -> tuple:
+    """A LoRA layer's switches that decide its merged weight (adapters off, active, merged, scales)."""
+    if not isinstance(linear, lora_layer_type()):
+        return ()
+    return (linear.disable_adapters, tuple(linear.active_adapters), linear.merged,
+            tuple(sorted(linear.scaling.items())))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -59,3 +59,30 @@ def lora_variant(layer) -> str | None:
         if variant is not None:
             return type(variant).__name__
     return None
+
+
+def merged_weight(layer):
+    """A linear layer's weight with its active LoRA adapters merged in: base + scaling x B @ A for each
+    (peft's ``get_delta_weight``), without touching the layer. A plain linear layer's weight, or a merged
+    or disabled LoRA layer's base weight, as it is (the same tensor). Check ``lora_variant`` first: a
+    variant's weight is not this sum.
+
+    For float32 weights in the usual layout the sum is one ``addmm``: peft's product, scaling and sum are
+    three passes over the full matrix (0.07 of the 0.16 s it took to pack the bundled model's LoRA policy).
+    """
+    import torch
+
+    if not isinstance(layer, lora_layer_type()):
+        return layer.weight
+    weight = layer.get_base_layer().weight
+    if layer.merged or layer.disable_adapters:
+        return weight
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        if layer.fan_in_fan_out or not weight.dtype == a.dtype == b.dtype == torch.float32:
+            weight = weight + layer.get_delta_weight(name)
+        else:
+            weight = torch.addmm(weight, b, a, alpha=layer.scaling[name])
+    return weight

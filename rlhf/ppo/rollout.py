@@ -32,7 +32,7 @@ import functools
 
 import torch
 
-from rlhf.lora import lora_layer_type, lora_variant
+from rlhf.lora import lora_layer_type, lora_variant, merged_weight
 
 
 def _bf16_autocast(device_type: str):
@@ -159,12 +159,11 @@ def bf16_generation_weights(policy: torch.nn.Module):
                 if linear.weight.dtype != torch.float32 or (lora is not None and lora_variant(lora)):
                     continue  # a DoRA layer keeps its float32 weights and its own forward (under autocast)
                 merged = linear.weight.data
-                if lora is not None and not lora.merged and not lora.disable_adapters:
-                    for name in lora.active_adapters:
-                        if name in lora.lora_A:
-                            merged = merged + lora.get_delta_weight(name)
-                    modules.append((parent, attribute, lora))
-                    setattr(parent, attribute, linear)
+                if lora is not None:
+                    merged = merged_weight(lora).detach()
+                    if not lora.merged and not lora.disable_adapters:
+                        modules.append((parent, attribute, lora))
+                        setattr(parent, attribute, linear)
                 weights.append((linear.weight, linear.weight.data))
                 linear.weight.data = merged.to(torch.bfloat16)
         yield

@@ -220,15 +220,31 @@ def test_kept_weights_are_packed_again_when_the_model_changes(lora_policy):
     from rlhf.decode import PackedWeights
 
     first = PackedWeights.kept(lora_policy)
-    assert PackedWeights.kept(lora_policy) is first
+    assert PackedWeights.kept(lora_policy).layers[0].qkv is first.layers[0].qkv
     with lora_policy.disable_adapter():
         off = PackedWeights.kept(lora_policy)
-        assert off is not first and not torch.equal(off.layers[0].qkv.to_dense(), first.layers[0].qkv.to_dense())
+        assert not torch.equal(off.layers[0].qkv.to_dense(), first.layers[0].qkv.to_dense())
+        assert off.head_bf16 is first.head_bf16  # the head has no adapter: the same matrix
     again = PackedWeights.kept(lora_policy)
-    assert again is not off
+    assert again.layers[0].qkv is not off.layers[0].qkv
+    assert torch.equal(again.layers[0].qkv.to_dense(), first.layers[0].qkv.to_dense())
     with torch.no_grad():  # an in-place change (as an optimizer step makes) is seen
         next(p for n, p in lora_policy.named_parameters() if "lora_B" in n).add_(1.0)
-    assert PackedWeights.kept(lora_policy) is not again
+    changed = PackedWeights.kept(lora_policy)
+    assert changed.layers[0].qkv is not again.layers[0].qkv and changed.layers[1].qkv is again.layers[1].qkv
+
+
+def test_per_call_weights_keep_only_what_does_not_train(lora_policy):
+    """PPO's rollouts pack per call: the adapted layers (their LoRA A and B train) are made again every
+    time and not held between calls; the frozen LM head is packed once and reused."""
+    from rlhf.decode import PackedWeights, _remembered
+
+    assert any(p.requires_grad for n, p in lora_policy.named_parameters() if "lora_A" in n)
+    first, second = PackedWeights(lora_policy), PackedWeights(lora_policy)
+    assert second.head_bf16 is first.head_bf16
+    assert second.layers[0].qkv is not first.layers[0].qkv
+    assert torch.equal(second.layers[0].qkv.to_dense(), first.layers[0].qkv.to_dense())
+    assert set(_remembered[lora_policy]) == {"head", "head_bf16"}
 
 
 def test_top_p_drops_what_transformers_warper_drops_with_or_without_the_full_sort():
