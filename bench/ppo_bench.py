@@ -17,7 +17,10 @@ names its cause:
                     the other variants use transformers' generate())
   reply_logits      the policy's LM head computes logits for the reply's columns only (TRL reads no
                     other), not the prompt's (reply_logits_only)
-  b_default         configs/ppo/default.yaml: all of the above
+  malloc_keep       glibc's malloc keeps freed memory for reuse (rlhf.runtime.keep_freed_memory): large
+                    tensors allocated again at every update are not faulted in and zeroed page by page
+  b_default         configs/ppo/default.yaml and the process setting above, as ``rlhf ppo`` runs: all of
+                    the above
 
 Each update is also split into phases by timing TRL's functions (generation, the reference pass,
 the value and reward passes, the training forward, backward, optimizer step, gc.collect, and the rest:
@@ -62,8 +65,11 @@ VARIANTS = {
     "freeze_gc": {**_OFF, "freeze_gc": True},
     "fast_decode": {**_OFF, "bf16_rollouts": True, "generation_backend": "fast"},
     "reply_logits": {**_OFF, "reply_logits_only": True},
+    "malloc_keep": _OFF,
     "b_default": {},  # configs/ppo/default.yaml as it is
 }
+# Variants that run with the process setting every ``rlhf`` command applies first (not a config field)
+KEEP_FREED_MEMORY = {"malloc_keep", "b_default"}
 
 
 def reward_model_dir() -> Path:
@@ -114,6 +120,10 @@ def child(variant: str, args) -> dict:
     from rlhf.ppo.config import PPORunConfig
     from rlhf.ppo.trainer import build_trainer
 
+    if variant in KEEP_FREED_MEMORY:
+        from rlhf.runtime import keep_freed_memory
+
+        assert keep_freed_memory(), "this C library has no mallopt"
     overrides = {"reward_model": args.reward_model, "output_dir": args.out, "total_updates": args.updates,
                  "per_device_batch_size": args.batch, "response_length": args.response_length,
                  "num_eval_prompts": 0, "save_every": 10_000, **VARIANTS[variant]}

@@ -129,6 +129,33 @@ def run_entry_point(main) -> NoReturn:
     sys.exit(code)
 
 
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Have glibc's malloc keep freed memory for the next allocation instead of handing it back to the
+    system (``mallopt``); False where the C library has no ``mallopt`` (musl, macOS) or refuses.
+
+    By default glibc serves a block of more than 128 KB to 32 MB with a fresh ``mmap`` and returns it on
+    ``free``, and trims the heap's free top: every large tensor a loop allocates again costs a page fault
+    per 4 KB page and the kernel zeroing it. Packing the bundled model's LoRA policy for one rollout batch
+    faulted 55,000 times (215 MB) and took 118 ms; with blocks up to ``mmap_threshold`` taken from the heap
+    and up to ``trim_threshold`` of free heap kept, 4 faults and 74 ms. TRL's reference PPO set-up ran
+    1.14x faster with it, its backward pass 1.36x (``bench/ppo_bench.py``, variant ``malloc_keep``). The
+    process's resident memory then stays near its high-water mark instead of falling back between
+    updates; the peak itself does not grow. Every ``rlhf`` command calls it first
+    (``RLHF_KEEP_FREED_MEMORY=0`` turns it off)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
 def cache_home() -> str:
     """Where converted models and compiled extensions are cached (``$RLHF_HOME`` or ~/.cache/rlhf)."""
     return os.environ.get("RLHF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "rlhf")
