@@ -322,9 +322,10 @@ def main() -> int:
                         help="also time the quickstart's candidate generation (84 x 4 replies) before and after")
     args = parser.parse_args()
 
-    from rlhf.runtime import apply_offline_env
+    from rlhf.runtime import apply_offline_env, keep_freed_memory
 
     apply_offline_env()
+    keep_freed_memory()  # as every rlhf command runs
     import torch
 
     model, tokenizer = load(torch)

@@ -214,7 +214,8 @@ def module():
                 try:
                     _module = _build()
                 except Exception as exc:  # no compiler, no headers: the Python loop does the same work
-                    _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                    last_line = (str(exc).strip().splitlines() or [""])[-1]  # a compiler's output ends with the cause
+                    _failed = f"{type(exc).__name__}: {last_line}"
                     log.warning("generation: the fast loop's C++ step could not be built (%s); running its "
                                 "steps in Python", _failed)
     return _module
