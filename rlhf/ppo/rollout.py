@@ -158,12 +158,10 @@ def bf16_generation_weights(policy: torch.nn.Module):
             for parent, attribute, linear, lora in list(_linear_layers(policy)):
                 if linear.weight.dtype != torch.float32 or (lora is not None and lora_variant(lora)):
                     continue  # a DoRA layer keeps its float32 weights and its own forward (under autocast)
-                merged = linear.weight.data
-                if lora is not None:
-                    merged = merged_weight(lora).detach()
-                    if not lora.merged and not lora.disable_adapters:
-                        modules.append((parent, attribute, lora))
-                        setattr(parent, attribute, linear)
+                merged = merged_weight(lora if lora is not None else linear).detach()
+                if lora is not None and not lora.merged and not lora.disable_adapters:
+                    modules.append((parent, attribute, lora))
+                    setattr(parent, attribute, linear)
                 weights.append((linear.weight, linear.weight.data))
                 linear.weight.data = merged.to(torch.bfloat16)
         yield
