@@ -23,7 +23,8 @@ from typing import Any
 from rlhf.config import add_config_flags, config_from_args, save_resolved
 from rlhf.errors import UserError
 from rlhf.lora import lora_config
-from rlhf.runtime import apply_offline_env, is_main_process, run_entry_point, world_size, zero_stage
+from rlhf.runtime import (apply_memory_setting, apply_offline_env, is_main_process, run_entry_point, world_size,
+                          zero_stage)
 from rlhf.schema import pair_indices
 
 from reward.config import RewardTrainConfig
@@ -639,6 +640,7 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
 def main(argv: list[str] | None = None) -> int:
     """``python -m reward.train --config FILE ...``: the entry ``accelerate launch`` runs."""
     apply_offline_env()
+    apply_memory_setting()
     parser = argparse.ArgumentParser(prog="python -m reward.train", description="Train a reward model.")
     add_config_flags(parser, RewardTrainConfig)
     args = parser.parse_args(argv)

@@ -9,11 +9,10 @@ inside the functions a subcommand runs. This is the one core module that imports
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from rlhf.errors import UserError
-from rlhf.runtime import apply_offline_env, keep_freed_memory, run_entry_point
+from rlhf.runtime import apply_memory_setting, apply_offline_env, run_entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     apply_offline_env()
-    if os.environ.get("RLHF_KEEP_FREED_MEMORY", "1") != "0":
-        keep_freed_memory()  # no page faults for the tensors every update, step or batch allocates again
+    apply_memory_setting()  # no page faults for the tensors every update, step or batch allocates again
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)

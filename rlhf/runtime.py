@@ -144,8 +144,7 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 1 <<
     and up to ``trim_threshold`` of free heap kept, 4 faults and 74 ms. TRL's reference PPO set-up ran
     1.14x faster with it, its backward pass 1.36x (``bench/ppo_bench.py``, variant ``malloc_keep``). The
     process's resident memory then stays near its high-water mark instead of falling back between
-    updates; the peak itself does not grow. Every ``rlhf`` command calls it first
-    (``RLHF_KEEP_FREED_MEMORY=0`` turns it off)."""
+    updates; the peak itself does not grow. Every command calls it first (``apply_memory_setting``)."""
     import ctypes
 
     try:
@@ -154,6 +153,13 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 1 <<
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def apply_memory_setting() -> None:
+    """What every command's entry point (``rlhf``, and ``python -m reward.train`` under ``accelerate
+    launch``) calls first: ``keep_freed_memory()`` unless ``RLHF_KEEP_FREED_MEMORY=0``."""
+    if os.environ.get("RLHF_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()
 
 
 def cache_home() -> str:
