@@ -111,9 +111,9 @@ def adapter_step(model):
     (their values stay: every call samples from the same policy)."""
     import torch
 
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            with torch.no_grad():
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
                 param.add_(0)
 
 
@@ -322,10 +322,10 @@ def main() -> int:
                         help="also time the quickstart's candidate generation (84 x 4 replies) before and after")
     args = parser.parse_args()
 
-    from rlhf.runtime import apply_offline_env, keep_freed_memory
+    from rlhf.runtime import apply_memory_setting, apply_offline_env
 
     apply_offline_env()
-    keep_freed_memory()  # as every rlhf command runs
+    apply_memory_setting()  # as every rlhf command runs (RLHF_KEEP_FREED_MEMORY=0 turns it off)
     import torch
 
     model, tokenizer = load(torch)
