@@ -6,11 +6,13 @@ calls with their hooks), not in the matrix products: the bundled model's weights
 270 MB, which the machine streams in a fraction of the 60 ms a token took. This loop runs the same
 arithmetic with far fewer operations:
 
-* the weights are packed per call (``PackedWeights``): q, k and v of a layer in one bfloat16
-  matrix, gate and up in another, LoRA adapters merged in, so a layer is four matrix products;
-  a matrix whose sources changed since the last call (PPO's policy after each update) is made
-  again, so the adapter sampled from is the current one, and one whose sources did not (the frozen
-  LM head) is reused;
+* the weights are packed (``PackedWeights``): q, k and v of a layer in one bfloat16 matrix, gate
+  and up in another, so a layer is four matrix products. What does not train is packed once and
+  reused (in PPO's LoRA policy: every base weight and the LM head); an adapter that trains is
+  applied beside its packed base at every token as peft applies it (``Adapter``), so the adapter
+  sampled from is always the current one and nothing is packed again after an update. Callers that
+  sample many batches from a model that does not change meanwhile (``PackedWeights.kept``) get the
+  adapters merged into the packed matrices instead;
 * the key/value cache is allocated once at full length (prompt + new tokens) and written in place;
 * the batch keeps its full width to the end (finished rows produce padding), sampling
   (temperature, top-k, top-p, or greedy) runs on tensors, and the loop stops when every row ended.
@@ -95,6 +97,83 @@ def pack(matrix: torch.Tensor, rows: int = 4) -> torch.Tensor:
 
 
 @dataclass
+class Adapter:
+    """The LoRA adapters of one product's modules (q, k and v; or gate and up; or one), applied beside the
+    packed base weight as peft's LoRA layer computes them under bfloat16 autocast (the training forward):
+    ``y = bf16(base(x) + bf16(bf16(bf16(x A^T) B^T) * scaling))`` per module, each product in bfloat16
+    with float32 accumulation. Made at every call from the current A and B (a few MB), so an optimizer
+    step never sends the base weights through oneDNN's reordering again (75 ms a rollout batch for the
+    bundled model).
+
+    The modules' A are stacked (one product gives every module's ``x A^T``) and their B laid
+    block-diagonally, zero elsewhere (one product gives every module's ``u B^T``; the zeros add
+    nothing). ``a_blocks``, ``b_blocks`` and ``segments`` are the same numbers laid out for the C++
+    step's loops (``rlhf.decode_native``), which take sixteen output columns at a time: each run of
+    sixteen columns of A^T (and of each module's B^T) stored contiguously, so a token reads them as a
+    few sequential streams rather than rows thousands of bytes apart (the adapters are read from memory
+    at every token: the 270 MB of base weights streamed in between leave none of them in cache).
+    """
+    a: torch.Tensor          # (R, in) bfloat16: the modules' A stacked
+    b: torch.Tensor          # (out, R) bfloat16: their B, block-diagonal
+    scale: torch.Tensor      # (out,) float32: each output column's module scaling
+    a_blocks: torch.Tensor   # (ceil(R / 16), in, 16) bfloat16: A^T in runs of 16 columns, zero-padded
+    b_blocks: torch.Tensor   # flat bfloat16: per module its B^T as (ceil(out_m / 16), r_m, 16), zero-padded
+    segments: torch.Tensor   # (modules, 6) float64: first and end row of u, first and end column, scaling,
+                             # where the module's blocks start in b_blocks
+
+    @classmethod
+    def of(cls, linears) -> "Adapter":
+        """The adapters of LoRA layers with one active adapter each (``adapted_at_decode``)."""
+        parts, segments, row, column, offset = [], [], 0, 0, 0
+        for linear in linears:
+            name = linear.active_adapters[0]
+            a, b = linear.lora_A[name].weight, linear.lora_B[name].weight
+            scaling = float(linear.scaling[name])
+            parts.append((a, b.to(torch.bfloat16), scaling))
+            segments.append((row, row + a.shape[0], column, column + b.shape[0], scaling, offset))
+            row, column, offset = row + a.shape[0], column + b.shape[0], offset + _padded(b.shape[0]) * b.shape[1]
+        a = torch.cat([p[0] for p in parts]).to(torch.bfloat16)
+        b = torch.block_diag(*[p[1] for p in parts])
+        scale = torch.cat([torch.full((p[1].shape[0],), p[2]) for p in parts])
+        return cls(a=a, b=b, scale=scale, a_blocks=_runs_of_16(a),
+                   b_blocks=torch.cat([_runs_of_16(p[1]).flatten() for p in parts]),
+                   segments=torch.tensor(segments, dtype=torch.float64))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """What the adapters add to the base product of ``x`` (bfloat16), rounded to bfloat16."""
+        return (F.linear(F.linear(x, self.a), self.b).float() * self.scale).to(torch.bfloat16)
+
+
+def _padded(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def _runs_of_16(matrix: torch.Tensor) -> torch.Tensor:
+    """(rows, cols) -> (ceil(rows / 16), cols, 16): ``matrix.T`` in runs of 16 of its columns, each run
+    contiguous, zero-padded to a whole run."""
+    rows, cols = matrix.shape
+    padded = F.pad(matrix, (0, 0, 0, _padded(rows) - rows))
+    return padded.view(-1, 16, cols).transpose(1, 2).contiguous()
+
+
+def adapted_at_decode(linears) -> bool:
+    """Whether the adapters of ``linears`` are applied at decode time beside their packed base (``Adapter``):
+    every one a LoRA layer with one active adapter, not merged or switched off, whose base weight does not
+    train while its A and B do. Otherwise the adapters are merged into the packed matrix."""
+    LoraLayer = lora_layer_type()
+    for linear in linears:
+        if (not isinstance(linear, LoraLayer) or linear.merged or linear.disable_adapters
+                or getattr(linear, "fan_in_fan_out", False)):
+            return False
+        names = [n for n in linear.active_adapters if n in linear.lora_A]
+        if len(names) != 1 or len(linear.active_adapters) != 1 or linear.get_base_layer().weight.requires_grad:
+            return False
+        if not (linear.lora_A[names[0]].weight.requires_grad or linear.lora_B[names[0]].weight.requires_grad):
+            return False
+    return True
+
+
+@dataclass
 class PackedLayer:
     input_norm: torch.Tensor    # (hidden,) float32
     qkv: torch.Tensor           # (q + 2 kv widths, hidden) bfloat16
@@ -102,6 +181,11 @@ class PackedLayer:
     post_norm: torch.Tensor     # (hidden,) float32
     gate_up: torch.Tensor       # (2 * intermediate, hidden) bfloat16
     down: torch.Tensor          # (hidden, intermediate) bfloat16
+    # the adapters applied beside each product at decode time (None: none, or merged into the matrix)
+    qkv_adapter: Adapter | None = None
+    o_adapter: Adapter | None = None
+    gate_up_adapter: Adapter | None = None
+    down_adapter: Adapter | None = None
 
 
 # model -> {slot: (what the matrix was made from, the matrix)}; weakly held, and not a model attribute,
@@ -115,10 +199,12 @@ class PackedWeights:
     A matrix whose sources did not change since an earlier call is not made again: every matrix is
     remembered on the model with what it was made from (each source tensor's identity, storage and
     in-place version, and each LoRA layer's switches), and it is reused while those are the same. It is
-    remembered when none of its sources trains (``requires_grad`` off: in a LoRA policy the base weights,
-    so the LM head, a fifth of the bundled model's bytes and half its packing time, is packed once per
-    run rather than once per rollout batch), or for every matrix when ``keep`` (``kept``). Otherwise a
-    matrix whose sources train is made at every call and not held after it, so training holds no copy.
+    remembered when none of its sources trains (``requires_grad`` off), or for every matrix when
+    ``keep`` (``kept``). Where a LoRA adapter trains over a frozen base (PPO's policy), the base is
+    packed alone, once per run, and the adapter applied beside it at every token (``Adapter``), unless
+    ``keep``: then it is merged into the matrix, which is reused while the model does not change.
+    Otherwise a matrix whose sources train (full fine-tuning) is made at every call and not held after
+    it, so training holds no copy.
     """
 
     def __init__(self, model, rows: int = 4, keep: bool = False):
@@ -154,17 +240,25 @@ class PackedWeights:
                 return pack(matrix, rows) if self.packed else matrix
             return remembered(slot, linears, make)
 
+        def product(slot, *linears):
+            """(matrix, adapter applied beside it or None) for the layers' product."""
+            if keep or not adapted_at_decode(linears):
+                return bf16(slot, *linears), None
+            return bf16(slot, *(linear.get_base_layer() for linear in linears)), Adapter.of(linears)
+
         self.layers = []
         with torch.no_grad():
             for i, layer in enumerate(decoder.layers):
                 attn, mlp = layer.self_attn, layer.mlp
+                qkv, qkv_adapter = product((i, "qkv"), attn.q_proj, attn.k_proj, attn.v_proj)
+                o, o_adapter = product((i, "o"), attn.o_proj)
+                gate_up, gate_up_adapter = product((i, "gate_up"), mlp.gate_proj, mlp.up_proj)
+                down, down_adapter = product((i, "down"), mlp.down_proj)
                 self.layers.append(PackedLayer(
-                    input_norm=layer.input_layernorm.weight.float(),
-                    qkv=bf16((i, "qkv"), attn.q_proj, attn.k_proj, attn.v_proj),
-                    o=bf16((i, "o"), attn.o_proj),
-                    post_norm=layer.post_attention_layernorm.weight.float(),
-                    gate_up=bf16((i, "gate_up"), mlp.gate_proj, mlp.up_proj),
-                    down=bf16((i, "down"), mlp.down_proj)))
+                    input_norm=layer.input_layernorm.weight.float(), qkv=qkv, o=o,
+                    post_norm=layer.post_attention_layernorm.weight.float(), gate_up=gate_up, down=down,
+                    qkv_adapter=qkv_adapter, o_adapter=o_adapter, gate_up_adapter=gate_up_adapter,
+                    down_adapter=down_adapter))
             self.final_norm = decoder.norm.weight.float()
             head = lm.get_output_embeddings()
             self.head = remembered("head", [head], lambda: merged_weight(head).float())
@@ -210,6 +304,12 @@ def _switches(linear) -> tuple:
 
 # ---------------------------------------------------------------------------------------------------
 # The forward pass over the pre-allocated cache
+
+
+def _product(x, matrix, adapter: Adapter | None):
+    """``x @ matrix.T`` in bfloat16 (``bf16_linear``), plus the adapter's part where it is applied apart."""
+    y = bf16_linear(x, matrix)
+    return y if adapter is None else y + adapter.delta(x)
 
 
 def _rotate(x, cos, sin):
@@ -260,7 +360,7 @@ def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, r
     masked = ~mask if tokens == 1 else None
     for layer, k_cache, v_cache in zip(w.layers, keys, values):
         x = F.rms_norm(hidden, size, layer.input_norm, w.eps).to(torch.bfloat16)
-        qkv = bf16_linear(x, layer.qkv)
+        qkv = _product(x, layer.qkv, layer.qkv_adapter)
         # q and k side by side in one rotation (the same cos/sin for every head).
         qk = _rotate(qkv[..., :q_width + kv_width].view(batch, tokens, w.heads + w.kv_heads, w.head_dim)
                      .transpose(1, 2), cos, sin).to(torch.bfloat16)
@@ -273,10 +373,10 @@ def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, r
             attended = F.scaled_dot_product_attention(
                 q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
                 enable_gqa=w.kv_heads != w.heads).transpose(1, 2).reshape(batch, tokens, q_width)
-        hidden = hidden + bf16_linear(attended, layer.o)
+        hidden = hidden + _product(attended, layer.o, layer.o_adapter)
         x = F.rms_norm(hidden, size, layer.post_norm, w.eps).to(torch.bfloat16)
-        gate, up = bf16_linear(x, layer.gate_up).chunk(2, dim=-1)
-        hidden = hidden + bf16_linear(F.silu(gate) * up, layer.down)
+        gate, up = _product(x, layer.gate_up, layer.gate_up_adapter).chunk(2, dim=-1)
+        hidden = hidden + _product(F.silu(gate) * up, layer.down, layer.down_adapter)
     return F.rms_norm(hidden[:, -1], size, w.final_norm, w.eps)
 
 

@@ -35,6 +35,8 @@ SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <cmath>
+#include <cstring>
+#include <algorithm>
 
 using at::Tensor;
 
@@ -129,11 +131,142 @@ static void to_bf16(const Tensor& values, Tensor& out) {
   for (int64_t j = 0, n = values.numel(); j < n; ++j) o[j] = at::BFloat16(v[j]);
 }
 
+// Sixteen floats, and sixteen bfloat16 widened to them (a bfloat16 is the top half of a float32), with
+// GCC's vector extensions: AVX-512 registers where the compiler targets them (-march=native), pairs or
+// quadruples of narrower ones elsewhere. Products and sums stay separate operations (-ffp-contract=off),
+// so every lane computes what the scalar loop would.
+typedef float floats16 __attribute__((vector_size(64)));
+typedef uint16_t halves16 __attribute__((vector_size(32)));
+typedef uint32_t words16 __attribute__((vector_size(64)));
+static inline floats16 widen16(const at::BFloat16* p) {
+  halves16 h;
+  std::memcpy(&h, p, sizeof h);
+  const words16 w = __builtin_convertvector(h, words16) << 16;
+  floats16 f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+static inline float widen(at::BFloat16 v) { return static_cast<float>(v); }
+// Sixteen floats rounded to bfloat16 (to nearest, ties to even, as at::BFloat16; not-a-number is not
+// expected here): the rounded values as floats, or their sixteen bfloat16 stored at `out`.
+static inline words16 rounded_bits16(floats16 f) {
+  words16 w;
+  std::memcpy(&w, &f, sizeof w);
+  return (w + 0x7FFFu + ((w >> 16) & 1u)) & 0xFFFF0000u;
+}
+static inline floats16 round16(floats16 f) {
+  const words16 w = rounded_bits16(f);
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+static inline void store16(floats16 f, at::BFloat16* out) {
+  const halves16 h = __builtin_convertvector(rounded_bits16(f) >> 16, halves16);
+  std::memcpy(out, &h, sizeof h);
+}
+static inline float round_bf16(float v) { return static_cast<float>(at::BFloat16(v)); }
+
+// The adapter's sums may use fused multiply-adds (they add up in another order than oneDNN's anyway);
+// every other loop here rounds as ATen's operations do.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+
+// Sixteen columns of `rows` (at most 4, a compile-time count so the sums stay in registers) rows of
+// x M, for x float32 (row stride `xstride`, `terms` terms) and M bfloat16 with rows `mstride` apart:
+// acc[r] = sum over t of x[r][t] * M[t][0..16). Even and odd terms are summed apart and then added, so
+// two independent chains of additions keep the vector units busy.
+template <int rows>
+static inline void sums16(floats16 (&acc)[rows], const float* xf, int64_t xstride, const at::BFloat16* m,
+                          int64_t mstride, int64_t terms) {
+  floats16 odd[rows];
+  for (int r = 0; r < rows; ++r) acc[r] = odd[r] = floats16{};
+  int64_t t = 0;
+  for (; t + 2 <= terms; t += 2) {
+    const floats16 m0 = widen16(m + t * mstride), m1 = widen16(m + (t + 1) * mstride);
+    for (int r = 0; r < rows; ++r) {
+      acc[r] += xf[r * xstride + t] * m0;
+      odd[r] += xf[r * xstride + t + 1] * m1;
+    }
+  }
+  if (t < terms) {
+    const floats16 m0 = widen16(m + t * mstride);
+    for (int r = 0; r < rows; ++r) acc[r] += xf[r * xstride + t] * m0;
+  }
+  for (int r = 0; r < rows; ++r) acc[r] += odd[r];
+}
+
+// rlhf.decode.Adapter.delta added into the product `y` of `x` (both bfloat16, one row per batch row), as
+// peft's LoRA layer under bfloat16 autocast: u = bf16(x A^T); per module y = bf16(y + bf16(bf16(u B^T) * s)).
+// `a` holds A^T in runs of sixteen columns (runs, in, 16) and `b` each module's B^T so (Adapter.b_blocks);
+// `segments` (modules, 6) float64: rows k0..k1 of u, columns o0..o1 of y, scaling s, offset of its blocks.
+// Sixteen columns at a time for four rows at a time, so each adapter weight is read once per token.
+template <int rows>
+static void adapt_rows(const float* xf, at::BFloat16* ys, const at::BFloat16* as, const at::BFloat16* bs,
+                       const double* seg, int64_t modules, int64_t in, int64_t runs, int64_t out, float* u) {
+  const int64_t ranks = runs * 16;
+  floats16 acc[rows];
+  for (int64_t c = 0; c < runs; ++c) {
+    sums16<rows>(acc, xf, in, as + c * in * 16, 16, in);
+    for (int r = 0; r < rows; ++r) {
+      const floats16 rounded = round16(acc[r]);
+      std::memcpy(u + r * ranks + c * 16, &rounded, sizeof rounded);
+    }
+  }
+  for (int64_t m = 0; m < modules; ++m, seg += 6) {
+    const int64_t k0 = static_cast<int64_t>(seg[0]), k1 = static_cast<int64_t>(seg[1]);
+    const int64_t o0 = static_cast<int64_t>(seg[2]), o1 = static_cast<int64_t>(seg[3]);
+    const float scale = static_cast<float>(seg[4]);
+    const at::BFloat16* blocks = bs + static_cast<int64_t>(seg[5]);
+    for (int64_t o = o0; o < o1; o += 16, blocks += (k1 - k0) * 16) {
+      sums16<rows>(acc, u + k0, ranks, blocks, 16, k1 - k0);
+      const int64_t width = std::min<int64_t>(16, o1 - o);
+      for (int r = 0; r < rows; ++r) {
+        at::BFloat16* target = ys + r * out + o;
+        if (width == 16) {
+          store16(widen16(target) + round16(round16(acc[r]) * scale), target);
+        } else {
+          for (int64_t l = 0; l < width; ++l)
+            target[l] = at::BFloat16(widen(target[l]) + round_bf16(round_bf16(acc[r][l]) * scale));
+        }
+      }
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+static void adapt(const Tensor& x, Tensor& y, const Tensor& a, const Tensor& b, const Tensor& segments) {
+  if (a.numel() == 0) return;
+  const int64_t runs = a.size(0), in = a.size(1), rows = x.numel() / in, out = y.numel() / rows;
+  TORCH_CHECK(y.is_contiguous() && x.is_contiguous() && a.is_contiguous() && b.is_contiguous() &&
+              segments.size(1) == 6, "decode step: adapter layouts");
+  std::vector<float> xf(rows * in), u(rows * runs * 16);
+  const at::BFloat16* xs = x.data_ptr<at::BFloat16>();
+  for (int64_t i = 0; i < rows * in; ++i) xf[i] = widen(xs[i]);
+  const at::BFloat16* as = a.data_ptr<at::BFloat16>();
+  const at::BFloat16* bs = b.data_ptr<at::BFloat16>();
+  const double* seg = segments.data_ptr<double>();
+  at::BFloat16* ys = y.data_ptr<at::BFloat16>();
+  const int64_t modules = segments.size(0);
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const float* xr = xf.data() + r0 * in;
+    at::BFloat16* yr = ys + r0 * out;
+    float* ur = u.data() + r0 * runs * 16;
+    switch (std::min<int64_t>(4, rows - r0)) {
+      case 4: adapt_rows<4>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
+      case 3: adapt_rows<3>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
+      case 2: adapt_rows<2>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
+      default: adapt_rows<1>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
+    }
+  }
+}
+
 // rlhf.decode._forward for one token per row (tokens == 1), over float32 caches.
 // weights: per layer input_norm, qkv, o, post_norm, gate_up, down; then the final norm.
-Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const Tensor& cos, const Tensor& sin,
-            const std::vector<Tensor>& keys, const std::vector<Tensor>& values, int64_t start,
-            const Tensor& masked, int64_t heads, int64_t kv_heads, int64_t head_dim, double eps) {
+// adapters: per layer and product (qkv, o, gate_up, down) an Adapter's a_blocks, b_blocks, segments (empty: none).
+Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector<Tensor>& adapters,
+            const Tensor& cos, const Tensor& sin, const std::vector<Tensor>& keys,
+            const std::vector<Tensor>& values, int64_t start, const Tensor& masked, int64_t heads,
+            int64_t kv_heads, int64_t head_dim, double eps) {
   TORCH_CHECK(hidden.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat && cos.stride(-1) == 1 &&
               sin.stride(-1) == 1 && sin.stride(0) == cos.stride(0), "decode step: unexpected layouts");
   hidden = hidden.contiguous().clone();
@@ -145,11 +278,13 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const Tensor& cos
   Tensor q = at::empty({batch * kv_heads, group, head_dim}, hidden.options());
   for (size_t i = 0; i < keys.size(); ++i) {
     const Tensor* w = &weights[6 * i];
+    const Tensor* lora = &adapters[12 * i];
     Tensor k_cache = keys[i], v_cache = values[i];
     TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.scalar_type() == at::kFloat,
                 "decode step: caches must be contiguous float32");
     norm_rows(hidden, w[0], eps, x);
     Tensor qkv = product(x, w[1]).contiguous();
+    adapt(x, qkv, lora[0], lora[1], lora[2]);
     rotate_into(qkv, cos, sin, q, k_cache, v_cache, start, heads, kv_heads, head_dim);
     // rlhf.decode._attend_one: scores in float32 from bfloat16 values, float32 softmax, probabilities
     // rounded to bfloat16, float32 product with the values, rounded to bfloat16.
@@ -159,10 +294,17 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const Tensor& cos
     Tensor probs = scores.view({batch, kv_heads, group, end}).masked_fill_(masked, -INFINITY).softmax(-1);
     round_bf16(probs);
     to_bf16(at::bmm(probs.view({batch * kv_heads, group, end}), v), attended);
-    add_into(hidden, product(attended, w[2]).contiguous());
+    Tensor o = product(attended, w[2]).contiguous();
+    adapt(attended, o, lora[3], lora[4], lora[5]);
+    add_into(hidden, o);
     norm_rows(hidden, w[3], eps, x);
-    std::vector<Tensor> gate_up = product(x, w[4]).chunk(2, -1);
-    add_into(hidden, product(at::silu(gate_up[0]) * gate_up[1], w[5]).contiguous());
+    Tensor both = product(x, w[4]).contiguous();
+    adapt(x, both, lora[6], lora[7], lora[8]);
+    std::vector<Tensor> gate_up = both.chunk(2, -1);
+    Tensor mixed = (at::silu(gate_up[0]) * gate_up[1]).contiguous();
+    Tensor down = product(mixed, w[5]).contiguous();
+    adapt(mixed, down, lora[9], lora[10], lora[11]);
+    add_into(hidden, down);
   }
   Tensor out = at::empty({batch, width}, hidden.options());
   norm_rows(hidden, weights.back(), eps, out);
@@ -173,6 +315,10 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const Tensor& cos
 // the app's server threads answer while a background generation runs.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step", &step, py::call_guard<py::gil_scoped_release>());
+  m.def("adapt", [](const Tensor& x, Tensor y, const Tensor& a, const Tensor& b, const Tensor& segments) {
+    adapt(x, y, a, b, segments);
+    return y;
+  });
 }
 """
 
@@ -198,7 +344,7 @@ def _build():
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     return load_inline(name=name, cpp_sources=[SOURCE],
-                       extra_cflags=["-O3", "-ffp-contract=off"], build_directory=folder, verbose=False)
+                       extra_cflags=["-O3", "-march=native", "-ffp-contract=off"], build_directory=folder, verbose=False)
 
 
 def module():
@@ -238,8 +384,12 @@ def step(w, hidden: torch.Tensor, cos, sin, keys, values, start: int, masked) ->
     hidden. Returns the final normed hidden state (batch, width)."""
     flat = w.__dict__.get("_native_weights")
     if flat is None:
-        flat = [t for layer in w.layers for t in (layer.input_norm, layer.qkv, layer.o, layer.post_norm,
-                                                 layer.gate_up, layer.down)] + [w.final_norm]
+        none = [torch.empty(0)] * 3
+        flat = ([t for layer in w.layers for t in (layer.input_norm, layer.qkv, layer.o, layer.post_norm,
+                                                   layer.gate_up, layer.down)] + [w.final_norm],
+                [t for layer in w.layers
+                 for adapter in (layer.qkv_adapter, layer.o_adapter, layer.gate_up_adapter, layer.down_adapter)
+                 for t in ((adapter.a_blocks, adapter.b_blocks, adapter.segments) if adapter is not None else none)])
         w.__dict__["_native_weights"] = flat
-    return module().step(hidden, flat, cos, sin, keys, values, start, masked, w.heads, w.kv_heads, w.head_dim,
-                         float(w.eps))
+    return module().step(hidden, *flat, cos, sin, keys, values, start, masked, w.heads, w.kv_heads,
+                         w.head_dim, float(w.eps))

@@ -234,17 +234,47 @@ def test_kept_weights_are_packed_again_when_the_model_changes(lora_policy):
     assert changed.layers[0].qkv is not again.layers[0].qkv and changed.layers[1].qkv is again.layers[1].qkv
 
 
-def test_per_call_weights_keep_only_what_does_not_train(lora_policy):
-    """PPO's rollouts pack per call: the adapted layers (their LoRA A and B train) are made again every
-    time and not held between calls; the frozen LM head is packed once and reused."""
-    from rlhf.decode import PackedWeights, _remembered
+def test_per_call_weights_pack_the_frozen_base_once_and_apply_the_training_adapter_beside_it(lora_policy):
+    """PPO's rollouts: the base weights (frozen) are packed once and reused across calls; the adapter, whose
+    A and B train, is applied beside them at every call from its current values, as peft's layer computes it
+    under bfloat16 autocast (the training forward)."""
+    import rlhf.decode as decode_module
+    from rlhf.decode import PackedWeights, _product, _remembered
 
     assert any(p.requires_grad for n, p in lora_policy.named_parameters() if "lora_A" in n)
     first, second = PackedWeights(lora_policy), PackedWeights(lora_policy)
-    assert second.head_bf16 is first.head_bf16
-    assert second.layers[0].qkv is not first.layers[0].qkv
-    assert torch.equal(second.layers[0].qkv.to_dense(), first.layers[0].qkv.to_dense())
-    assert set(_remembered[lora_policy]) == {"head", "head_bf16"}
+    assert second.head_bf16 is first.head_bf16 and second.layers[0].qkv is first.layers[0].qkv
+    attn = lora_policy.get_base_model().model.layers[0].self_attn
+    base = torch.cat([m.get_base_layer().weight for m in (attn.q_proj, attn.k_proj, attn.v_proj)]).bfloat16()
+    assert torch.equal(first.layers[0].qkv.to_dense() if first.packed else first.layers[0].qkv, base)
+    layers = len(first.layers)
+    slots = {(i, name) for i in range(layers) for name in ("qkv", "o", "gate_up", "down")}
+    assert set(_remembered[lora_policy]) == slots | {"head", "head_bf16"}
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, attn.q_proj.in_features).bfloat16()
+
+    def training_qkv():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1)
+
+    got = _product(x, first.layers[0].qkv, first.layers[0].qkv_adapter)
+    assert got.dtype == torch.bfloat16
+    # the same roundings as peft's layer under autocast; only oneDNN's order of summation may differ
+    assert torch.allclose(got.float(), training_qkv().float(), rtol=2 ** -7, atol=1e-6)
+    assert (got != training_qkv()).float().mean() < 0.02
+
+    with torch.no_grad():  # an optimizer step changes B in place: the next call reads the new values
+        attn.q_proj.lora_B["default"].weight.add_(0.5)
+    third = PackedWeights(lora_policy)
+    assert third.layers[0].qkv is first.layers[0].qkv
+    moved = _product(x, third.layers[0].qkv, third.layers[0].qkv_adapter)
+    assert not torch.allclose(moved.float(), got.float())
+    assert torch.allclose(moved.float(), training_qkv().float(), rtol=2 ** -7, atol=1e-6)
+    # merged into the matrix when kept (a model that does not train meanwhile): no adapter beside it
+    kept = PackedWeights.kept(lora_policy)
+    assert kept.layers[0].qkv_adapter is None and kept.layers[0].qkv is not first.layers[0].qkv
+    assert decode_module.adapted_at_decode([attn.q_proj]) and not decode_module.adapted_at_decode([attn.q_proj.base_layer])
 
 
 def test_top_p_drops_what_transformers_warper_drops_with_or_without_the_full_sort():
