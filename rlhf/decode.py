@@ -120,6 +120,7 @@ class Adapter:
     b_blocks: torch.Tensor   # flat bfloat16: per module its B^T as (ceil(out_m / 16), r_m, 16), zero-padded
     segments: torch.Tensor   # (modules, 6) float64: first and end row of u, first and end column, scaling,
                              # where the module's blocks start in b_blocks
+    scaling: float | None = None  # the modules' scaling when they share one (peft's usual case)
 
     @classmethod
     def of(cls, linears) -> "Adapter":
@@ -137,11 +138,15 @@ class Adapter:
         scale = torch.cat([torch.full((p[1].shape[0],), p[2]) for p in parts])
         return cls(a=a, b=b, scale=scale, a_blocks=_runs_of_16(a),
                    b_blocks=torch.cat([_runs_of_16(p[1]).flatten() for p in parts]),
-                   segments=torch.tensor(segments, dtype=torch.float64))
+                   segments=torch.tensor(segments, dtype=torch.float64),
+                   scaling=parts[0][2] if len({p[2] for p in parts}) == 1 else None)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """What the adapters add to the base product of ``x`` (bfloat16), rounded to bfloat16."""
-        return (F.linear(F.linear(x, self.a), self.b).float() * self.scale).to(torch.bfloat16)
+        part = F.linear(F.linear(x, self.a), self.b)
+        if self.scaling is not None:  # bfloat16 times a number: computed in float32 and rounded, as below
+            return part.mul_(self.scaling)
+        return (part.float() * self.scale).to(torch.bfloat16)
 
 
 def _padded(n: int) -> int:
@@ -309,7 +314,7 @@ def _switches(linear) -> tuple:
 def _product(x, matrix, adapter: Adapter | None):
     """``x @ matrix.T`` in bfloat16 (``bf16_linear``), plus the adapter's part where it is applied apart."""
     y = bf16_linear(x, matrix)
-    return y if adapter is None else y + adapter.delta(x)
+    return y if adapter is None else y.add_(adapter.delta(x))
 
 
 def _rotate(x, cos, sin):

@@ -327,6 +327,18 @@ _module = None
 _failed: str | None = None
 
 
+def _processor() -> str:
+    """The processor's model and instruction-set flags (Linux), or the platform's description elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+
+        return platform.processor() + platform.machine()
+
+
 def _build():
     from torch.utils.cpp_extension import load_inline
 
@@ -339,8 +351,10 @@ def _build():
 
     # where rlhf.runtime.apply_offline_env points torch's extensions, whether or not it ran (tests, imports)
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(cache_home(), "torch_extensions")
-    # one folder per version of the source: two checkouts on one machine never rebuild each other's
-    name = "rlhf_decode_step_" + hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
+    # one folder per version of the source and per processor: two checkouts on one machine never rebuild
+    # each other's, and a cache shared between machines never hands one a build for another's instructions
+    # (-march=native: the adapter loops use the widest vectors this processor has)
+    name = "rlhf_decode_step_" + hashlib.sha256((SOURCE + _processor()).encode()).hexdigest()[:12]
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     return load_inline(name=name, cpp_sources=[SOURCE],

@@ -313,3 +313,43 @@ def test_the_cpp_step_samples_what_the_python_loop_samples(lora_policy, tiny_mod
     assert len(calls) == 13  # and the prompt pass and 11 steps, all in Python this time
     assert torch.equal(native[0], python[0])
     assert (native[1] - python[1]).abs().max() < 1e-4
+
+
+def test_the_cpp_adapter_adds_what_the_python_adapter_adds():
+    """rlhf.decode_native's adapter loops against Adapter.delta (peft's arithmetic under autocast, through
+    torch's products): ranks and widths that are not multiples of its 16-wide runs, two modules with their
+    own rank and scaling, one to six rows (its blocks of four rows and what is left). They sum in another
+    order than oneDNN, so a value may differ by its last bfloat16 bit; nearly all are equal."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhf import decode_native
+    from rlhf.decode import Adapter, _runs_of_16, adapted_at_decode
+
+    # the layout by hand: (3 x 2) -> one run of 16, (2 columns, 16 rows) zero past row 3
+    runs = _runs_of_16(torch.arange(6.0).view(3, 2))
+    assert runs.shape == (1, 2, 16) and runs[0, :, :3].tolist() == [[0, 2, 4], [1, 3, 5]] and not runs[0, :, 3:].any()
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k = torch.nn.Linear(40, 24, bias=False), torch.nn.Linear(40, 37, bias=False)
+
+    torch.manual_seed(0)
+    model = get_peft_model(Two(), LoraConfig(r=5, lora_alpha=10, target_modules=["q", "k"],
+                                             rank_pattern={"k": 19}, alpha_pattern={"k": 7}))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    layers = [model.base_model.model.q, model.base_model.model.k]
+    assert adapted_at_decode(layers)
+    adapter = Adapter.of(layers)
+    assert adapter.scaling is None and adapter.segments[:, 4].tolist() == [2.0, 7 / 19]
+    equal = total = 0
+    for rows in range(1, 7):
+        x, y = torch.randn(rows, 1, 40).bfloat16(), torch.randn(rows, 1, 61).bfloat16()
+        want = y + adapter.delta(x)
+        got = decode_native.module().adapt(x, y.clone(), adapter.a_blocks, adapter.b_blocks, adapter.segments)
+        assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
+        equal, total = equal + int((got == want).sum()), total + got.numel()
+    assert equal / total > 0.95
