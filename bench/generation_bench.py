@@ -24,7 +24,8 @@ Variants (same prompts, same number of new tokens, end token ignored so every ro
                   them for the batches of one job: candidates, held-out replies)
 
 In the same run the machine's memory bandwidth (the faster of a 512 MB tensor copy and a read-only sum
-over it, best of every measurement: once before the variants and once after each round of them) and
+over it; measured before the variants and after each round of them, the median taken, as the variants'
+times are: the host's bandwidth moves with its other tenants, from 42 to 77 GB/s within one run) and
 matrix throughput (bfloat16 and float32 matmuls) are measured, and each variant's lower bound per token
 is printed beside it: for every new token the larger of (bytes of weights it reads / bandwidth) and
 (its FLOPs / matmul throughput), plus the prompt pass's share (its matrix FLOPs, prompt tokens x batch,
@@ -340,7 +341,8 @@ def main() -> int:
     import torch
 
     model, tokenizer = load(torch)
-    bandwidth = memory_bandwidth(torch)
+    bandwidths = [memory_bandwidth(torch)]
+    bandwidth = bandwidths[0]
     bf16_flops, fp32_flops = matmul_flops(torch, torch.bfloat16), matmul_flops(torch, torch.float32)
     print(f"machine: {torch.get_num_threads()} threads, bandwidth {bandwidth / 1e9:.1f} GB/s, matmul "
           f"bf16 {bf16_flops / 1e9:.0f} GFLOP/s, fp32 {fp32_flops / 1e9:.0f} GFLOP/s", flush=True)
@@ -363,7 +365,7 @@ def main() -> int:
                 start = time.perf_counter()
                 function(enc)
                 times[name].append((time.perf_counter() - start) / args.tokens * 1000)
-            bandwidth = max(bandwidth, memory_bandwidth(torch, repeats=2))  # the best seen in the run
+            bandwidths.append(memory_bandwidth(torch, repeats=2))
         prompt = enc["input_ids"].shape[1]
         base = statistics.median(times[next(iter(runs))])
         for name in runs:
@@ -372,15 +374,17 @@ def main() -> int:
             print(f"batch {batch:>2}  {name:<14} {ms:7.1f} ms/token  x{base / ms:5.2f} vs {next(iter(runs))}",
                   file=sys.stderr, flush=True)
 
-    # every bound from the best bandwidth seen in the whole run (the tightest: a bound never too high)
+    # every bound from the median bandwidth of the run, as every time is a median
+    bandwidth = statistics.median(bandwidths)
     print(f"\nbatch  {'variant':<14}{'ms/token':>9}{'speed-up':>10}{'bound ms':>10}{'x bound':>9}")
     for batch, name, ms, speedup, prompt in table:
         bound = lower_bound(model, name, batch, prompt, args.tokens, bandwidth, bf16_flops, fp32_flops) * 1000
         print(f"{batch:>5}  {name:<14}{ms:>9.1f}{speedup:>10.2f}{bound:>10.1f}{ms / bound:>9.1f}")
     print(f"(ms per new token including the prompt pass, median of {args.repeats}; speed-up against "
           f"{next(iter(runs))} in this run; bound: per new token weights bytes / bandwidth or FLOPs / matmul "
-          f"throughput, plus the prompt pass's FLOPs / matmul throughput shared over the new tokens; best "
-          f"bandwidth seen in the run {bandwidth / 1e9:.1f} GB/s)")
+          f"throughput, plus the prompt pass's FLOPs / matmul throughput shared over the new tokens; bandwidth "
+          f"the median of {len(bandwidths)} measurements in the run, {bandwidth / 1e9:.1f} GB/s, from "
+          f"{min(bandwidths) / 1e9:.1f} to {max(bandwidths) / 1e9:.1f})")
     for name, seconds in compile_seconds.items():
         print(f"{name}: first call (compilation) {seconds:.1f} s, paid once per process")
 
