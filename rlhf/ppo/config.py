@@ -24,8 +24,9 @@ class PPORunConfig(GuardFields):
     bf16_autocast: bool = Field(False, description="bfloat16 autocast for training steps (mixed precision; output "
                                 "layers stay float32)")
     bf16_rollouts: bool = Field(False, description="generate and score rollouts in bfloat16: autocast for the passes "
-                                "without gradients, bfloat16 copies of the policy's weights (LoRA merged) while "
-                                "generating; output layers stay float32")
+                                "without gradients, bfloat16 weights while generating (the fast loop: packed, the "
+                                "LoRA adapter applied beside them; generate(): copies with it merged); output "
+                                "layers stay float32")
     generation_backend: str = Field("fast", pattern="^(fast|transformers)$", description="with bf16_rollouts: "
                                     "'fast' samples rollouts with rlhf.decode's loop (Llama-shaped models; else, and "
                                     "under ZeRO-3, transformers' generate(), said in the log), 'transformers' always "

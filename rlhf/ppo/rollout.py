@@ -188,7 +188,8 @@ def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool,
         if reason:
             say(f"generation: transformers' generate() with bfloat16 weights (the fast decode loop cannot run: {reason})")
         else:
-            say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once per rollout batch")
+            say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once, a training LoRA adapter "
+                "applied beside them at every token")
             fast = policy
 
     @functools.wraps(generate)
@@ -221,7 +222,8 @@ def route_generate(policy: torch.nn.Module, say=print, blocked: str | None = Non
     if reason:
         say(f"generation: transformers' generate() (the fast decode loop cannot run: {reason})")
         return False
-    say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once per generation batch")
+    say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once, a training LoRA adapter "
+        "applied beside them at every token")
     generate = policy.generate
 
     @functools.wraps(generate)
