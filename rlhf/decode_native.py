@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import sysconfig
 import threading
 
@@ -351,10 +352,13 @@ def _build():
 
     # where rlhf.runtime.apply_offline_env points torch's extensions, whether or not it ran (tests, imports)
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(cache_home(), "torch_extensions")
-    # one folder per version of the source and per processor: two checkouts on one machine never rebuild
-    # each other's, and a cache shared between machines never hands one a build for another's instructions
+    # one folder per version of the source, per environment and per processor: two checkouts on one
+    # machine never rebuild each other's (the build reads its environment's torch headers and library, so
+    # one folder shared by two virtual environments was rebuilt, about 20 s, whenever the other had used
+    # it last), and a cache shared between machines never hands one a build for another's instructions
     # (-march=native: the adapter loops use the widest vectors this processor has)
-    name = "rlhf_decode_step_" + hashlib.sha256((SOURCE + _processor()).encode()).hexdigest()[:12]
+    identity = SOURCE + _processor() + sys.prefix + torch.__version__
+    name = "rlhf_decode_step_" + hashlib.sha256(identity.encode()).hexdigest()[:12]
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     return load_inline(name=name, cpp_sources=[SOURCE],
