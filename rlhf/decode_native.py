@@ -5,8 +5,9 @@ rotations, casts, cache writes, attention, products), each paying a few microsec
 dispatch: at PPO's batch 4 on the bundled model that was more time than the products themselves.
 Here one C++ call per token runs the layers: the products (oneDNN's packed bfloat16 product, as
 ``rlhf.ppo.rollout.bf16_linear``), attention's two batched matmuls, softmax and SiLU are ATen's; the
-norms with their cast, the rotary embedding with the cache writes, the roundings to bfloat16 and the
-residual adds are plain loops over the same values. The key/value cache is kept in float32 (each
+norms with their cast, the rotary embedding with the cache writes, the roundings to bfloat16, the
+residual adds and a training LoRA adapter's two small products (``rlhf.decode.Adapter``; oneDNN's
+product costs more per call than these take) are plain loops over the same values. The key/value cache is kept in float32 (each
 value its bfloat16 rounding, as the Python step's cache holds it), so attention no longer converts
 the whole prefix at every token. The sampled tokens are the Python step's, the scores equal but for
 float32 rounding (the norms add their squares in another order): ``tests/ppo/test_decode.py``.
@@ -134,8 +135,7 @@ static void to_bf16(const Tensor& values, Tensor& out) {
 
 // Sixteen floats, and sixteen bfloat16 widened to them (a bfloat16 is the top half of a float32), with
 // GCC's vector extensions: AVX-512 registers where the compiler targets them (-march=native), pairs or
-// quadruples of narrower ones elsewhere. Products and sums stay separate operations (-ffp-contract=off),
-// so every lane computes what the scalar loop would.
+// quadruples of narrower ones elsewhere.
 typedef float floats16 __attribute__((vector_size(64)));
 typedef uint16_t halves16 __attribute__((vector_size(32)));
 typedef uint32_t words16 __attribute__((vector_size(64)));
