@@ -115,13 +115,19 @@ def load(torch):
 
 def adapter_step(model):
     """Mark the adapter's weights changed in place, as PPO's optimizer step does between rollout batches
-    (their values stay: every call samples from the same policy)."""
+    (their values stay: every call samples from the same policy). The parameters are listed once per
+    model: walking the model's modules (4 ms) is not part of generation."""
     import torch
 
+    adapter = _adapter_parameters.get(model)
+    if adapter is None:
+        adapter = _adapter_parameters[model] = [p for name, p in model.named_parameters() if "lora_" in name]
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.add_(0)
+        for param in adapter:
+            param.add_(0)
+
+
+_adapter_parameters: dict = {}
 
 
 def encode(tokenizer, batch: int):

@@ -30,6 +30,7 @@ partitions); callers fall back to ``generate()`` and say so otherwise.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -96,69 +97,111 @@ def pack(matrix: torch.Tensor, rows: int = 4) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(matrix, rows)
 
 
-@dataclass
+@dataclass(eq=False)
 class Adapter:
     """The LoRA adapters of one product's modules (q, k and v; or gate and up; or one), applied beside the
     packed base weight as peft's LoRA layer computes them under bfloat16 autocast (the training forward):
     ``y = bf16(base(x) + bf16(bf16(bf16(x A^T) B^T) * scaling))`` per module, each product in bfloat16
-    with float32 accumulation. Made at every call from the current A and B (a few MB), so an optimizer
-    step never sends the base weights through oneDNN's reordering again (75 ms a rollout batch for the
-    bundled model).
+    with float32 accumulation. Made once per run and given the current A and B at each call after they
+    changed (``refresh``: a few copies per module, a few MB), so an optimizer step never sends the base
+    weights through oneDNN's reordering again (75 ms a rollout batch for the bundled model).
 
-    The modules' A are stacked (one product gives every module's ``x A^T``) and their B laid
-    block-diagonally, zero elsewhere (one product gives every module's ``u B^T``; the zeros add
-    nothing). ``a_blocks``, ``b_blocks`` and ``segments`` are the same numbers laid out for the C++
-    step's loops (``rlhf.decode_native``), which take sixteen output columns at a time: each run of
-    sixteen columns of A^T (and of each module's B^T) stored contiguously, so a token reads them as a
-    few sequential streams rather than rows thousands of bytes apart (the adapters are read from memory
-    at every token: the 270 MB of base weights streamed in between leave none of them in cache).
+    The modules' A are stacked (one product gives every module's ``x A^T``), each from an even row with
+    a zero row after an odd rank, and their B laid block-diagonally, zero elsewhere (one product gives
+    every module's ``u B^T``; the zeros add nothing). ``a_blocks``, ``b_blocks`` and ``segments`` are the
+    same numbers laid out for the C++ step's loops (``rlhf.decode_native``), which take sixteen output
+    columns and two terms at a time (``_pairs_of_16``), so a token reads the adapters as a few
+    sequential streams (the 270 MB of base weights streamed in between leave none of them in cache),
+    and where the processor has AVX512-BF16 one instruction multiplies and adds a pair of terms for
+    sixteen columns.
     """
-    a: torch.Tensor          # (R, in) bfloat16: the modules' A stacked
-    b: torch.Tensor          # (out, R) bfloat16: their B, block-diagonal
+    a: torch.Tensor          # (R, in) bfloat16: the modules' A stacked (a view of a_rows)
+    b: torch.Tensor          # (out, R) bfloat16: their B, block-diagonal (times b_times)
     scale: torch.Tensor      # (out,) float32: each output column's module scaling
-    a_blocks: torch.Tensor   # (ceil(R / 16), in, 16) bfloat16: A^T in runs of 16 columns, zero-padded
-    b_blocks: torch.Tensor   # flat bfloat16: per module its B^T as (ceil(out_m / 16), r_m, 16), zero-padded
-    segments: torch.Tensor   # (modules, 6) float64: first and end row of u, first and end column, scaling,
-                             # where the module's blocks start in b_blocks
+    a_blocks: torch.Tensor   # (ceil(R / 16), ceil(in / 2), 16, 2) bfloat16: _pairs_of_16(a_rows)
+    b_blocks: torch.Tensor   # flat bfloat16: per module _pairs_of_16 of its B, zero-padded
+    segments: torch.Tensor   # (modules, 6) float64: first (even) and end row of u, first and end column,
+                             # scaling, where the module's blocks start in b_blocks
+    a_rows: torch.Tensor     # (16 x ceil(R / 16), in rounded up to even) bfloat16: a, zero-padded
+    b_padded: list           # per module its B in bfloat16, zero-padded to (16 x blocks, even columns)
     scaling: float | None = None  # the modules' scaling when they share one (peft's usual case)
+    b_times: float = 1.0     # what ``b`` is multiplied by: the shared scaling when it is a power of two
 
     @classmethod
     def of(cls, linears) -> "Adapter":
         """The adapters of LoRA layers with one active adapter each (``adapted_at_decode``)."""
-        parts, segments, row, column, offset = [], [], 0, 0, 0
-        for linear in linears:
-            name = linear.active_adapters[0]
-            a, b = linear.lora_A[name].weight, linear.lora_B[name].weight
-            scaling = float(linear.scaling[name])
-            parts.append((a, b.to(torch.bfloat16), scaling))
-            segments.append((row, row + a.shape[0], column, column + b.shape[0], scaling, offset))
-            row, column, offset = row + a.shape[0], column + b.shape[0], offset + _padded(b.shape[0]) * b.shape[1]
-        a = torch.cat([p[0] for p in parts]).to(torch.bfloat16)
-        b = torch.block_diag(*[p[1] for p in parts])
-        scale = torch.cat([torch.full((p[1].shape[0],), p[2]) for p in parts])
-        return cls(a=a, b=b, scale=scale, a_blocks=_runs_of_16(a),
-                   b_blocks=torch.cat([_runs_of_16(p[1]).flatten() for p in parts]),
-                   segments=torch.tensor(segments, dtype=torch.float64),
-                   scaling=parts[0][2] if len({p[2] for p in parts}) == 1 else None)
+        weights = [_lora_weights(linear) for linear in linears]
+        scalings = [float(linear.scaling[linear.active_adapters[0]]) for linear in linears]
+        width = weights[0][0].shape[1]
+        segments, b_padded, row, column, offset = [], [], 0, 0, 0
+        for (a, b), scaling in zip(weights, scalings):
+            rank, out = a.shape[0], b.shape[0]
+            b_padded.append(torch.zeros(_padded(out), _even(rank), dtype=torch.bfloat16))
+            segments.append((row, row + rank, column, column + out, scaling, offset))
+            row, column, offset = row + _even(rank), column + out, offset + b_padded[-1].numel()
+        a_rows = torch.zeros(_padded(row), _even(width), dtype=torch.bfloat16)
+        adapter = cls(a=a_rows[:row, :width], b=torch.zeros(column, row, dtype=torch.bfloat16),
+                      scale=torch.cat([torch.full((b.shape[0],), s) for (_, b), s in zip(weights, scalings)]),
+                      a_blocks=torch.zeros(_pairs_of_16(a_rows).shape, dtype=torch.bfloat16),
+                      b_blocks=torch.zeros(offset, dtype=torch.bfloat16),
+                      segments=torch.tensor(segments, dtype=torch.float64), a_rows=a_rows, b_padded=b_padded,
+                      scaling=scalings[0] if len(set(scalings)) == 1 else None)
+        # A power of two multiplies exactly: bf16(bf16(u B^T) * 2) is bf16(u (2 B)^T), one operation fewer
+        # per product in the prompt pass (away from float32's limits, where the model is not).
+        if adapter.scaling is not None and math.frexp(adapter.scaling)[0] == 0.5:
+            adapter.b_times = adapter.scaling
+        adapter.refresh(linears)
+        return adapter
+
+    def refresh(self, linears, native: bool = True) -> None:
+        """Take the current A and B of ``linears`` (the layers it was made from), in place: in one C++ call
+        where the step is built (about 0.1 ms a product for the bundled model; a few copies per module
+        through torch cost ten times that), else through torch."""
+        weights = [_lora_weights(linear) for linear in linears]
+        with torch.no_grad():
+            if native and decode_native.available():
+                decode_native.module().lay_out([a for a, _ in weights], [b for _, b in weights], self.segments,
+                                               self.a_rows, self.b, self.a_blocks, self.b_blocks, self.b_times)
+                return
+            for (a, b), segment, padded in zip(weights, self.segments.tolist(), self.b_padded):
+                (k0, k1, o0, o1), offset = map(int, segment[:4]), int(segment[5])
+                self.a_rows[k0:k1, :a.shape[1]].copy_(a)
+                padded[:b.shape[0], :b.shape[1]].copy_(b)
+                self.b[o0:o1, k0:k1].copy_(padded[:b.shape[0], :b.shape[1]]).mul_(self.b_times)
+                blocks = _pairs_of_16(padded)
+                self.b_blocks[offset:offset + padded.numel()].view(blocks.shape).copy_(blocks)
+            self.a_blocks.copy_(_pairs_of_16(self.a_rows))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """What the adapters add to the base product of ``x`` (bfloat16), rounded to bfloat16."""
         part = F.linear(F.linear(x, self.a), self.b)
-        if self.scaling is not None:  # bfloat16 times a number: computed in float32 and rounded, as below
-            return part.mul_(self.scaling)
-        return (part.float() * self.scale).to(torch.bfloat16)
+        if self.scaling is None:
+            return (part.float() * self.scale).to(torch.bfloat16)
+        if self.scaling != self.b_times:  # bfloat16 times a number: computed in float32 and rounded, as above
+            part.mul_(self.scaling)
+        return part
+
+
+def _lora_weights(linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LoRA layer's active adapter's A (rank, in) and B (out, rank) weights."""
+    name = linear.active_adapters[0]
+    return linear.lora_A[name].weight, linear.lora_B[name].weight
 
 
 def _padded(n: int) -> int:
     return -(-n // 16) * 16
 
 
-def _runs_of_16(matrix: torch.Tensor) -> torch.Tensor:
-    """(rows, cols) -> (ceil(rows / 16), cols, 16): ``matrix.T`` in runs of 16 of its columns, each run
-    contiguous, zero-padded to a whole run."""
-    rows, cols = matrix.shape
-    padded = F.pad(matrix, (0, 0, 0, _padded(rows) - rows))
-    return padded.view(-1, 16, cols).transpose(1, 2).contiguous()
+def _even(n: int) -> int:
+    return n + n % 2
+
+
+def _pairs_of_16(padded: torch.Tensor) -> torch.Tensor:
+    """(16 x runs, 2 x pairs) -> (runs, pairs, 16, 2), a view: ``padded.T`` in runs of 16 of its columns,
+    each run's rows two by two, the two values of each column side by side (``[c, p, j, e]`` is
+    ``padded[16 c + j, 2 p + e]``): the layout of the C++ adapter loops."""
+    rows, cols = padded.shape
+    return padded.view(rows // 16, 16, cols // 2, 2).permute(0, 2, 1, 3)
 
 
 def adapted_at_decode(linears) -> bool:
@@ -246,10 +289,26 @@ class PackedWeights:
             return remembered(slot, linears, make)
 
         def product(slot, *linears):
-            """(matrix, adapter applied beside it or None) for the layers' product."""
-            if keep or not adapted_at_decode(linears):
+            """(matrix, adapter applied beside it or None) for the layers' product. Whether the adapters
+            are applied apart is decided again only when the layers' tensors or switches change other
+            than in place; an in-place change (an optimizer step) refreshes the adapter's copies."""
+            if keep:
                 return bf16(slot, *linears), None
-            return bf16(slot, *(linear.get_base_layer() for linear in linears)), Adapter.of(linears)
+            sources = [t for linear in linears for t in _sources(linear)]
+            structure = (tuple((id(t), t.data_ptr(), t.dtype, t.shape, t.requires_grad) for t in sources),
+                         tuple(_switches(linear) for linear in linears))
+            versions = tuple(t._version for t in sources)
+            hit = memo.get((slot, "adapter"))
+            if hit is None or hit[0] != structure:
+                hit = memo[(slot, "adapter")] = [structure, versions,
+                                                 Adapter.of(linears) if adapted_at_decode(linears) else None]
+            elif hit[1] != versions:
+                if hit[2] is not None:
+                    hit[2].refresh(linears)
+                hit[1] = versions
+            if hit[2] is None:
+                return bf16(slot, *linears), None
+            return bf16(slot, *(linear.get_base_layer() for linear in linears)), hit[2]
 
         self.layers = []
         with torch.no_grad():

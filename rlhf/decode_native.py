@@ -39,6 +39,9 @@ SOURCE = r"""
 #include <cmath>
 #include <cstring>
 #include <algorithm>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 using at::Tensor;
 
@@ -172,53 +175,87 @@ static inline float round_bf16(float v) { return static_cast<float>(at::BFloat16
 #pragma GCC optimize("fp-contract=fast")
 
 // Sixteen columns of `rows` (at most 4, a compile-time count so the sums stay in registers) rows of
-// x M, for x float32 (row stride `xstride`, `terms` terms) and M bfloat16 with rows `mstride` apart:
-// acc[r] = sum over t of x[r][t] * M[t][0..16). Even and odd terms are summed apart and then added, so
-// two independent chains of additions keep the vector units busy.
-template <int rows>
-static inline void sums16(floats16 (&acc)[rows], const float* xf, int64_t xstride, const at::BFloat16* m,
-                          int64_t mstride, int64_t terms) {
+// x M, for x bfloat16 (row stride `xstride`, 2 x `pairs` terms) and M bfloat16 laid out in pairs of
+// its rows: (pairs, 16, 2), each column's two terms side by side (rlhf.decode._pairs_of_16):
+// acc[r] = sum over t of x[r][t] * M[t][0..16). Every product of two bfloat16 is exact in float32, so
+// the two ways below differ only in the order of the additions. Two chains of additions per row keep
+// the vector units busy.
+template <int rows, bool native>
+static inline void pair_sums16(floats16 (&acc)[rows], const at::BFloat16* x, int64_t xstride,
+                               const at::BFloat16* m, int64_t pairs) {
+#if defined(__AVX512BF16__)
+  if (native) {  // vdpbf16ps: sixteen columns' two terms multiplied and added in one instruction
+    __m512 even[rows], odd[rows];
+    for (int r = 0; r < rows; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + 2 <= pairs; p += 2) {
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(m + p * 32);
+      const __m512bh w1 = (__m512bh)_mm512_loadu_si512(m + (p + 1) * 32);
+      for (int r = 0; r < rows; ++r) {
+        int32_t x0, x1;
+        std::memcpy(&x0, x + r * xstride + 2 * p, 4);
+        std::memcpy(&x1, x + r * xstride + 2 * p + 2, 4);
+        even[r] = _mm512_dpbf16_ps(even[r], (__m512bh)_mm512_set1_epi32(x0), w0);
+        odd[r] = _mm512_dpbf16_ps(odd[r], (__m512bh)_mm512_set1_epi32(x1), w1);
+      }
+    }
+    if (p < pairs) {
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(m + p * 32);
+      for (int r = 0; r < rows; ++r) {
+        int32_t x0;
+        std::memcpy(&x0, x + r * xstride + 2 * p, 4);
+        even[r] = _mm512_dpbf16_ps(even[r], (__m512bh)_mm512_set1_epi32(x0), w0);
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      const __m512 sum = _mm512_add_ps(even[r], odd[r]);
+      std::memcpy(&acc[r], &sum, sizeof sum);
+    }
+    return;
+  }
+#endif
+  // Elsewhere: a pair's 32 bfloat16 read as sixteen 32-bit words, whose low halves are the first
+  // term's sixteen columns and high halves the second's (a bfloat16 is the top half of a float32).
   floats16 odd[rows];
   for (int r = 0; r < rows; ++r) acc[r] = odd[r] = floats16{};
-  int64_t t = 0;
-  for (; t + 2 <= terms; t += 2) {
-    const floats16 m0 = widen16(m + t * mstride), m1 = widen16(m + (t + 1) * mstride);
+  for (int64_t p = 0; p < pairs; ++p) {
+    words16 w;
+    std::memcpy(&w, m + p * 32, sizeof w);
+    const words16 lo = w << 16, hi = w & 0xFFFF0000u;
+    floats16 m0, m1;
+    std::memcpy(&m0, &lo, sizeof m0);
+    std::memcpy(&m1, &hi, sizeof m1);
     for (int r = 0; r < rows; ++r) {
-      acc[r] += xf[r * xstride + t] * m0;
-      odd[r] += xf[r * xstride + t + 1] * m1;
+      acc[r] += widen(x[r * xstride + 2 * p]) * m0;
+      odd[r] += widen(x[r * xstride + 2 * p + 1]) * m1;
     }
-  }
-  if (t < terms) {
-    const floats16 m0 = widen16(m + t * mstride);
-    for (int r = 0; r < rows; ++r) acc[r] += xf[r * xstride + t] * m0;
   }
   for (int r = 0; r < rows; ++r) acc[r] += odd[r];
 }
 
 // rlhf.decode.Adapter.delta added into the product `y` of `x` (both bfloat16, one row per batch row), as
 // peft's LoRA layer under bfloat16 autocast: u = bf16(x A^T); per module y = bf16(y + bf16(bf16(u B^T) * s)).
-// `a` holds A^T in runs of sixteen columns (runs, in, 16) and `b` each module's B^T so (Adapter.b_blocks);
-// `segments` (modules, 6) float64: rows k0..k1 of u, columns o0..o1 of y, scaling s, offset of its blocks.
-// Sixteen columns at a time for four rows at a time, so each adapter weight is read once per token.
-template <int rows>
-static void adapt_rows(const float* xf, at::BFloat16* ys, const at::BFloat16* as, const at::BFloat16* bs,
-                       const double* seg, int64_t modules, int64_t in, int64_t runs, int64_t out, float* u) {
+// `as` holds A^T in runs of sixteen columns, each in pairs of rows (runs, in / 2, 16, 2; Adapter.a_blocks)
+// and `bs` each module's B^T so (Adapter.b_blocks); `seg` per module: rows k0..k1 of u (k0 even, and u
+// zero from k1 to the next even row), columns o0..o1 of y, scaling s, offset of its blocks. `x` has an
+// even row stride `in` (zero-padded), `u` (bfloat16) `runs` x 16. Sixteen columns at a time for four
+// rows at a time, so each adapter weight is read once per token.
+template <int rows, bool native>
+static void adapt_rows(const at::BFloat16* x, at::BFloat16* ys, const at::BFloat16* as, const at::BFloat16* bs,
+                       const double* seg, int64_t modules, int64_t in, int64_t runs, int64_t out, at::BFloat16* u) {
   const int64_t ranks = runs * 16;
   floats16 acc[rows];
   for (int64_t c = 0; c < runs; ++c) {
-    sums16<rows>(acc, xf, in, as + c * in * 16, 16, in);
-    for (int r = 0; r < rows; ++r) {
-      const floats16 rounded = round16(acc[r]);
-      std::memcpy(u + r * ranks + c * 16, &rounded, sizeof rounded);
-    }
+    pair_sums16<rows, native>(acc, x, in, as + c * in * 16, in / 2);
+    for (int r = 0; r < rows; ++r) store16(acc[r], u + r * ranks + c * 16);
   }
   for (int64_t m = 0; m < modules; ++m, seg += 6) {
-    const int64_t k0 = static_cast<int64_t>(seg[0]), k1 = static_cast<int64_t>(seg[1]);
+    const int64_t k0 = static_cast<int64_t>(seg[0]), pairs = (static_cast<int64_t>(seg[1]) - k0 + 1) / 2;
     const int64_t o0 = static_cast<int64_t>(seg[2]), o1 = static_cast<int64_t>(seg[3]);
     const float scale = static_cast<float>(seg[4]);
     const at::BFloat16* blocks = bs + static_cast<int64_t>(seg[5]);
-    for (int64_t o = o0; o < o1; o += 16, blocks += (k1 - k0) * 16) {
-      sums16<rows>(acc, u + k0, ranks, blocks, 16, k1 - k0);
+    for (int64_t o = o0; o < o1; o += 16, blocks += pairs * 32) {
+      pair_sums16<rows, native>(acc, u + k0, ranks, blocks, pairs);
       const int64_t width = std::min<int64_t>(16, o1 - o);
       for (int r = 0; r < rows; ++r) {
         at::BFloat16* target = ys + r * out + o;
@@ -235,30 +272,91 @@ static void adapt_rows(const float* xf, at::BFloat16* ys, const at::BFloat16* as
 
 #pragma GCC pop_options
 
-static void adapt(const Tensor& x, Tensor& y, const Tensor& a, const Tensor& b, const Tensor& segments) {
+// `native` false: the portable loops even where vdpbf16ps is there (tests compare the two).
+static void adapt(const Tensor& x, Tensor& y, const Tensor& a, const Tensor& b, const Tensor& segments,
+                  bool native = true) {
   if (a.numel() == 0) return;
-  const int64_t runs = a.size(0), in = a.size(1), rows = x.numel() / in, out = y.numel() / rows;
+  const int64_t runs = a.size(0), in = a.size(1) * 2, width = x.size(-1), rows = x.numel() / width;
+  const int64_t out = y.numel() / rows;
   TORCH_CHECK(y.is_contiguous() && x.is_contiguous() && a.is_contiguous() && b.is_contiguous() &&
-              segments.size(1) == 6, "decode step: adapter layouts");
-  std::vector<float> xf(rows * in), u(rows * runs * 16);
-  const at::BFloat16* xs = x.data_ptr<at::BFloat16>();
-  for (int64_t i = 0; i < rows * in; ++i) xf[i] = widen(xs[i]);
+              a.dim() == 4 && in - width < 2 && segments.size(1) == 6, "decode step: adapter layouts");
+  // x with an even row stride (a zero after an odd width); u zero where no row of A is (odd ranks)
+  std::vector<at::BFloat16> xs(rows * in, at::BFloat16(0.0f)), u(rows * runs * 16, at::BFloat16(0.0f));
+  const at::BFloat16* x0 = x.data_ptr<at::BFloat16>();
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(xs.data() + r * in, x0 + r * width, width * sizeof(at::BFloat16));
   const at::BFloat16* as = a.data_ptr<at::BFloat16>();
   const at::BFloat16* bs = b.data_ptr<at::BFloat16>();
   const double* seg = segments.data_ptr<double>();
   at::BFloat16* ys = y.data_ptr<at::BFloat16>();
   const int64_t modules = segments.size(0);
+#if defined(__AVX512BF16__)
+  const bool fast = native;
+#else
+  const bool fast = false;
+#endif
   for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-    const float* xr = xf.data() + r0 * in;
+    const at::BFloat16* xr = xs.data() + r0 * in;
     at::BFloat16* yr = ys + r0 * out;
-    float* ur = u.data() + r0 * runs * 16;
-    switch (std::min<int64_t>(4, rows - r0)) {
-      case 4: adapt_rows<4>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
-      case 3: adapt_rows<3>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
-      case 2: adapt_rows<2>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
-      default: adapt_rows<1>(xr, yr, as, bs, seg, modules, in, runs, out, ur); break;
+    at::BFloat16* ur = u.data() + r0 * runs * 16;
+    const int64_t n = std::min<int64_t>(4, rows - r0);
+#define RLHF_ADAPT(R) (fast ? adapt_rows<R, true>(xr, yr, as, bs, seg, modules, in, runs, out, ur) \
+                            : adapt_rows<R, false>(xr, yr, as, bs, seg, modules, in, runs, out, ur))
+    if (n == 4) RLHF_ADAPT(4); else if (n == 3) RLHF_ADAPT(3); else if (n == 2) RLHF_ADAPT(2); else RLHF_ADAPT(1);
+#undef RLHF_ADAPT
+  }
+}
+
+// rlhf.decode.Adapter.refresh: the modules' current A and B (any floating dtype and strides) copied into
+// the adapter's bfloat16 layouts: a_rows (A stacked from row k0 of each module), b (B block-diagonal,
+// times b_times: a power of two, so exactly),
+// a_blocks (_pairs_of_16(a_rows)) and b_blocks (each module's _pairs_of_16 of its padded B). Only
+// where a module's values go is written: the zeros around them stay from when the adapter was made.
+static void lay_out(const std::vector<Tensor>& as, const std::vector<Tensor>& bs, const Tensor& segments,
+                    Tensor a_rows, Tensor b, Tensor a_blocks, Tensor b_blocks, double b_times) {
+  TORCH_CHECK(a_rows.is_contiguous() && b.is_contiguous() && a_blocks.is_contiguous() && b_blocks.is_contiguous() &&
+              a_rows.size(1) % 2 == 0 && segments.size(0) == static_cast<int64_t>(as.size()), "adapter layouts");
+  const double* seg = segments.data_ptr<double>();
+  at::BFloat16* rows = a_rows.data_ptr<at::BFloat16>();
+  at::BFloat16* diag = b.data_ptr<at::BFloat16>();
+  at::BFloat16* blocks = b_blocks.data_ptr<at::BFloat16>();
+  const int64_t row_width = a_rows.size(1), ranks = b.size(1);
+  for (size_t m = 0; m < as.size(); ++m, seg += 6) {
+    // (ATen's conversion to bfloat16 is vectorised; the loops below only move values)
+    const Tensor a = as[m].to(at::kBFloat16).contiguous(), bm = bs[m].to(at::kBFloat16).contiguous();
+    const int64_t k0 = static_cast<int64_t>(seg[0]), rank = a.size(0), in = a.size(1);
+    const int64_t o0 = static_cast<int64_t>(seg[2]), out = bm.size(0), pairs = (rank + 1) / 2;
+    const at::BFloat16* av = a.data_ptr<at::BFloat16>();
+    const at::BFloat16* bv = bm.data_ptr<at::BFloat16>();
+    for (int64_t i = 0; i < rank; ++i)
+      std::memcpy(rows + (k0 + i) * row_width, av + i * in, in * sizeof(at::BFloat16));
+    at::BFloat16* mine = blocks + static_cast<int64_t>(seg[5]);
+    for (int64_t i = 0; i < out; ++i) {
+      for (int64_t k = 0; k < rank; ++k) {
+        const at::BFloat16 v = bv[i * rank + k];
+        diag[(o0 + i) * ranks + k0 + k] = at::BFloat16(static_cast<float>(v) * static_cast<float>(b_times));
+        mine[(((i / 16) * pairs + k / 2) * 16 + i % 16) * 2 + k % 2] = v;
+      }
     }
   }
+  // a_blocks[c][p][j][e] = a_rows[16 c + j][2 p + e]
+  at::BFloat16* ab = a_blocks.data_ptr<at::BFloat16>();
+  const int64_t runs = a_rows.size(0) / 16, row_pairs = row_width / 2;
+  for (int64_t c = 0; c < runs; ++c)
+    for (int64_t p = 0; p < row_pairs; ++p)
+      for (int64_t j = 0; j < 16; ++j) {
+        const at::BFloat16* from = rows + (16 * c + j) * row_width + 2 * p;
+        at::BFloat16* to = ab + ((c * row_pairs + p) * 16 + j) * 2;
+        to[0] = from[0];
+        to[1] = from[1];
+      }
+}
+
+static bool native_pairs() {
+#if defined(__AVX512BF16__)
+  return true;
+#else
+  return false;
+#endif
 }
 
 // rlhf.decode._forward for one token per row (tokens == 1), over float32 caches.
@@ -316,10 +414,13 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector
 // the app's server threads answer while a background generation runs.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step", &step, py::call_guard<py::gil_scoped_release>());
-  m.def("adapt", [](const Tensor& x, Tensor y, const Tensor& a, const Tensor& b, const Tensor& segments) {
-    adapt(x, y, a, b, segments);
+  m.def("adapt", [](const Tensor& x, Tensor y, const Tensor& a, const Tensor& b, const Tensor& segments,
+                    bool native) {
+    adapt(x, y, a, b, segments, native);
     return y;
   });
+  m.def("native_pairs", &native_pairs);
+  m.def("lay_out", &lay_out);
 }
 """
 

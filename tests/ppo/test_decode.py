@@ -249,7 +249,8 @@ def test_per_call_weights_pack_the_frozen_base_once_and_apply_the_training_adapt
     assert torch.equal(first.layers[0].qkv.to_dense() if first.packed else first.layers[0].qkv, base)
     layers = len(first.layers)
     slots = {(i, name) for i in range(layers) for name in ("qkv", "o", "gate_up", "down")}
-    assert set(_remembered[lora_policy]) == slots | {"head", "head_bf16"}
+    assert set(_remembered[lora_policy]) == slots | {(slot, "adapter") for slot in slots} | {"head", "head_bf16"}
+    assert second.layers[0].qkv_adapter is first.layers[0].qkv_adapter  # made once, refreshed in place
 
     torch.manual_seed(0)
     x = torch.randn(3, 1, attn.q_proj.in_features).bfloat16()
@@ -267,7 +268,7 @@ def test_per_call_weights_pack_the_frozen_base_once_and_apply_the_training_adapt
     with torch.no_grad():  # an optimizer step changes B in place: the next call reads the new values
         attn.q_proj.lora_B["default"].weight.add_(0.5)
     third = PackedWeights(lora_policy)
-    assert third.layers[0].qkv is first.layers[0].qkv
+    assert third.layers[0].qkv is first.layers[0].qkv and third.layers[0].qkv_adapter is first.layers[0].qkv_adapter
     moved = _product(x, third.layers[0].qkv, third.layers[0].qkv_adapter)
     assert not torch.allclose(moved.float(), got.float())
     assert torch.allclose(moved.float(), training_qkv().float(), rtol=2 ** -7, atol=1e-6)
@@ -317,22 +318,28 @@ def test_the_cpp_step_samples_what_the_python_loop_samples(lora_policy, tiny_mod
 
 def test_the_cpp_adapter_adds_what_the_python_adapter_adds():
     """rlhf.decode_native's adapter loops against Adapter.delta (peft's arithmetic under autocast, through
-    torch's products): ranks and widths that are not multiples of its 16-wide runs, two modules with their
-    own rank and scaling, one to six rows (its blocks of four rows and what is left). They sum in another
-    order than oneDNN, so a value may differ by its last bfloat16 bit; nearly all are equal."""
+    torch's products): an odd input width, odd ranks and widths that are not multiples of its 16-wide
+    runs, two modules with their own rank and scaling, one to six rows (its blocks of four rows and what
+    is left), through AVX512-BF16's pair products where the processor has them and through the portable
+    loops. They sum in another order than oneDNN, so a value may differ by its last bfloat16 bit; nearly
+    all are equal. An adapter refreshed after an in-place change equals one made afresh."""
     from peft import LoraConfig, get_peft_model
 
     from rlhf import decode_native
-    from rlhf.decode import Adapter, _runs_of_16, adapted_at_decode
+    from rlhf.decode import Adapter, _pairs_of_16, adapted_at_decode
 
-    # the layout by hand: (3 x 2) -> one run of 16, (2 columns, 16 rows) zero past row 3
-    runs = _runs_of_16(torch.arange(6.0).view(3, 2))
-    assert runs.shape == (1, 2, 16) and runs[0, :, :3].tolist() == [[0, 2, 4], [1, 3, 5]] and not runs[0, :, 3:].any()
+    # the layout by hand: [c, p, j, e] is padded[16 c + j, 2 p + e]
+    padded = torch.zeros(16, 4)
+    padded[:3] = torch.arange(12.0).view(3, 4)
+    pairs = _pairs_of_16(padded)
+    assert pairs.shape == (1, 2, 16, 2)
+    assert pairs[0, :, :3].tolist() == [[[0, 1], [4, 5], [8, 9]], [[2, 3], [6, 7], [10, 11]]]
+    assert not pairs[0, :, 3:].any()
 
     class Two(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.q, self.k = torch.nn.Linear(40, 24, bias=False), torch.nn.Linear(40, 37, bias=False)
+            self.q, self.k = torch.nn.Linear(41, 24, bias=False), torch.nn.Linear(41, 37, bias=False)
 
     torch.manual_seed(0)
     model = get_peft_model(Two(), LoraConfig(r=5, lora_alpha=10, target_modules=["q", "k"],
@@ -345,11 +352,27 @@ def test_the_cpp_adapter_adds_what_the_python_adapter_adds():
     assert adapted_at_decode(layers)
     adapter = Adapter.of(layers)
     assert adapter.scaling is None and adapter.segments[:, 4].tolist() == [2.0, 7 / 19]
+    assert adapter.segments[:, 0].tolist() == [0, 6]  # each module's rows of u from an even row
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.mul_(1.5)
+    stale = adapter.delta(torch.ones(1, 41).bfloat16())
+    adapter.refresh(layers)
+    fresh, through_torch = Adapter.of(layers), Adapter.of(layers)
+    through_torch.refresh(layers, native=False)  # where the C++ step is not built
+    assert not torch.equal(stale, adapter.delta(torch.ones(1, 41).bfloat16()))
+    for name in ("a", "b", "a_blocks", "b_blocks"):
+        assert torch.equal(getattr(adapter, name), getattr(fresh, name)), name
+        assert torch.equal(getattr(adapter, name), getattr(through_torch, name)), name
+    portable = [False] + ([True] if decode_native.module().native_pairs() else [])
     equal = total = 0
     for rows in range(1, 7):
-        x, y = torch.randn(rows, 1, 40).bfloat16(), torch.randn(rows, 1, 61).bfloat16()
+        x, y = torch.randn(rows, 1, 41).bfloat16(), torch.randn(rows, 1, 61).bfloat16()
         want = y + adapter.delta(x)
-        got = decode_native.module().adapt(x, y.clone(), adapter.a_blocks, adapter.b_blocks, adapter.segments)
-        assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
-        equal, total = equal + int((got == want).sum()), total + got.numel()
+        for native in portable:
+            got = decode_native.module().adapt(x, y.clone(), adapter.a_blocks, adapter.b_blocks, adapter.segments,
+                                               native)
+            assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
+            equal, total = equal + int((got == want).sum()), total + got.numel()
     assert equal / total > 0.95
