@@ -330,12 +330,14 @@ static void lay_out(const std::vector<Tensor>& as, const std::vector<Tensor>& bs
     for (int64_t i = 0; i < rank; ++i)
       std::memcpy(rows + (k0 + i) * row_width, av + i * in, in * sizeof(at::BFloat16));
     at::BFloat16* mine = blocks + static_cast<int64_t>(seg[5]);
+    const Tensor scaled = b_times == 1.0 ? bm : (bs[m].to(at::kFloat) * b_times).to(at::kBFloat16).contiguous();
+    const at::BFloat16* sv = scaled.data_ptr<at::BFloat16>();
     for (int64_t i = 0; i < out; ++i) {
-      for (int64_t k = 0; k < rank; ++k) {
-        const at::BFloat16 v = bv[i * rank + k];
-        diag[(o0 + i) * ranks + k0 + k] = at::BFloat16(static_cast<float>(v) * static_cast<float>(b_times));
-        mine[(((i / 16) * pairs + k / 2) * 16 + i % 16) * 2 + k % 2] = v;
-      }
+      std::memcpy(diag + (o0 + i) * ranks + k0, sv + i * rank, rank * sizeof(at::BFloat16));
+      // each pair of B's columns side by side: one 32-bit word (the last of an odd rank: one value)
+      at::BFloat16* to = mine + ((i / 16) * pairs * 16 + i % 16) * 2;
+      for (int64_t k = 0; k < rank; k += 2, to += 32)
+        std::memcpy(to, bv + i * rank + k, std::min<int64_t>(2, rank - k) * sizeof(at::BFloat16));
     }
   }
   // a_blocks[c][p][j][e] = a_rows[16 c + j][2 p + e]
