@@ -15,9 +15,10 @@ Variants (same prompts, same number of new tokens, end token ignored so every ro
                   (oneDNN reorders each at every product), torch.multinomial, flash attention per token,
                   top-p by a sort of the whole vocabulary (these variants sample with top-p 1: no sort)
   fast_python     rlhf.decode's loop with its one-token steps in Python (as before rlhf.decode_native)
-  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): the adapted
-                  weights packed in oneDNN's layout once per call, after an in-place change of the
-                  adapter (as PPO packs once per update), the frozen head kept; inverse-CDF
+  fast            rlhf.decode's loop (the default of PPO rollouts and generate_replies): the frozen
+                  base weights and head packed in oneDNN's layout once, the adapter changed in place
+                  before each call (as PPO's update does) and applied beside the base at every token
+                  (its layouts refreshed once per call); inverse-CDF
                   sampling, one-query attention, top-p among the largest 256 or 2,048 entries, each
                   one-token step over the layers in one C++ call (rlhf.decode_native)
   fast_kept       the same with the packed weights kept from call to call (as generate_replies keeps
