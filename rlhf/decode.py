@@ -196,6 +196,15 @@ def _even(n: int) -> int:
     return n + n % 2
 
 
+def _pair_layout(linears) -> torch.Tensor:
+    """The layers' (merged) weights stacked in bfloat16, zero-padded to whole runs of 16 rows and an even
+    width, in the layout of ``_pairs_of_16``."""
+    matrix = torch.cat([merged_weight(linear).to(torch.bfloat16) for linear in linears])
+    rows, cols = matrix.shape
+    padded = F.pad(matrix, (0, _even(cols) - cols, 0, _padded(rows) - rows))
+    return _pairs_of_16(padded).contiguous()
+
+
 def _pairs_of_16(padded: torch.Tensor) -> torch.Tensor:
     """(16 x runs, 2 x pairs) -> (runs, pairs, 16, 2), a view: ``padded.T`` in runs of 16 of its columns,
     each run's rows two by two, the two values of each column side by side (``[c, p, j, e]`` is
@@ -264,21 +273,9 @@ class PackedWeights:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.packed = packing_available(lm.device)
-        memo = _remembered.setdefault(model, {})
-
-        def remembered(slot, linears, make):
-            """``make()``, or the matrix made for ``slot`` from the same sources by an earlier call."""
-            sources = [t for linear in linears for t in _sources(linear)]
-            key = (self.packed, rows, tuple(_state(t) for t in sources),
-                   tuple(_switches(linear) for linear in linears))
-            hit = memo.get(slot)
-            if hit is not None and hit[0] == key:
-                return hit[1]
-            memo.pop(slot, None)  # an outdated copy is freed before the new one is made
-            matrix = make()
-            if keep or not any(t.requires_grad for t in sources):
-                memo[slot] = (key, matrix)
-            return matrix
+        self._memo, self._keep, self._rows = _remembered.setdefault(model, {}), keep, rows
+        memo, remembered = self._memo, self._remembered
+        self._products = []  # per layer and product: (slot, the layers its matrix is made from)
 
         def bf16(slot, *linears):
             """The layers' weights stacked, in bfloat16 (each cast before stacking: fewer bytes moved)."""
@@ -293,6 +290,7 @@ class PackedWeights:
             are applied apart is decided again only when the layers' tensors or switches change other
             than in place; an in-place change (an optimizer step) refreshes the adapter's copies."""
             if keep:
+                self._products.append((slot, linears))
                 return bf16(slot, *linears), None
             sources = [t for linear in linears for t in _sources(linear)]
             structure = (tuple((id(t), t.data_ptr(), t.dtype, t.shape, t.requires_grad) for t in sources),
@@ -306,9 +304,10 @@ class PackedWeights:
                 if hit[2] is not None:
                     hit[2].refresh(linears)
                 hit[1] = versions
-            if hit[2] is None:
-                return bf16(slot, *linears), None
-            return bf16(slot, *(linear.get_base_layer() for linear in linears)), hit[2]
+            if hit[2] is not None:
+                linears = tuple(linear.get_base_layer() for linear in linears)
+            self._products.append((slot, linears))
+            return bf16(slot, *linears), hit[2]
 
         self.layers = []
         with torch.no_grad():
@@ -328,6 +327,40 @@ class PackedWeights:
             self.head = remembered("head", [head], lambda: merged_weight(head).float())
             self.head_bf16 = bf16("head_bf16", head)
             self.embed = decoder.embed_tokens
+
+    def _remembered(self, slot, linears, make):
+        """``make()``, or the matrix made for ``slot`` from the same sources by an earlier call."""
+        sources = [t for linear in linears for t in _sources(linear)]
+        key = (self.packed, self._rows, tuple(_state(t) for t in sources),
+               tuple(_switches(linear) for linear in linears))
+        hit = self._memo.get(slot)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        self._memo.pop(slot, None)  # an outdated copy is freed before the new one is made
+        matrix = make()
+        if self._keep or not any(t.requires_grad for t in sources):
+            self._memo[slot] = (key, matrix)
+        return matrix
+
+    def step_pairs(self) -> list[torch.Tensor]:
+        """Each layer's four matrices (qkv, o, gate_up, down) again, in the layout of the C++ step's own
+        product for up to 8 rows (``rlhf.decode_native``: ``_pairs_of_16`` of the bfloat16 matrix,
+        zero-padded), which streams the weights on every core where oneDNN's packed product of so few
+        rows does not (4.9 ms a token for the bundled model's layers at batch 4, against 6.4). Used
+        where the processor has AVX512-BF16 (``decode_native``'s ``native_pairs``). Made on first use and
+        remembered with the packed matrices (another 212 MB for the bundled model); an empty tensor
+        for a matrix made per call (its weights train: the copy would cost more than it saves)."""
+        pairs = self.__dict__.get("_pairs")
+        if pairs is None:
+            pairs = []
+            with torch.no_grad():
+                for slot, linears in self._products:
+                    if self._keep or not any(t.requires_grad for linear in linears for t in _sources(linear)):
+                        pairs.append(self._remembered((slot, "pairs"), linears, lambda: _pair_layout(linears)))
+                    else:
+                        pairs.append(torch.empty(0))
+            self._pairs = pairs
+        return pairs
 
     @classmethod
     def kept(cls, model) -> "PackedWeights":

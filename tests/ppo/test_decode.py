@@ -249,7 +249,8 @@ def test_per_call_weights_pack_the_frozen_base_once_and_apply_the_training_adapt
     assert torch.equal(first.layers[0].qkv.to_dense() if first.packed else first.layers[0].qkv, base)
     layers = len(first.layers)
     slots = {(i, name) for i in range(layers) for name in ("qkv", "o", "gate_up", "down")}
-    assert set(_remembered[lora_policy]) == slots | {(slot, "adapter") for slot in slots} | {"head", "head_bf16"}
+    remembered = set(_remembered[lora_policy]) - {(slot, "pairs") for slot in slots}  # the C++ step's copies
+    assert remembered == slots | {(slot, "adapter") for slot in slots} | {"head", "head_bf16"}
     assert second.layers[0].qkv_adapter is first.layers[0].qkv_adapter  # made once, refreshed in place
 
     torch.manual_seed(0)
@@ -309,11 +310,36 @@ def test_the_cpp_step_samples_what_the_python_loop_samples(lora_policy, tiny_mod
     monkeypatch.setattr(decode_module, "_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
     native = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
     assert len(calls) == 1  # the prompt pass; the 11 one-token steps ran in C++
+    if decode_native.module().native_pairs():  # with its own product for these 3 rows
+        assert ((0, "qkv"), "pairs") in decode_module._remembered[lora_policy]
     monkeypatch.setattr(decode_native, "available", lambda: False)
     python = _decode_logprobs(lora_policy, tok, batch, seed=5, tokens=12)
     assert len(calls) == 13  # and the prompt pass and 11 steps, all in Python this time
     assert torch.equal(native[0], python[0])
     assert (native[1] - python[1]).abs().max() < 1e-4
+
+
+def test_the_cpp_product_for_a_few_rows_gives_torchs_product():
+    """rlhf.decode_native.pair_product (the C++ step's product at up to 8 rows, on every thread, through
+    vdpbf16ps where the processor has it) against torch's bfloat16 product: an odd width and an output
+    that is not a whole number of its 16-column runs, 1 to 8 rows. Only the order of the float32
+    additions differs, so a value may differ by its last bfloat16 bit; nearly all are equal."""
+    from rlhf import decode_native
+    from rlhf.decode import _pair_layout
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(41, 37, bias=False)
+    pairs = _pair_layout([linear])
+    assert pairs.shape == (3, 21, 16, 2) and not pairs[2, :, 5:].any() and not pairs[:, 20, :, 1].any()
+    equal = total = 0
+    for rows in range(1, 9):
+        x = torch.randn(rows, 1, 41).bfloat16()
+        want = torch.nn.functional.linear(x, linear.weight.bfloat16())
+        got = decode_native.module().pair_product(x, pairs, 37)
+        assert got.shape == want.shape and got.dtype == torch.bfloat16
+        assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
+        equal, total = equal + int((got == want).sum()), total + got.numel()
+    assert equal / total > 0.95
 
 
 def test_the_cpp_adapter_adds_what_the_python_adapter_adds():
