@@ -288,22 +288,21 @@ class PackedWeights:
         def product(slot, *linears):
             """(matrix, adapter applied beside it or None) for the layers' product. Whether the adapters
             are applied apart is decided again only when the layers' tensors or switches change other
-            than in place; an in-place change (an optimizer step) refreshes the adapter's copies."""
+            than in place; the adapter's copies are refreshed from the current A and B at every call."""
             if keep:
                 self._products.append((slot, linears))
                 return bf16(slot, *linears), None
             sources = [t for linear in linears for t in _sources(linear)]
             structure = (tuple((id(t), t.data_ptr(), t.dtype, t.shape, t.requires_grad) for t in sources),
                          tuple(_switches(linear) for linear in linears))
-            versions = tuple(t._version for t in sources)
             hit = memo.get((slot, "adapter"))
             if hit is None or hit[0] != structure:
-                hit = memo[(slot, "adapter")] = [structure, versions,
+                hit = memo[(slot, "adapter")] = [structure, None,
                                                  Adapter.of(linears) if adapted_at_decode(linears) else None]
-            elif hit[1] != versions:
-                if hit[2] is not None:
-                    hit[2].refresh(linears)
-                hit[1] = versions
+            elif hit[2] is not None:
+                # at every call, not only when the in-place version moved: a write through ``.data``
+                # (a checkpoint loaded, weights synchronised) changes the values without moving it
+                hit[2].refresh(linears)
             if hit[2] is not None:
                 linears = tuple(linear.get_base_layer() for linear in linears)
             self._products.append((slot, linears))

@@ -273,6 +273,11 @@ def test_per_call_weights_pack_the_frozen_base_once_and_apply_the_training_adapt
     moved = _product(x, third.layers[0].qkv, third.layers[0].qkv_adapter)
     assert not torch.allclose(moved.float(), got.float())
     assert torch.allclose(moved.float(), training_qkv().float(), rtol=2 ** -7, atol=1e-6)
+    # a write through .data (a checkpoint loaded, weights synchronised) does not move the version: seen too
+    attn.q_proj.lora_B["default"].weight.data.add_(0.5)
+    fourth = PackedWeights(lora_policy)
+    assert torch.allclose(_product(x, fourth.layers[0].qkv, fourth.layers[0].qkv_adapter).float(),
+                          training_qkv().float(), rtol=2 ** -7, atol=1e-6)
     # merged into the matrix when kept (a model that does not train meanwhile): no adapter beside it
     kept = PackedWeights.kept(lora_policy)
     assert kept.layers[0].qkv_adapter is None and kept.layers[0].qkv is not first.layers[0].qkv
