@@ -239,6 +239,11 @@ def test_the_server_freezes_what_it_loaded_at_start(app_config):
             collected = {id(o) for o in gc.get_objects()}  # every generation, the frozen one left out
             assert frozen > 1000 and id(app.state.services.store) not in collected and id(app) not in collected
             gc.collect()
-            assert gc.get_freeze_count() == frozen  # a collection does not thaw them
+            # A collection does not thaw them. The count itself may fall by the few frozen objects
+            # that other threads release by reference counting meanwhile, so the test reads what
+            # matters: the objects the server holds are still out of the collector's reach.
+            collected = {id(o) for o in gc.get_objects()}
+            assert id(app.state.services.store) not in collected and id(app) not in collected
+            assert gc.get_freeze_count() > frozen * 0.99
     finally:
         gc.unfreeze()
