@@ -45,6 +45,11 @@ SOURCE = r"""
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#define RLHF_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 using at::Tensor;
 
@@ -273,33 +278,174 @@ static void adapt_rows(const at::BFloat16* x, at::BFloat16* ys, const at::BFloat
   }
 }
 
-// y = x W^T for a few rows of x (bfloat16, at most 8) and W in the pairs layout (runs, pairs, 16, 2;
+// y = x W^T for a few rows of x (bfloat16, at most 8; with the tile registers tile_product_rows below
+// takes up to 16) and W in the pairs layout (runs, pairs, 16, 2;
 // rlhf.decode._pairs_of_16 of W zero-padded): y's first `out` columns, bfloat16. Each thread takes a
 // contiguous share of the runs of 16 output columns, so the weights stream from memory on every core
 // (for the bundled model's 30 layers at 4 rows: 4.9 ms a token where oneDNN's packed product takes
 // 6.4, streaming about 33 GB/s; a token at batch 4 10.2 ms instead of 12.0, at 8 16.1 instead of 17.0).
+static inline void store_run(const floats16& acc, at::BFloat16* y, int64_t width) {
+  if (width == 16) {
+    store16(acc, y);
+  } else {
+    for (int64_t l = 0; l < width; ++l) y[l] = at::BFloat16(acc[l]);
+  }
+}
+
+#if defined(__AVX512BF16__)
+// `runs` runs of sixteen columns at once (their weights `pairs` x 32 apart): each row's broadcast pair
+// of x serves every run. The LM head (49,152 x 576) at 4 rows: 1.12 ms against 1.37 a run at a time
+// (1.00 at 1 row, where the weights' bytes bound it); at 8 rows 2.06 against 2.38, where vdpbf16ps's
+// throughput bounds it on two cores.
+template <int rows, int runs>
+static inline void pair_sums16_runs(floats16 (&acc)[rows][runs], const at::BFloat16* x, int64_t xstride,
+                                    const at::BFloat16* m, int64_t pairs) {
+  __m512 sums[rows][runs];
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < runs; ++j) sums[r][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh w[runs];
+    for (int j = 0; j < runs; ++j) w[j] = (__m512bh)_mm512_loadu_si512(m + j * pairs * 32 + p * 32);
+    for (int r = 0; r < rows; ++r) {
+      int32_t x0;
+      std::memcpy(&x0, x + r * xstride + 2 * p, 4);
+      const __m512bh xs = (__m512bh)_mm512_set1_epi32(x0);
+      for (int j = 0; j < runs; ++j) sums[r][j] = _mm512_dpbf16_ps(sums[r][j], xs, w[j]);
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < runs; ++j) std::memcpy(&acc[r][j], &sums[r][j], sizeof sums[r][j]);
+}
+#endif
+
 template <int rows>
 static void pair_product_rows(const at::BFloat16* x, int64_t in, const at::BFloat16* w, int64_t pairs,
                               at::BFloat16* y, int64_t out, int64_t c0, int64_t c1) {
+  int64_t c = c0;
+#if defined(__AVX512BF16__)
+  constexpr int runs = 4;  // measured against 1 and 2 (and two chains per sum) at 1, 4 and 8 rows: the fastest
+  floats16 sums[rows][runs];
+  for (; c + runs <= c1; c += runs) {
+    pair_sums16_runs<rows, runs>(sums, x, in, w + c * pairs * 32, pairs);
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < runs; ++j)
+        store_run(sums[r][j], y + r * out + (c + j) * 16, std::min<int64_t>(16, out - (c + j) * 16));
+  }
+#endif
   floats16 acc[rows];
-  for (int64_t c = c0; c < c1; ++c) {
+  for (; c < c1; ++c) {
     pair_sums16<rows, true>(acc, x, in, w + c * pairs * 32, pairs);
-    const int64_t width = std::min<int64_t>(16, out - c * 16);
-    for (int r = 0; r < rows; ++r) {
-      if (width == 16) {
-        store16(acc[r], y + r * out + c * 16);
-      } else {
-        for (int64_t l = 0; l < width; ++l) y[r * out + c * 16 + l] = at::BFloat16(acc[r][l]);
-      }
-    }
+    for (int r = 0; r < rows; ++r) store_run(acc[r], y + r * out + c * 16, std::min<int64_t>(16, out - c * 16));
   }
 }
 
 #pragma GCC pop_options
 
-static Tensor pair_product(const Tensor& x, const Tensor& w, int64_t out) {
+#if defined(RLHF_AMX)
+// Whether this process may use the processor's tile registers (AMX): Linux hands their state to a
+// process only on request (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel 5.16 on);
+// asked once. Off with RLHF_DECODE_AMX=0.
+static bool amx_permitted() {
+  static const bool permitted = [] {
+    const char* off = std::getenv("RLHF_DECODE_AMX");
+    if (off != nullptr && std::string(off) == "0") return false;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return permitted;
+}
+
+struct TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// pair_product_rows with the tile registers (AMX), for up to 16 rows and a width of whole blocks of
+// 32 (`pairs` a multiple of 16): four runs of sixteen columns at a time, each a tile of sums (rows x 16
+// floats, tiles 0 to 3), over blocks of 16 pairs: x's block (rows x 32 bfloat16, tile 4) times each
+// run's block (16 pairs x 16 columns x 2, the pairs layout as it is: tiles 5 to 7). The products run at
+// the weights' streaming speed at any of these row counts: the LM head (49,152 x 576) in 1.06 ms at 1,
+// 4, 8 and 16 rows, where vdpbf16ps took 1.12 at 4 rows and 2.06 at 8; the remaining runs as before.
+static void tile_product_rows(const at::BFloat16* x, int64_t in, const at::BFloat16* w, int64_t pairs,
+                              at::BFloat16* y, int64_t out, int64_t c0, int64_t c1, int rows) {
+  TileConfig config{};
+  config.palette = 1;
+  for (int t = 0; t < 5; ++t) {
+    config.rows[t] = static_cast<uint8_t>(rows);
+    config.colsb[t] = 64;
+  }
+  for (int t = 5; t < 8; ++t) {
+    config.rows[t] = 16;
+    config.colsb[t] = 64;
+  }
+  _tile_loadconfig(&config);
+  const int64_t blocks = pairs / 16, run = pairs * 32;
+  alignas(64) float sums[16 * 64];
+  int64_t c = c0;
+  for (; c + 4 <= c1; c += 4) {
+    const at::BFloat16* b = w + c * run;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t q = 0; q < blocks; ++q) {
+      _tile_loadd(4, x + q * 32, in * 2);
+      _tile_loadd(5, b + q * 512, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_loadd(6, b + run + q * 512, 64);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_loadd(7, b + 2 * run + q * 512, 64);
+      _tile_dpbf16ps(2, 4, 7);
+      _tile_loadd(5, b + 3 * run + q * 512, 64);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+    _tile_stored(0, sums, 256);
+    _tile_stored(1, sums + 16, 256);
+    _tile_stored(2, sums + 32, 256);
+    _tile_stored(3, sums + 48, 256);
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < 4; ++j) {
+        floats16 acc;
+        std::memcpy(&acc, sums + r * 64 + j * 16, sizeof acc);
+        store_run(acc, y + r * out + (c + j) * 16, std::min<int64_t>(16, out - (c + j) * 16));
+      }
+  }
+  _tile_release();
+  floats16 acc[1];
+  for (; c < c1; ++c)  // the last runs, one at a time and a row at a time
+    for (int r = 0; r < rows; ++r) {
+      pair_sums16<1, true>(acc, x + r * in, in, w + c * run, pairs);
+      store_run(acc[0], y + r * out + c * 16, std::min<int64_t>(16, out - c * 16));
+    }
+}
+#endif
+
+// The most rows pair_product takes: 16 with the tile registers, 8 with vdpbf16ps, else none (0).
+static int64_t pair_rows() {
+#if defined(RLHF_AMX)
+  if (amx_permitted()) return 16;
+#endif
+#if defined(__AVX512BF16__)
+  return 8;
+#else
+  return 0;
+#endif
+}
+
+// Whether pair_product takes `rows` rows of x for `w` (pairs layout): up to 16 where the tile registers
+// take its width (whole blocks of 32), up to 8 with vdpbf16ps.
+static bool pair_fits(int64_t rows, const Tensor& w) {
+  return w.numel() > 0 && rows <= (w.size(1) % 16 == 0 ? pair_rows() : std::min<int64_t>(pair_rows(), 8));
+}
+
+// `tiles` false: the vdpbf16ps loops even where the tile registers are there (tests compare the two).
+static Tensor pair_product(const Tensor& x, const Tensor& w, int64_t out, bool tiles = true) {
   const int64_t runs = w.size(0), pairs = w.size(1), in = pairs * 2, width = x.size(-1), rows = x.numel() / width;
-  TORCH_CHECK(rows <= 8 && in - width < 2 && w.is_contiguous() && x.is_contiguous() && runs * 16 >= out,
+  bool amx = false;
+#if defined(RLHF_AMX)
+  amx = tiles && amx_permitted() && pairs % 16 == 0 && rows <= 16;
+#endif
+  TORCH_CHECK((amx || rows <= 8) && in - width < 2 && w.is_contiguous() && x.is_contiguous() && runs * 16 >= out,
               "decode step: pair product layouts");
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
@@ -321,6 +467,11 @@ static Tensor pair_product(const Tensor& x, const Tensor& w, int64_t out) {
     const int t = 0, team = 1;
 #endif
     const int64_t c0 = runs * t / team, c1 = runs * (t + 1) / team;
+#if defined(RLHF_AMX)
+    if (amx) {
+      tile_product_rows(xp, in, wp, pairs, yp, out, c0, c1, static_cast<int>(rows));
+    } else
+#endif
     switch (rows) {
       case 8: pair_product_rows<8>(xp, in, wp, pairs, yp, out, c0, c1); break;
       case 7: pair_product_rows<7>(xp, in, wp, pairs, yp, out, c0, c1); break;
@@ -333,6 +484,63 @@ static Tensor pair_product(const Tensor& x, const Tensor& w, int64_t out) {
     }
   }
   return y;
+}
+
+// rlhf.ppo.rollout.top_exact_logits for a few rows (as many as pair_fits) with the head in the pairs layout: the
+// logits from one bfloat16 product (`pairs`: the head as rlhf.decode._pair_layout, `vocab` rows), then
+// each row's `k` largest recomputed in float32 from `exact` (the head, float32, (vocab, width)) and
+// `hidden` (float32). The selection is one pass per row keeping the k largest in a heap (few entries
+// ever enter it), where torch's topk, the gather and the scatter took 0.4 of the head's 1.6 ms at
+// batch 4; the product streams the head on every core, as the step's own product does.
+static Tensor head_logits(const Tensor& hidden, const Tensor& pairs, const Tensor& exact, int64_t k) {
+  const int64_t width = hidden.size(-1), rows = hidden.numel() / width, vocab = exact.size(0);
+  TORCH_CHECK(hidden.scalar_type() == at::kFloat && exact.scalar_type() == at::kFloat && exact.is_contiguous() &&
+              exact.size(1) == width && k > 0, "decode head: layouts");
+  const Tensor h = hidden.reshape({rows, width}).contiguous();
+  const Tensor logits = pair_product(h.to(at::kBFloat16), pairs, vocab).to(at::kFloat);
+  k = std::min(k, vocab);
+  float* lp = logits.data_ptr<float>();
+  const float* hp = h.data_ptr<float>();
+  const float* ep = exact.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<std::pair<float, int64_t>> heap(k);
+    const auto larger = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+      return a.first > b.first;  // a min-heap: the smallest kept entry on top
+    };
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = lp + r * vocab;
+      for (int64_t j = 0; j < k; ++j) heap[j] = {row[j], j};
+      std::make_heap(heap.begin(), heap.end(), larger);
+      float least = heap.front().first;
+      for (int64_t j = k; j < vocab; ++j) {
+        if (row[j] > least) {
+          std::pop_heap(heap.begin(), heap.end(), larger);
+          heap.back() = {row[j], j};
+          std::push_heap(heap.begin(), heap.end(), larger);
+          least = heap.front().first;
+        }
+      }
+      const float* x = hp + r * width;
+      for (const auto& entry : heap) {
+        const float* e = ep + entry.second * width;
+        floats16 acc{};
+        int64_t t = 0;
+        for (; t + 16 <= width; t += 16) {
+          floats16 a, b;
+          std::memcpy(&a, e + t, sizeof a);
+          std::memcpy(&b, x + t, sizeof b);
+          acc += a * b;
+        }
+        float sum = 0.f;
+        for (int l = 0; l < 16; ++l) sum += acc[l];
+        for (; t < width; ++t) sum += e[t] * x[t];
+        row[entry.second] = sum;
+      }
+    }
+  });
+  std::vector<int64_t> shape(hidden.sizes().begin(), hidden.sizes().end());
+  shape.back() = vocab;
+  return logits.view(shape);
 }
 
 // `native` false: the portable loops even where vdpbf16ps is there (tests compare the two).
@@ -427,8 +635,8 @@ static bool native_pairs() {
 // rlhf.decode._forward for one token per row (tokens == 1), over float32 caches.
 // weights: per layer input_norm, qkv, o, post_norm, gate_up, down; then the final norm.
 // adapters: per layer and product (qkv, o, gate_up, down) an Adapter's a_blocks, b_blocks, segments (empty: none).
-// pairs: per layer and product the matrix in the pairs layout for pair_product (empty: none), used at
-// up to 8 rows; or no tensors at all.
+// pairs: per layer and product the matrix in the pairs layout for pair_product (empty: none), used where
+// pair_fits; or no tensors at all.
 Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector<Tensor>& pairs,
             const std::vector<Tensor>& adapters,
             const Tensor& cos, const Tensor& sin, const std::vector<Tensor>& keys,
@@ -447,7 +655,8 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector
     const Tensor* w = &weights[6 * i];
     // the layer's k-th product (k = 0..3: qkv, o, gate_up, down; weights w[1], w[2], w[4], w[5])
     auto matrix = [&](const Tensor& input, int k, const Tensor& weight) -> Tensor {
-      if (batch <= 8 && !pairs.empty() && pairs[4 * i + k].numel()) return pair_product(input, pairs[4 * i + k], weight.size(0));
+      if (!pairs.empty() && pair_fits(batch, pairs[4 * i + k]))
+        return pair_product(input, pairs[4 * i + k], weight.size(0));
       return product(input, weight).contiguous();
     };
     const Tensor* lora = &adapters[12 * i];
@@ -493,7 +702,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return y;
   });
   m.def("native_pairs", &native_pairs);
-  m.def("pair_product", &pair_product);
+  m.def("pair_product", &pair_product, py::arg("x"), py::arg("w"), py::arg("out"), py::arg("tiles") = true);
+  m.def("pair_rows", &pair_rows);
+  m.def("pair_fits", &pair_fits);
+  m.def("head_logits", &head_logits, py::call_guard<py::gil_scoped_release>());
   m.def("lay_out", &lay_out);
 }
 """
@@ -586,6 +798,6 @@ def step(w, hidden: torch.Tensor, cos, sin, keys, values, start: int, masked) ->
                  for t in ((adapter.a_blocks, adapter.b_blocks, adapter.segments) if adapter is not None else none)])
         w.__dict__["_native_weights"] = flat
     # the C++ product for a few rows where the processor multiplies bfloat16 pairs (rlhf.decode.PackedWeights.step_pairs)
-    pairs = w.step_pairs() if hidden.shape[0] <= 8 and module().native_pairs() else []
+    pairs = w.step_pairs() if hidden.shape[0] <= module().pair_rows() else []
     return module().step(hidden, flat[0], pairs, flat[1], cos, sin, keys, values, start, masked, w.heads,
                          w.kv_heads, w.head_dim, float(w.eps))

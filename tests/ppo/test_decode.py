@@ -325,26 +325,66 @@ def test_the_cpp_step_samples_what_the_python_loop_samples(lora_policy, tiny_mod
 
 
 def test_the_cpp_product_for_a_few_rows_gives_torchs_product():
-    """rlhf.decode_native.pair_product (the C++ step's product at up to 8 rows, on every thread, through
-    vdpbf16ps where the processor has it) against torch's bfloat16 product: an odd width and an output
-    that is not a whole number of its 16-column runs, 1 to 8 rows. Only the order of the float32
-    additions differs, so a value may differ by its last bfloat16 bit; nearly all are equal."""
+    """rlhf.decode_native.pair_product (the C++ step's product for a few rows, on every thread: through the
+    tile registers (AMX) at up to 16 rows where the processor has them and the width is whole blocks of
+    32, through vdpbf16ps at up to 8 rows where it has that) against torch's bfloat16 product: an odd
+    width, a width of whole blocks, outputs that are not a whole number of its 16-column runs nor of
+    its groups of four runs, both ways where both run. Only the order of the float32 additions differs,
+    so a value may differ by its last bfloat16 bit; nearly all are equal."""
     from rlhf import decode_native
     from rlhf.decode import _pair_layout
 
+    native = decode_native.module()
     torch.manual_seed(0)
-    linear = torch.nn.Linear(41, 37, bias=False)
-    pairs = _pair_layout([linear])
+    odd = torch.nn.Linear(41, 37, bias=False)
+    pairs = _pair_layout([odd])
     assert pairs.shape == (3, 21, 16, 2) and not pairs[2, :, 5:].any() and not pairs[:, 20, :, 1].any()
+    blocks = torch.nn.Linear(64, 100, bias=False)  # 7 runs: a group of four and three left, split between threads
     equal = total = 0
-    for rows in range(1, 9):
-        x = torch.randn(rows, 1, 41).bfloat16()
-        want = torch.nn.functional.linear(x, linear.weight.bfloat16())
-        got = decode_native.module().pair_product(x, pairs, 37)
-        assert got.shape == want.shape and got.dtype == torch.bfloat16
-        assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
-        equal, total = equal + int((got == want).sum()), total + got.numel()
+    for linear in (odd, blocks):
+        pairs = _pair_layout([linear])
+        for tiles in (True, False):
+            most = native.pair_rows() if tiles and pairs.shape[1] % 16 == 0 else min(native.pair_rows(), 8)
+            if tiles:  # what the step asks before it takes this product
+                assert native.pair_fits(most, pairs) and not native.pair_fits(most + 1, pairs)
+            for rows in range(1, most + 1):
+                x = torch.randn(rows, 1, linear.in_features).bfloat16()
+                want = torch.nn.functional.linear(x, linear.weight.bfloat16())
+                got = native.pair_product(x, pairs, linear.out_features, tiles)
+                assert got.shape == want.shape and got.dtype == torch.bfloat16
+                assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
+                equal, total = equal + int((got == want).sum()), total + got.numel()
     assert equal / total > 0.95
+
+
+def test_the_cpp_head_gives_top_exact_logits():
+    """rlhf.decode_native.head_logits (the LM head for a few rows: the bfloat16 product in the pairs layout,
+    each row's 64 largest recomputed in float32) against rlhf.ppo.rollout.top_exact_logits: the entries
+    it ranks highest are the float32 products, and the rest the bfloat16 product (the two may pick a
+    different entry where the 64th ties in bfloat16, so the rest is compared within its rounding): an
+    odd width (vdpbf16ps) and one of whole blocks (the tile registers where the processor has them)."""
+    from rlhf import decode_native
+    from rlhf.decode import _pair_layout
+    from rlhf.ppo.rollout import TOP_EXACT, top_exact_logits
+
+    native = decode_native.module()
+    torch.manual_seed(1)
+    for width in (64, 41):
+        head = torch.nn.Linear(width, 1000, bias=False)  # 62.5 runs of 16 columns
+        pairs = _pair_layout([head])
+        for rows in sorted({1, 3, native.pair_rows() if width % 32 == 0 else min(native.pair_rows(), 8)}):
+            hidden = torch.randn(rows, width) * 3
+            got = native.head_logits(hidden, pairs, head.weight, TOP_EXACT)
+            want = top_exact_logits(hidden, head.weight, head.weight.bfloat16())
+            assert got.shape == want.shape == (rows, 1000) and got.dtype == torch.float32
+            exact = hidden @ head.weight.T
+            # each row has its 64 float32 products, and they are the largest (a bfloat16 value may
+            # pass the smallest of them by its rounding, as in top_exact_logits)
+            assert ((got - exact).abs() <= 1e-5 * exact.abs() + 1e-5).sum(dim=-1).min() >= TOP_EXACT
+            top = got.topk(TOP_EXACT // 2, dim=-1).indices
+            assert torch.allclose(got.gather(1, top), exact.gather(1, top), rtol=1e-5, atol=1e-5)
+            assert torch.allclose(got, want, rtol=2 ** -7, atol=2e-2)
+            assert (got == want).float().mean() > 0.95
 
 
 def test_the_cpp_adapter_adds_what_the_python_adapter_adds():
