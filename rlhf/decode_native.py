@@ -777,6 +777,19 @@ def available() -> bool:
     return module() is not None
 
 
+def describe() -> str:
+    """How the fast loop's one-token steps run here, for the logs."""
+    native = module()
+    if native is None:
+        return f"its steps in Python ({_failed})"
+    rows = native.pair_rows()
+    if rows > 8:
+        return f"its steps in C++, their products on the processor's tile registers (AMX) up to {rows} rows"
+    if rows:
+        return f"its steps in C++, their products with AVX512-BF16 up to {rows} rows"
+    return "its steps in C++, their products by oneDNN"
+
+
 def float_caches(keys, values) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """float32 copies of the bfloat16 key/value caches (the same values) for ``step``, which reads them
     without converting the whole prefix again at every token."""

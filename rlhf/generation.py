@@ -112,6 +112,9 @@ def sequences_function(model, tokenizer, sampling: SamplingSettings):
     if reason:
         log.warning("generation: transformers' generate() (the fast decode loop cannot run this model: %s)", reason)
         return with_transformers
+    from rlhf import decode_native
+
+    log.info("generation: the fast decode loop (rlhf.decode), %s", decode_native.describe())
 
     def fast(enc):
         return decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=sampling.max_new_tokens,

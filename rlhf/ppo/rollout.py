@@ -188,8 +188,10 @@ def bf16_generate(policy: torch.nn.Module, device_type: str, swap_weights: bool,
         if reason:
             say(f"generation: transformers' generate() with bfloat16 weights (the fast decode loop cannot run: {reason})")
         else:
+            from rlhf import decode_native
+
             say("generation: the fast decode loop (rlhf.decode), bfloat16 weights packed once, a training LoRA adapter "
-                "applied beside them at every token")
+                f"applied beside them at every token; {decode_native.describe()}")
             fast = policy
 
     @functools.wraps(generate)

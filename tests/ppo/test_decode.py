@@ -335,6 +335,8 @@ def test_the_cpp_product_for_a_few_rows_gives_torchs_product():
     from rlhf.decode import _pair_layout
 
     native = decode_native.module()
+    # the logs name the way the products run (PPO's generation line, generate_replies' log)
+    assert ("tile registers" in decode_native.describe()) == (native.pair_rows() > 8)
     torch.manual_seed(0)
     odd = torch.nn.Linear(41, 37, bias=False)
     pairs = _pair_layout([odd])
