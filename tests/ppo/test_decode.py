@@ -359,6 +359,30 @@ def test_the_cpp_product_for_a_few_rows_gives_torchs_product():
     assert equal / total > 0.95
 
 
+def test_the_tile_product_and_onednns_products_interleave():
+    """The step's product loads its own tile configuration and releases the tiles after it; oneDNN's
+    bfloat16 products (which use the same tile registers on a processor with AMX: the prompt pass, the
+    training forward) run between its calls, as they do in a PPO update, and both stay right."""
+    from rlhf import decode_native
+    from rlhf.decode import _pairs_of_16, pack, packing_available
+    from rlhf.ppo.rollout import bf16_linear
+
+    native = decode_native.module()
+    torch.manual_seed(0)
+    weight = torch.randn(160, 64).bfloat16()
+    pairs = _pairs_of_16(weight).contiguous()
+    packed = pack(weight) if packing_available(torch.device("cpu")) else weight
+    a, b = torch.randn(300, 64).bfloat16(), torch.randn(64, 200).bfloat16()
+    rows = max(1, native.pair_rows())
+    x = torch.randn(rows, 64).bfloat16()
+    for _ in range(20):
+        assert torch.allclose((a @ b).float(), a.float() @ b.float(), rtol=1e-2, atol=0.25)
+        if native.pair_fits(rows, pairs):
+            assert torch.allclose(native.pair_product(x, pairs, 160).float(), x.float() @ weight.float().T,
+                                  rtol=1e-2, atol=0.1)
+        assert torch.allclose(bf16_linear(a, packed).float(), a.float() @ weight.float().T, rtol=1e-2, atol=0.25)
+
+
 def test_the_cpp_head_gives_top_exact_logits():
     """rlhf.decode_native.head_logits (the LM head for a few rows: the bfloat16 product in the pairs layout,
     each row's 64 largest recomputed in float32) against rlhf.ppo.rollout.top_exact_logits: the entries
