@@ -667,14 +667,18 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector
     Tensor qkv = matrix(x, 0, w[1]);
     adapt(x, qkv, lora[0], lora[1], lora[2]);
     rotate_into(qkv, cos, sin, q, k_cache, v_cache, start, heads, kv_heads, head_dim);
-    // rlhf.decode._attend_one: scores in float32 from bfloat16 values, float32 softmax, probabilities
-    // rounded to bfloat16, float32 product with the values, rounded to bfloat16.
+    // rlhf.decode._attend_one, as CPU flash attention: scores in float32 from bfloat16 values, their
+    // exponentials less the row's largest rounded to bfloat16 for the float32 product with the values,
+    // divided by the exponentials' float32 sum, rounded to bfloat16.
     Tensor k = k_cache.narrow(2, 0, end).view({batch * kv_heads, end, head_dim});
     Tensor v = v_cache.narrow(2, 0, end).view({batch * kv_heads, end, head_dim});
     Tensor scores = at::bmm(q, k.transpose(1, 2)).mul_(scale);
-    Tensor probs = scores.view({batch, kv_heads, group, end}).masked_fill_(masked, -INFINITY).softmax(-1);
-    round_bf16(probs);
-    to_bf16(at::bmm(probs.view({batch * kv_heads, group, end}), v), attended);
+    Tensor weights = scores.view({batch, kv_heads, group, end}).masked_fill_(masked, -INFINITY);
+    weights.sub_(std::get<0>(weights.max(-1, true))).exp_();
+    const Tensor total = weights.sum(-1, true);
+    round_bf16(weights);
+    to_bf16(at::bmm(weights.view({batch * kv_heads, group, end}), v).view({batch, kv_heads, group, head_dim}).div_(total),
+            attended);
     Tensor o = matrix(attended, 1, w[2]);
     adapt(attended, o, lora[3], lora[4], lora[5]);
     add_into(hidden, o);
