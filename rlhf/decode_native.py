@@ -133,15 +133,36 @@ static void rotate_into(const Tensor& qkv, const Tensor& cos, const Tensor& sin,
   }
 }
 
-// float32 values rounded to bfloat16: in place (as float32) or into a bfloat16 tensor of as many elements.
-static void round_bf16(Tensor& values) {
-  float* v = values.data_ptr<float>();
-  for (int64_t j = 0, n = values.numel(); j < n; ++j) v[j] = static_cast<float>(at::BFloat16(v[j]));
-}
-static void to_bf16(const Tensor& values, Tensor& out) {
-  const float* v = values.data_ptr<float>();
-  at::BFloat16* o = out.data_ptr<at::BFloat16>();
-  for (int64_t j = 0, n = values.numel(); j < n; ++j) o[j] = at::BFloat16(v[j]);
+// One-query attention's weights in one pass per row, where five ATen calls per layer cost more than the
+// arithmetic (rlhf.decode._attend_one): `scores` (rows x `end` float32, unscaled; row r belongs to
+// batch row r / per_batch) become the exponentials of scale x score less the row's largest, rounded to
+// bfloat16 (zero where `masked`, (batch, 1, 1, end) boolean, hides the key), and `totals` (rows) the
+// float32 sums of the unrounded exponentials.
+static void exponentials(Tensor& scores, const Tensor& masked, int64_t per_batch, float scale, Tensor& totals) {
+  const int64_t end = scores.size(-1), rows = scores.numel() / end;
+  const int64_t batch_stride = masked.stride(0), key_stride = masked.stride(3);
+  const bool* hide = masked.data_ptr<bool>();
+  float* s = scores.data_ptr<float>();
+  float* t = totals.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r, s += end) {
+    const bool* h = hide + (r / per_batch) * batch_stride;
+    float top = -INFINITY;
+    for (int64_t j = 0; j < end; ++j) {
+      s[j] *= scale;
+      if (!h[j * key_stride]) top = std::max(top, s[j]);
+    }
+    float total = 0.f;
+    for (int64_t j = 0; j < end; ++j) {
+      if (h[j * key_stride]) {
+        s[j] = 0.f;
+      } else {
+        const float e = std::exp(s[j] - top);
+        total += e;
+        s[j] = static_cast<float>(at::BFloat16(e));
+      }
+    }
+    t[r] = total;
+  }
 }
 
 // Sixteen floats, and sixteen bfloat16 widened to them (a bfloat16 is the top half of a float32), with
@@ -651,6 +672,7 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector
   Tensor x = at::empty({batch, 1, width}, hidden.options().dtype(at::kBFloat16));
   Tensor attended = at::empty({batch, 1, q_width}, x.options());
   Tensor q = at::empty({batch * kv_heads, group, head_dim}, hidden.options());
+  Tensor totals = at::empty({batch * kv_heads * group}, hidden.options());
   for (size_t i = 0; i < keys.size(); ++i) {
     const Tensor* w = &weights[6 * i];
     // the layer's k-th product (k = 0..3: qkv, o, gate_up, down; weights w[1], w[2], w[4], w[5])
@@ -672,13 +694,14 @@ Tensor step(Tensor hidden, const std::vector<Tensor>& weights, const std::vector
     // divided by the exponentials' float32 sum, rounded to bfloat16.
     Tensor k = k_cache.narrow(2, 0, end).view({batch * kv_heads, end, head_dim});
     Tensor v = v_cache.narrow(2, 0, end).view({batch * kv_heads, end, head_dim});
-    Tensor scores = at::bmm(q, k.transpose(1, 2)).mul_(scale);
-    Tensor weights = scores.view({batch, kv_heads, group, end}).masked_fill_(masked, -INFINITY);
-    weights.sub_(std::get<0>(weights.max(-1, true))).exp_();
-    const Tensor total = weights.sum(-1, true);
-    round_bf16(weights);
-    to_bf16(at::bmm(weights.view({batch * kv_heads, group, end}), v).view({batch, kv_heads, group, head_dim}).div_(total),
-            attended);
+    Tensor weights = at::bmm(q, k.transpose(1, 2));
+    exponentials(weights, masked, kv_heads * group, static_cast<float>(scale), totals);
+    const Tensor weighted = at::bmm(weights, v);
+    const float* m = weighted.data_ptr<float>();
+    const float* t = totals.data_ptr<float>();
+    at::BFloat16* a = attended.data_ptr<at::BFloat16>();
+    for (int64_t r = 0; r < batch * kv_heads * group; ++r)
+      for (int64_t j = 0; j < head_dim; ++j) a[r * head_dim + j] = at::BFloat16(m[r * head_dim + j] / t[r]);
     Tensor o = matrix(attended, 1, w[2]);
     adapt(attended, o, lora[3], lora[4], lora[5]);
     add_into(hidden, o);
