@@ -433,13 +433,13 @@ def _rotate(x, cos, sin):
 
 def _attend_one(q, keys, values, masked) -> torch.Tensor:
     """Attention of one query per row, (batch, 1, heads x head_dim) bfloat16: what CPU flash attention
-    (``scaled_dot_product_attention`` on bfloat16) computes, in five operations instead of its 120 us
+    (``scaled_dot_product_attention`` on bfloat16) computes, in a few operations instead of its 120 us
     of set-up per call (4 ms of a batch-4 token over 30 layers on this CPU).
 
     As flash attention does: scores from the bfloat16 query and keys with float32 accumulation; their
     exponentials less the row's largest, rounded to bfloat16 for the product with the values (float32
     accumulation), which is divided by the exponentials' float32 sum only then; bfloat16 out. That is
-    torch's CPU flash attention bit for bit on 98% of its outputs here (the rest differ in the order of
+    torch's CPU flash attention bit for bit on 99% of its outputs here (the rest differ in the order of
     the additions), where normalising before the rounding, as a softmax does, matched 62%.
     ``q``: (batch, heads, 1, head_dim); ``keys``/``values``: (batch,
     kv_heads, length, head_dim) (grouped-query: head h reads kv head h // (heads / kv_heads), as
@@ -504,9 +504,11 @@ def _forward(w: PackedWeights, ids, positions, keys, values, start: int, mask, r
 
 def logits_of(w: PackedWeights, hidden: torch.Tensor) -> torch.Tensor:
     """The next token's logits for the final normed ``hidden`` (batch, width), as ``top_exact_logits``:
-    for up to 8 rows in one C++ call where the processor multiplies bfloat16 pairs (the head streamed
-    on every core, the exact top entries chosen in one pass: 1.0 ms a token at batch 4 instead of 1.6),
-    else the bfloat16 product of the packed head and torch's ``topk``."""
+    in one C++ call for as many rows as the step's own product takes (``pair_fits``: 16 on the tile
+    registers, 8 with AVX512-BF16; the head streamed on every core, the exact top entries chosen in one
+    pass: 1.22 ms a token at batch 4 instead of 1.62), else the bfloat16 product of the packed head and
+    torch's ``topk``."""
+    # rows checked first, so a larger batch never makes the head's copy in the pairs layout
     if decode_native.available() and hidden.shape[0] <= decode_native.module().pair_rows():
         pairs = w.head_pairs()
         if decode_native.module().pair_fits(hidden.shape[0], pairs):
