@@ -13,6 +13,7 @@
   rlhf app export --prompts FILE      the prompt set PPO reads
   rlhf app export --agent-replies F   agents' reference replies as 'rlhf sft' rows
   rlhf app gold ITEM --best N         mark a gold item (or --ranks 1,3,2,4; --unmark; no ITEM lists them)
+  rlhf app prioritise                 hand out first the items the reward model is least sure about
   rlhf app settings --set k=3         show or change the project's settings (versioned, audited)
   rlhf app backup FILE                a backup while the app runs (SQLite file, or pg_dump SQL for PostgreSQL)
   rlhf simulate --url URL ...         scripted reviewers over the REST API
@@ -123,6 +124,12 @@ def register(subparsers) -> None:
     what.add_argument("--ranks", help="known ranks by reply, 1 best, e.g. 1,3,2,4 (ties allowed)")
     what.add_argument("--best", type=int, help="the best reply's number (1..K); the others tie below it")
     what.add_argument("--unmark", action="store_true", help="make the item an ordinary one again")
+
+    pri = command("prioritise", "hand out first the open items whose replies an ensemble of reward probes, fitted "
+                                "to the rankings so far, disagrees on most (rankings where they teach most)",
+                  run_prioritise)
+    pri.add_argument("--members", type=int, default=None, help="probes in the ensemble (default 8)")
+    pri.add_argument("--clear", action="store_true", help="set every item back to priority 0 (oldest first)")
 
     sets = command("settings", "show or change the project's settings (each change is versioned and audited)",
                    run_settings)
@@ -240,6 +247,17 @@ def run_gold(args) -> int:
     store.mark_gold(args.item, ranks)
     print(f"item {args.item} is gold: ranks {','.join(map(str, ranks))}; project gold rate "
           f"{store.refresh_project().gold_rate:.0%}")
+    return 0
+
+
+def run_prioritise(args) -> int:
+    from feedback_app.prioritise import clear_priorities, prioritise
+
+    config, store = _store(args, setup=False)  # --model (the policy that wrote the candidates) gives the features
+    if args.clear:
+        print(f"{clear_priorities(store)} items back to priority 0: items go out oldest first")
+        return 0
+    print(prioritise(store, config.model, args.members, config.seed).summary())
     return 0
 
 

@@ -88,8 +88,15 @@ class Item(Base):
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
     round: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
+    # Hand-out order, higher first, then oldest first (revision 0008): 0 until `rlhf app prioritise`
+    # scores the open items by how unsure an ensemble of reward probes is about them.
+    priority: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     prompt_row: Mapped[PromptRow] = relationship(lazy="joined")
     candidates: Mapped[list["Candidate"]] = relationship(order_by="Candidate.position", lazy="selectin")
+
+
+# The hand-out walks this index and stops at the first item with an open slot (``store._Hot.pick``).
+Index("ix_items_hand_out", Item.project_id, Item.priority.desc(), Item.id)
 
 
 class Candidate(Base):

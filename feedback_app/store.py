@@ -57,15 +57,16 @@ class _Hot:
             .where(A.user_id == bindparam("uid"), A.state == LEASED, A.expires_at > bindparam("now"))
             .order_by(A.id).limit(1))
     sweep = delete(Assignment).where(A.state == LEASED, A.expires_at <= bindparam("now"))
-    # The first item (oldest first, so items complete before new ones start) with an open slot that
-    # this reviewer was never handed. Correlated count: cheap with the item index.
+    # The first item with an open slot that this reviewer was never handed: highest priority first
+    # (`rlhf app prioritise`; 0 until then), then oldest first, so items complete before new ones start.
+    # It walks ix_items_hand_out and stops at the first match. Correlated count: cheap with the item index.
     _filled = (select(func.count(A.id)).where(A.item_id == I.id, A.slot.is_not(None))
                .correlate(Item.__table__).scalar_subquery())
     _gold_ids = select(GoldItem.__table__.c.item_id)
     pick = (select(I.id).where(I.project_id == bindparam("pid"),
                                I.id.not_in(select(A.item_id).where(A.user_id == bindparam("uid"))),
                                I.id.not_in(_gold_ids), _filled < bindparam("rpi"))
-            .order_by(I.id).limit(1))
+            .order_by(I.priority.desc(), I.id).limit(1))
     # Gold: any gold item of the project this reviewer was never handed, whatever reviewers_per_item
     # says (its leases hold no slot), in random order so reviewers cannot learn which come when.
     pick_gold = (select(I.id).where(I.project_id == bindparam("pid"), I.id.in_(_gold_ids),
@@ -689,6 +690,20 @@ class Store:
             return entry.id
 
         return self._run(work)
+
+    def set_priorities(self, priorities: dict[int, float], action: str, detail: dict | None = None,
+                       by: Actor | None = None) -> None:
+        """Set items' hand-out priority (higher first; ``rlhf app prioritise``) in one audited transaction.
+        Items of another project are left alone."""
+        def work(s: Session) -> None:
+            if priorities:
+                t = Item.__table__.c
+                s.execute(update(Item.__table__).where(t.id == bindparam("item_id"), t.project_id == self.project.id)
+                          .values(priority=bindparam("value")),
+                          [{"item_id": i, "value": v} for i, v in priorities.items()])
+            _audit(s, by, self.clock(), action, self.project.name, detail or {})
+
+        self._run(work)
 
     def set_redaction(self, settings: dict, by: Actor | None = None) -> None:
         """Record the project's redaction settings (``RedactionSettings`` as a dict); a change is

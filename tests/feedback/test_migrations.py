@@ -97,6 +97,8 @@ def test_a_database_of_the_previous_head_upgrades_with_every_row_intact(database
         added = conn.execute(text("SELECT id, reference_reply, conversation_key, customer_key FROM prompts "
                                   "ORDER BY id")).all()
         assert [tuple(r) for r in added] == [(1, None, None, None), (2, None, None, None)]
+        # 0008: old items have priority 0, so they go out oldest first as before
+        assert [tuple(r) for r in conn.execute(text("SELECT id, priority FROM items ORDER BY id"))] == [(1, 0.0), (2, 0.0)]
         salt, redaction = conn.execute(text("SELECT redaction_salt, redaction FROM projects")).one()
         assert len(salt) == 32 and redaction is None
     # The user foreign keys no longer cascade: deleting an account with rankings is refused.
