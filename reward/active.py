@@ -125,6 +125,8 @@ def simulate_curves(x: torch.Tensor, label: Callable[[int, random.Random], list[
     """
     n = x.shape[0]
     budgets = list(budgets or range(start, n + 1, step))
+    if budgets[-1] < n:
+        budgets.append(n)  # the last budget ranks the whole pool: both orders end on the same rankings
     present = torch.ones(x.shape[:2], dtype=torch.bool)
     rng = random.Random(seed)
     order = list(range(n))
