@@ -127,6 +127,10 @@ class GenerateIn(BaseModel):
                           "config)")
 
 
+class PrioritiseIn(BaseModel):
+    members: int | None = Field(None, ge=2, le=64, description="probes in the ensemble (default 8)")
+
+
 class EraseIn(BaseModel):
     conversation: str | None = Field(None, min_length=1, max_length=500, description="conversation id, as imported")
     customer: str | None = Field(None, min_length=1, max_length=500, description="customer identifier, as imported")
@@ -330,6 +334,16 @@ def start_generation(body: GenerateIn, request: Request, actor: Actor = Depends(
     job = svc.jobs.start_generation(svc.store, config, body.round, body.model)
     svc.store.audit(actor, "generation started", f"round {body.round}",
                     {"job": job["id"], "model": body.model, "agent_reply_as_candidate": config.agent_reply_as_candidate})
+    return job
+
+
+@router.post("/admin/prioritise", tags=["admin"], status_code=202,
+             summary="Start scoring the open items by what their ranking would teach the reward model (background); "
+                     "they are then handed out highest first")
+def start_prioritise(body: PrioritiseIn, request: Request, actor: Actor = Depends(admin_actor)):
+    svc = services(request)
+    job = svc.jobs.start_prioritise(svc.store, svc.config, body.members)
+    svc.store.audit(actor, "prioritise started", svc.store.project.name, {"job": job["id"], "members": body.members})
     return job
 
 

@@ -95,18 +95,38 @@ def round_(x: float) -> float:
 
 
 class Jobs:
-    """Background jobs of the admin routes (one generation at a time), with progress to poll."""
+    """Background jobs of the admin routes (candidate generation, prioritising), one at a time (each loads a
+    model on the server's CPUs), with progress to poll."""
 
     def __init__(self):
         self._jobs: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def start_generation(self, store: Store, config, round: int, model: str | None) -> dict:
+        return self._start("generate", lambda progress: generate_candidates(store, config, round, model, progress,
+                                                                            show_bar=False))
+
+    def start_prioritise(self, store: Store, config, members: int | None) -> dict:
+        """``feedback_app.prioritise.prioritise`` in the background; what it would refuse (too few
+        rankings, no open item) is refused here, before the job starts."""
+        from feedback_app.prioritise import prioritise, prioritise_inputs
+
+        prioritise_inputs(store, members)
+
+        def work(progress):
+            result = prioritise(store, config.model, members, config.seed)
+            return {"summary": result.summary(), "items": len(result.priorities), "rankings": result.rankings,
+                    "members": result.members}
+
+        return self._start("prioritise", work)
+
+    def _start(self, kind: str, work: Callable[[Callable[[int, int], None]], dict]) -> dict:
         with self._lock:
-            if any(j["state"] == "running" for j in self._jobs.values()):
-                raise Conflict("a generation job is already running; poll GET /api/admin/jobs/<id>")
+            running = next((j for j in self._jobs.values() if j["state"] == "running"), None)
+            if running is not None:
+                raise Conflict(f"a {running['kind']} job is already running; poll GET /api/admin/jobs/{running['id']}")
             job_id = uuid.uuid4().hex[:12]
-            job = {"id": job_id, "kind": "generate", "state": "running", "done": 0, "total": None,
+            job = {"id": job_id, "kind": kind, "state": "running", "done": 0, "total": None,
                    "result": None, "error": None, "started_at": time.time()}
             self._jobs[job_id] = job
 
@@ -115,14 +135,14 @@ class Jobs:
 
         def run() -> None:
             try:
-                job["result"] = generate_candidates(store, config, round, model, progress, show_bar=False)
+                job["result"] = work(progress)
                 job["state"] = "done"
             except Exception as exc:  # reported through the status route, not lost in a thread
                 job["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 job["trace"] = traceback.format_exc(limit=5)
                 job["state"] = "failed"
 
-        threading.Thread(target=run, name=f"generate-{job_id}", daemon=True).start()
+        threading.Thread(target=run, name=f"{kind}-{job_id}", daemon=True).start()
         return {k: v for k, v in job.items() if k != "trace"}
 
     def latest(self) -> dict | None:

@@ -59,17 +59,14 @@ def open_items(store: Store) -> list[tuple[int, Ranking]]:
                 for item in s.scalars(query)]
 
 
-def prioritise(store: Store, model: str | None = None, members: int | None = None, seed: int = 0,
-               batch_size: int = 16) -> Prioritised:
-    """Score the open items (see the module docstring), store their priorities, audit it, return what
-    was done. A ``UserError`` before any model is loaded when there is nothing to learn from or to order."""
+def prioritise_inputs(store: Store, members: int | None = None) -> tuple[list[Ranking], list[tuple[int, Ranking]]]:
+    """The rankings to learn from and the open items to score; a ``UserError`` (one line) when there are
+    too few of either or ``members`` is below 2, before any model is loaded."""
     from feedback_app.export import ExportFilters, load_rankings
-    from reward.active import MEMBERS, MIN_PROMPTS, MIN_RANKINGS, item_information, probe_ensemble
+    from reward.active import MIN_PROMPTS, MIN_RANKINGS
 
-    start = time.perf_counter()
-    members = members or MEMBERS
-    if members < 2:
-        raise UserError(f"--members: an ensemble needs at least 2 probes (got {members})")
+    if members is not None and members < 2:
+        raise UserError(f"members: an ensemble needs at least 2 probes (got {members})")
     rankings = [r for r in load_rankings(store, ExportFilters()) if r.pairs()]
     prompts = {prompt_key(r.prompt) for r in rankings}
     if len(rankings) < MIN_RANKINGS or len(prompts) < MIN_PROMPTS:
@@ -79,10 +76,21 @@ def prioritise(store: Store, model: str | None = None, members: int | None = Non
     todo = open_items(store)
     if not todo:
         raise UserError("prioritise: no open item (every item has its rankings); import or generate more first")
+    return rankings, todo
 
+
+def prioritise(store: Store, model: str | None = None, members: int | None = None, seed: int = 0,
+               batch_size: int = 16) -> Prioritised:
+    """Score the open items (see the module docstring), store their priorities, audit it, return what
+    was done. A ``UserError`` before any model is loaded when there is nothing to learn from or to order."""
+    from reward.active import MEMBERS, item_information, probe_ensemble
     from reward.probe import ranking_features
     from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
 
+    start = time.perf_counter()
+    rankings, todo = prioritise_inputs(store, members)
+    members = members or MEMBERS
+    prompts = {prompt_key(r.prompt) for r in rankings}
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(path, padding_side="right")
     causal = load_policy(path)

@@ -74,11 +74,23 @@ def start_generation(svc, round: int, model: str, by=None, agent_reply: bool | N
     return f"Generation started (job {job['id']}); progress below."
 
 
+def start_prioritise(svc, by=None) -> str:
+    job = svc.jobs.start_prioritise(svc.store, svc.config, None)
+    svc.store.audit(by, "prioritise started", svc.store.project.name, {"job": job["id"]})
+    return f"Prioritising started (job {job['id']}); the result shows below."
+
+
 def job_text(jobs) -> str:
     job = jobs.latest()
     if job is None:
         return "No generation job has run since the server started."
     took = time.time() - job["started_at"]
+    if job["kind"] == "prioritise":
+        if job["state"] == "running":
+            return f"Prioritising the open items ({took:.0f} s so far)."
+        if job["state"] == "failed":
+            return f"Prioritising failed: {job['error']}"
+        return f"Prioritising done: {(job['result'] or {}).get('summary', '')}."
     if job["state"] == "running":
         return f"Generating: {job['done']} of {job['total'] or '?'} prompts done ({took:.0f} s so far)."
     if job["state"] == "failed":
@@ -89,14 +101,17 @@ def job_text(jobs) -> str:
 
 
 def job_state(jobs) -> str:
-    """The generation job in the dashboard's words (the Prompts tab shows ``job_text`` in full)."""
+    """The latest background job in the dashboard's words (the Prompts tab shows ``job_text`` in full)."""
     job = jobs.latest()
     if job is None:
         return "none since the server started."
+    what = "prioritising " if job["kind"] == "prioritise" else ""
     if job["state"] == "running":
-        return f"running, {job['done']} of {job['total'] or '?'} prompts."
+        return f"{what}running" + ("." if what else f", {job['done']} of {job['total'] or '?'} prompts.")
     if job["state"] == "failed":
-        return "failed (see the Prompts and generation tab)."
+        return f"{what}failed (see the Prompts and generation tab)."
+    if what:
+        return f"prioritising finished, {(job['result'] or {}).get('items', 0)} open items scored."
     r = job["result"] or {}
     return f"finished, {r.get('items_added', 0)} new items in round {r.get('round')}."
 
@@ -301,6 +316,12 @@ def build_admin_page(svc) -> "gr.Blocks":
                                               "to reviewers")
                 gen_btn = gr.Button("Start generation", elem_id="generate")
                 gen_msg = gr.Markdown("", elem_id="generate-message")
+                gr.Markdown("Once reviewers have ranked a first batch (8 rankings or more), hand out first the "
+                            "open items whose replies the reward model is least sure about: an ensemble of probes "
+                            "on the policy's features scores what each item's ranking would teach it (`rlhf app "
+                            "prioritise`; what it gains is measured in the README). Run it again as rankings come in.")
+                pri_btn = gr.Button("Prioritise open items", elem_id="prioritise")
+                pri_msg = gr.Markdown("", elem_id="prioritise-message")
                 job_status = gr.Markdown(lambda: job_text(svc.jobs), elem_id="job-status")
                 timer = gr.Timer(2.0)
             with gr.Tab("Export", id="export"):
@@ -412,6 +433,11 @@ def build_admin_page(svc) -> "gr.Blocks":
 
         import_btn.click(on_import, [upload, import_round, chat_log, *chat_fields], import_msg, concurrency_id="admin")
         gen_btn.click(on_generate, [gen_round, gen_model, gen_agent], gen_msg, concurrency_id="admin")
+
+        def on_prioritise(request: gr.Request):
+            return guarded(start_prioritise)(svc, admin_of(request))
+
+        pri_btn.click(on_prioritise, None, pri_msg, concurrency_id="admin")
         timer.tick(lambda: job_text(svc.jobs), None, job_status, concurrency_id="admin", show_progress="hidden")
 
         def on_export(name, reviewers, rounds, source, flagged, min_gold, min_agree, request: gr.Request):

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from feedback_app.models import Item
+from feedback_app.server import build_app
 from tests.conftest import run_cli
 from tests.feedback.helpers import items, new_store
+from tests.feedback.test_api import login, make_config
 from tests.feedback.test_cli import assert_user_error
 
 
@@ -52,13 +55,26 @@ def test_prioritise_hands_out_first_the_items_the_ensemble_disagrees_on(tmp_path
     reviewer = store.add_user("rev", "plum-otter-41")
 
     assert_user_error(run_cli("app", "prioritise", *flags), "0 rankings", "at least 8")  # nothing learned yet
+    app = build_app(make_config(tmp_path, k=4, project="p", model=str(tiny_model_dir)))
+    store.add_user("admin", "admin-pass-1", "admin")
+    with TestClient(app) as client:
+        resp = client.post("/api/admin/prioritise", headers=login(client, "admin", "admin-pass-1"), json={})
+        assert resp.status_code == 400 and "0 rankings" in resp.json()["detail"], resp.text
     for _ in ranked:  # the planted rule: the reply that thanks wins, the apology loses
         item = store.next_item(reviewer)
         texts = [c.text for c in item.candidates]
         ranks = [1 if t.startswith("Thanks") else 4 if "sorry" in t else 2 + (t.startswith("Ask")) for t in texts]
         store.submit_ranking(reviewer, item.item_id, ranks, f"k{item.item_id}")
-    assert_user_error(run_cli("app", "prioritise", *flags, "--members", "1"), "--members", "at least 2")
+    assert_user_error(run_cli("app", "prioritise", *flags, "--members", "1"), "members", "at least 2")
 
+    with TestClient(app) as client:  # the admin route: the same work as a background job, refusals up front
+        admin = login(client, "admin", "admin-pass-1")
+        assert client.post("/api/admin/prioritise", headers=admin, json={"members": 1}).status_code == 422
+        job = client.post("/api/admin/prioritise", headers=admin, json={"members": 3}).json()
+        assert job["kind"] == "prioritise" and job["state"] == "running", job
+        status = app.state.services.jobs.wait(job["id"], timeout=300)
+        assert status["state"] == "done" and status["result"]["items"] == 6, status
+        assert "ensemble of 3 probes fitted to 12 rankings" in status["result"]["summary"]
     result = run_cli("app", "prioritise", *flags, "--members", "4")
     assert result.returncode == 0, result.stderr
     assert "prioritised 6 open items" in result.stdout and "ensemble of 4 probes fitted to 12 rankings" in result.stdout
