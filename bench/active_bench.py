@@ -22,7 +22,7 @@ gain, information order less plain order, averaged over 16 to 96 rankings, with 
 paired repeats; and the rankings each order needs to stay at or above the plain order's accuracy at 96.
 Then the gain pooled over rules. One run: README "Rankings where they teach most".
 
-    nice -n 10 .venv/bin/python bench/active_bench.py                   # about 25 minutes
+    nice -n 10 .venv/bin/python bench/active_bench.py                   # about 20 minutes
     .venv/bin/python bench/active_bench.py --rules vader,question --repeats 2
 """
 

@@ -28,7 +28,7 @@ import torch
 
 from reward.probe import PairProblem, feature_stats, pair_accuracy, select_l2, standardise
 
-MEMBERS = 8  # probes in the ensemble: BALD's ranking of items settles by about 8 (bench/active_bench.py)
+MEMBERS = 8  # probes in the ensemble (not tuned: 8 Newton fits of a few hundred unknowns take about a second)
 MIN_RANKINGS = 8  # rankings with a usable pair below which the ensemble knows nothing worth ordering by
 MIN_PROMPTS = 4  # distinct prompts among them (the resamples and the validation split are by prompt)
 
