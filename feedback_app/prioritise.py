@@ -1,29 +1,35 @@
 """``rlhf app prioritise``: hand reviewers first the items whose replies the reward model is least sure about.
 
 The project's rankings so far (every reviewer's, gold and flagged items left out, as an export leaves
-them) train an ensemble of linear probes on the frozen model's mean-pooled last layer, the default
-reward model's features (``reward.active.probe_ensemble``). Each item still open (a slot without a
-ranking) gets as priority the information its ranking would bring: how much the members disagree on
-its pairs of replies (``reward.active.item_information``, in nats, 0 to log 2). The store hands out
-higher priority first and, at equal priority, oldest first, as before (``store._Hot.pick``); items
-never scored keep priority 0, and ``--clear`` sets every item back to 0.
+them) and the items still open (a slot without a ranking) go to ``rlhf reward prioritise`` in two
+files, in a private temporary folder; it fits an ensemble of linear probes on the frozen policy's
+mean-pooled last layer (the default reward model's features) and scores each open item by the
+information its ranking would bring: how much the members disagree on its pairs of replies (BALD, in
+nats, 0 to log 2; reward/active.py). The scores come back as the items' priorities: the store hands out
+higher priority first and, at equal priority, oldest first (``store._Hot.pick``); items never scored
+keep priority 0, and ``--clear`` sets every item back to 0.
 
-Run it after a first batch of rankings (at least ``reward.active.MIN_RANKINGS`` with a usable pair),
-and again whenever a few dozen more have come in: the ensemble learns from them what is still unsure.
-What it gains is measured in ``bench/active_bench.py`` (README "Rankings where they teach most").
+Run it after a first batch of rankings (at least ``PRIORITY_MIN_RANKINGS`` with a pair), and again
+whenever a few dozen more have come in. What it gains is measured in ``bench/active_bench.py`` (README
+"Rankings where they teach most").
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from feedback_app.models import Assignment, GoldItem, Item
 from feedback_app.store import Store
 from rlhf.errors import UserError
-from rlhf.schema import Ranking, prompt_key
+from rlhf.schema import PRIORITY_MEMBERS, PRIORITY_MIN_PROMPTS, PRIORITY_MIN_RANKINGS, Ranking, prompt_key
 
 
 @dataclass
@@ -59,56 +65,53 @@ def open_items(store: Store) -> list[tuple[int, Ranking]]:
                 for item in s.scalars(query)]
 
 
-def prioritise_inputs(store: Store, members: int | None = None) -> tuple[list[Ranking], list[tuple[int, Ranking]]]:
-    """The rankings to learn from and the open items to score; a ``UserError`` (one line) when there are
-    too few of either or ``members`` is below 2, before any model is loaded."""
+def prioritise_inputs(store: Store, members: int | None = None) -> tuple[list[dict], list[dict]]:
+    """K-wise rows of the rankings to learn from and ``{item_id, prompt, completions}`` rows of the open
+    items; a ``UserError`` (one line) when there are too few of either or ``members`` is below 2, before
+    any model is loaded."""
     from feedback_app.export import ExportFilters, load_rankings
-    from reward.active import MIN_PROMPTS, MIN_RANKINGS
 
     if members is not None and members < 2:
         raise UserError(f"members: an ensemble needs at least 2 probes (got {members})")
-    rankings = [r for r in load_rankings(store, ExportFilters()) if r.pairs()]
-    prompts = {prompt_key(r.prompt) for r in rankings}
-    if len(rankings) < MIN_RANKINGS or len(prompts) < MIN_PROMPTS:
-        raise UserError(f"prioritise: {len(rankings)} rankings with two distinct ranks over {len(prompts)} prompts; "
-                        f"at least {MIN_RANKINGS} over {MIN_PROMPTS} prompts are needed before the reward model's "
-                        f"uncertainty means anything (items go out oldest first until then)")
-    todo = open_items(store)
+    rows = [row.to_row() for r in load_rankings(store, ExportFilters()) if r.pairs() and (row := r.kwise()) is not None]
+    prompts = {prompt_key(r["prompt"]) for r in rows}
+    if len(rows) < PRIORITY_MIN_RANKINGS or len(prompts) < PRIORITY_MIN_PROMPTS:
+        raise UserError(f"prioritise: {len(rows)} rankings with two distinct ranks over {len(prompts)} prompts; "
+                        f"at least {PRIORITY_MIN_RANKINGS} over {PRIORITY_MIN_PROMPTS} prompts are needed before the "
+                        f"reward model's uncertainty means anything (items go out oldest first until then)")
+    todo = [{"item_id": item_id, **{k: v for k, v in r.kwise(include_flagged=True).to_row().items()
+                                    if k in ("prompt", "completions")}} for item_id, r in open_items(store)]
     if not todo:
         raise UserError("prioritise: no open item (every item has its rankings); import or generate more first")
-    return rankings, todo
+    return rows, todo
 
 
-def prioritise(store: Store, model: str | None = None, members: int | None = None, seed: int = 0,
-               batch_size: int = 16) -> Prioritised:
-    """Score the open items (see the module docstring), store their priorities, audit it, return what
-    was done. A ``UserError`` before any model is loaded when there is nothing to learn from or to order."""
-    from reward.active import MEMBERS, item_information, probe_ensemble
-    from reward.probe import ranking_features
-    from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
-
+def prioritise(store: Store, model: str | None = None, members: int | None = None, seed: int = 0) -> Prioritised:
+    """Score the open items with ``rlhf reward prioritise``, store their priorities (audited), return
+    what was done. Refusals are ``UserError``s: this one's before any model is loaded, the command's
+    (its one ``error:`` line) after."""
     start = time.perf_counter()
-    rankings, todo = prioritise_inputs(store, members)
-    members = members or MEMBERS
-    prompts = {prompt_key(r.prompt) for r in rankings}
-    path = resolve_model_path(model)
-    tokenizer = load_tokenizer(path, padding_side="right")
-    causal = load_policy(path)
-    feature = f"mean@{causal.config.num_hidden_layers}"  # the default reward model's features (configs/reward)
-    train = [r.kwise() for r in rankings]
-    rows = [row.to_row() for row in train if row is not None]
-    x, ranks = ranking_features(causal, tokenizer, rows, feature, batch_size)
-    ensemble = probe_ensemble(x, ranks, [prompt_key(row["prompt"]) for row in rows], members, seed)
-    open_rows = [ranking.kwise(include_flagged=True).to_row() for _, ranking in todo]
-    ox, oranks = ranking_features(causal, tokenizer, open_rows, feature, batch_size)
-    info = item_information(ensemble.scores(ox), oranks > 0)
-    result = Prioritised(len(rows), len(prompts), members, ensemble.l2,
-                         {item_id: round(float(v), 6) for (item_id, _), v in zip(todo, info)})
-    store.set_priorities(result.priorities, action="prioritise",
-                         detail={"items": len(result.priorities), "rankings": result.rankings, "members": members,
-                                 "model": str(model or "bundled"), "l2": ensemble.l2})
-    result.seconds = time.perf_counter() - start
-    return result
+    rows, todo = prioritise_inputs(store, members)
+    members = members or PRIORITY_MEMBERS
+    with tempfile.TemporaryDirectory(prefix="rlhf-prioritise-") as tmp:  # 0700: the texts are customers' words
+        folder = Path(tmp)
+        for name, data in (("rankings.jsonl", rows), ("items.jsonl", todo)):
+            (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data), encoding="utf-8")
+        command = [sys.executable, "-m", "rlhf.cli", "reward", "prioritise", "--rankings", str(folder / "rankings.jsonl"),
+                   "--items", str(folder / "items.jsonl"), "--output", str(folder / "priorities.json"),
+                   "--model", str(model or "bundled"), "--members", str(members), "--seed", str(seed)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            error = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+            raise UserError(error.removeprefix("error: ") if error else
+                            f"rlhf reward prioritise failed (exit {done.returncode}): {lines[-1] if lines else ''}")
+        out = json.loads((folder / "priorities.json").read_text(encoding="utf-8"))
+    priorities = {int(k): float(v) for k, v in out["priorities"].items()}
+    store.set_priorities(priorities, action="prioritise",
+                         detail={"items": len(priorities), "rankings": out["rankings"], "members": members,
+                                 "model": str(model or "bundled"), "l2": out["l2"]})
+    return Prioritised(out["rankings"], out["prompts"], members, out["l2"], priorities, time.perf_counter() - start)
 
 
 def clear_priorities(store: Store) -> int:
@@ -117,4 +120,3 @@ def clear_priorities(store: Store) -> int:
         ids = list(s.scalars(select(Item.id).where(Item.project_id == store.project.id, Item.priority != 0)))
     store.set_priorities({i: 0.0 for i in ids}, action="prioritise cleared", detail={"items": len(ids)})
     return len(ids)
-

@@ -11,8 +11,8 @@ model, ``H(mean_e p_e) - mean_e H(p_e)`` with ``p_e = sigmoid(r_e(a) - r_e(b))``
 (``pair_information``), averaged over an item's pairs (``item_information``). Plain uncertainty
 (``p`` near 1/2 under one model) would hand out first exactly the items whose replies are alike.
 
-``rlhf app prioritise`` (feedback_app/prioritise.py) writes these figures as the items' hand-out
-priority; ``simulate_curves`` replays the choice on labelled data against the plain order, the
+``rlhf reward prioritise`` (reward/prioritise.py) computes these figures from files, and
+``rlhf app prioritise`` (feedback_app/prioritise.py) stores them as the items' hand-out priority; ``simulate_curves`` replays the choice on labelled data against the plain order, the
 measurement behind it (tests/reward/test_active.py on a constructed case, bench/active_bench.py on
 the bundled model's replies and the efficacy suite's rules).
 """
@@ -27,10 +27,9 @@ from typing import Callable, Sequence
 import torch
 
 from reward.probe import PairProblem, feature_stats, pair_accuracy, select_l2, standardise
-
-MEMBERS = 8  # probes in the ensemble (not tuned: 8 Newton fits of a few hundred unknowns take about a second)
-MIN_RANKINGS = 8  # rankings with a usable pair below which the ensemble knows nothing worth ordering by
-MIN_PROMPTS = 4  # distinct prompts among them (the resamples and the validation split are by prompt)
+from rlhf.schema import PRIORITY_MEMBERS as MEMBERS
+from rlhf.schema import PRIORITY_MIN_PROMPTS as MIN_PROMPTS  # the resamples and the validation split are by prompt
+from rlhf.schema import PRIORITY_MIN_RANKINGS as MIN_RANKINGS
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``rlhf reward train``, ``rlhf reward eval`` and ``rlhf reward score``; light at import (heavy imports
+"""``rlhf reward train``, ``rlhf reward eval``, ``rlhf reward score`` and ``rlhf reward prioritise``; light at import (heavy imports
 inside the runs)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import argparse
 from rlhf.config import add_config_flags, config_from_args
 
 from reward.config import RewardEvalConfig, RewardTrainConfig
+from reward.prioritise import PrioritiseConfig
 from reward.score import ScoreConfig
 
 
@@ -44,6 +45,13 @@ def register(subparsers) -> None:
     add_config_flags(score, ScoreConfig, default_config=None)
     score.set_defaults(run=_run_score)
 
+    pri = sub.add_parser(
+        "prioritise", help="what each open item's ranking would teach the reward model (rlhf app prioritise runs it)",
+        description="An ensemble of probes on the rankings so far scores the open items (files in, JSON out).",
+    )
+    add_config_flags(pri, PrioritiseConfig, default_config=None)
+    pri.set_defaults(run=_run_prioritise)
+
 
 def _run_train(args) -> int:
     config = config_from_args(RewardTrainConfig, args)
@@ -60,6 +68,12 @@ def _run_eval(args) -> int:
     from reward.evaluate import run_eval
 
     return run_eval(config_from_args(RewardEvalConfig, args))
+
+
+def _run_prioritise(args) -> int:
+    from reward.prioritise import run_prioritise
+
+    return run_prioritise(config_from_args(PrioritiseConfig, args))
 
 
 def _run_score(args) -> int:

@@ -384,3 +384,10 @@ class AbReport:
         return cls(**{**data, "win_rate": AbWinRate.from_dict(data["win_rate"]),
                       "position_bias": AbPositionBias.from_dict(data["position_bias"]),
                       "judgements": [AbJudgementRecord(**j) for j in data.get("judgements", [])]})
+
+
+# Hand-out priorities (`rlhf app prioritise` -> `rlhf reward prioritise`, reward/active.py): the ensemble
+# needs this many rankings with a pair, over this many prompts, before its uncertainty means anything.
+PRIORITY_MIN_RANKINGS = 8
+PRIORITY_MIN_PROMPTS = 4
+PRIORITY_MEMBERS = 8  # probes in the ensemble (not tuned: 8 Newton fits of a few hundred unknowns take about a second)

@@ -79,3 +79,24 @@ def test_the_ensemble_refuses_too_little_data():
     tied = torch.tensor([[1, 1]] * 10)
     with pytest.raises(ValueError, match="0 rankings"):
         probe_ensemble(torch.randn(10, 2, 4), tied, [f"p{i}" for i in range(10)])
+
+
+def test_the_prioritise_command_names_the_file_and_line_at_fault(tmp_path):
+    from tests.conftest import run_cli
+
+    rankings, items, out = tmp_path / "r.jsonl", tmp_path / "i.jsonl", tmp_path / "p.json"
+    items.write_text('{"item_id": 1, "prompt": "q", "completions": ["a", "b"]}\n')
+    flags = ["--rankings", str(rankings), "--items", str(items), "--output", str(out)]
+    cases = [("", "r.jsonl: rankings file not found"),
+             ('{"prompt": "q", "completions": ["a", "b"], "ranks": [1, 2]}\n{"prompt": "q", "completions": ["a"]}\n',
+              "r.jsonl:2: no 'ranks' field"),
+             ('{"prompt": "q", "completions": ["a", "b"], "ranks": [1, 0]}\n', "r.jsonl:1: 'ranks' must be"),
+             ("".join(f'{{"prompt": "q{i}", "completions": ["a", "b"], "ranks": [1, {1 + i % 2}]}}\n' for i in range(9)),
+              "4 rankings with two distinct ranks over 4 prompts; at least 8")]
+    for text, message in cases:
+        if text:
+            rankings.write_text(text)
+        result = run_cli("reward", "prioritise", *flags)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists()
