@@ -433,6 +433,20 @@ def serious_violations(page) -> list[str]:
             for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
 
 
+def settled_violations(page, tries: int = 3) -> list[str]:
+    """``serious_violations`` once no component is updating. The admin page's timers refresh the dashboard
+    and the job status, and Gradio dims a component while its update is pending: axe caught the summary's
+    bold text mid-refresh once (CI, 2026-12-01), a contrast that no one sees for longer than the refresh.
+    A real violation is there every time; a dimmed refresh is gone on the next look."""
+    for _ in range(tries):
+        wait_until(lambda: page.locator(".pending, .generating").count() == 0, 30, "the page to settle")
+        found = serious_violations(page)
+        if not found:
+            return found
+        page.wait_for_timeout(1000)
+    return found
+
+
 def test_axe_finds_no_serious_violations(app, browser):
     """axe-core (through axe-playwright-python) on /login, /review, /ab and /admin, each once it has
     loaded: no serious or critical violation (contrast of hints and buttons, names of controls...)."""
@@ -449,7 +463,6 @@ def test_axe_finds_no_serious_violations(app, browser):
     assert serious_violations(page) == []
     page.goto(app.url + "/admin")
     page.get_by_text("rankings by").wait_for(timeout=30000)
-    wait_until(lambda: page.locator(".pending, .generating").count() == 0, 30, "the dashboard to settle")
-    assert serious_violations(page) == []
+    assert settled_violations(page) == []
     assert outside_requests(rec) == []
     page.context.close()
