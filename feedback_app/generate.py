@@ -111,10 +111,10 @@ class Jobs:
         rankings, no open item) is refused here, before the job starts."""
         from feedback_app.prioritise import prioritise, prioritise_inputs
 
-        prioritise_inputs(store, members)
+        inputs = prioritise_inputs(store, members)
 
         def work(progress):
-            result = prioritise(store, config.model, members, config.seed)
+            result = prioritise(store, config.model, members, config.seed, inputs)
             return {"summary": result.summary(), "items": len(result.priorities), "rankings": result.rankings,
                     "members": result.members}
 

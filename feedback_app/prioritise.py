@@ -86,12 +86,13 @@ def prioritise_inputs(store: Store, members: int | None = None) -> tuple[list[di
     return rows, todo
 
 
-def prioritise(store: Store, model: str | None = None, members: int | None = None, seed: int = 0) -> Prioritised:
+def prioritise(store: Store, model: str | None = None, members: int | None = None, seed: int = 0,
+               inputs: tuple[list[dict], list[dict]] | None = None) -> Prioritised:
     """Score the open items with ``rlhf reward prioritise``, store their priorities (audited), return
     what was done. Refusals are ``UserError``s: this one's before any model is loaded, the command's
-    (its one ``error:`` line) after."""
+    (its one ``error:`` line) after. ``inputs``: ``prioritise_inputs``' result, when already read."""
     start = time.perf_counter()
-    rows, todo = prioritise_inputs(store, members)
+    rows, todo = inputs or prioritise_inputs(store, members)
     members = members or PRIORITY_MEMBERS
     with tempfile.TemporaryDirectory(prefix="rlhf-prioritise-") as tmp:  # 0700: the texts are customers' words
         folder = Path(tmp)

@@ -12,9 +12,10 @@ model, ``H(mean_e p_e) - mean_e H(p_e)`` with ``p_e = sigmoid(r_e(a) - r_e(b))``
 (``p`` near 1/2 under one model) would hand out first exactly the items whose replies are alike.
 
 ``rlhf reward prioritise`` (reward/prioritise.py) computes these figures from files, and
-``rlhf app prioritise`` (feedback_app/prioritise.py) stores them as the items' hand-out priority; ``simulate_curves`` replays the choice on labelled data against the plain order, the
-measurement behind it (tests/reward/test_active.py on a constructed case, bench/active_bench.py on
-the bundled model's replies and the efficacy suite's rules).
+``rlhf app prioritise`` (feedback_app/prioritise.py) stores them as the items' hand-out priority;
+``simulate_curves`` replays the choice on labelled data against the plain order, the measurement
+behind it (tests/reward/test_active.py on a constructed case, bench/active_bench.py on the bundled
+model's replies and the efficacy suite's rules).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from reward.losses import pair_mask
 from reward.probe import PairProblem, feature_stats, pair_accuracy, select_l2, standardise
 from rlhf.schema import PRIORITY_MEMBERS as MEMBERS
 from rlhf.schema import PRIORITY_MIN_PROMPTS as MIN_PROMPTS  # the resamples and the validation split are by prompt
@@ -71,9 +73,12 @@ class Ensemble:
 
 def usable(ranks: torch.Tensor) -> torch.Tensor:
     """[B] bool: rankings with two present replies of distinct ranks (a pair to learn from)."""
-    present = ranks > 0
-    distinct = (ranks.unsqueeze(2) != ranks.unsqueeze(1)) & present.unsqueeze(2) & present.unsqueeze(1)
-    return distinct.flatten(1).any(1)
+    return pair_mask(ranks).flatten(1).any(1)
+
+
+def validation_prompts(names: Sequence[str], rng: random.Random) -> set[str]:
+    """A quarter of the prompts (at least one), drawn with ``rng``: the split the L2 strength is chosen on."""
+    return set(rng.sample(list(names), max(1, len(names) // 4)))
 
 
 def probe_ensemble(x: torch.Tensor, ranks: torch.Tensor, groups: Sequence[str], members: int = MEMBERS,
@@ -90,7 +95,7 @@ def probe_ensemble(x: torch.Tensor, ranks: torch.Tensor, groups: Sequence[str], 
         raise ValueError(f"{len(groups)} rankings with a usable pair over {len(names)} prompts: the ensemble needs "
                          f"at least {MIN_RANKINGS} over {MIN_PROMPTS} prompts")
     rng = random.Random(seed)
-    val_names = set(rng.sample(names, max(1, len(names) // 4)))
+    val_names = validation_prompts(names, rng)
     val = torch.tensor([g in val_names for g in groups])
     l2 = select_l2("ensemble", x[~val], ranks[~val], x[val], ranks[val], refit=False).l2
     mean, std = feature_stats(x, ranks)
@@ -166,7 +171,7 @@ def _accuracy(x, ranks, groups, test_x, test_ranks, seed: int) -> float:
     names = sorted({g for g, k in zip(groups, keep.tolist()) if k})
     if len(names) < 2:
         return 0.5
-    val_names = set(random.Random(seed).sample(names, max(1, len(names) // 4)))
+    val_names = validation_prompts(names, random.Random(seed))
     val = torch.tensor([g in val_names for g in groups]) & keep
     train = keep & ~val
     if not bool(train.any()):
