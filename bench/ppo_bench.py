@@ -19,6 +19,9 @@ names its cause:
                     other), not the prompt's (reply_logits_only)
   malloc_keep       glibc's malloc keeps freed memory for reuse (rlhf.runtime.keep_freed_memory): large
                     tensors allocated again at every update are not faulted in and zeroed page by page
+  reward_reuse      LoRA policy whose reference pass also gives the reward model's final hidden states
+                    (the bench's reward model, like the default probe, is a head on the frozen policy:
+                    reward_from_reference); measured beside lora_shared_ref, not a_trl_reference
   b_default         configs/ppo/default.yaml and the process setting above, as ``rlhf ppo`` runs: all of
                     the above
 
@@ -55,7 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _OFF = {"lora.enabled": False, "bf16_autocast": False, "bf16_rollouts": False, "value_lora": False,
-        "freeze_gc": False, "generation_backend": "transformers", "reply_logits_only": False}
+        "freeze_gc": False, "generation_backend": "transformers", "reply_logits_only": False,
+        "reward_from_reference": False}
 VARIANTS = {
     "a_trl_reference": _OFF,
     "lora_shared_ref": {**_OFF, "lora.enabled": True},
@@ -66,6 +70,7 @@ VARIANTS = {
     "fast_decode": {**_OFF, "bf16_rollouts": True, "generation_backend": "fast"},
     "reply_logits": {**_OFF, "reply_logits_only": True},
     "malloc_keep": _OFF,
+    "reward_reuse": {**_OFF, "lora.enabled": True, "reward_from_reference": True},
     "b_default": {},  # configs/ppo/default.yaml as it is
 }
 # Variants that run with the process setting every ``rlhf`` command applies first (not a config field)

@@ -38,6 +38,11 @@ class PPORunConfig(GuardFields):
                                     "columns only (the last response_length + 1), zeros before them: TRL's PPO reads "
                                     "no other column, and the head's product over the prompt is about a fifth of a "
                                     "forward pass (float32 in training)")
+    reward_from_reference: bool = Field(True, description="when the reward model's backbone (or the guard's) holds "
+                                        "the very weights of the reference pass (the default probe on the frozen "
+                                        "policy), score the rollouts from the reference pass's final hidden states "
+                                        "instead of running the same network again; checked on the first batch, "
+                                        "said in the log (rlhf.ppo.reuse)")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA on the policy (on unless "
                                "lora.enabled is false); the reference is then the policy with the adapter off")
     value_lora: bool = Field(False, description="train the value model through a LoRA adapter (lora's r, alpha and "
@@ -92,4 +97,4 @@ class PPORunConfig(GuardFields):
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = {"output_dir", "save_every", "keep_checkpoints", "stop_after_updates", "sample_every",
                     "num_eval_prompts", "eval_prompts_file", "freeze_gc", "allow_weak_reward_model",
-                    "generation_backend", "reply_logits_only"} | GUARD_FIELDS
+                    "generation_backend", "reply_logits_only", "reward_from_reference"} | GUARD_FIELDS

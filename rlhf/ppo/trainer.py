@@ -14,6 +14,7 @@ adds, around it:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -123,11 +124,54 @@ class ResumablePPOTrainer(PPOTrainer):
 
             for model in self._causal_lms():
                 reply_logits_only(model.get_output_embeddings(), run.response_length + 1)
+        self.reference_states = None
+        if run.reward_from_reference:
+            self._reuse_reference_pass(guard)
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             # TRL's loop reaches the policy as `model.policy` for the LoRA reference pass, which DDP's
             # wrapper does not forward. Expose it as a plain attribute (not a submodule, so DDP's
             # parameters and state dict stay as they are).
             object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
+
+    def _reuse_reference_pass(self, guard) -> None:
+        """Score models whose backbone is the reference network read the reference pass's final hidden
+        states instead of computing them again (rlhf.ppo.reuse); each says which it does."""
+        from rlhf.ppo.reuse import ReferenceStates, body_of, frozen_weights_differ, read_from_reference
+
+        if zero_stage() == 3:
+            return  # partitioned weights cannot be compared here
+        unwrap = self.accelerator.unwrap_model
+        if self.ref_model is not None:
+            reference, always = body_of(unwrap(self.ref_model)), True
+        else:
+            policy = unwrap(self.model).policy
+            reference, always = body_of(policy.get_base_model() if hasattr(policy, "get_base_model") else policy), False
+        states = ReferenceStates()
+        scorers = [("reward model", unwrap(self.reward_model))]
+        if guard is not None:
+            scorers.append(("guard's reward model", guard.model))
+        for name, model in scorers:
+            reason = frozen_weights_differ(body_of(model), reference)
+            if reason:
+                self.say(f"{name}: its own forward pass each update ({reason})")
+            else:
+                read_from_reference(model, states, name, self.say)
+                self.reference_states = states
+        if self.reference_states is not None:
+            reference.register_forward_hook(states.record_hook(always), with_kwargs=True)
+
+    @contextlib.contextmanager
+    def null_ref_context(self):
+        """TRL's reference context (the adapter switched off), in which the reference pass is recorded."""
+        states = getattr(self, "reference_states", None)
+        with super().null_ref_context():
+            if states is not None:
+                states.recording = True
+            try:
+                yield
+            finally:
+                if states is not None:
+                    states.recording = False
 
     def create_optimizer(self):
         optimizer = super().create_optimizer()

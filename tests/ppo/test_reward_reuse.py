@@ -1,0 +1,87 @@
+"""The reward pass read from the reference pass (rlhf.ppo.reuse): same scores as the full pass, on
+real tiny PPO runs, and a full pass whenever the reward model's backbone is not the reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+
+def _run(out: Path, policy: Path, reward: Path, capsys, **overrides) -> tuple[list[dict], str, object]:
+    from rlhf.config import load_config
+    from rlhf.ppo.config import PPORunConfig
+    from rlhf.ppo.trainer import build_trainer
+
+    config = load_config(PPORunConfig, REPO / "configs/ppo/tiny.yaml", {
+        "policy": str(policy), "reward_model": str(reward), "output_dir": str(out), "total_updates": 2,
+        "num_eval_prompts": 0, "bf16_autocast": True, "bf16_rollouts": True, "value_lora": True,
+        "allow_weak_reward_model": True, **overrides})
+    capsys.readouterr()
+    trainer = build_trainer(config)
+    assert trainer.train() == 2
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return metrics, capsys.readouterr().err, trainer
+
+
+def test_reward_read_from_the_reference_pass_scores_as_the_full_pass(tmp_path, tiny_model_dir, tiny_reward_dir,
+                                                                      capsys):
+    reused, log, trainer = _run(tmp_path / "reuse", tiny_model_dir, tiny_reward_dir, capsys)
+    assert "reward model: read from the reference pass" in log
+    assert trainer.reference_states.reused >= 2  # one rollout batch per update
+    full, log_full, trainer_full = _run(tmp_path / "full", tiny_model_dir, tiny_reward_dir, capsys,
+                                        reward_from_reference=False)
+    assert "read from the reference pass" not in log_full and trainer_full.reference_states is None
+    assert len(reused) == len(full) == 2
+    for a, b in zip(reused, full):  # the same rollouts (same seed), scored alike, trained alike
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["kl"] == pytest.approx(b["kl"], abs=1e-6)
+
+
+def test_a_reward_model_with_its_own_weights_runs_its_own_pass(tmp_path, tiny_model_dir, tiny_reward_dir, capsys):
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other-reward"
+    other.mkdir()
+    for item in tiny_reward_dir.iterdir():
+        if item.name != "model.safetensors":
+            (other / item.name).write_bytes(item.read_bytes())
+    weights = load_file(tiny_reward_dir / "model.safetensors")
+    name = next(k for k in weights if k.endswith("layers.1.mlp.down_proj.weight"))
+    weights[name] = weights[name] + 0.01  # a fine-tuned backbone: no longer the reference network
+    save_file(weights, other / "model.safetensors")
+    _, log, trainer = _run(tmp_path / "own", tiny_model_dir, other, capsys)
+    assert "reward model: its own forward pass each update (its backbone's weights differ from the policy's base " \
+           "(layers.1.mlp.down_proj.weight))" in log
+    assert trainer.reference_states is None
+
+
+def test_reference_states_answer_only_the_very_inputs_they_were_computed_from():
+    from rlhf.ppo.reuse import ReferenceStates
+
+    states = ReferenceStates(keep=2)
+    hook = states.record_hook(always=False)
+    ids = torch.tensor([[0, 5, 6, 7]])
+    mask = torch.tensor([[0, 1, 1, 1]])
+    positions = torch.tensor([[0, 0, 1, 2]])
+    hidden = torch.randn(1, 4, 3)
+
+    class Output:
+        last_hidden_state = hidden
+
+    with torch.no_grad():
+        hook(None, (), {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, Output)
+        assert states.find(ids, mask, positions) is None  # not recording: a pass with the adapter on
+        states.recording = True
+        hook(None, (), {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, Output)
+    assert states.find(ids, mask, positions) is hidden
+    assert states.find(torch.tensor([[0, 5, 6, 8]]), mask, positions) is None  # another reply
+    assert states.find(ids, torch.tensor([[0, 1, 1, 0]]), positions) is None  # cut after EOS differently
+    assert states.find(ids, mask, None) is None
+    with torch.enable_grad():  # the training forward is never recorded
+        hook(None, (), {"input_ids": ids + 1, "attention_mask": mask, "position_ids": positions}, Output)
+    assert states.find(ids + 1, mask, positions) is None
