@@ -70,6 +70,8 @@ VARIANTS = {
     "fast_decode": {**_OFF, "bf16_rollouts": True, "generation_backend": "fast"},
     "reply_logits": {**_OFF, "reply_logits_only": True},
     "malloc_keep": _OFF,
+    "value_top8": {**_OFF, "value_lora": True, "value_lora_top_layers": 8},
+    "default_top8": {"value_lora_top_layers": 8},
     "reward_reuse": {**_OFF, "lora.enabled": True, "reward_from_reference": True},
     "b_default": {},  # configs/ppo/default.yaml as it is
 }

@@ -49,6 +49,10 @@ class PPORunConfig(GuardFields):
                              "target modules) plus its score head, instead of in full: no gradients or AdamW state "
                              "for its 135M backbone weights (ignored under ZeRO-3)")
 
+    value_lora_top_layers: int | None = Field(None, ge=1, description="with value_lora: the adapter in the last N "
+                                              "transformer layers only (unset: all); the backward pass of the value "
+                                              "model stops below them")
+
     max_prompt_tokens: int = Field(256, ge=1, description="prompts longer than this (chat template applied) are dropped")
     response_length: int = Field(32, ge=1, description="new tokens per reply at most")
     temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the rollouts")

@@ -372,13 +372,19 @@ class _RunCallback(TrainerCallback):
 # Building a run
 
 
-def add_value_adapter(value_model, settings) -> None:
+def add_value_adapter(value_model, settings, top_layers: int | None = None) -> None:
     """LoRA layers injected into the value model in place (it stays a plain ``*ForSequenceClassification``,
-    which TRL reads through ``base_model_prefix`` and ``score``); only the adapter and the score head train."""
+    which TRL reads through ``base_model_prefix`` and ``score``); only the adapter and the score head train.
+    ``top_layers``: the adapter goes into the last ``top_layers`` transformer layers only (None: all)."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    layers = None
+    count = getattr(value_model.config, "num_hidden_layers", None)
+    if top_layers is not None and count:
+        layers = list(range(max(0, count - top_layers), count))
     inject_adapter_in_model(LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=0.0,
-                                       target_modules=list(settings.target_modules)), value_model)
+                                       target_modules=list(settings.target_modules), layers_to_transform=layers),
+                            value_model)
     for name, param in value_model.named_parameters():
         param.requires_grad = "lora_" in name or name.startswith("score.")
 
@@ -424,7 +430,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     reward_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
     value_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
     if run.value_lora and zero_stage() < 3:
-        add_value_adapter(value_model, run.lora)
+        add_value_adapter(value_model, run.lora, run.value_lora_top_layers)
     if stats and run.center_rewards:
         centre_reward_model(reward_model, stats)
     guard = build_guard(run, tokenizer, zero_stage())

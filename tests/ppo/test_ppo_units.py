@@ -55,3 +55,29 @@ def test_fingerprint_ignores_only_invocation_fields():
     base = _config()
     assert base.fingerprint() == _config(stop_after_updates=2, save_every=1, output_dir="x").fingerprint()
     assert base.fingerprint() != _config(learning_rate=2e-5).fingerprint()
+
+
+def test_value_adapter_in_the_top_layers_only_and_no_gradient_below_them(tiny_reward_dir):
+    """value_lora_top_layers: the adapter sits in the last layers, and the backward pass never reaches
+    the layers under it (nothing there needs a gradient)."""
+    from rlhf.modeling import load_score_model
+    from rlhf.ppo.config import LoraSettings
+    from rlhf.ppo.trainer import add_value_adapter
+
+    model = load_score_model(tiny_reward_dir)  # 2 layers
+    add_value_adapter(model, LoraSettings(r=2, alpha=4), top_layers=1)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(name.startswith("score.") or ".layers.1." in name for name in trainable)
+    assert any(".layers.1." in name and "lora_A" in name for name in trainable)
+    in_graph = []  # whether each layer's output takes part in the backward pass
+    for layer in model.model.layers:
+        layer.register_forward_hook(lambda m, a, out: in_graph.append((out[0] if isinstance(out, tuple) else out)
+                                                                      .requires_grad))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    assert in_graph == [False, True]
+    assert all(p.grad is not None for name, p in model.named_parameters() if p.requires_grad and "lora_A" in name)
+
+    full = load_score_model(tiny_reward_dir)
+    add_value_adapter(full, LoraSettings(r=2, alpha=4))
+    assert any(".layers.0." in name for name, p in full.named_parameters() if p.requires_grad)
