@@ -19,6 +19,8 @@ names its cause:
                     other), not the prompt's (reply_logits_only)
   malloc_keep       glibc's malloc keeps freed memory for reuse (rlhf.runtime.keep_freed_memory): large
                     tensors allocated again at every update are not faulted in and zeroed page by page
+  value_top8        value_lora with the adapter in the value model's last 8 layers only
+                    (value_lora_top_layers): its backward pass stops there
   reward_reuse      LoRA policy whose reference pass also gives the reward model's final hidden states
                     (the bench's reward model, like the default probe, is a head on the frozen policy:
                     reward_from_reference); measured beside lora_shared_ref, not a_trl_reference
@@ -71,7 +73,6 @@ VARIANTS = {
     "reply_logits": {**_OFF, "reply_logits_only": True},
     "malloc_keep": _OFF,
     "value_top8": {**_OFF, "value_lora": True, "value_lora_top_layers": 8},
-    "default_top8": {"value_lora_top_layers": 8},
     "reward_reuse": {**_OFF, "lora.enabled": True, "reward_from_reference": True},
     "b_default": {},  # configs/ppo/default.yaml as it is
 }
