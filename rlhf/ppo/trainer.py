@@ -201,6 +201,8 @@ class ResumablePPOTrainer(PPOTrainer):
         wrapper = unwrap(self.model)
         policy = wrapper.policy
         scorers = [wrapper.value_model, unwrap(self.reward_model)]
+        if self.guard is not None:  # the second reward model scores the same rollouts at the same precision
+            scorers.append(self.guard.model)
         for model in self._causal_lms():
             float32_output_layer(model.get_output_embeddings())
             if rollouts:

@@ -30,16 +30,19 @@ def _run(out: Path, policy: Path, reward: Path, capsys, **overrides) -> tuple[li
 
 def test_reward_read_from_the_reference_pass_scores_as_the_full_pass(tmp_path, tiny_model_dir, tiny_reward_dir,
                                                                       capsys):
-    reused, log, trainer = _run(tmp_path / "reuse", tiny_model_dir, tiny_reward_dir, capsys)
-    assert "reward model: read from the reference pass" in log
-    assert trainer.reference_states.reused >= 2  # one rollout batch per update
+    guard = {"guard_reward_model": str(tiny_reward_dir)}  # a second probe on the same frozen base
+    reused, log, trainer = _run(tmp_path / "reuse", tiny_model_dir, tiny_reward_dir, capsys, **guard)
+    assert "\nreward model: read from the reference pass" in log
+    assert "guard's reward model: read from the reference pass" in log
+    assert trainer.reference_states.reused >= 4  # one rollout batch per update, twice
     full, log_full, trainer_full = _run(tmp_path / "full", tiny_model_dir, tiny_reward_dir, capsys,
-                                        reward_from_reference=False)
+                                        reward_from_reference=False, **guard)
     assert "read from the reference pass" not in log_full and trainer_full.reference_states is None
     assert len(reused) == len(full) == 2
     for a, b in zip(reused, full):  # the same rollouts (same seed), scored alike, trained alike
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
         assert a["kl"] == pytest.approx(b["kl"], abs=1e-6)
+        assert a["held_out_reward"] == pytest.approx(b["held_out_reward"], abs=1e-6)
 
 
 def test_a_reward_model_with_its_own_weights_runs_its_own_pass(tmp_path, tiny_model_dir, tiny_reward_dir, capsys):
