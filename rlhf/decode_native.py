@@ -754,6 +754,34 @@ def _processor() -> str:
         return platform.processor() + platform.machine()
 
 
+STALE_BUILD_DAYS = 14
+
+
+def prune_builds(root: str, keep: str, days: float = STALE_BUILD_DAYS) -> list[str]:
+    """Remove the extension's other build folders under ``root`` that no checkout has used for ``days``
+    (each build touches its folder when loaded; a new version of the source, another environment or
+    processor makes a new folder, and the old ones would pile up); returns the names removed."""
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    cutoff = time.time() - days * 86400
+    for entry in entries:
+        if not entry.name.startswith("rlhf_decode_step_") or entry.name == keep or not entry.is_dir():
+            continue
+        try:
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            pass  # another process removed or is using it
+    return removed
+
+
 def _build():
     from torch.utils.cpp_extension import load_inline
 
@@ -775,6 +803,8 @@ def _build():
     name = "rlhf_decode_step_" + hashlib.sha256(identity.encode()).hexdigest()[:12]
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
+    os.utime(folder)  # marks it used: prune_builds keeps what any checkout used recently
+    prune_builds(root, keep=name)
     return load_inline(name=name, cpp_sources=[SOURCE],
                        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
                        extra_ldflags=["-fopenmp"], build_directory=folder, verbose=False)
