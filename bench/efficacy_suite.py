@@ -15,7 +15,9 @@ with only the rule and its reviewers changed: no per-rule reward or policy setti
 Printed per rule: the reward model's held-out accuracy with its 95% interval, the ceiling (how often the
 reviewers' labels on held-out pairs agree with the noiseless rule) and the share of the distance from
 chance to it closed, the gate's decision, the aligned model's A/B win rate against the base (non-tied,
-Wilson interval) and length-controlled (ties 1/2), KL to the reference at the end of PPO, wall time.
+Wilson interval) and length-controlled (ties 1/2), the same replies' win rate by the noiseless rule
+(the reviewers' noise apart from what the policy learned), KL to the reference at the end of PPO,
+wall time.
 
     nice -n 10 .venv/bin/python bench/efficacy_suite.py                       # every rule, default sizes (hours)
     .venv/bin/python bench/efficacy_suite.py --size small --rules question    # smoke: configs/quickstart/small.yaml
@@ -196,7 +198,8 @@ def run_rule(name: str, out: Path, candidates: Path, size: str) -> dict:
               "reviewers_per_item": reviewers_per_item(disagreement),
               "exit_code": proc.returncode, "stopped_at_gate": gated,
               "stopped_before_training": proc.returncode == 2 and not gated, "message": error,
-              "wall_seconds": seconds, **reward_figures(run_dir, name), **policy_figures(run_dir)}
+              "wall_seconds": seconds, **reward_figures(run_dir, name), **policy_figures(run_dir),
+              **rule_win_rate(run_dir, name)}
     write_json(folder / "result.json", result)
     return result
 
@@ -236,6 +239,29 @@ def reward_figures(run_dir: Path, name: str) -> dict:
             "permutation": gate.get("chance"), "ceiling": top, "share_closed": closed}
 
 
+def rule_win_rate(run_dir: Path, name: str) -> dict:
+    """The blind A/B's replies (the aligned model's and the base's to the same held-out prompts, paired
+    by prompt and position) judged by the noiseless rule: the aligned reply's non-tied win rate and
+    its Wilson interval. Beside the reviewers' verdict it tells their noise from what the policy
+    learned: on a yes/no rule, noisy reviewers toss a coin over every pair where both replies score
+    alike, which caps their win rate whatever the policy does."""
+    from rlhf.gate import wilson_interval
+
+    aligned, base = run_dir / "eval" / "aligned.jsonl", run_dir / "eval" / "base.jsonl"
+    if not (aligned.is_file() and base.is_file()):
+        return {}
+    rule, wins, losses = globals()[name], 0, 0
+    for a, b in zip(*(map(json.loads, f.read_text().splitlines()) for f in (aligned, base))):
+        if a["prompt"] != b["prompt"]:
+            raise ValueError(f"{aligned} and {base}: the prompts are not in the same order")
+        for x, y in zip(a["replies"], b["replies"]):
+            sx, sy = rule(x), rule(y)
+            wins, losses = wins + (sx > sy), losses + (sx < sy)
+    n = wins + losses
+    return {"rule_wins": wins, "rule_losses": losses, "rule_win_rate": wins / n if n else None,
+            "rule_win_interval": list(wilson_interval(wins, n)) if n else None}
+
+
 def policy_figures(run_dir: Path) -> dict:
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
@@ -264,7 +290,8 @@ def _interval(x, interval) -> str:
 
 def table(results: list[dict]) -> str:
     lines = ["| rule | RM held-out accuracy [95%] | ceiling | share closed | gate | aligned win rate [95%] | "
-             "length-controlled [95%] | KL | wall time |", "|---|---|---|---|---|---|---|---|---|"]
+             "length-controlled [95%] | by the noiseless rule [95%] | KL | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gate = ("passed" if r.get("gate_passed") else "stopped" if r.get("stopped_at_gate") else
                 "refused before training" if r.get("stopped_before_training") else
@@ -274,7 +301,8 @@ def table(results: list[dict]) -> str:
             gate += f" (cross-fit {test['accuracy']:.3f}, shuffles up to {test['bar']:.3f}, p {test['p_value']:.2f})"
         lines.append(f"| {r['rule']} | {_interval(r.get('rm_accuracy'), r.get('rm_interval'))} | {_f(r.get('ceiling'))} "
                      f"| {_f(r.get('share_closed'), '.0%')} | {gate} | {_interval(r.get('win_rate'), r.get('win_interval'))} "
-                     f"| {_interval(r.get('lc_win_rate'), r.get('lc_interval'))} | {_f(r.get('kl'))} "
+                     f"| {_interval(r.get('lc_win_rate'), r.get('lc_interval'))} "
+                     f"| {_interval(r.get('rule_win_rate'), r.get('rule_win_interval'))} | {_f(r.get('kl'))} "
                      f"| {r['wall_seconds'] / 60:.1f} min |")
     return "\n".join(lines)
 
