@@ -391,6 +391,21 @@ def add_value_adapter(value_model, settings, top_layers: int | None = None) -> N
         param.requires_grad = "lora_" in name or name.startswith("score.")
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Set the environment variables given a value (None: leave as it is) inside the block only."""
+    saved = {name: os.environ.get(name) for name, value in values.items() if value is not None}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def resolve_resume(run: PPORunConfig, resume: str | None) -> Path | None:
     """``None`` (fresh run), ``"latest"`` (newest complete checkpoint of output_dir) or a checkpoint path."""
     if resume is None:
@@ -440,10 +455,6 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     backbone = getattr(reward_model, reward_model.base_model_prefix)
     backbone.register_forward_pre_hook(probe, with_kwargs=True)
 
-    if run.bf16_autocast:
-        # TRL's PPOTrainer builds its Accelerator from the environment, not from `bf16`: ask for
-        # bfloat16 autocast there (the trained wrapper's forward runs under it; generation does not).
-        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
     args = PPOConfig(
         output_dir=str(out), use_cpu=not torch.cuda.is_available(), bf16=run.bf16_autocast, seed=run.seed,
         learning_rate=run.learning_rate, per_device_train_batch_size=run.per_device_batch_size,
@@ -457,11 +468,15 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
         gradient_checkpointing=False, disable_tqdm=True, per_device_eval_batch_size=1,
     )
     eval_dataset = Dataset.from_dict({"input_ids": eval_ids or prompt_ids[:1]})
-    trainer = ResumablePPOTrainer(
-        args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
-        train_dataset=Dataset.from_dict({"input_ids": prompt_ids}), value_model=value_model,
-        eval_dataset=eval_dataset, peft_config=lora_config(run.lora, "CAUSAL_LM") if run.lora.enabled else None,
-    )
+    # TRL's PPOTrainer builds its Accelerator from the environment, not from `bf16`: ask for bfloat16
+    # autocast there (the trained wrapper's forward runs under it; generation does not), for this
+    # construction only, so later trainers in the same process (tests, a notebook) do not inherit it.
+    with _environment(ACCELERATE_MIXED_PRECISION="bf16" if run.bf16_autocast else None):
+        trainer = ResumablePPOTrainer(
+            args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
+            train_dataset=Dataset.from_dict({"input_ids": prompt_ids}), value_model=value_model,
+            eval_dataset=eval_dataset, peft_config=lora_config(run.lora, "CAUSAL_LM") if run.lora.enabled else None,
+        )
     trainer.setup_run(run, prompt_ids, eval_ids, probe, resume_from, guard)
     if trainer.accelerator.is_main_process:
         save_resolved(run, out)

@@ -4,6 +4,7 @@ real tiny PPO runs, and a full pass whenever the reward model's backbone is not 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def test_reward_read_from_the_reference_pass_scores_as_the_full_pass(tmp_path, t
     assert "\nreward model: read from the reference pass" in log
     assert "guard's reward model: read from the reference pass" in log
     assert trainer.reference_states.reused >= 4  # one rollout batch per update, twice
+    # bf16_autocast reaches TRL's accelerator without leaking into later trainers of this process
+    assert trainer.accelerator.mixed_precision == "bf16" and "ACCELERATE_MIXED_PRECISION" not in os.environ
     full, log_full, trainer_full = _run(tmp_path / "full", tiny_model_dir, tiny_reward_dir, capsys,
                                         reward_from_reference=False, **guard)
     assert "read from the reference pass" not in log_full and trainer_full.reference_states is None
