@@ -42,10 +42,10 @@ def frozen_weights_differ(body: torch.nn.Module, reference_body: torch.nn.Module
             continue
         theirs[name.replace(".base_layer.", ".")] = tensor
     mine = dict(body.named_parameters())
+    if type(body).__name__ != type(reference_body).__name__:
+        return "its backbone is another architecture"
     if mine.keys() != theirs.keys():
         return "its backbone's layers are not the policy's"
-    if type(body) is not type(reference_body) and type(body).__name__ != type(reference_body).__name__:
-        return "its backbone is another architecture"
     with torch.no_grad():
         for name, tensor in mine.items():
             other = theirs[name]
@@ -105,13 +105,13 @@ def read_from_reference(score_model: torch.nn.Module, states: ReferenceStates, n
             return forward(*args, **kwargs)
         if not checked["done"]:
             checked["done"] = True
-            full = forward(*args, **kwargs).last_hidden_state
-            scale = float(full.detach().abs().max().clamp_min(1e-6))
-            gap = float((full.detach().float() - hidden.float()).abs().max()) / scale
+            output = forward(*args, **kwargs)
+            full = output.last_hidden_state.detach()
+            gap = float((full.float() - hidden.float()).abs().max()) / float(full.abs().max().clamp_min(1e-6))
             if gap > MATCH_TOLERANCE:
                 checked["on"] = False
                 say(f"{name}: computed in full (its pass differs from the reference pass by {gap:.1e} of its scale)")
-                return forward(*args, **kwargs)
+                return output
             say(f"{name}: read from the reference pass (same frozen weights and inputs; checked on the first "
                 f"batch, largest difference {gap:.1e})")
         states.reused += 1

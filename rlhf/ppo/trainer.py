@@ -65,6 +65,9 @@ def check_run_config(config: PPORunConfig, world_size: int, stage: int) -> None:
     if stage == 3 and config.lora.enabled and config.lora.modules_to_save:
         raise UserError("lora.modules_to_save cannot be used under DeepSpeed ZeRO-3 (modules trained beside the "
                         "adapter come out as empty partitions); empty it, or use ZeRO-2")
+    if config.value_lora_top_layers is not None and not config.value_lora:
+        raise UserError("value_lora_top_layers places the value model's LoRA adapter: it needs value_lora: true "
+                        "(or leave value_lora_top_layers unset)")
     if config.dtype not in ("float32", "bfloat16"):
         raise UserError(f"field 'dtype': {config.dtype!r} is not float32 or bfloat16")
 
@@ -392,10 +395,10 @@ def add_value_adapter(value_model, settings, top_layers: int | None = None) -> N
 
 
 @contextlib.contextmanager
-def _environment(**values: str | None):
-    """Set the environment variables given a value (None: leave as it is) inside the block only."""
-    saved = {name: os.environ.get(name) for name, value in values.items() if value is not None}
-    os.environ.update({name: value for name, value in values.items() if value is not None})
+def _environment(values: dict[str, str]):
+    """The environment variables ``values`` set inside the block only."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -471,7 +474,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     # TRL's PPOTrainer builds its Accelerator from the environment, not from `bf16`: ask for bfloat16
     # autocast there (the trained wrapper's forward runs under it; generation does not), for this
     # construction only, so later trainers in the same process (tests, a notebook) do not inherit it.
-    with _environment(ACCELERATE_MIXED_PRECISION="bf16" if run.bf16_autocast else None):
+    with _environment({"ACCELERATE_MIXED_PRECISION": "bf16"} if run.bf16_autocast else {}):
         trainer = ResumablePPOTrainer(
             args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
             train_dataset=Dataset.from_dict({"input_ids": prompt_ids}), value_model=value_model,

@@ -51,6 +51,12 @@ def test_zero3_refuses_lora_modules_to_save():
     check_run_config(config, 2, 2)
 
 
+def test_value_adapter_layers_need_the_value_adapter():
+    with pytest.raises(UserError, match="value_lora_top_layers .* needs value_lora: true"):
+        check_run_config(_config(value_lora_top_layers=8), 1, 0)
+    check_run_config(_config(value_lora=True, value_lora_top_layers=8), 1, 0)
+
+
 def test_fingerprint_ignores_only_invocation_fields():
     base = _config()
     assert base.fingerprint() == _config(stop_after_updates=2, save_every=1, output_dir="x").fingerprint()

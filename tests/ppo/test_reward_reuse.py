@@ -91,3 +91,21 @@ def test_reference_states_answer_only_the_very_inputs_they_were_computed_from():
     with torch.enable_grad():  # the training forward is never recorded
         hook(None, (), {"input_ids": ids + 1, "attention_mask": mask, "position_ids": positions}, Output)
     assert states.find(ids + 1, mask, positions) is None
+
+
+def test_a_first_reused_pass_that_differs_from_the_full_pass_turns_the_reuse_off(tiny_reward_dir):
+    from rlhf.modeling import load_score_model
+    from rlhf.ppo.reuse import ReferenceStates, read_from_reference
+
+    model = load_score_model(tiny_reward_dir).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(4)[None]}
+    with torch.no_grad():
+        true = model.model(**inputs).last_hidden_state
+    states, said = ReferenceStates(), []
+    states.entries.append((inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], true + 0.5))
+    read_from_reference(model, states, "reward model", said.append)
+    with torch.no_grad():
+        first, second = (model.model(**inputs).last_hidden_state for _ in range(2))
+    assert said == [said[0]] and said[0].startswith("reward model: computed in full (its pass differs")
+    assert torch.equal(first, true) and torch.equal(second, true) and states.reused == 0
