@@ -10,6 +10,16 @@ from rlhf.config import Config
 from rlhf.lora import LoraSettings
 
 
+# Why a quarter of the depth: on the efficacy suite's six learnable rules (two published scorers and four
+# lexical rules, noisy and disagreeing reviewers; 64 rankings, 12 splits each, the bundled model's replies),
+# the probe's held-out accuracy against the noiseless rule, averaged over the rules, was 0.806 on the last
+# layer (30 of 30), 0.831 on layer 20, 0.837 on 12, 0.849 on 8 and 0.855 on 4; layer 8 beat layer 30 on every
+# rule (you_share 0.835 against 0.732, offers_help 0.895 against 0.829). Surface properties of a reply
+# (words, sentiment, length of words) are read best below the top, where the model has not yet turned
+# them into its next-token prediction; a quarter, not lower, leaves room for preferences about meaning.
+PROBE_DEPTH = 0.25
+
+
 class RewardTrainConfig(Config):
     """``rlhf reward train``: a reward model from preference data (export folder or TRL dataset)."""
 
@@ -43,6 +53,12 @@ class RewardTrainConfig(Config):
         "mean: the mean of the last layer's hidden states over prompt and reply (recorded as score_pooling in "
         "config.json; every loader re-attaches it); last: the last token's, as a plain score head reads. finetune "
         "alone always reads the last token"
+    )
+    probe_depth: float = Field(
+        PROBE_DEPTH, gt=0.0, le=1.0, description="method probe: the share of the base model's decoder layers the "
+        "reward model keeps, from the bottom (rounded up: 8 of the bundled model's 30); the probe reads the last kept "
+        "layer through the model's final norm, and the saved reward model is that shorter network. 1 keeps every "
+        "layer. The other methods keep every layer"
     )
     train_half: Literal["all", "first", "second"] = Field(
         "all", description="train on every training prompt, or on one half of them only (by a hash of the prompt, "

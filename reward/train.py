@@ -284,6 +284,13 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     probe, curve, chance, probe_model = None, None, None, None
     if len(val_rows):
         probe_model = load_score_model(config.model)  # before trainer_args: loads whole even under ZeRO-3
+        if config.method == "probe":
+            from rlhf.modeling import keep_bottom_layers, layers_at_depth
+
+            total_layers = probe_model.config.num_hidden_layers
+            keep_bottom_layers(probe_model, layers_at_depth(config.probe_depth, total_layers))
+            print(f"reward model: the probe reads layer {probe_model.config.num_hidden_layers} of {total_layers} "
+                  f"(probe_depth {config.probe_depth:g}); the saved model keeps those layers", file=sys.stderr)
         probe, curve, chance = fit_probe_and_curve(probe_model, tokenizer, train_rows.to_list(), val_rows.to_list(),
                                            test_rows, config)
     if config.method != "probe":
@@ -497,6 +504,8 @@ def schedule_record(config: RewardTrainConfig, probe, curve, early, n_train: int
     from reward.schedule import checks_record
 
     record: dict[str, Any] = {"method": config.method, "pooling": config.pooling, "train_rankings": n_train, "validation_rankings": n_val,
+                              "probe_feature": probe.feature if probe else None,
+                              "probe_depth": config.probe_depth if config.method == "probe" else 1.0,
                               "probe_l2": probe.l2 if probe else None,
                               "probe_selection": probe.selection if probe else None,
                               "learning_curve": curve,
@@ -505,7 +514,7 @@ def schedule_record(config: RewardTrainConfig, probe, curve, early, n_train: int
     parts = [f"method {config.method}"]
     if probe:
         best = min(probe.selection, key=lambda s: s["val_loss"])
-        parts.append(f"probe L2 {probe.l2:g} chosen on {n_val} validation rankings (validation loss "
+        parts.append(f"probe on {probe.feature} (pooling and layer), L2 {probe.l2:g} chosen on {n_val} validation rankings (validation loss "
                      f"{best['val_loss']:.4f}, accuracy {best['val_accuracy']:.3f}; lowest of {len(probe.selection)})")
     if early is not None and early.kept is not None:
         record["validation_checks"] = checks_record(early.checks)
@@ -617,7 +626,10 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
     lines = ["---", "tags: [rlhf, reward-model, trl]", "---", "", "# Reward model", "",
              f"- Base model: `{config.model}`; data `{config.data}`; mode {config.mode}; method {config.method}"
              + ("" if config.method == "finetune" else
-                f" on {'the mean of the last layer over prompt and reply (score_pooling: mean in config.json)' if config.pooling == 'mean' else 'the last token of the last layer'}"),
+                f" on {'the mean over prompt and reply (score_pooling: mean in config.json)' if config.pooling == 'mean' else 'the last token'}"
+                f" of the last {'kept ' if schedule.get('probe_depth', 1.0) < 1 else ''}layer"
+                + (f" ({schedule['probe_feature']}: the model keeps the base's bottom {schedule['probe_depth']:g} of its "
+                   "layers)" if schedule.get("probe_depth", 1.0) < 1 else "")),
              f"- Training rankings {metrics['train_rows']}, validation rankings {metrics['validation_rows']} "
              f"(split by prompt, apart from the test split); optimizer steps {metrics['steps']}",
              f"- Why: {schedule['why']}", ""]

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -280,6 +281,30 @@ def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str =
     if getattr(model.config, "score_pooling", None) == "mean":  # a mean-pooled probe's checkpoint
         use_mean_pooling(model)
     return model
+
+
+def layers_at_depth(depth: float, total: int) -> int:
+    """How many of ``total`` decoder layers a share ``depth`` (0 to 1] keeps: rounded up, at least one
+    (0.25 of the bundled model's 30 is 8; of a 2-layer test model, 1)."""
+    return min(total, max(1, math.ceil(depth * total - 1e-9)))
+
+
+def keep_bottom_layers(model, layers: int) -> None:
+    """Cut a causal LM or score model to its first ``layers`` decoder layers, in place. The final norm
+    stays, so its last hidden state becomes the final norm of layer ``layers``' output; saved, it is a
+    plain checkpoint of that depth (``config.num_hidden_layers``) that every loader reads as it is."""
+    body = getattr(model, model.base_model_prefix)
+    total = model.config.num_hidden_layers
+    if not 1 <= layers <= total:
+        raise ValueError(f"cannot keep {layers} of {total} layers")
+    if layers == total:
+        return
+    body.layers = body.layers[:layers]
+    model.config.num_hidden_layers = layers
+    for key in ("layer_types",):  # per-layer lists some architectures keep in their config
+        value = getattr(model.config, key, None)
+        if isinstance(value, list):
+            setattr(model.config, key, value[:layers])
 
 
 def use_mean_pooling(model) -> None:

@@ -137,9 +137,9 @@ class ResumablePPOTrainer(PPOTrainer):
             object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
 
     def _reuse_reference_pass(self, guard) -> None:
-        """Score models whose backbone is the reference network read the reference pass's final hidden
-        states instead of computing them again (rlhf.ppo.reuse); each says which it does."""
-        from rlhf.ppo.reuse import ReferenceStates, body_of, frozen_weights_differ, read_from_reference
+        """Score models whose backbone is the reference network, or its bottom layers, read the reference
+        pass's hidden states instead of computing them again (rlhf.ppo.reuse); each says which it does."""
+        from rlhf.ppo.reuse import ReferenceStates, body_of, depth_of, frozen_weights_differ, read_from_reference
 
         if zero_stage() == 3:
             return  # partitioned weights cannot be compared here
@@ -158,10 +158,10 @@ class ResumablePPOTrainer(PPOTrainer):
             if reason:
                 self.say(f"{name}: its own forward pass each update ({reason})")
             else:
-                read_from_reference(model, states, name, self.say)
+                read_from_reference(model, states, name, self.say, depth_of(reference))
                 self.reference_states = states
         if self.reference_states is not None:
-            reference.register_forward_hook(states.record_hook(always), with_kwargs=True)
+            states.attach(reference, always)
 
     @contextlib.contextmanager
     def null_ref_context(self):

@@ -11,11 +11,16 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "ppo" / "tiny.yaml"
 
 
-def build_reward_model(out: Path, base: Path) -> Path:
-    """What the reward stage hands over: a plain *ForSequenceClassification dir + reward_stats.json."""
-    from rlhf.modeling import load_score_model, load_tokenizer
+def build_reward_model(out: Path, base: Path, layers: int | None = None, mean_pooling: bool = False) -> Path:
+    """What the reward stage hands over: a plain *ForSequenceClassification dir + reward_stats.json
+    (``layers``: only the base's bottom layers, as the default probe keeps; ``mean_pooling`` as it reads)."""
+    from rlhf.modeling import keep_bottom_layers, load_score_model, load_tokenizer, use_mean_pooling
 
     model = load_score_model(base)
+    if layers is not None:
+        keep_bottom_layers(model, layers)
+    if mean_pooling:
+        use_mean_pooling(model)
     model.save_pretrained(out, safe_serialization=True)
     load_tokenizer(base, padding_side="right").save_pretrained(out)
     (out / "reward_stats.json").write_text(json.dumps({"mean": 0.1, "std": 2.0}))

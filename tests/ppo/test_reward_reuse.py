@@ -48,6 +48,25 @@ def test_reward_read_from_the_reference_pass_scores_as_the_full_pass(tmp_path, t
         assert a["held_out_reward"] == pytest.approx(b["held_out_reward"], abs=1e-6)
 
 
+def test_a_reward_model_on_the_bottom_layers_reads_that_layer_of_the_reference_pass(tmp_path, tiny_model_dir,
+                                                                                   capsys):
+    """The default probe keeps the base's bottom layers (probe_depth): its pass is the final norm of the
+    reference pass's output of its last layer, and scores exactly as its own pass."""
+    from tests.ppo.conftest import build_reward_model
+
+    shallow = build_reward_model(tmp_path / "shallow-reward", tiny_model_dir, layers=1, mean_pooling=True)
+    assert json.loads((shallow / "config.json").read_text())["num_hidden_layers"] == 1
+    guard = {"guard_reward_model": str(shallow)}
+    reused, log, trainer = _run(tmp_path / "reuse", tiny_model_dir, shallow, capsys, **guard)
+    assert "\nreward model: read from the reference pass" in log
+    assert "guard's reward model: read from the reference pass" in log
+    assert trainer.reference_states.depths == {1} and trainer.reference_states.reused >= 4
+    full, _, _ = _run(tmp_path / "full", tiny_model_dir, shallow, capsys, reward_from_reference=False, **guard)
+    for a, b in zip(reused, full):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["held_out_reward"] == pytest.approx(b["held_out_reward"], abs=1e-6)
+
+
 def test_a_reward_model_with_its_own_weights_runs_its_own_pass(tmp_path, tiny_model_dir, tiny_reward_dir, capsys):
     from safetensors.torch import load_file, save_file
 
@@ -103,7 +122,7 @@ def test_a_first_reused_pass_that_differs_from_the_full_pass_turns_the_reuse_off
     with torch.no_grad():
         true = model.model(**inputs).last_hidden_state
     states, said = ReferenceStates(), []
-    states.entries.append((inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], true + 0.5))
+    states.entries.append((inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], true + 0.5, {}))
     read_from_reference(model, states, "reward model", said.append)
     with torch.no_grad():
         first, second = (model.model(**inputs).last_hidden_state for _ in range(2))

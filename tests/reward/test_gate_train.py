@@ -63,11 +63,15 @@ def test_gate_passes_planted_and_refuses_shuffled(probe_models):
     schedule = metrics["schedule"]
     assert [c["rankings"] for c in schedule["learning_curve"]][-1] == metrics["train_rows"]
     assert len(schedule["learning_curve"]) == 3 and schedule["probe_l2"] in [s["l2"] for s in schedule["probe_selection"]]
+    # the default probe_depth (a quarter, rounded up) keeps 1 of the tiny model's 2 layers, and so does the checkpoint
+    assert schedule["probe_feature"] == "mean@1" and schedule["probe_depth"] == 0.25
+    assert json.loads((planted / "config.json").read_text())["num_hidden_layers"] == 1
+    assert "reads layer 1 of 2" in stderr
     pairs = json.loads((planted / "held_out_pairs.json").read_text())
     assert len(pairs["credits"]) == len(pairs["prompts"]) == gate["n_pairs"] >= 30
     assert sum(pairs["credits"]) / len(pairs["credits"]) == pytest.approx(gate["accuracy"])
     card = (planted / "README.md").read_text()
-    assert "## Learning curve" in card and "passes the gate" in card
+    assert "## Learning curve" in card and "passes the gate" in card and "of the last kept layer (mean@1" in card
     # Bias audit on the held-out rankings: length bias over every held-out pair, the counterfactual probe
     # (the same replies under prompts with "husband James" swapped) scored by the same model.
     bias = metrics["bias"]

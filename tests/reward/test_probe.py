@@ -282,3 +282,30 @@ def test_chance_null_of_a_planted_probe_sits_at_chance_and_below_the_real_fit():
     assert not probe_chance_null("mean@1", x, shuffled, groups, repeats=12, seed=0, progress=False).accuracy > 0.6
     with pytest.raises(ValueError, match="3 or more prompts"):
         probe_chance_null("mean@1", x, ranks, [0, 1] * 40, repeats=12, progress=False)
+
+def test_a_model_cut_to_its_bottom_layers_reads_that_layer_through_the_final_norm(tiny_model_dir, tmp_path):
+    """``keep_bottom_layers`` (the default probe's ``probe_depth``): the cut model's last hidden state is
+    the full model's layer output through the final norm; saved, it reloads at that depth and scores alike."""
+    from reward.evaluate import score_ids
+    from rlhf.modeling import keep_bottom_layers, layers_at_depth, load_score_model, load_tokenizer
+
+    assert [layers_at_depth(0.25, n) for n in (30, 2, 1, 4)] == [8, 1, 1, 1]
+    assert layers_at_depth(1.0, 30) == 30 and layers_at_depth(0.5, 30) == 15 and layers_at_depth(0.26, 30) == 8
+    full, tokenizer = load_score_model(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir, padding_side="right")
+    cut = load_score_model(tiny_model_dir).eval()
+    keep_bottom_layers(cut, 1)
+    assert cut.config.num_hidden_layers == 1 and len(cut.model.layers) == 1
+    seq = torch.tensor([_ids(tokenizer)[0]])
+    with torch.no_grad():
+        mine = cut.model(input_ids=seq).last_hidden_state
+        theirs = full.model(input_ids=seq, output_hidden_states=True).hidden_states[1]
+        assert torch.allclose(mine, full.model.norm(theirs), atol=1e-6)
+        assert not torch.allclose(mine, full.model(input_ids=seq).last_hidden_state, atol=1e-3)
+    before = score_ids(cut, _ids(tokenizer), tokenizer.pad_token_id, batch_size=4)
+    cut.save_pretrained(tmp_path / "cut", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "cut")
+    reloaded = load_score_model(tmp_path / "cut")
+    assert reloaded.config.num_hidden_layers == 1
+    assert score_ids(reloaded, _ids(tokenizer), tokenizer.pad_token_id, batch_size=4) == pytest.approx(before, abs=1e-6)
+    with pytest.raises(ValueError, match="cannot keep 3 of 1 layers"):
+        keep_bottom_layers(reloaded, 3)
