@@ -8,8 +8,8 @@ prompt, each of K = 4 replies:
   1. 8 replies to each of the quickstart's 120 prompts (train + held-out files) with the loop's candidate
      settings (configs/quickstart/full.yaml: 40 tokens, temperature 0.8), two items of 4 per prompt,
      written once to OUT/candidates.jsonl and reused;
-  2. the frozen bundled model's mean-pooled last layer for every reply (the default reward model's
-     features), once;
+  2. the frozen bundled model's mean-pooled layer 8 of 30 for every reply (the default reward model's
+     features, reward.config.PROBE_DEPTH), once;
   3. per rule of bench/efficacy_suite.py (their reviewers' noise and disagreement; the unlearnable rule
      left out: there is nothing to reach) and per repeat (a seed: which 30 prompts are held out, the
      plain order, the reviewers' noise): ``reward.active.simulate_curves`` over the other 90 prompts'
@@ -76,12 +76,16 @@ ITEMS_PER_PROMPT = 2
 
 
 def features(rows: list[dict]):
-    """[N, K, H] mean-pooled last-layer features of every reply (the default reward model's)."""
+    """[N, K, H] the default reward model's features of every reply (the mean-pooled last kept layer)."""
     from reward.probe import ranking_features
     from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
 
+    from reward.config import PROBE_DEPTH
+    from rlhf.modeling import keep_bottom_layers, layers_at_depth
+
     path = resolve_model_path("bundled")
     model = load_policy(path)
+    keep_bottom_layers(model, layers_at_depth(PROBE_DEPTH, model.config.num_hidden_layers))
     kwise = [{"prompt": r["prompt"], "completions": r["replies"], "ranks": [1] * len(r["replies"])} for r in rows]
     x, _ = ranking_features(model, load_tokenizer(path, padding_side="right"), kwise,
                             f"mean@{model.config.num_hidden_layers}")

@@ -50,7 +50,7 @@ class RewardTrainConfig(Config):
     )
     pooling: Literal["mean", "last"] = Field(
         "mean", description="the features the probe reads (and the score head of probe and probe_then_finetune): "
-        "mean: the mean of the last layer's hidden states over prompt and reply (recorded as score_pooling in "
+        "mean: the mean of the last kept layer's hidden states over prompt and reply (recorded as score_pooling in "
         "config.json; every loader re-attaches it); last: the last token's, as a plain score head reads. finetune "
         "alone always reads the last token"
     )

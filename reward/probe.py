@@ -316,8 +316,8 @@ def write_score_head(model, probe: Probe) -> None:
     """Put the probe into ``model.score`` so the model scores replies as the probe does.
 
     A probe on the last token of the last layer (``last@<num_hidden_layers>``) is a plain score head;
-    a mean-pooled one (``mean@<num_hidden_layers>``) needs ``use_mean_pooling`` first; a
-    middle-layer probe would need the later layers dropped (not done here).
+    a mean-pooled one (``mean@<num_hidden_layers>``) needs ``use_mean_pooling`` first; a probe on a
+    lower layer needs the layers above it dropped first (``rlhf.modeling.keep_bottom_layers``).
     """
     n_layers = model.config.num_hidden_layers
     pooling = "mean" if getattr(model.config, "score_pooling", None) == "mean" else "last"

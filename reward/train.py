@@ -443,7 +443,7 @@ def check_gate_size(test_rows: list[dict], config: RewardTrainConfig) -> str | N
 
 
 def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, config: RewardTrainConfig):
-    """The probe on the last layer's features (``config.pooling``: mean over tokens, or the last token),
+    """The probe on the model's last layer's features (after ``probe_depth`` cut it; ``config.pooling``: mean over tokens, or the last token),
     its L2 chosen on validation and refitted on train + validation; its learning curve on the test
     split (None without one): a quarter and half of the training rankings in random subsets seeded by
     ``seed``; and (None without a test split) a function giving the gate's permutation test: the same

@@ -1,7 +1,7 @@
 """The reward model's pass read from the reference pass, when both are the same frozen network.
 
 The default reward model (``rlhf reward train``'s probe) is a linear head on the frozen policy's
-mean-pooled last layer: its backbone holds exactly the policy's base weights. With a LoRA policy the
+mean-pooled layer: its backbone holds exactly the policy's base weights. With a LoRA policy the
 reference is that same base with the adapter off, and every PPO update runs it over the very query +
 reply ids the reward model then scores (TRL cuts the reply after its first EOS; generation has
 already padded everything after it). So the reward pass, and the guard's second reward model when it
