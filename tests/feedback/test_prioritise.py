@@ -81,7 +81,9 @@ def test_prioritise_hands_out_first_the_items_the_ensemble_disagrees_on(tmp_path
     with store.sessions() as s:
         priority = {i.prompt_row.prompt: i.priority for i in s.scalars(select(Item))}
     assert all(priority[p] == 0.0 for p, _ in alike)  # replies alike: a ranking would be a coin flip
-    assert all(priority[p] > 1e-4 for p, _ in differing)
+    # above zero: the ensemble disagrees on them (its scale is the random tiny model's: 8e-5 to 2e-4 on the
+    # default probe's layer 1 of 2, 1e-4 and up on layer 2)
+    assert all(priority[p] > 0.0 for p, _ in differing)
     assert all(priority[p] == 0.0 for p, _ in ranked)  # ranked already: left alone
     handed = [store.next_item(store.add_user(f"next{i}", "plum-otter-41")) for i in range(3)]
     assert {store.item_replies(h.item_id)[0] for h in handed} == {r[0] for _, r in differing}
