@@ -77,18 +77,15 @@ ITEMS_PER_PROMPT = 2
 
 def features(rows: list[dict]):
     """[N, K, H] the default reward model's features of every reply (the mean-pooled last kept layer)."""
-    from reward.probe import ranking_features
-    from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
-
     from reward.config import PROBE_DEPTH
-    from rlhf.modeling import keep_bottom_layers, layers_at_depth
+    from reward.probe import cut_to_probe_depth, ranking_features
+    from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
 
     path = resolve_model_path("bundled")
     model = load_policy(path)
-    keep_bottom_layers(model, layers_at_depth(PROBE_DEPTH, model.config.num_hidden_layers))
+    feature = cut_to_probe_depth(model, PROBE_DEPTH)
     kwise = [{"prompt": r["prompt"], "completions": r["replies"], "ranks": [1] * len(r["replies"])} for r in rows]
-    x, _ = ranking_features(model, load_tokenizer(path, padding_side="right"), kwise,
-                            f"mean@{model.config.num_hidden_layers}")
+    x, _ = ranking_features(model, load_tokenizer(path, padding_side="right"), kwise, feature)
     return x
 
 

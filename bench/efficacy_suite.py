@@ -232,11 +232,18 @@ def reward_figures(run_dir: Path, name: str) -> dict:
     # The gate's figure (interval clustered by prompt); when it was not measured (too few held-out pairs),
     # the evaluation's own accuracy and bootstrap interval.
     accuracy = gate.get("accuracy", held_out.get("accuracy"))
-    closed = (accuracy - 0.5) / (top - 0.5) if accuracy is not None and top is not None and top > 0.5 else None
-    return {"rm_accuracy": accuracy, "rm_interval": gate.get("interval", held_out.get("ci95_bootstrap_prompts")),
+    interval = gate.get("interval", held_out.get("ci95_bootstrap_prompts"))
+    closed, closed_interval = None, None
+    if accuracy is not None and top is not None and top > 0.5:
+        closed = (accuracy - 0.5) / (top - 0.5)
+        # the accuracy's interval in the same units (the ceiling is read off the same labels, taken as known):
+        # on 20 held-out prompts it spans tens of points, so one run cannot tell 70% closed from 90%
+        closed_interval = [(x - 0.5) / (top - 0.5) for x in interval] if interval else None
+    return {"rm_accuracy": accuracy, "rm_interval": interval,
             "held_out_pairs": pairs,
             "gate_passed": gate.get("passed"), "gate_measured": gate.get("measured"), "gate": gate.get("summary"),
-            "permutation": gate.get("chance"), "ceiling": top, "share_closed": closed}
+            "permutation": gate.get("chance"), "ceiling": top, "share_closed": closed,
+            "share_closed_interval": closed_interval}
 
 
 def rule_win_rate(run_dir: Path, name: str) -> dict:
@@ -288,8 +295,14 @@ def _interval(x, interval) -> str:
     return f"{x:.3f} [{_f(interval[0])}, {_f(interval[1])}]" if interval else f"{x:.3f}"
 
 
+def _share(x, interval) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.0%} [{interval[0]:.0%}, {interval[1]:.0%}]" if interval else f"{x:.0%}"
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| rule | RM held-out accuracy [95%] | ceiling | share closed | gate | aligned win rate [95%] | "
+    lines = ["| rule | RM held-out accuracy [95%] | ceiling | share closed [95%] | gate | aligned win rate [95%] | "
              "length-controlled [95%] | by the noiseless rule [95%] | KL | wall time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -300,7 +313,7 @@ def table(results: list[dict]) -> str:
         if test and test.get("prompts"):  # the cross-fitted permutation test (absent when the interval failed)
             gate += f" (cross-fit {test['accuracy']:.3f}, shuffles up to {test['bar']:.3f}, p {test['p_value']:.2f})"
         lines.append(f"| {r['rule']} | {_interval(r.get('rm_accuracy'), r.get('rm_interval'))} | {_f(r.get('ceiling'))} "
-                     f"| {_f(r.get('share_closed'), '.0%')} | {gate} | {_interval(r.get('win_rate'), r.get('win_interval'))} "
+                     f"| {_share(r.get('share_closed'), r.get('share_closed_interval'))} | {gate} | {_interval(r.get('win_rate'), r.get('win_interval'))} "
                      f"| {_interval(r.get('lc_win_rate'), r.get('lc_interval'))} "
                      f"| {_interval(r.get('rule_win_rate'), r.get('rule_win_interval'))} | {_f(r.get('kl'))} "
                      f"| {r['wall_seconds'] / 60:.1f} min |")

@@ -4,10 +4,11 @@ that can? (issue 14)
 Each trial draws the loop's split sizes from bench/reward_generalisation.py's 144 support prompts (the
 bundled model's K = 4 replies, features cached there): 51 training, 13 validation and 20 held-out
 prompts, as ``rlhf loop`` exports 84 ranked prompts (``min_test_prompts: 20``). It fits the default
-reward model (the mean-pooled probe, L2 chosen on validation, ``reward.probe.select_l2``) and applies
-the gate as ``rlhf reward train`` does (``rlhf.gate.gate_decision``): the interval alone, and the
-interval with the permutation test (``reward.schedule.probe_chance_null``: the probe cross-fitted over
-all 84 prompts, 5 folds, against 99 shuffles).
+reward model (the probe on the mean of layer 8 of 30 through the final norm, as ``probe_depth`` cuts
+the model; L2 chosen on validation, ``reward.probe.select_l2``) and applies the gate as ``rlhf reward
+train`` does (``rlhf.gate.gate_decision``): the interval alone, and the interval with the permutation
+test (``reward.schedule.probe_chance_null``: the probe cross-fitted over all 84 prompts, 5 folds,
+against 99 shuffles).
 
 * ``null`` arm: every ranking drawn at random (a hash of the reply is exactly that: a preference the
   replies do not show). Any pass is a false pass.
@@ -34,11 +35,11 @@ if str(REPO) not in sys.path:
 
 from bench.reward_generalisation import candidates, features, label, log  # noqa: E402
 
-FEATURE = "mean@30"  # the default probe's features on the bundled model (30 layers)
+BUNDLED_LAYERS = 30
 SIZES = {"train": 51, "val": 13, "test": 20}
 
 
-def trial(feats, rows: list[dict], seed: int, shuffles: int) -> dict:
+def trial(feats, rows: list[dict], seed: int, shuffles: int, feature: str) -> dict:
     import torch
 
     from reward.probe import pair_accuracy, select_l2
@@ -50,9 +51,9 @@ def trial(feats, rows: list[dict], seed: int, shuffles: int) -> dict:
     test = order[:SIZES["test"]]
     val = order[SIZES["test"]:SIZES["test"] + SIZES["val"]]
     train = order[SIZES["test"] + SIZES["val"]:SIZES["test"] + SIZES["val"] + SIZES["train"]]
-    x = feats[FEATURE]
+    x = feats[feature]
     ranks = torch.tensor([r["ranks"] for r in rows])
-    probe = select_l2(FEATURE, x[train], ranks[train], x[val], ranks[val])
+    probe = select_l2(feature, x[train], ranks[train], x[val], ranks[val])
     scores = probe.scores(x[test])
     credits, prompts = pair_credits([rows[i] for i in test], scores.tolist())
     interval = gate_decision(credits, prompts)
@@ -60,7 +61,7 @@ def trial(feats, rows: list[dict], seed: int, shuffles: int) -> dict:
            "gate_passed": False, "null_max": None}
     if interval.passed:  # as rlhf reward train: the shuffled fits only when the interval passes
         every = train + val + test
-        null = probe_chance_null(FEATURE, x[every], ranks[every], [rows[i]["prompt"] for i in every],
+        null = probe_chance_null(feature, x[every], ranks[every], [rows[i]["prompt"] for i in every],
                                  repeats=shuffles, seed=seed, progress=False)
         decision = gate_decision(credits, prompts, chance=null)
         out.update(gate_passed=decision.passed, null_max=null.bar, cross_fit=null.accuracy)
@@ -93,13 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shuffles", type=int, default=99)
     parser.add_argument("--out", default="runs/reward_generalisation", help="bench/reward_generalisation.py's folder (cache)")
     args = parser.parse_args(argv)
+    from reward.config import PROBE_DEPTH
+    from rlhf.modeling import layers_at_depth
     from rlhf.runtime import apply_offline_env
 
     apply_offline_env()
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
     rows = candidates(out)
-    feats, _ = features(out, rows, [30])
+    # the default reward model's features: the mean of layer PROBE_DEPTH's output through the final norm
+    layer = layers_at_depth(PROBE_DEPTH, BUNDLED_LAYERS)
+    feature = f"mean@{layer}"
+    feats, _ = features(out, rows, [layer], ("mean",), name=f"features_normed_{layer}.pt", normed=True)
     started = time.perf_counter()
     results = {}
     arms = [("null (random rankings)", args.null_trials, lambda s: random_rankings(rows, s)),
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, trials, make in arms:
         runs = []
         for seed in range(trials):
-            runs.append(trial(feats, make(seed), seed, args.shuffles))
+            runs.append(trial(feats, make(seed), seed, args.shuffles, feature))
             if (seed + 1) % 20 == 0 or seed + 1 == trials:
                 log(f"{name}: {seed + 1}/{trials} trials, interval passed {sum(r['interval_passed'] for r in runs)}, "
                     f"gate passed {sum(r['gate_passed'] for r in runs)}")
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         n = len(runs)  # each arm's line as soon as it is done: the learnable arm runs the shuffles in most trials
         log(f"{name}: interval alone passed {rate(sum(r['interval_passed'] for r in runs), n)}; with the "
             f"permutation test {rate(sum(r['gate_passed'] for r in runs), n)}")
-    print(f"\nsplit per trial: {SIZES['train']} training, {SIZES['val']} validation, {SIZES['test']} held-out prompts "
+    print(f"\nfeatures {feature} (probe_depth {PROBE_DEPTH:g}); split per trial: {SIZES['train']} training, "
+          f"{SIZES['val']} validation, {SIZES['test']} held-out prompts "
           f"(K = 4, 6 pairs each); {args.shuffles} shuffles; {time.perf_counter() - started:.0f} s")
     print("| arm | trials | passes: interval alone | passes: interval + permutation test | mean held-out accuracy |")
     print("|---|---|---|---|---|")

@@ -13,7 +13,10 @@ reviewers' noise.
   - per rule of ``bench/efficacy_suite.py`` (its reviewers' noise and disagreement; three reviewers per
     item on the rules where one of three flips the rule, as in the suite) and per repeat (a seed: which 20
     prompts are held out), the loop's sizes: 51 training and 13 validation rankings, one item per prompt;
-  - every layer sees the same rankings in a repeat, so the differences are paired.
+  - every layer sees the same rankings in a repeat, so the differences are paired;
+  - the default layer's share closed, as the suite prints it: its accuracy against the reviewers' labels
+    of the held-out items, from chance to the ceiling those labels allow (the noiseless rule's accuracy
+    against them); over 12 repeats of 40 items, not one run's 20.
 
     nice -n 10 .venv/bin/python bench/probe_depth.py                       # six rules, 12 repeats (~8 min)
     .venv/bin/python bench/probe_depth.py --rules vader --repeats 4 --layers 8,30
@@ -42,32 +45,17 @@ def log(message: str) -> None:
 
 def layer_features(rows: list[dict], layers: list[int]) -> dict:
     """``{layer: [N, K, H]}``: the mean over prompt + reply of each layer's output through the final norm,
-    which is what a reward model cut to that many layers reads."""
-    import torch
-    from trl.trainer.utils import pad
-
+    which is what a reward model cut to that many layers (``reward.probe.cut_to_probe_depth``) reads."""
     from reward.data import reply_ids
+    from reward.probe import reply_features
     from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
 
     path = resolve_model_path("bundled")
-    model, tokenizer = load_policy(path).eval(), load_tokenizer(path, padding_side="right")
-    body, total = model.model, model.config.num_hidden_layers
+    model, tokenizer = load_policy(path), load_tokenizer(path, padding_side="right")
     ids = [reply_ids(tokenizer, r["prompt"], c) for r in rows for c in r["replies"]]
-    out = {layer: torch.zeros(len(ids), model.config.hidden_size) for layer in layers}
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    with torch.no_grad():
-        for start in range(0, len(order), 16):
-            chunk = order[start:start + 16]
-            seqs = [torch.tensor(ids[i]) for i in chunk]
-            input_ids = pad(seqs, padding_value=tokenizer.pad_token_id, padding_side="right")
-            mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right")
-            result = body(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-            m = mask.unsqueeze(-1).float()
-            for layer in layers:
-                h = result.last_hidden_state if layer == total else body.norm(result.hidden_states[layer])
-                out[layer][chunk] = (h.float() * m).sum(1) / m.sum(1)
+    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, ("mean",), normed=True)
     k = len(rows[0]["replies"])
-    return {layer: x.view(len(rows), k, -1) for layer, x in out.items()}
+    return {layer: flat[f"mean@{layer}"].view(len(rows), k, -1) for layer in layers}
 
 
 def run_rule(name: str, rows: list[dict], features: dict, repeats: int) -> dict:
@@ -80,10 +68,12 @@ def run_rule(name: str, rows: list[dict], features: dict, repeats: int) -> dict:
     rule = getattr(suite, name)
     noise, disagreement, _ = suite.RULES[name]
     reviewers = suite.reviewers_per_item(disagreement)
-    truth = torch.tensor([ranks_from_scores([rule(t) for t in r["replies"]]) for r in rows])
+    rule_scores = torch.tensor([[float(rule(t)) for t in r["replies"]] for r in rows], dtype=torch.float64)
+    truth = torch.tensor([ranks_from_scores(s) for s in rule_scores.tolist()])
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     items = {p: [i for i, r in enumerate(rows) if r["prompt"] == p] for p in prompts}
     accuracy: dict[int, list[float]] = {layer: [] for layer in features}
+    closed: dict[int, list[float]] = {layer: [] for layer in features}  # as the suite's "share closed"
     for seed in range(repeats):
         rng = random.Random(f"{name}:{seed}")
         order = list(prompts)
@@ -102,11 +92,15 @@ def run_rule(name: str, rows: list[dict], features: dict, repeats: int) -> dict:
             return index, torch.tensor(ranks)
 
         (ti, tr), (vi, vr) = labels(train), labels(val)
+        hi, hr = labels(test)  # the reviewers' labels of the held-out items, drawn after the others
+        ceiling = pair_accuracy(rule_scores[hi], hr)  # what the suite calls the ceiling: the noiseless rule's
         for layer, x in features.items():
             probe = select_l2(f"mean@{layer}", x[ti], tr, x[vi], vr)
             accuracy[layer].append(pair_accuracy(probe.scores(x[test]), truth[test]))
+            closed[layer].append((pair_accuracy(probe.scores(x[hi]), hr) - 0.5) / (ceiling - 0.5))
         log(f"{name} repeat {seed}: " + " ".join(f"L{layer} {a[-1]:.3f}" for layer, a in accuracy.items()))
-    return {"rule": name, "accuracy": {str(layer): a for layer, a in accuracy.items()}}
+    return {"rule": name, "accuracy": {str(layer): a for layer, a in accuracy.items()},
+            "share_closed": {str(layer): c for layer, c in closed.items()}}
 
 
 def interval(values: list[float]) -> str:
@@ -115,19 +109,26 @@ def interval(values: list[float]) -> str:
     return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
+def percent(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return f"{mean:.0%} [{mean - half:.0%}, {mean + half:.0%}]"
+
+
 def table(results: list[dict], layers: list[int], default: int, top: int) -> str:
     head = " | ".join(f"layer {layer}" for layer in layers)
-    lines = [f"| rule | {head} | layer {default} less layer {top} [95%] |",
-             "|---|" + "---|" * len(layers) + "---|"]
-    pooled = []
+    lines = [f"| rule | {head} | layer {default} less layer {top} [95%] | share closed, layer {default} [95%] |",
+             "|---|" + "---|" * len(layers) + "---|---|"]
+    pooled, shares = [], []
     for r in results:
-        a = r["accuracy"]
+        a, share = r["accuracy"], r["share_closed"][str(default)]
         gains = [x - y for x, y in zip(a[str(default)], a[str(top)])]
         pooled += gains
+        shares.append(statistics.fmean(share))
         lines.append(f"| {r['rule']} | " + " | ".join(f"{statistics.fmean(a[str(layer)]):.3f}" for layer in layers)
-                     + f" | {interval(gains)} |")
+                     + f" | {interval(gains)} | {percent(share)} |")
     lines.append("| mean | " + " | ".join(f"{statistics.fmean(statistics.fmean(r['accuracy'][str(layer)]) for r in results):.3f}"
-                                        for layer in layers) + f" | {interval(pooled)} |")
+                                        for layer in layers) + f" | {interval(pooled)} | {statistics.fmean(shares):.0%} |")
     return "\n".join(lines)
 
 
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "probe_depth.json").write_text(json.dumps(results))
     print(f"held-out accuracy against the noiseless rule, mean of {args.repeats} repeats ({TRAIN} training and "
           f"{VALIDATION} validation rankings, {HELD_OUT} held-out prompts); the default, probe_depth {PROBE_DEPTH:g}, "
-          f"reads layer {default}:\n")
+          f"reads layer {default}. Share closed: as bench/efficacy_suite.py's, (accuracy against the reviewers' "
+          f"labels of the held-out items - 0.5) / (the noiseless rule's accuracy against them - 0.5), per repeat:\n")
     print(table(results, layers, default, total))
     print(f"\n{time.perf_counter() - start:.0f} s; reproduce: .venv/bin/python bench/probe_depth.py --rules "
           f"{','.join(names)} --repeats {args.repeats} --layers {','.join(map(str, layers))}")

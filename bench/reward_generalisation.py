@@ -170,8 +170,9 @@ def split(n: int, n_val: int, n_train: int, seed: int = 0) -> dict[str, list[int
 
 
 def features(out: Path, rows: list[dict], layers: list[int], poolings=("last", "mean"),
-             name: str = "features.pt") -> tuple[dict, float]:
-    """{"last@L"/"mean@L"/"rmean@L": [P, K, H]} and seconds per reply; cached."""
+             name: str = "features.pt", normed: bool = False) -> tuple[dict, float]:
+    """{"last@L"/"mean@L"/"rmean@L": [P, K, H]} and seconds per reply; cached in ``out / name``.
+    ``normed``: lower layers through the final norm (``reward.probe.reply_features``)."""
     import torch
 
     path = out / name
@@ -187,7 +188,8 @@ def features(out: Path, rows: list[dict], layers: list[int], poolings=("last", "
     ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
     starts = [len(tokenizer(row["prompt"])["input_ids"]) for row in rows for _ in row["completions"]]
     log(f"features of {len(ids)} replies, layers {layers}, {poolings}")
-    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, poolings, batch_size=16, reply_starts=starts)
+    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, poolings, batch_size=16, reply_starts=starts,
+                          normed=normed)
     per_reply = (time.perf_counter() - started) / len(ids)
     feats = {k: v.view(len(rows), K, -1) for k, v in flat.items()}
     torch.save({"features": feats, "seconds_per_reply": per_reply}, path)

@@ -72,16 +72,15 @@ def prioritise_files(config: PrioritiseConfig) -> dict:
         raise UserError(f"{config.items}: no items")
 
     from reward.active import item_information, probe_ensemble
-    from reward.probe import ranking_features
     from reward.config import PROBE_DEPTH
-    from rlhf.modeling import keep_bottom_layers, layers_at_depth, load_policy, load_tokenizer, resolve_model_path
+    from reward.probe import cut_to_probe_depth, ranking_features
+    from rlhf.modeling import load_policy, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(path, padding_side="right")
     model = load_policy(path)
     # the default reward model's features (reward.config.PROBE_DEPTH): the bottom layers' mean
-    keep_bottom_layers(model, layers_at_depth(PROBE_DEPTH, model.config.num_hidden_layers))
-    feature = f"mean@{model.config.num_hidden_layers}"
+    feature = cut_to_probe_depth(model, PROBE_DEPTH)
     x, ranks = ranking_features(model, tokenizer, usable, feature, config.batch_size)
     ensemble = probe_ensemble(x, ranks, [prompt_key(r["prompt"]) for r in usable], config.members, config.seed)
     open_rows = [{**item, "ranks": [1] * len(item["completions"])} for item in items]

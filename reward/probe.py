@@ -46,11 +46,13 @@ def backbone(model):
 
 def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[int],
                    poolings: tuple[str, ...] = POOLINGS, batch_size: int = 16,
-                   reply_starts: list[int] | None = None) -> dict[str, torch.Tensor]:
+                   reply_starts: list[int] | None = None, normed: bool = False) -> dict[str, torch.Tensor]:
     """Frozen features of each token sequence: ``{"last@L", "mean@L" or "rmean@L": [N, H]}``, float32.
 
     ``layers``: 1..num_hidden_layers; the last layer is ``last_hidden_state`` (after the final norm,
-    exactly what the score head reads), the others are that block's output (the residual stream).
+    exactly what the score head reads), the others are that block's output (the residual stream), or
+    (``normed``) that output through the final norm, which is what a model cut to that many layers
+    (``cut_to_probe_depth``) reads as its last hidden state.
     ``last`` is the hidden state of the last token (the sequences are right-padded, and the pad token
     is never EOS, so this is the token a ``*ForSequenceClassification`` model scores); ``mean``
     averages every token of prompt + reply; ``rmean`` only the tokens from ``reply_starts[i]`` on
@@ -79,6 +81,8 @@ def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[
             rows = torch.arange(len(chunk))
             for layer in layers:
                 h = result.last_hidden_state if layer == n_layers else result.hidden_states[layer]
+                if normed and layer < n_layers:
+                    h = body.norm(h)
                 h = h.float()
                 if "last" in poolings:
                     out[f"last@{layer}"][chunk] = h[rows, last_index].cpu()
@@ -92,6 +96,16 @@ def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[
                     out[f"rmean@{layer}"][chunk] = ((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu()
     model.train(was_training)
     return out
+
+
+def cut_to_probe_depth(model, depth: float, pooling: str = "mean") -> str:
+    """Keep the bottom ``depth`` share of ``model``'s decoder layers (``rlhf.modeling.layers_at_depth``:
+    8 of the bundled model's 30 at the default ``reward.config.PROBE_DEPTH``), in place, and return the
+    name of the features the probe reads from what is left: ``"mean@8"``."""
+    from rlhf.modeling import keep_bottom_layers, layers_at_depth
+
+    keep_bottom_layers(model, layers_at_depth(depth, model.config.num_hidden_layers))
+    return f"{pooling}@{model.config.num_hidden_layers}"
 
 
 def ranking_features(model, tokenizer, rows: list[dict], feature: str,

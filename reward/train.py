@@ -285,10 +285,10 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
     if len(val_rows):
         probe_model = load_score_model(config.model)  # before trainer_args: loads whole even under ZeRO-3
         if config.method == "probe":
-            from rlhf.modeling import keep_bottom_layers, layers_at_depth
+            from reward.probe import cut_to_probe_depth
 
             total_layers = probe_model.config.num_hidden_layers
-            keep_bottom_layers(probe_model, layers_at_depth(config.probe_depth, total_layers))
+            cut_to_probe_depth(probe_model, config.probe_depth, config.pooling)
             print(f"reward model: the probe reads layer {probe_model.config.num_hidden_layers} of {total_layers} "
                   f"(probe_depth {config.probe_depth:g}); the saved model keeps those layers", file=sys.stderr)
         probe, curve, chance = fit_probe_and_curve(probe_model, tokenizer, train_rows.to_list(), val_rows.to_list(),

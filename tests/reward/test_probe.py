@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from reward.probe import Probe, fit_probe, pair_accuracy, probe_loss, reply_features, select_l2, write_score_head
+from reward.probe import (Probe, cut_to_probe_depth, fit_probe, pair_accuracy, probe_loss, reply_features, select_l2,
+                          write_score_head)
 
 SP1 = 0.31326168751822286  # log(1 + e^-1)
 SIGMOID_MINUS_1 = 1 / (1 + math.e)  # 0.2689414213699951
@@ -309,3 +310,8 @@ def test_a_model_cut_to_its_bottom_layers_reads_that_layer_through_the_final_nor
     assert score_ids(reloaded, _ids(tokenizer), tokenizer.pad_token_id, batch_size=4) == pytest.approx(before, abs=1e-6)
     with pytest.raises(ValueError, match="cannot keep 3 of 1 layers"):
         keep_bottom_layers(reloaded, 3)
+    # the same features without cutting (bench/probe_depth.py): reply_features' ``normed`` layer 1
+    ids = _ids(tokenizer)
+    uncut = reply_features(full, ids, tokenizer.pad_token_id, [1], ("mean",), normed=True)["mean@1"]
+    assert cut_to_probe_depth(load_score_model(tiny_model_dir), 0.25) == "mean@1"
+    assert torch.allclose(uncut, reply_features(cut, ids, tokenizer.pad_token_id, [1], ("mean",))["mean@1"], atol=1e-5)
