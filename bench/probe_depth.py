@@ -97,7 +97,8 @@ def run_rule(name: str, rows: list[dict], features: dict, repeats: int) -> dict:
         for layer, x in features.items():
             probe = select_l2(f"mean@{layer}", x[ti], tr, x[vi], vr)
             accuracy[layer].append(pair_accuracy(probe.scores(x[test]), truth[test]))
-            closed[layer].append((pair_accuracy(probe.scores(x[hi]), hr) - 0.5) / (ceiling - 0.5))
+            if ceiling > 0.5:  # (labels no better than chance leave nothing to close)
+                closed[layer].append((pair_accuracy(probe.scores(x[hi]), hr) - 0.5) / (ceiling - 0.5))
         log(f"{name} repeat {seed}: " + " ".join(f"L{layer} {a[-1]:.3f}" for layer, a in accuracy.items()))
     return {"rule": name, "accuracy": {str(layer): a for layer, a in accuracy.items()},
             "share_closed": {str(layer): c for layer, c in closed.items()}}
