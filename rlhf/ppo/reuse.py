@@ -13,9 +13,10 @@ The reward model may also keep only the bottom layers of that network (``rlhf re
 layer through the final norm, which the reference pass computes on the way.
 
 ``ReferenceStates`` keeps the final hidden states of the latest reference passes (and the outputs of
-the layers shallower score models end at) with the inputs they were computed from; ``read_from_reference`` makes a score model's backbone return them when it
-is called, without gradients, on the same inputs (ids, attention mask and positions all equal),
-and run as before otherwise. Nothing is approximated: the first reused call is also computed in full
+the layers shallower score models end at) with the inputs they were computed from;
+``read_from_reference`` makes a score model's backbone return them when it is called, without
+gradients, on the same inputs (ids, attention mask and positions all equal), and run as before
+otherwise. Nothing is approximated: the first reused call is also computed in full
 and compared, and any difference switches the reuse off for the run, said in the log.
 """
 
