@@ -14,8 +14,10 @@ Rule, checked after every update t (``check_exploitation``):
     positive;
   * dropped: the held-out reward is more than ``margin`` below its best so far while the training
     reward is above its value at that best update (checked from the ``window``-th update on).
-  Either of the last two is a warning; ``patience`` warnings in a row stop the run. The update to keep
-  is the one with the best held-out reward so far (within the KL bound).
+  Either of the last two is a warning; ``patience`` warnings in a row stop the run. A warning on the
+  run's last update (``final``) stops it too: no later update can confirm or clear it, and exporting an
+  update the guard has just flagged over the best one it has not is the wrong way round. The update to
+  keep is the one with the best held-out reward so far (within the KL bound).
 
 The guard's settings (``GuardFields``, one set of fields and flags for ``rlhf ppo``, ``rlhf grpo`` and
 ``rlhf rloo``) and the one function that loads the second reward model (``build_guard``) live here too.
@@ -133,8 +135,10 @@ def _warnings(history: Sequence[UpdateMetrics], settings: GuardSettings) -> list
     return reasons
 
 
-def check_exploitation(history: Sequence[UpdateMetrics], settings: GuardSettings = GuardSettings()) -> GuardDecision:
-    """The guard's decision after the last update of ``history`` (updates in order, oldest first)."""
+def check_exploitation(history: Sequence[UpdateMetrics], settings: GuardSettings = GuardSettings(),
+                       final: bool = False) -> GuardDecision:
+    """The guard's decision after the last update of ``history`` (updates in order, oldest first);
+    ``final``: that update is the run's last, so a warning on it stops the run (keeping the best update)."""
     if settings.window < 3:
         raise ValueError("window must be at least 3 updates (a slope test needs a residual)")
     if not history:
@@ -162,15 +166,21 @@ def check_exploitation(history: Sequence[UpdateMetrics], settings: GuardSettings
         return GuardDecision("stop", last.step, keep.step, tuple(reasons),
                              f"Stopping at update {last.step} ({in_a_row} warnings in a row): {seen}: the policy is "
                              f"exploiting the training reward model; {kept}{drift}.")
+    if final and keep is not last:
+        return GuardDecision("stop", last.step, keep.step, tuple(reasons),
+                             f"Stopping at update {last.step}, the run's last, on a warning no later update can "
+                             f"confirm or clear: {seen}; {kept}{drift}.")
     return GuardDecision("warn", last.step, keep.step, tuple(reasons),
                          f"Warning at update {last.step} ({in_a_row} of {settings.patience} before stopping): {seen}.")
 
 
-def first_stop(history: Sequence[UpdateMetrics], settings: GuardSettings = GuardSettings()) -> GuardDecision:
-    """Replay ``history`` update by update: the first ``stop`` decision, else the last decision."""
-    decision = check_exploitation(history[:1], settings)
+def first_stop(history: Sequence[UpdateMetrics], settings: GuardSettings = GuardSettings(),
+               final: bool = False) -> GuardDecision:
+    """Replay ``history`` update by update: the first ``stop`` decision, else the last decision
+    (``final``: ``history`` is a whole run, its last update the run's last)."""
+    decision = check_exploitation(history[:1], settings, final=final and len(history) == 1)
     for t in range(2, len(history) + 1):
-        decision = check_exploitation(history[:t], settings)
+        decision = check_exploitation(history[:t], settings, final=final and t == len(history))
         if decision.action == "stop":
             break
     return decision

@@ -189,7 +189,8 @@ class _RunCallback(TrainerCallback):
         eos = 1.0 - float(logs.get("completions/clipped_ratio", 1.0))
         decision = t.guard.check(UpdateMetrics(step, float(logs[keys[0]]), float(logs[keys[1]]),
                                                float(logs.get("kl", 0.0)),
-                                               float(logs.get("completions/mean_length", 0.0)), eos))
+                                               float(logs.get("completions/mean_length", 0.0)), eos),
+                                 final=step >= t.run.total_updates)
         logs["held_out_reward"] = float(logs[keys[1]])
         policy = t.accelerator.unwrap_model(t.model)
         if decision.keep_step == step:

@@ -54,9 +54,10 @@ class GuardWatch:
         sums = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), "sum")
         return float(sums[0] / sums[1].clamp_min(1.0))
 
-    def check(self, update: UpdateMetrics) -> GuardDecision:
+    def check(self, update: UpdateMetrics, final: bool = False) -> GuardDecision:
+        """``final``: ``update`` is the run's last (a warning on it stops the run)."""
         self.history.append(update)
-        decision = check_exploitation(self.history, self.settings)
+        decision = check_exploitation(self.history, self.settings, final=final)
         self.decisions.append(decision)
         return decision
 

@@ -327,7 +327,8 @@ class _RunCallback(TrainerCallback):
         held = t.guard.held_out_reward(t.accelerator)
         metrics["held_out_reward"] = held
         decision = t.guard.check(UpdateMetrics(step, float(metrics.get("reward", 0.0)), held,
-                                               float(metrics.get("kl", 0.0)), float(length), float(ended)))
+                                               float(metrics.get("kl", 0.0)), float(length), float(ended)),
+                                 final=step >= t.run.total_updates)
         if decision.keep_step == step:
             t.guard.best_weights = trainable_policy_weights(t.accelerator.unwrap_model(t.model).policy)
             t.guard.best_step = step

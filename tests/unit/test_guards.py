@@ -101,3 +101,33 @@ def test_settings_are_checked():
         check_exploitation([])
     with pytest.raises(ValueError, match="no update"):
         first_stop([])
+
+
+# The efficacy suite's offers_help rule at 32 PPO updates (runs/efficacy/s18, rounded): the training
+# reward climbs to its highest at the last update while the second model's falls from 0.98 (update 19);
+# the replies had turned into strings of emoji that both reward models score above a real answer.
+OFFERS_HELP_32 = [UpdateMetrics(t + 1, r, h, 10.0, 40.0, 0.0) for t, (r, h) in enumerate(zip(
+    [-0.01, 0.25, -0.39, -0.05, -0.08, 0.07, 0.39, 0.15, 0.27, 0.34, 0.19, 0.54, 0.29, 0.2, 0.37, 0.69,
+     0.41, 0.57, 0.75, 0.35, 0.81, 0.7, 0.76, 0.43, 0.62, 0.54, 0.67, 0.83, 0.93, 0.88, 0.96, 1.2],
+    [0.22, 0.44, -0.31, 0.2, 0.03, 0.13, 0.46, 0.27, 0.51, 0.47, 0.22, 0.52, 0.4, 0.23, 0.38, 0.91,
+     0.59, 0.77, 0.98, 0.68, 0.92, 0.92, 0.92, 0.6, 0.81, 0.64, 0.74, 0.67, 0.88, 0.9, 0.71, 0.54]))]
+
+
+def test_a_warning_on_the_runs_last_update_stops_it_keeping_the_best_update():
+    # Window 25-32: the training reward's slope is significant, the second model's is negative: the
+    # first warning comes at update 32, the last. Without ``final`` the run would end on it and export
+    # update 32; with it the guard keeps update 19.
+    assert _actions(OFFERS_HELP_32, GuardSettings()) == ["continue"] * 31 + ["warn"]
+    decision = first_stop(OFFERS_HELP_32, final=True)
+    assert (decision.action, decision.step, decision.keep_step) == ("stop", 32, 19)
+    assert decision.message.startswith("Stopping at update 32, the run's last, on a warning no later update can "
+                                       "confirm or clear: over updates 25-32 the training reward rose 0.62 -> 1.2")
+    assert decision.message.endswith("keeping update 19, where the second reward model's reward was best (0.98; "
+                                     "training reward 0.75, KL 10); reply length 40 -> 40 tokens, EOS share 0% -> 0%.")
+    # ``final`` turns only a warning into a stop: an honest run's last update, or one mid-run, is unchanged.
+    assert first_stop(HONEST, W5, final=True).action == "continue"
+    assert check_exploitation(EXPLOITED[:7], W5).action == "warn"
+    assert check_exploitation(EXPLOITED[:7], W5, final=True).keep_step == 4
+    # A warning whose best update is the last itself has nothing better to keep: it stays a warning.
+    rising = _run([1, 2, 3, 4, 5, 6], [0.0, 0.1, 0.0, 0.1, 0.0, 0.2])
+    assert check_exploitation(rising, W5).action == check_exploitation(rising, W5, final=True).action
