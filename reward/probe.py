@@ -259,6 +259,7 @@ class Probe:
     std: torch.Tensor  # [H]
     l2: float
     selection: list[dict] = field(default_factory=list)
+    support: dict | None = None  # ``probe_support``: where it may be trusted
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., H] -> rewards [...] (float64)."""
@@ -268,6 +269,18 @@ class Probe:
         """[H]: the same reward on raw features up to a constant (``-mean/std @ weight``), which no
         ranking, pair or PPO's reward centring depends on. A score head has no bias: this is it."""
         return self.weight / self.std.double()
+
+
+def probe_support(probe: Probe, features: torch.Tensor, ranks: torch.Tensor) -> dict:
+    """Where ``probe`` may be trusted (``rlhf.modeling.use_score_support``), from the [B, K, H] features
+    of the replies it was fitted on (rank > 0): its ``mean`` and ``std``, ``bound`` the largest
+    root-mean-square standardised feature over those replies, ``worst`` the features of the one it
+    scores lowest. JSON-ready (lists and floats)."""
+    present = features[ranks > 0].double()
+    rms = standardise(present, probe.mean, probe.std).pow(2).mean(-1).sqrt()
+    worst = present[int(probe.scores(present).argmin())]
+    return {"mean": probe.mean.float().tolist(), "std": probe.std.float().tolist(), "bound": float(rms.max()),
+            "worst": worst.float().tolist(), "replies": int(present.shape[0])}
 
 
 def standardise(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,7 @@ def build_trainer(config: RewardTrainConfig, args, kwise_rows, pairwise_rows, to
     model = load_score_model(config.model)
     if head is not None:
         from reward.probe import write_score_head
-        from rlhf.modeling import use_mean_pooling
+        from rlhf.modeling import use_mean_pooling, use_score_support
 
         if head.feature.startswith("mean@"):
             use_mean_pooling(model)  # fine-tuning then keeps the pooling the probe was fitted on
@@ -306,11 +306,12 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
         trainer, result, train_pairs = None, None, sum(len(pair_indices(r)) for r in train_rows["ranks"])
     elif config.method == "probe":
         from reward.probe import write_score_head
-        from rlhf.modeling import use_mean_pooling
+        from rlhf.modeling import use_mean_pooling, use_score_support
 
         if config.pooling == "mean":
             use_mean_pooling(probe_model)  # records config.score_pooling: every loader re-attaches it
         write_score_head(probe_model, probe)
+        use_score_support(probe_model, probe.support)  # recorded in config.json: every loader re-attaches it
         trainer, result, train_pairs = None, None, sum(len(pair_indices(r)) for r in train_rows["ranks"])
     else:
         args = trainer_args(config, out)  # before the model: under ZeRO-3 it makes from_pretrained partition
@@ -402,6 +403,8 @@ def train(config: RewardTrainConfig) -> dict[str, Any]:
         "gate": {k: v for k, v in gate.items() if k != "advice"},
         "bias": bias,
         "dp": private,
+        "support": ({k: v for k, v in probe.support.items() if k in ("bound", "replies", "held_out_outside")}
+                    if config.method == "probe" and probe and probe.support else None),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "manifest.json").write_text(json.dumps({"data": data.source, **data.manifest}, indent=2, default=str))
@@ -450,16 +453,25 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
     probe cross-fitted over every prompt (training, validation and test), on the real rankings and on
     them shuffled (``reward.schedule.probe_chance_null``). It is the probe's whatever the method: a
     fine-tuned model on shuffled rankings would cost a fine-tune per shuffle."""
-    from reward.probe import ranking_features, select_l2
+    import torch
+
+    from reward.probe import pad_k, probe_support, ranking_features, select_l2
     from reward.schedule import probe_learning_curve
+    from rlhf.modeling import SUPPORT_TOLERANCE
 
     feature = f"{config.pooling}@{model.config.num_hidden_layers}"
     tx, tr = ranking_features(model, tokenizer, train_rows, feature, config.eval_batch_size)
     vx, vr = ranking_features(model, tokenizer, val_rows, feature, config.eval_batch_size)
     probe = select_l2(feature, tx, tr, vx, vr)
+    probe.support = probe_support(probe, torch.cat([pad_k(tx, vx.shape[1]), pad_k(vx, tx.shape[1])]),
+                                  torch.cat([pad_k(tr, vr.shape[1]), pad_k(vr, tr.shape[1])]))
     curve, chance = None, None
     if test_rows:
         sx, sr = ranking_features(model, tokenizer, test_rows, feature, config.eval_batch_size)
+        held = sx[sr > 0].double()
+        rms = ((held - probe.mean) / probe.std).pow(2).mean(-1).sqrt()
+        probe.support["held_out_outside"] = [int((rms > probe.support["bound"] * (1 + SUPPORT_TOLERANCE)).sum()),
+                                             int(held.shape[0])]
         curve = probe_learning_curve(feature, tx, tr, vx, vr, sx, sr, seed=config.seed)
         # in the export's units: the export's training rankings include the validation split cut from them
         scale = (len(train_rows) + len(val_rows)) / len(train_rows)
@@ -467,9 +479,6 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
             point["export_rankings"] = round(point["rankings"] * scale)
 
         def chance_null():  # called by write_gate only when the interval passes: a cross-fit costs ~a second
-            import torch
-
-            from reward.probe import pad_k
             from reward.schedule import probe_chance_null
             from rlhf.schema import prompt_key
 
@@ -618,6 +627,20 @@ def bias_audit(model, tokenizer, test_rows, test_scores, config: RewardTrainConf
                                               / max(1, len(rewards) - 1)) ** 0.5 if rewards else None}}
 
 
+def support_lines(support: dict | None) -> list[str]:
+    """The model card's line on where the probe is trusted (``rlhf.modeling.use_score_support``)."""
+    if not support:
+        return []
+    line = (f"- Support: a reply whose features lie further from those of the {support['replies']} replies it was "
+            f"fitted on than any of them (root-mean-square standardised distance above {support['bound']:.3g}) "
+            "scores as the lowest-scored of them (`score_support` in config.json): a policy gains nothing by "
+            "writing what no reviewer saw")
+    if support.get("held_out_outside"):
+        outside, total = support["held_out_outside"]
+        line += f"; {outside} of the {total} held-out replies lie outside"
+    return [line]
+
+
 def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[str, Any]) -> str:
     """The reward model's README.md: how it was chosen, its learning curve, and the gate's decision."""
     from rlhf.bias import audit_lines
@@ -632,7 +655,7 @@ def model_card(config: RewardTrainConfig, metrics: dict[str, Any], gate: dict[st
                    "layers)" if schedule.get("probe_depth", 1.0) < 1 else "")),
              f"- Training rankings {metrics['train_rows']}, validation rankings {metrics['validation_rows']} "
              f"(split by prompt, apart from the test split); optimizer steps {metrics['steps']}",
-             f"- Why: {schedule['why']}", ""]
+             f"- Why: {schedule['why']}", *support_lines(metrics.get("support")), ""]
     if schedule.get("learning_curve"):
         lines += ["## Learning curve (held-out accuracy)", "",
                   f"Source: {schedule['learning_curve_source']}"

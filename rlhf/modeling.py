@@ -259,11 +259,13 @@ def load_policy(name_or_path: str | os.PathLike | None = None, dtype: str = "flo
     return model
 
 
-def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str = "float32", **kwargs: Any):
+def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str = "float32",
+                     with_support: bool = True, **kwargs: Any):
     """A reward or value model: a plain ``*ForSequenceClassification`` with one output.
 
     From a causal-LM checkpoint the ``score`` head is new (randomly initialised); from a reward
-    model checkpoint it is loaded.
+    model checkpoint it is loaded, with its pooling and (``with_support``; a value model started
+    from a reward model goes without) the bound on what it scores (``use_score_support``).
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -280,6 +282,9 @@ def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str =
     _sync_special_ids(model, load_tokenizer(path))
     if getattr(model.config, "score_pooling", None) == "mean":  # a mean-pooled probe's checkpoint
         use_mean_pooling(model)
+    support = getattr(model.config, "score_support", None)
+    if support and with_support:  # a probe's checkpoint: after the pooling, whose output it reads
+        use_score_support(model, support)
     return model
 
 
@@ -375,3 +380,43 @@ def make_tiny_model(out_dir: str | os.PathLike, base: str | os.PathLike | None =
     tokenizer.save_pretrained(out)
     (out / _COMPLETE).write_text("ok\n")
     return out
+
+
+SUPPORT_TOLERANCE = 1e-3  # relative: a training reply's own features, recomputed in another batch, stay inside
+
+
+def use_score_support(model, support: dict) -> None:
+    """Make a mean-pooled probe score a reply unlike every reply it was fitted on as the worst of them.
+
+    A linear probe extrapolates: features far from any it learned from can score above the best real
+    reply, and PPO finds them (in the efficacy suite, 40-token strings of one emoji that both reward
+    models scored above every reviewed reply; the second one could not tell the guard). ``support``
+    (``reward.probe.probe_support``): the probe's standardisation ``mean`` and ``std``; ``bound``, the
+    largest root-mean-square standardised feature over the replies it was fitted on; ``worst``, the
+    features of the lowest-scored of them. A forward hook after the mean pooling's replaces the pooled
+    features of every position beyond ``bound`` (times 1 + ``SUPPORT_TOLERANCE``) by ``worst``, so
+    the head, centred or not, gives such a reply the score of the worst reviewed one: no credit for
+    leaving what the reviewers saw. ``config.score_support`` records it and ``load_score_model``
+    attaches it again. Calling it twice attaches one hook.
+    """
+    import torch
+
+    body = getattr(model, model.base_model_prefix)
+    if getattr(body, "_rlhf_score_support", False):
+        return
+    mean, std, worst = (torch.tensor(support[k], dtype=torch.float32) for k in ("mean", "std", "worst"))
+    bound = float(support["bound"]) * (1 + SUPPORT_TOLERANCE)
+
+    def hook(module, args, kwargs, output):
+        hidden = output.last_hidden_state
+        z = (hidden.float() - mean.to(hidden.device)) / std.to(hidden.device)
+        outside = z.pow(2).mean(-1, keepdim=True).sqrt() > bound
+        pooled = torch.where(outside, worst.to(hidden.device, hidden.dtype), hidden)
+        output.last_hidden_state = pooled
+        if output.hidden_states is not None:
+            output.hidden_states = (*output.hidden_states[:-1], pooled)
+        return output
+
+    body.register_forward_hook(hook, with_kwargs=True)
+    body._rlhf_score_support = True
+    model.config.score_support = {k: support[k] for k in ("mean", "std", "bound", "worst")}

@@ -449,7 +449,7 @@ def build_trainer(run: PPORunConfig, resume: str | None = None) -> ResumablePPOT
     policy = load_policy(run.policy, dtype=run.dtype)
     reference = None if run.lora.enabled else load_policy(run.policy, dtype=run.dtype)
     reward_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
-    value_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype)
+    value_model = load_score_model(resolve_model_path(run.reward_model), dtype=run.dtype, with_support=False)
     if run.value_lora and zero_stage() < 3:
         add_value_adapter(value_model, run.lora, run.value_lora_top_layers)
     if stats and run.center_rewards:

@@ -70,7 +70,16 @@ def test_gate_passes_planted_and_refuses_shuffled(probe_models):
     pairs = json.loads((planted / "held_out_pairs.json").read_text())
     assert len(pairs["credits"]) == len(pairs["prompts"]) == gate["n_pairs"] >= 30
     assert sum(pairs["credits"]) / len(pairs["credits"]) == pytest.approx(gate["accuracy"])
+    # Where the probe is trusted: every reply it was fitted on lies inside its bound (config.json, which
+    # every loader reads; PPO's value model goes without), the held-out ones mostly too.
+    support = metrics["support"]
+    config = json.loads((planted / "config.json").read_text())
+    assert config["score_support"]["bound"] == support["bound"] > 0
+    assert len(config["score_support"]["mean"]) == len(config["score_support"]["worst"]) == config["hidden_size"]
+    outside, held_out = support["held_out_outside"]
+    assert 0 <= outside <= held_out // 4 and support["replies"] > held_out > 0
     card = (planted / "README.md").read_text()
+    assert f"{outside} of the {held_out} held-out replies lie outside" in card
     assert "## Learning curve" in card and "passes the gate" in card and "of the last kept layer (mean@1" in card
     # Bias audit on the held-out rankings: length bias over every held-out pair, the counterfactual probe
     # (the same replies under prompts with "husband James" swapped) scored by the same model.

@@ -315,3 +315,54 @@ def test_a_model_cut_to_its_bottom_layers_reads_that_layer_through_the_final_nor
     uncut = reply_features(full, ids, tokenizer.pad_token_id, [1], ("mean",), normed=True)["mean@1"]
     assert cut_to_probe_depth(load_score_model(tiny_model_dir), 0.25) == "mean@1"
     assert torch.allclose(uncut, reply_features(cut, ids, tokenizer.pad_token_id, [1], ("mean",))["mean@1"], atol=1e-5)
+
+
+def test_score_support_scores_a_reply_unlike_every_fitted_one_as_the_worst_of_them(tiny_model_dir, tmp_path):
+    """``probe_support`` on the replies a probe was fitted on, ``use_score_support`` on the model: a
+    reply inside scores as before, one beyond the bound scores as the worst fitted reply, through a
+    save and reload, PPO's ``get_reward`` on a centred head, and not in a value model."""
+    from trl.experimental.utils import get_reward
+
+    from reward.evaluate import score_ids
+    from reward.probe import probe_support
+    from rlhf.modeling import load_score_model, load_tokenizer, use_mean_pooling, use_score_support
+    from rlhf.rewards import load_reward_model
+
+    model, tokenizer = load_score_model(tiny_model_dir), load_tokenizer(tiny_model_dir, padding_side="right")
+    fitted = _ids(tokenizer)
+    odd = [[fitted[0][0]] + [fitted[1][-1]] * 30, [fitted[2][0]] + [fitted[0][1]] * 25]  # one token repeated
+    ids = fitted + odd
+    features = reply_features(model, ids, tokenizer.pad_token_id, layers=[2], poolings=("mean",))["mean@2"].double()
+    x = features[:len(fitted)]
+    g = torch.Generator().manual_seed(3)
+    probe = Probe("mean@2", torch.randn(x.shape[1], generator=g, dtype=torch.float64), x.mean(0), x.std(0), 0.1)
+    support = probe_support(probe, x.unsqueeze(1), torch.ones(len(fitted), 1, dtype=torch.long))
+    rms = ((features - x.mean(0)) / x.std(0)).pow(2).mean(1).sqrt()
+    assert support["bound"] == pytest.approx(float(rms[:len(fitted)].max()))
+    worst = int(probe.scores(x).argmin())
+    assert support["worst"] == pytest.approx(x[worst].tolist(), abs=1e-6)
+    outside = [i for i in range(len(ids)) if rms[i] > support["bound"] * 1.001]
+    assert outside and set(outside) >= {len(fitted), len(fitted) + 1}  # the repeated tokens are far outside
+
+    use_mean_pooling(model)
+    write_score_head(model, probe)
+    before = score_ids(model, ids, tokenizer.pad_token_id, batch_size=4)
+    use_score_support(model, support)
+    use_score_support(model, support)  # one hook
+    after = score_ids(model, ids, tokenizer.pad_token_id, batch_size=4)
+    for i in range(len(ids)):
+        assert after[i] == pytest.approx(before[worst] if i in outside else before[i], abs=1e-4), i
+
+    model.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    assert score_ids(load_score_model(tmp_path / "rm"), ids, tokenizer.pad_token_id) == pytest.approx(after, abs=1e-4)
+    value = load_score_model(tmp_path / "rm", with_support=False)  # PPO's value model starts from it without
+    assert score_ids(value, ids, tokenizer.pad_token_id) == pytest.approx(before, abs=1e-4)
+    # PPO's reward: the head centred (replaced by a new Linear), left-padded rows read at their last token.
+    ppo_model = load_reward_model(str(tmp_path / "rm"), "float32", {"mean": 1.0, "std": 2.0}, center=True)
+    pad = tokenizer.pad_token_id
+    width = max(len(r) for r in ids) + 2
+    rows = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
+    with torch.no_grad():
+        _, scores, _ = get_reward(ppo_model, rows, pad, width - min(len(r) for r in ids))
+    assert scores.tolist() == pytest.approx([(a - 1.0) / 2.0 for a in after], abs=1e-4)
