@@ -35,6 +35,25 @@ def score_ids(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 
 
     Works for a plain model and for a ZeRO-3 partitioned one (every rank must then call it).
     """
+    return [float(v) for v in _per_sequence(model, ids, pad_token_id, batch_size, "scoring replies",
+                                            lambda out, last: out.logits.squeeze(-1))]
+
+
+def score_features(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 16):
+    """[N, H] float32: the hidden state the score head reads for each sequence, its backbone's last
+    hidden state at its last token (for a mean-pooled reward model: the pooled features)."""
+    import torch
+
+    def last_hidden(out, last):
+        hidden = out.hidden_states[-1]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    return _per_sequence(model, ids, pad_token_id, batch_size, "reward model features", last_hidden,
+                         output_hidden_states=True)
+
+
+def _per_sequence(model, ids, pad_token_id, batch_size, desc, take, **forward):
+    """``take(output, last_token_index)`` of every sequence, batched by length; [N, ...] float32 on CPU."""
     import torch
     from tqdm.auto import tqdm
     from trl.trainer.utils import pad
@@ -42,27 +61,37 @@ def score_ids(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 
     from rlhf.runtime import is_main_process
 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = [0.0] * len(ids)
+    out = [None] * len(ids)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     with torch.no_grad():
         starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="scoring replies", unit="batch", disable=not is_main_process() or len(starts) < 8):
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not is_main_process() or len(starts) < 8):
             chunk = order[start:start + batch_size]
             seqs = [torch.tensor(ids[i]) for i in chunk]
             input_ids = pad(seqs, padding_value=pad_token_id, padding_side="right").to(device)
             mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right").to(device)
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.squeeze(-1)
-            for i, value in zip(chunk, logits.float().tolist()):
+            result = model(input_ids=input_ids, attention_mask=mask, use_cache=False, **forward)
+            values = take(result, mask.sum(1) - 1).float().cpu()
+            for i, value in zip(chunk, values):
                 out[i] = value
     model.train(was_training)
-    return out
+    return torch.stack(out) if out else torch.zeros(0)
 
 
 def score_rows(model, tokenizer, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16,
                what: str = "test") -> list[list[float | None]]:
     """Scores [row][reply] of K-wise rows; replies longer than ``max_length`` get None (counted)."""
+    ids, slots = reply_slots(tokenizer, rows, max_length, what)
+    scores = score_ids(model, ids, tokenizer.pad_token_id, batch_size)
+    return [[scores[s] if s is not None else None for s in row] for row in slots]
+
+
+def reply_slots(tokenizer, rows: list[dict[str, Any]], max_length: int,
+                what: str = "test") -> tuple[list[list[int]], list[list[int | None]]]:
+    """The distinct prompt + reply token sequences of K-wise rows, and per row and reply the index of its
+    sequence (None: longer than ``max_length`` tokens, warned about once with the count)."""
     unique: dict[tuple[str, str], int] = {}
     ids: list[list[int]] = []
     slots: list[list[int | None]] = []
@@ -82,8 +111,7 @@ def score_rows(model, tokenizer, rows: list[dict[str, Any]], max_length: int, ba
         slots.append(slot_row)
     if too_long:
         warn(f"left out {too_long} of {len(unique)} {what} replies: longer than {max_length} tokens")
-    scores = score_ids(model, ids, tokenizer.pad_token_id, batch_size)
-    return [[scores[s] if s is not None else None for s in row] for row in slots]
+    return ids, slots
 
 
 # ---------------------------------------------------------------------------------------------------

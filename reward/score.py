@@ -61,8 +61,8 @@ def score_replies_file(config: ScoreConfig) -> ScoredReplies:
         raise UserError(f"{output}: output must be a file path, not a directory")
     prompts, replies = read_replies(Path(config.replies))
 
-    from reward.evaluate import score_rows, trained_max_length
-    from rlhf.modeling import load_score_model, load_tokenizer
+    from reward.evaluate import reply_slots, score_features, score_ids, trained_max_length
+    from rlhf.modeling import load_score_model, load_tokenizer, outside_support
 
     max_length = config.max_length or trained_max_length(checkpoint)
 
@@ -71,10 +71,19 @@ def score_replies_file(config: ScoreConfig) -> ScoredReplies:
     # A chat prompt's reply is scored as one assistant message, the form the reward model trained on.
     rows = [{"prompt": p, "completions": [[{"role": "assistant", "content": t}] for t in r] if is_conversational(p)
              else r} for p, r in zip(prompts, replies)]
-    scores = score_rows(model, tokenizer, rows, max_length, config.batch_size, what="generated")
+    ids, slots = reply_slots(tokenizer, rows, max_length, what="generated")
+    flat = score_ids(model, ids, tokenizer.pad_token_id, config.batch_size)
+    scores = [[flat[s] if s is not None else None for s in row] for row in slots]
+    outside = None
+    support = getattr(model.config, "score_support", None)
+    if support:  # which replies the probe scored as the worst reviewed one, for being unlike all it was fitted on
+        pooled = score_features(load_score_model(str(checkpoint), with_support=False), ids, tokenizer.pad_token_id,
+                                config.batch_size)
+        flags = outside_support(support, pooled).tolist()
+        outside = [[flags[s] if s is not None else None for s in row] for row in slots]
     lengths = [[len(tokenizer(reply, add_special_tokens=False)["input_ids"]) for reply in row] for row in replies]
     result = ScoredReplies(str(checkpoint), str(config.replies), max_length, prompts, replies, scores, lengths,
-                           left_out=sum(s is None for row in scores for s in row))
+                           left_out=sum(s is None for row in scores for s in row), outside_support=outside)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
     save_resolved(config, output.parent, name=output.stem + ".config.yaml")
@@ -86,6 +95,9 @@ def run_score(config: ScoreConfig) -> int:
     scores, lengths = result.flat_scores(), result.flat_lengths()
     mean = f"{sum(scores) / len(scores):.4f}" if scores else "n/a"
     too_long = f", {result.left_out} too long (no score)" if result.left_out else ""
+    outside = result.flat_outside()
+    if outside is not None:
+        too_long += f", {sum(outside)} outside the reward model's support (scored as the worst reviewed reply)"
     print(f"{len(lengths)} replies to {len(result.prompts)} prompts: mean reward {mean}, "
           f"mean length {sum(lengths) / len(lengths):.1f} tokens{too_long}")
     print(f"wrote {config.output}")

@@ -457,7 +457,7 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
 
     from reward.probe import pad_k, probe_support, ranking_features, select_l2
     from reward.schedule import probe_learning_curve
-    from rlhf.modeling import SUPPORT_TOLERANCE
+    from rlhf.modeling import outside_support
 
     feature = f"{config.pooling}@{model.config.num_hidden_layers}"
     tx, tr = ranking_features(model, tokenizer, train_rows, feature, config.eval_batch_size)
@@ -468,10 +468,8 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
     curve, chance = None, None
     if test_rows:
         sx, sr = ranking_features(model, tokenizer, test_rows, feature, config.eval_batch_size)
-        held = sx[sr > 0].double()
-        rms = ((held - probe.mean) / probe.std).pow(2).mean(-1).sqrt()
-        probe.support["held_out_outside"] = [int((rms > probe.support["bound"] * (1 + SUPPORT_TOLERANCE)).sum()),
-                                             int(held.shape[0])]
+        held = sx[sr > 0]
+        probe.support["held_out_outside"] = [int(outside_support(probe.support, held).sum()), int(held.shape[0])]
         curve = probe_learning_curve(feature, tx, tr, vx, vr, sx, sr, seed=config.seed)
         # in the export's units: the export's training rankings include the validation split cut from them
         scale = (len(train_rows) + len(val_rows)) / len(train_rows)

@@ -325,24 +325,34 @@ def use_mean_pooling(model) -> None:
     """
     import torch
 
-    body = getattr(model, model.base_model_prefix)
-    if getattr(body, "_rlhf_mean_pooling", False):
-        return
-
-    def hook(module, args, kwargs, output):
-        hidden = output.last_hidden_state
-        mask = kwargs.get("attention_mask")
+    def running_mean(hidden, mask):
         m = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).to(hidden.dtype)
         m = m.unsqueeze(-1)
-        running = (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
-        output.last_hidden_state = running
+        return (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+
+    if _rewrite_last_hidden(model, "_rlhf_mean_pooling", running_mean):
+        model.config.score_pooling = "mean"
+
+
+def _rewrite_last_hidden(model, flag: str, rewrite) -> bool:
+    """Attach a forward hook on the backbone that replaces its last hidden state (and the last entry of
+    ``hidden_states``, which TRL's PPO reads) by ``rewrite(hidden, attention_mask)``. Hooks run in the
+    order they are attached (the mean pooling before the support). ``flag`` marks the backbone so a
+    second call attaches nothing; returns whether this call attached the hook."""
+    body = getattr(model, model.base_model_prefix)
+    if getattr(body, flag, False):
+        return False
+
+    def hook(module, args, kwargs, output):
+        rewritten = rewrite(output.last_hidden_state, kwargs.get("attention_mask"))
+        output.last_hidden_state = rewritten
         if output.hidden_states is not None:
-            output.hidden_states = (*output.hidden_states[:-1], running)
+            output.hidden_states = (*output.hidden_states[:-1], rewritten)
         return output
 
     body.register_forward_hook(hook, with_kwargs=True)
-    body._rlhf_mean_pooling = True
-    model.config.score_pooling = "mean"
+    setattr(body, flag, True)
+    return True
 
 
 def make_tiny_model(out_dir: str | os.PathLike, base: str | os.PathLike | None = None, layers: int = 2,
@@ -385,6 +395,17 @@ def make_tiny_model(out_dir: str | os.PathLike, base: str | os.PathLike | None =
 SUPPORT_TOLERANCE = 1e-3  # relative: a training reply's own features, recomputed in another batch, stay inside
 
 
+def outside_support(support: dict, features):
+    """Whether each feature vector (``[..., H]``, the probe's pooled features) lies beyond the support's
+    bound: its root-mean-square standardised distance from the fitted replies' mean exceeds ``bound``
+    times 1 + ``SUPPORT_TOLERANCE`` (bool, ``[...]``)."""
+    import torch
+
+    mean, std = (torch.as_tensor(support[k], dtype=torch.float64, device=features.device) for k in ("mean", "std"))
+    z = (features.double() - mean) / std
+    return z.pow(2).mean(-1).sqrt() > float(support["bound"]) * (1 + SUPPORT_TOLERANCE)
+
+
 def use_score_support(model, support: dict) -> None:
     """Make a mean-pooled probe score a reply unlike every reply it was fitted on as the worst of them.
 
@@ -401,22 +422,11 @@ def use_score_support(model, support: dict) -> None:
     """
     import torch
 
-    body = getattr(model, model.base_model_prefix)
-    if getattr(body, "_rlhf_score_support", False):
-        return
-    mean, std, worst = (torch.tensor(support[k], dtype=torch.float32) for k in ("mean", "std", "worst"))
-    bound = float(support["bound"]) * (1 + SUPPORT_TOLERANCE)
+    worst = torch.tensor(support["worst"], dtype=torch.float32)
 
-    def hook(module, args, kwargs, output):
-        hidden = output.last_hidden_state
-        z = (hidden.float() - mean.to(hidden.device)) / std.to(hidden.device)
-        outside = z.pow(2).mean(-1, keepdim=True).sqrt() > bound
-        pooled = torch.where(outside, worst.to(hidden.device, hidden.dtype), hidden)
-        output.last_hidden_state = pooled
-        if output.hidden_states is not None:
-            output.hidden_states = (*output.hidden_states[:-1], pooled)
-        return output
+    def worst_outside(hidden, mask):
+        outside = outside_support(support, hidden).unsqueeze(-1)
+        return torch.where(outside, worst.to(hidden.device, hidden.dtype), hidden)
 
-    body.register_forward_hook(hook, with_kwargs=True)
-    body._rlhf_score_support = True
-    model.config.score_support = {k: support[k] for k in ("mean", "std", "bound", "worst")}
+    if _rewrite_last_hidden(model, "_rlhf_score_support", worst_outside):
+        model.config.score_support = {k: support[k] for k in ("mean", "std", "bound", "worst")}

@@ -93,12 +93,18 @@ class HeldoutScores:
     lengths: list[int]
     rewards: list[float]
     rule_scores: list[float]
+    outside: list[bool] | None = None  # per scored reply: outside the reward model's support (None: it has none)
 
     @classmethod
     def of(cls, scored: ScoredReplies, rule) -> "HeldoutScores":
         rewards, lengths = scored.flat_scores(), scored.flat_lengths()
         rule_scores = [rule(reply) for reply in scored.flat_replies()]
-        return cls(mean(rewards), mean(lengths), mean(rule_scores), lengths, rewards, rule_scores)
+        return cls(mean(rewards), mean(lengths), mean(rule_scores), lengths, rewards, rule_scores,
+                   scored.flat_outside())
+
+    def outside_text(self) -> str:
+        """'5 of 72': replies outside the reward model's support, or 'n/a'."""
+        return "n/a" if self.outside is None else f"{sum(self.outside)} of {len(self.outside)}"
 
 
 @dataclass
@@ -160,6 +166,8 @@ def render_figures(s: LoopSummary) -> str:
         ("rule", f"`{s.rule}`"),
         ("reward model held-out accuracy", f"{_fmt(s.reward_eval.accuracy)} ({s.reward_eval.pairs or 'n/a'} pairs)"),
         ("held-out reward, base -> aligned", f"{_fmt(s.base.reward_mean)} -> {_fmt(s.aligned.reward_mean)}"),
+        *([("held-out replies outside the reward model's support (scored as the worst reviewed reply), base -> "
+            "aligned", f"{s.base.outside_text()} -> {s.aligned.outside_text()}")] if s.aligned.outside is not None else []),
         *([(f"{p.name} reward margin (chosen - rejected), last fifth", _fmt(p.margin_last)),
            (f"{p.name} training pairs ordered right, last fifth", _fmt(p.pair_accuracy_last))] if p.algorithm == "dpo" else
           [(f"{p.name} rollout reward, first -> last fifth", f"{_fmt(p.reward_first)} -> {_fmt(p.reward_last)}"),
@@ -426,6 +434,8 @@ def render_sft(s: SFTSummary) -> str:
         ("demonstrations: training rows, held-out rows", f"{s.train_rows}, {s.heldout_rows}"),
         ("held-out loss per reply token, before -> after SFT", f"{_fmt(s.loss_before, '.4f')} -> {_fmt(s.loss_after, '.4f')}"),
         ("held-out reward, base -> SFT", f"{_fmt(s.base.reward_mean)} -> {_fmt(s.sft.reward_mean)}"),
+        *([("held-out replies outside the reward model's support, base -> SFT",
+            f"{s.base.outside_text()} -> {s.sft.outside_text()}")] if s.sft.outside is not None else []),
         ("mean reply length (tokens), base -> SFT", f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.sft.length_mean, '.1f')}"),
         ("mean rule score, base -> SFT", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.sft.rule_mean)}"),
         ("SFT vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),

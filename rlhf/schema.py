@@ -258,6 +258,9 @@ class ScoredReplies:
     ``scores[i][j]`` is the reward of reply j to prompt i, None when prompt + reply exceed
     ``max_length`` tokens (counted in ``left_out``); ``lengths[i][j]`` its length in tokens (reply
     alone, no special tokens), from the reward model's tokenizer (the policy's: they must match).
+    ``outside_support[i][j]``: the reply lies outside the reward model's support (a probe's; it then
+    scored it as the worst reply it was fitted on; ``rlhf.modeling.use_score_support``); None for a
+    model without one.
     """
 
     reward_model: str
@@ -268,6 +271,7 @@ class ScoredReplies:
     scores: list[list[float | None]]
     lengths: list[list[int]]
     left_out: int = 0
+    outside_support: list[list[bool | None]] | None = None
 
     def flat_scores(self) -> list[float]:
         return [s for row in self.scores for s in row if s is not None]
@@ -277,6 +281,12 @@ class ScoredReplies:
 
     def flat_replies(self) -> list[str]:
         return [r for row in self.replies for r in row]
+
+    def flat_outside(self) -> list[bool] | None:
+        """Per scored reply, whether it lay outside the reward model's support (None: no support)."""
+        if self.outside_support is None:
+            return None
+        return [o for row in self.outside_support for o in row if o is not None]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

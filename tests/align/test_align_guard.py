@@ -12,7 +12,7 @@ import torch
 
 from tests.align.conftest import align_args
 from tests.conftest import run_cli
-from tests.ppo.test_ppo_guard import _disagreeing_reward_model
+from tests.ppo.test_ppo_guard import _disagreeing_reward_model, assert_stopped_on_the_last_update
 
 
 def test_grpo_guard_stops_an_exploited_run_and_keeps_the_best_update(tmp_path, tiny_model_dir, tiny_reward_dir):
@@ -43,22 +43,10 @@ def test_grpo_guard_stops_an_exploited_run_and_keeps_the_best_update(tmp_path, t
 def test_grpo_run_ending_on_a_warning_keeps_the_best_update(tmp_path, tiny_model_dir, tiny_reward_dir):
     """Patience too long to stop mid-run: the last update's warning stops the run and the best update's
     policy weights are its last checkpoint (as in PPO)."""
-    from rlhf.checkpoint import checkpoint_dir, latest_checkpoint, policy_weights
-
     second = _disagreeing_reward_model(tmp_path / "second", tiny_reward_dir)
     out = tmp_path / "run"
     result = run_cli(*align_args("grpo", tiny_model_dir, out, tiny_reward_dir), "--total-updates", "4",
                      "--save-every", "1", "--keep-checkpoints", "20", "--num-eval-prompts", "0",
                      "--guard-reward-model", str(second), "--guard-window", "3", "--guard-margin", "0",
                      "--guard-patience", "100")
-    assert result.returncode == 0, result.stderr[-3000:]
-    guard = json.loads((out / "guard.json").read_text())
-    actions = [u["action"] for u in guard["updates"]]
-    assert len(actions) == 4 and "stop" not in actions[:-1] and actions[-1] == "stop", guard
-    assert guard["stopped_at"] == 4 and guard["kept_update"] < 4
-    assert "the run's last, on a warning no later update can confirm or clear" in guard["message"]
-    last = latest_checkpoint(out)
-    assert Path(guard["kept_checkpoint"]) == last == checkpoint_dir(out, 4)
-    final, _ = policy_weights(last)
-    at_kept, _ = policy_weights(checkpoint_dir(out, guard["kept_update"]))
-    assert all(torch.equal(final[k], at_kept[k]) for k in final)
+    assert_stopped_on_the_last_update(result, out, updates=4)

@@ -55,6 +55,9 @@ def test_small_quickstart_produces_every_artefact(tmp_path, tiny_model_dir):
     # held-out replies scored by the reward model's own command, not inside the loop's process
     assert commands.count("rlhf reward score") == 2
     assert summary["heldout"]["aligned"]["length_mean"] > 0 and len(summary["heldout"]["base"]["rewards"]) == 8
+    # the default reward model is a probe: which held-out replies lay outside what it was fitted on
+    assert len(summary["heldout"]["aligned"]["outside"]) == len(summary["heldout"]["base"]["outside"]) == 8
+    assert "held-out replies outside the reward model's support" in report
 
     # Interrupted while exporting the aligned model: later stages never ran, the export is half written.
     for stage in ("PPO", "export_aligned", "held-out_replies", "blind_A/B_judgement", "score_held-out_replies"):

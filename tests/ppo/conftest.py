@@ -14,9 +14,13 @@ TINY_CONFIG = REPO / "configs" / "ppo" / "tiny.yaml"
 def build_reward_model(out: Path, base: Path, layers: int | None = None, mean_pooling: bool = False) -> Path:
     """What the reward stage hands over: a plain *ForSequenceClassification dir + reward_stats.json
     (``layers``: only the base's bottom layers, as the default probe keeps; ``mean_pooling`` as it reads)."""
+    import torch
+
     from rlhf.modeling import keep_bottom_layers, load_score_model, load_tokenizer, use_mean_pooling
 
-    model = load_score_model(base)
+    with torch.random.fork_rng():  # the score head is drawn at random: the same head whichever test ran first
+        torch.manual_seed(0)
+        model = load_score_model(base)
     if layers is not None:
         keep_bottom_layers(model, layers)
     if mean_pooling:

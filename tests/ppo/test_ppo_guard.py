@@ -68,22 +68,28 @@ def test_guard_stops_an_exploited_run_and_keeps_the_best_update(tmp_path, tiny_m
 def test_a_warning_on_the_last_update_keeps_the_best_update(tmp_path, tiny_model_dir, tiny_reward_dir):
     """Patience too long to stop mid-run: the run ends on a warning, and the guard keeps the best update
     rather than export the one it has just flagged (the efficacy suite's offers_help at 32 updates)."""
-    from rlhf.checkpoint import checkpoint_dir, latest_checkpoint, policy_weights
-
     second = _disagreeing_reward_model(tmp_path / "second", tiny_reward_dir)
     out = tmp_path / "run"
     result = run_cli("ppo", *tiny_args(tiny_model_dir, tiny_reward_dir, out), "--total-updates", "4",
                      "--save-every", "1", "--keep-checkpoints", "20", "--num-eval-prompts", "0",
                      "--missing-eos-penalty", "null", "--guard-reward-model", str(second), "--guard-window", "3",
                      "--guard-margin", "0", "--guard-patience", "100")
+    assert_stopped_on_the_last_update(result, out, updates=4)
+
+
+def assert_stopped_on_the_last_update(result, out: Path, updates: int) -> None:
+    """A run of `updates` updates whose guard warned without stopping until the last update, which stopped it
+    on that warning: the run's last checkpoint holds the policy weights of the kept (best) update."""
+    from rlhf.checkpoint import checkpoint_dir, latest_checkpoint, policy_weights
+
     assert result.returncode == 0, result.stderr[-3000:]
     guard = json.loads((out / "guard.json").read_text())
     actions = [u["action"] for u in guard["updates"]]
-    assert len(actions) == 4 and "stop" not in actions[:-1] and actions[-1] == "stop", guard
-    assert guard["stopped_at"] == 4 and guard["kept_update"] < 4
+    assert len(actions) == updates and "stop" not in actions[:-1] and actions[-1] == "stop", guard
+    assert guard["stopped_at"] == updates and guard["kept_update"] < updates
     assert "the run's last, on a warning no later update can confirm or clear" in guard["message"]
     last = latest_checkpoint(out)
-    assert Path(guard["kept_checkpoint"]) == last == checkpoint_dir(out, 4)
+    assert Path(guard["kept_checkpoint"]) == last == checkpoint_dir(out, updates)
     final, _ = policy_weights(last)
     at_kept, _ = policy_weights(checkpoint_dir(out, guard["kept_update"]))
     assert all(torch.equal(final[k], at_kept[k]) for k in final)

@@ -100,6 +100,32 @@ def test_gate_passes_planted_and_refuses_shuffled(probe_models):
     assert "What to do:" in (shuffled / "README.md").read_text()
 
 
+def test_score_marks_the_replies_outside_the_probe_s_support(tmp_path, probe_models, gate_exports):
+    """``rlhf reward score`` with a probe: a reply it was fitted on lies inside its support, a string of
+    one emoji outside, scored as the worst fitted reply; the file and the printed line say how many."""
+    import torch
+    from datasets import load_from_disk
+
+    from rlhf.modeling import load_score_model
+    from rlhf.schema import EXPORT_KWISE, ScoredReplies
+
+    planted, _ = probe_models["planted"]
+    row = load_from_disk(str(gate_exports[0] / EXPORT_KWISE))["train"][0]
+    fitted = row["completions"][0]
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text(json.dumps({"prompt": row["prompt"], "replies": [fitted, "\U0001F60A" * 10]}) + "\n")
+    out = tmp_path / "scores.json"
+    result = run_cli("reward", "score", "--reward-model", str(planted), "--replies", str(replies), "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 outside the reward model's support (scored as the worst reviewed reply)" in result.stdout
+    scored = ScoredReplies.from_dict(json.loads(out.read_text()))
+    assert scored.outside_support == [[False, True]]
+    model = load_score_model(str(planted))
+    with torch.no_grad():
+        worst = model.score(torch.tensor(model.config.score_support["worst"])).item()
+    assert scored.scores[0][1] == pytest.approx(worst, abs=1e-4) and scored.scores[0][0] >= worst - 1e-4
+
+
 def test_ppo_refuses_a_failed_gate_and_the_override_is_recorded(tmp_path, capsys, tiny_model_dir, probe_models):
     shuffled, _ = probe_models["shuffled"]
     code = cli_main(["ppo", *tiny_args(tiny_model_dir, shuffled, tmp_path / "refused")])

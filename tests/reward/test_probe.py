@@ -325,7 +325,7 @@ def test_score_support_scores_a_reply_unlike_every_fitted_one_as_the_worst_of_th
 
     from reward.evaluate import score_ids
     from reward.probe import probe_support
-    from rlhf.modeling import load_score_model, load_tokenizer, use_mean_pooling, use_score_support
+    from rlhf.modeling import SUPPORT_TOLERANCE, load_score_model, load_tokenizer, use_mean_pooling, use_score_support
     from rlhf.rewards import load_reward_model
 
     model, tokenizer = load_score_model(tiny_model_dir), load_tokenizer(tiny_model_dir, padding_side="right")
@@ -341,7 +341,7 @@ def test_score_support_scores_a_reply_unlike_every_fitted_one_as_the_worst_of_th
     assert support["bound"] == pytest.approx(float(rms[:len(fitted)].max()))
     worst = int(probe.scores(x).argmin())
     assert support["worst"] == pytest.approx(x[worst].tolist(), abs=1e-6)
-    outside = [i for i in range(len(ids)) if rms[i] > support["bound"] * 1.001]
+    outside = [i for i in range(len(ids)) if rms[i] > support["bound"] * (1 + SUPPORT_TOLERANCE)]
     assert outside and set(outside) >= {len(fitted), len(fitted) + 1}  # the repeated tokens are far outside
 
     use_mean_pooling(model)

@@ -38,6 +38,13 @@ def test_scored_replies_flatten_row_by_row_and_skip_unscored():
     held = HeldoutScores.of(scored, rule=lambda text: float(len(text)))
     assert (held.reward_mean, held.length_mean, held.rule_mean) == (2.0, 2.0, 2.0)
     assert held.rule_scores == [1.0, 2.0, 3.0] and held.rewards == [1.0, 3.0]
+    assert held.outside is None and held.outside_text() == "n/a"
+
+    # a probe's scores say which replies lay outside its support; an unscored (too long) reply is not counted
+    scored.outside_support = [[True, None], [False]]
+    assert scored.flat_outside() == [True, False]
+    assert ScoredReplies.from_dict(json.loads(json.dumps(scored.to_dict()))) == scored
+    assert HeldoutScores.of(scored, rule=len).outside_text() == "1 of 2"
 
 
 def test_ppo_summary_first_and_last_fifth(tmp_path):
