@@ -276,9 +276,12 @@ def policy_figures(run_dir: Path) -> dict:
     summary = json.loads(summary_file.read_text())
     ab = json.loads((run_dir / "ab.json").read_text())
     wr, lc = ab["win_rate"], ab.get("length_controlled") or {}
+    # held-out replies outside the reward model's support ([outside, scored]; absent for runs before it was kept)
+    outside = {f"{who}_outside": [sum(flags), len(flags)] for who in ("base", "aligned")
+               if (flags := summary["heldout"][who].get("outside")) is not None}
     return {"win_rate": wr.get("win_rate_a"), "win_interval": [wr.get("ci_low"), wr.get("ci_high")],
             "lc_win_rate": lc.get("length_controlled"), "lc_interval": lc.get("lc_interval"),
-            "kl": summary["training"].get("kl_last"), "loop_seconds": sum(summary["times"].values())}
+            "kl": summary["training"].get("kl_last"), "loop_seconds": sum(summary["times"].values()), **outside}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.get("message"):
             print(f"{r['rule']}: {r['message']}")
+        if r.get("aligned_outside"):
+            (out_a, n_a), (out_b, n_b) = r["aligned_outside"], r.get("base_outside") or (0, 0)
+            print(f"{r['rule']}: {out_a} of {n_a} aligned held-out replies outside the reward model's support "
+                  f"(base: {out_b} of {n_b})")
     print(f"\nreproduce: .venv/bin/python bench/efficacy_suite.py --out {args.out} --size {args.size} "
           f"--rules {','.join(names)}")
     return 0
