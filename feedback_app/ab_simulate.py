@@ -7,19 +7,24 @@ equal scores are a tie. The account never learns which policy wrote which reply.
 
 from __future__ import annotations
 
-import random
-
 from feedback_app.ab import verdict_from_scores
 from feedback_app.config import SimulateConfig
-from feedback_app.simulate import ReviewerResult, _client, _login, _post_with_retry, run_accounts
+from feedback_app.simulate import (
+    NoiseDraws,
+    ReviewerResult,
+    _client,
+    _login,
+    _post_with_retry,
+    noisy_scores,
+    run_accounts,
+)
 from rlhf.errors import UserError
-from rlhf.rules import Rule, load_rule, score_replies
+from rlhf.rules import Rule, load_rule
 
 
 def judge_as(url: str, username: str, password: str, set_ref: str, rule: Rule, noise: float, flipped: bool,
-             seed: int, max_items: int | None = None) -> ReviewerResult:
+             draws: NoiseDraws, max_items: int | None = None) -> ReviewerResult:
     result = ReviewerResult(username, flipped)
-    rng = random.Random(seed)
     with _client(url) as client:
         headers = {"Authorization": f"Bearer {_login(client, username, password)}"}
         while max_items is None or result.submitted < max_items:
@@ -30,7 +35,8 @@ def judge_as(url: str, username: str, password: str, set_ref: str, rule: Rule, n
             item = resp.json()["item"]
             if item is None:
                 break
-            left, right = score_replies(rule, [item["left"], item["right"]], rng, noise, flipped)
+            left, right = noisy_scores(rule, [item["left"], item["right"]], draws.rng(item["judgement_id"]), noise,
+                                       flipped)
             body = {"verdict": verdict_from_scores(left, right), "seconds": 0.0, "simulated": True}
             resp = _post_with_retry(client, f"/api/ab/judgements/{item['judgement_id']}", body, headers)
             if resp.status_code == 200:
@@ -47,6 +53,6 @@ def simulate_ab(config: SimulateConfig) -> list[ReviewerResult]:
     left for it (at most ``config.max_rankings`` each)."""
     rule = load_rule(config.rule)
     return run_accounts(config.accounts, config.noise, config.disagreement, config.seed,
-                        lambda name, flipped, account_seed: judge_as(
+                        lambda name, flipped, draws: judge_as(
                             config.url, name, config.password, config.ab, rule, config.noise, flipped,
-                            account_seed, config.max_rankings))
+                            draws, config.max_rankings))

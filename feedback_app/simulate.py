@@ -11,12 +11,13 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 from feedback_app.config import SimulateConfig
 from rlhf.errors import UserError
-from rlhf.rules import Rule, load_rule, rank_replies
+from rlhf.rules import Rule, load_rule, ranks_from_scores, score_replies
 
 
 @dataclass
@@ -74,10 +75,42 @@ def _post_with_retry(client, path: str, body: dict, headers: dict, attempts: int
     return resp
 
 
-def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: float, flipped: bool, seed: int,
-                 max_rankings: int | None = None) -> ReviewerResult:
+class NoiseDraws:
+    """Where the scripted reviewers' noise comes from: one generator per item and per time this run
+    judges that item, seeded from the run's seed.
+
+    The accounts race for items in their threads, so a generator per account would hand its next draw
+    to whichever item timing gave it, and one seed would give other labels on every run (the efficacy
+    suite's noisy rules: 58 to 61 of 64 training rankings differed between two runs). Keyed by item,
+    a run's labels do not depend on which account ranked what: with one reviewer per item, or every
+    account ranking every item without noise, the same seed gives the same labels.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._seen: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def rng(self, key) -> random.Random:
+        with self._lock:
+            slot = self._seen[key]
+            self._seen[key] += 1
+        return random.Random(f"{self.seed}:{key}:{slot}")
+
+
+def noisy_scores(rule: Rule, texts: list[str], rng: random.Random, noise: float, flipped: bool) -> list[float]:
+    """``rlhf.rules.score_replies`` with the noise drawn for the replies in the order of their text, not
+    the order the app shows them in (which it may shuffle per reviewer, and A/B sides are drawn at
+    random): with ``NoiseDraws``, the same item gets the same scores whichever way it was shown.
+    Identical replies get one score."""
+    unique = sorted(set(texts))
+    scored = dict(zip(unique, score_replies(rule, unique, rng, noise, flipped)))
+    return [scored[t] for t in texts]
+
+
+def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: float, flipped: bool,
+                 draws: NoiseDraws, max_rankings: int | None = None) -> ReviewerResult:
     result = ReviewerResult(username, flipped)
-    rng = random.Random(seed)
     with _client(url) as client:
         headers = {"Authorization": f"Bearer {_login(client, username, password)}"}
         item = None
@@ -88,7 +121,8 @@ def run_reviewer(url: str, username: str, password: str, rule: Rule, noise: floa
                 item = resp.json()["item"]
             if item is None:
                 break
-            ranks = rank_replies(rule, [c["text"] for c in item["candidates"]], rng, noise, flipped)
+            ranks = ranks_from_scores(noisy_scores(rule, [c["text"] for c in item["candidates"]],
+                                                   draws.rng(item["item_id"]), noise, flipped))
             more = max_rankings is None or result.submitted + 1 < max_rankings
             body = {"item_id": item["item_id"], "ranks": ranks, "idempotency_key": uuid.uuid4().hex,
                     "seconds": 0.0, "simulated": True, "fetch_next": more}  # the answer carries the next item
@@ -111,15 +145,16 @@ def simulate(config: SimulateConfig) -> list[ReviewerResult]:
     ``round(disagreement * len(accounts))`` of them use the flipped rule."""
     rule = load_rule(config.rule)
     return run_accounts(config.accounts, config.noise, config.disagreement, config.seed,
-                        lambda name, flipped, account_seed: run_reviewer(
-                            config.url, name, config.password, rule, config.noise, flipped, account_seed,
+                        lambda name, flipped, draws: run_reviewer(
+                            config.url, name, config.password, rule, config.noise, flipped, draws,
                             config.max_rankings))
 
 
 def run_accounts(accounts: list[str], noise: float, disagreement: float, seed: int,
-                 reviewer: Callable[[str, bool, int], ReviewerResult]) -> list[ReviewerResult]:
-    """Check the settings, choose the flipped accounts, run ``reviewer(name, flipped, seed)`` for every
-    account in its own thread, and raise the first failure as one line on the main thread."""
+                 reviewer: Callable[[str, bool, NoiseDraws], ReviewerResult]) -> list[ReviewerResult]:
+    """Check the settings, choose the flipped accounts, run ``reviewer(name, flipped, draws)`` for every
+    account in its own thread (``draws``: the run's ``NoiseDraws``, shared), and raise the first failure
+    as one line on the main thread."""
     if not accounts:
         raise UserError("--accounts: give at least one reviewer account")
     if not 0.0 <= disagreement <= 1.0:
@@ -128,12 +163,13 @@ def run_accounts(accounts: list[str], noise: float, disagreement: float, seed: i
         raise UserError("--noise: must be >= 0")
     rng = random.Random(seed)
     flipped = set(rng.sample(accounts, round(disagreement * len(accounts))))
+    draws = NoiseDraws(seed)
     results: list[ReviewerResult | None] = [None] * len(accounts)
     failures: list[BaseException] = []
 
     def work(i: int, name: str) -> None:
         try:
-            results[i] = reviewer(name, name in flipped, seed * 1000 + i)
+            results[i] = reviewer(name, name in flipped, draws)
         except BaseException as exc:  # surfaced below, on the main thread
             failures.append(exc)
 

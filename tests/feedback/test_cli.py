@@ -124,3 +124,37 @@ def test_simulate_ranks_through_the_api_and_export_trains_the_reward_model_forma
     assert len(rows) == 12
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["simulated_rankings"] == 12
+
+
+def test_simulated_labels_do_not_depend_on_which_account_ranked_what(tmp_path):
+    """Three accounts race for the items of two identical fresh apps (real servers) with one seed: the
+    noise is drawn per item, in the order of the replies' text, so both runs give every item the same
+    ranks, whoever ranked it and in whatever order it was shown."""
+    from feedback_app.config import SimulateConfig
+    from feedback_app.simulate import simulate
+    from tests.feedback.helpers import items
+
+    accounts = ["s1", "s2", "s3"]
+    labels = []
+    for run in ("first", "second"):
+        url = f"sqlite:///{tmp_path / run}.db"
+        store = new_store(url, k=2, reviewers_per_item=1)
+        items(store, [(f"q{i}", ["x" * 10, "x" * 11]) for i in range(16)])
+        actors = [store.add_user(name, "sim-otter-41") for name in accounts]
+        port = free_port()
+        server = start_app(["app", "serve", "--database-url", url, "--k", "2", "--reviewers-per-item", "1",
+                            "--project", "p"], port, tmp_path / f"{run}.log")
+        try:
+            results = simulate(SimulateConfig(url=f"http://127.0.0.1:{port}", accounts=accounts, password="sim-otter-41",
+                                              rule="len(text)", noise=5.0, seed=3))
+        finally:
+            stop_app(server)
+        assert sum(r.submitted for r in results) == 16 and not any(r.errors for r in results)
+        chosen = {}
+        for actor in actors:
+            for ranking in store.my_rankings(actor):
+                texts, stored = store.item_replies(ranking.item_id), sorted(ranking.candidate_ids)
+                chosen[ranking.item_id] = texts[stored.index(ranking.candidate_ids[ranking.ranks.index(1)])]
+        labels.append(chosen)
+    assert len(labels[0]) == 16 and labels[0] == labels[1]
+    assert 0 < sum(text == "x" * 10 for text in labels[0].values()) < 16  # the noise (std 5 on 1 char) acted
