@@ -291,17 +291,11 @@ def agreement_weights(row: dict[str, Any], agreement: dict) -> list[list[float]]
 
 
 def reply_ids(tokenizer, prompt: Any, completion: Any) -> list[int]:
-    """Token ids of prompt + reply as the reward model reads them.
+    """Token ids of prompt + reply as the reward model reads them: ``rlhf.generation.scored_ids``, the
+    form PPO hands it a sampled reply in (the chat template's prompt, the reply, its end token)."""
+    from rlhf.generation import scored_ids
 
-    Chat data: the chat template over the messages. Plain text: prompt + reply + EOS, as TRL's
-    ``RewardTrainer`` does, so the score is read at the end of a finished reply.
-    """
-    if isinstance(completion, list):
-        return tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=True, return_dict=True)["input_ids"]
-    text = prompt + completion
-    if not text.endswith(tokenizer.eos_token):
-        text += tokenizer.eos_token
-    return tokenizer(text)["input_ids"]
+    return scored_ids(tokenizer, prompt, completion)
 
 
 def tokenize_kwise(split, tokenizer, max_length: int, weights: dict | None = None, what: str = "train"):

@@ -39,19 +39,6 @@ def score_ids(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 
                                             lambda out, last: out.logits.squeeze(-1))]
 
 
-def score_features(model, ids: list[list[int]], pad_token_id: int, batch_size: int = 16):
-    """[N, H] float32: the hidden state the score head reads for each sequence, its backbone's last
-    hidden state at its last token (for a mean-pooled reward model: the pooled features)."""
-    import torch
-
-    def last_hidden(out, last):
-        hidden = out.hidden_states[-1]
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-    return _per_sequence(model, ids, pad_token_id, batch_size, "reward model features", last_hidden,
-                         output_hidden_states=True)
-
-
 def _per_sequence(model, ids, pad_token_id, batch_size, desc, take, **forward):
     """``take(output, last_token_index)`` of every sequence, batched by length; [N, ...] float32 on CPU."""
     import torch
@@ -85,7 +72,12 @@ def score_rows(model, tokenizer, rows: list[dict[str, Any]], max_length: int, ba
     """Scores [row][reply] of K-wise rows; replies longer than ``max_length`` get None (counted)."""
     ids, slots = reply_slots(tokenizer, rows, max_length, what)
     scores = score_ids(model, ids, tokenizer.pad_token_id, batch_size)
-    return [[scores[s] if s is not None else None for s in row] for row in slots]
+    return by_slot(scores, slots)
+
+
+def by_slot(values: list, slots: list[list[int | None]]) -> list[list[Any]]:
+    """Per row and reply, the value of its sequence (``reply_slots``), None where it has none."""
+    return [[values[s] if s is not None else None for s in row] for row in slots]
 
 
 def reply_slots(tokenizer, rows: list[dict[str, Any]], max_length: int,

@@ -114,21 +114,49 @@ def ranking_features(model, tokenizer, rows: list[dict], feature: str,
     [B, K_max] (0 and zeros in the slots of a ranking with fewer replies). ``feature``: ``"last@L"``
     or ``"mean@L"``. Replies are tokenized as the reward model reads them (``reward.data.reply_ids``).
     """
-    from reward.data import reply_ids
+    sets, ranks = ranking_feature_sets(model, tokenizer, rows, (feature,), batch_size)
+    return sets[feature], ranks
 
-    pooling, layer = feature.split("@")
+
+def ranking_feature_sets(model, tokenizer, rows: list[dict], features: tuple[str, ...], batch_size: int = 16,
+                         marker: list[int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``ranking_features`` for several features of one layer from one pass: ``{feature: [B, K_max, H]}``
+    and the ranks. ``"rmean@L"`` averages the reply's own tokens, after ``marker``'s last occurrence
+    (``rlhf.modeling.reply_start``)."""
+    from reward.data import reply_ids
+    from rlhf.modeling import reply_start
+
+    (layer,) = {int(f.split("@")[1]) for f in features}
     ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
-    flat = reply_features(model, ids, tokenizer.pad_token_id, [int(layer)], (pooling,), batch_size)[feature]
+    starts = [reply_start(x, marker) for x in ids] if any(f.startswith("rmean@") for f in features) else None
+    flat = reply_features(model, ids, tokenizer.pad_token_id, [layer], tuple(f.split("@")[0] for f in features),
+                          batch_size, reply_starts=starts)
     k_max = max(len(row["completions"]) for row in rows)
-    features = torch.zeros(len(rows), k_max, flat.shape[1])
     ranks = torch.zeros(len(rows), k_max, dtype=torch.long)
+    out = {f: torch.zeros(len(rows), k_max, flat[f].shape[1]) for f in features}
     start = 0
     for b, row in enumerate(rows):
         k = len(row["completions"])
-        features[b, :k] = flat[start:start + k]
+        for f in features:
+            out[f][b, :k] = flat[f][start:start + k]
         ranks[b, :k] = torch.tensor(list(row["ranks"]))
         start += k
-    return features, ranks
+    return out, ranks
+
+
+def support_features(model, ids: list[list[int]], pad_token_id: int, support: dict,
+                     batch_size: int = 16) -> torch.Tensor:
+    """[N, H]: the features ``support`` measures (``rlhf.modeling.use_score_support``) of each token
+    sequence, from ``model`` without hooks (``load_score_model(..., with_pooling=False)``): the mean
+    over the reply's own tokens (``reply_marker``), else the features its head reads."""
+    from rlhf.modeling import reply_start
+
+    marker = support.get("reply_marker")
+    pooling = "rmean" if marker else ("mean" if getattr(model.config, "score_pooling", None) == "mean" else "last")
+    layer = model.config.num_hidden_layers
+    starts = [reply_start(x, marker) for x in ids] if marker else None
+    return reply_features(model, ids, pad_token_id, [layer], (pooling,), batch_size,
+                          reply_starts=starts)[f"{pooling}@{layer}"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,16 +299,29 @@ class Probe:
         return self.weight / self.std.double()
 
 
-def probe_support(probe: Probe, features: torch.Tensor, ranks: torch.Tensor) -> dict:
+def probe_support(probe: Probe, features: torch.Tensor, ranks: torch.Tensor,
+                  reply: torch.Tensor | None = None, marker: list[int] | None = None) -> dict:
     """Where ``probe`` may be trusted (``rlhf.modeling.use_score_support``), from the [B, K, H] features
-    of the replies it was fitted on (rank > 0): its ``mean`` and ``std``, ``bound`` the largest
-    root-mean-square standardised feature over those replies, ``worst`` the features of the one it
-    scores lowest. JSON-ready (lists and floats)."""
+    of the replies it was fitted on (rank > 0): ``worst`` the features of the one it scores lowest;
+    ``mean``, ``std`` and ``bound`` (the largest root-mean-square standardised distance) of the
+    features the support measures: ``reply`` ([B, K, H], the mean over each reply's own tokens, after
+    ``marker``, which is recorded as ``reply_marker``), else the probe's own (and its standardisation).
+    JSON-ready (lists and floats)."""
     present = features[ranks > 0].double()
-    rms = standardise(present, probe.mean, probe.std).pow(2).mean(-1).sqrt()
     worst = present[int(probe.scores(present).argmin())]
-    return {"mean": probe.mean.float().tolist(), "std": probe.std.float().tolist(), "bound": float(rms.max()),
-            "worst": worst.float().tolist(), "replies": int(present.shape[0])}
+    if reply is None:
+        measured, mean, std = present, probe.mean, probe.std
+    elif not marker:
+        raise ValueError("reply features need the marker they were measured after")
+    else:
+        measured = reply[ranks > 0].double()
+        mean, std = feature_stats(reply, ranks)
+    rms = standardise(measured, mean, std).pow(2).mean(-1).sqrt()
+    out = {"mean": mean.float().tolist(), "std": std.float().tolist(), "bound": float(rms.max()),
+           "worst": worst.float().tolist(), "replies": int(present.shape[0])}
+    if reply is not None:
+        out["reply_marker"] = list(marker)
+    return out
 
 
 def standardise(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

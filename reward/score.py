@@ -61,7 +61,8 @@ def score_replies_file(config: ScoreConfig) -> ScoredReplies:
         raise UserError(f"{output}: output must be a file path, not a directory")
     prompts, replies = read_replies(Path(config.replies))
 
-    from reward.evaluate import reply_slots, score_features, score_ids, trained_max_length
+    from reward.evaluate import by_slot, reply_slots, score_ids, trained_max_length
+    from reward.probe import support_features
     from rlhf.modeling import load_score_model, load_tokenizer, outside_support
 
     max_length = config.max_length or trained_max_length(checkpoint)
@@ -73,14 +74,14 @@ def score_replies_file(config: ScoreConfig) -> ScoredReplies:
              else r} for p, r in zip(prompts, replies)]
     ids, slots = reply_slots(tokenizer, rows, max_length, what="generated")
     flat = score_ids(model, ids, tokenizer.pad_token_id, config.batch_size)
-    scores = [[flat[s] if s is not None else None for s in row] for row in slots]
+    scores = by_slot(flat, slots)
     outside = None
     support = getattr(model.config, "score_support", None)
     if support:  # which replies the probe scored as the worst reviewed one, for being unlike all it was fitted on
-        pooled = score_features(load_score_model(str(checkpoint), with_support=False), ids, tokenizer.pad_token_id,
-                                config.batch_size)
-        flags = outside_support(support, pooled).tolist()
-        outside = [[flags[s] if s is not None else None for s in row] for row in slots]
+        measured = support_features(load_score_model(str(checkpoint), with_pooling=False), ids, tokenizer.pad_token_id,
+                                    support, config.batch_size)
+        flags = outside_support(support, measured).tolist()
+        outside = by_slot(flags, slots)
     lengths = [[len(tokenizer(reply, add_special_tokens=False)["input_ids"]) for reply in row] for row in replies]
     result = ScoredReplies(str(checkpoint), str(config.replies), max_length, prompts, replies, scores, lengths,
                            left_out=sum(s is None for row in scores for s in row), outside_support=outside)

@@ -455,20 +455,30 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
     fine-tuned model on shuffled rankings would cost a fine-tune per shuffle."""
     import torch
 
-    from reward.probe import pad_k, probe_support, ranking_features, select_l2
+    from reward.probe import pad_k, probe_support, ranking_feature_sets, select_l2
     from reward.schedule import probe_learning_curve
-    from rlhf.modeling import outside_support
+    from rlhf.modeling import outside_support, reply_marker
 
     feature = f"{config.pooling}@{model.config.num_hidden_layers}"
-    tx, tr = ranking_features(model, tokenizer, train_rows, feature, config.eval_batch_size)
-    vx, vr = ranking_features(model, tokenizer, val_rows, feature, config.eval_batch_size)
+    # The support is measured on the reply's own tokens where a chat template marks where replies begin
+    # (rlhf.modeling.use_score_support), so the hook finds them in whatever prompt PPO samples under.
+    marker = reply_marker(tokenizer)
+    reply = f"rmean@{model.config.num_hidden_layers}" if marker else feature
+    wanted = tuple(dict.fromkeys((feature, reply)))
+
+    def features(rows):
+        sets, ranks = ranking_feature_sets(model, tokenizer, rows, wanted, config.eval_batch_size, marker)
+        return sets[feature], sets[reply], ranks
+
+    tx, tq, tr = features(train_rows)
+    vx, vq, vr = features(val_rows)
     probe = select_l2(feature, tx, tr, vx, vr)
-    probe.support = probe_support(probe, torch.cat([pad_k(tx, vx.shape[1]), pad_k(vx, tx.shape[1])]),
-                                  torch.cat([pad_k(tr, vr.shape[1]), pad_k(vr, tr.shape[1])]))
+    both = (lambda a, b: torch.cat([pad_k(a, b.shape[1]), pad_k(b, a.shape[1])]))
+    probe.support = probe_support(probe, both(tx, vx), both(tr, vr), both(tq, vq) if marker else None, marker)
     curve, chance = None, None
     if test_rows:
-        sx, sr = ranking_features(model, tokenizer, test_rows, feature, config.eval_batch_size)
-        held = sx[sr > 0]
+        sx, sq, sr = features(test_rows)
+        held = sq[sr > 0]
         probe.support["held_out_outside"] = [int(outside_support(probe.support, held).sum()), int(held.shape[0])]
         curve = probe_learning_curve(feature, tx, tr, vx, vr, sx, sr, seed=config.seed)
         # in the export's units: the export's training rankings include the validation split cut from them
@@ -483,8 +493,14 @@ def fit_probe_and_curve(model, tokenizer, train_rows, val_rows, test_rows, confi
             k = max(tx.shape[1], vx.shape[1], sx.shape[1])
             x = torch.cat([pad_k(tx, k), pad_k(vx, k), pad_k(sx, k)])
             ranks = torch.cat([pad_k(tr, k), pad_k(vr, k), pad_k(sr, k)])
-            groups = [prompt_key(r["prompt"]) for r in [*train_rows, *val_rows, *test_rows]]
-            return probe_chance_null(feature, x, ranks, groups, repeats=config.gate_shuffles, seed=config.seed)
+            rows = [*train_rows, *val_rows, *test_rows]
+            groups = [prompt_key(r["prompt"]) for r in rows]
+            # In an order of their content, not of submission: the shuffles are drawn row by row, and
+            # the same rankings exported in another order moved the bar (0.589 against 0.581).
+            order = sorted(range(len(rows)), key=lambda i: (str(groups[i]), json.dumps(rows[i]["completions"], sort_keys=True),
+                                                            list(rows[i]["ranks"])))
+            return probe_chance_null(feature, x[order], ranks[order], [groups[i] for i in order],
+                                     repeats=config.gate_shuffles, seed=config.seed)
 
         chance = chance_null
     return probe, curve, chance

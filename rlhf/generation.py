@@ -35,6 +35,26 @@ def render_prompt(tokenizer, prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
 
+def scored_ids(tokenizer, prompt: Prompt, reply: str | list[dict]) -> list[int]:
+    """Token ids of prompt + reply as a reward model reads them: as PPO hands it a sampled reply, the
+    prompt as the policy sees it (``render_prompt``: the chat template with the assistant turn
+    opened, or the raw text), the reply's tokens and the end-of-sequence token. ``reply``: a text or
+    the assistant message(s) of a conversational export.
+
+    Every reader of a reward model builds its input here (training, evaluation, ``rlhf reward score``,
+    the GRPO/RLOO evaluation scorer), so what it learned from is what the policy is scored on. Before,
+    a plain-text export trained it on prompt + reply with no template while PPO scored the templated
+    text (a system prompt, the turn markers): features it had never seen; and a chat export ended on
+    the template's newline after the end token, where PPO's reply ends on the end token itself.
+    """
+    text = reply if isinstance(reply, str) else "\n".join(str(m.get("content", "")) for m in reply)
+    ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 @dataclass
 class ReplyEnd:
     """How one generated reply ended: ``finish_reason`` "stop" (the model wrote its end-of-sequence

@@ -260,11 +260,12 @@ def load_policy(name_or_path: str | os.PathLike | None = None, dtype: str = "flo
 
 
 def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str = "float32",
-                     with_support: bool = True, **kwargs: Any):
+                     with_support: bool = True, with_pooling: bool = True, **kwargs: Any):
     """A reward or value model: a plain ``*ForSequenceClassification`` with one output.
 
     From a causal-LM checkpoint the ``score`` head is new (randomly initialised); from a reward
-    model checkpoint it is loaded, with its pooling and (``with_support``; a value model started
+    model checkpoint it is loaded, with its pooling (``with_pooling``; off, no hook at all:
+    the backbone's own hidden states, as a probe's features are read) and (``with_support``; a value model started
     from a reward model goes without) the bound on what it scores (``use_score_support``).
     """
     from transformers import AutoModelForSequenceClassification
@@ -280,10 +281,10 @@ def load_score_model(name_or_path: str | os.PathLike | None = None, dtype: str =
     finally:
         hf_logging.set_verbosity(verbosity)
     _sync_special_ids(model, load_tokenizer(path))
-    if getattr(model.config, "score_pooling", None) == "mean":  # a mean-pooled probe's checkpoint
+    if getattr(model.config, "score_pooling", None) == "mean" and with_pooling:  # a mean-pooled probe's checkpoint
         use_mean_pooling(model)
     support = getattr(model.config, "score_support", None)
-    if support and with_support:  # a probe's checkpoint: after the pooling, whose output it reads
+    if support and with_support and with_pooling:  # a probe's checkpoint: after the pooling, whose output it reads
         use_score_support(model, support)
     return model
 
@@ -323,28 +324,41 @@ def use_mean_pooling(model) -> None:
     config.json) makes ``load_score_model`` attach it again, so PPO, GRPO/RLOO, ``rlhf reward score``
     and export all score as the reward model was trained. Calling it twice attaches one hook.
     """
-    import torch
-
-    def running_mean(hidden, mask):
-        m = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).to(hidden.dtype)
-        m = m.unsqueeze(-1)
-        return (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+    def running_mean(hidden, mask, raw, input_ids):
+        return _running_mean(hidden, mask)
 
     if _rewrite_last_hidden(model, "_rlhf_mean_pooling", running_mean):
         model.config.score_pooling = "mean"
 
 
+def _running_mean(hidden, mask):
+    """[B, T, H]: at each position, the mean of ``hidden`` over the positions up to it where ``mask``
+    ([B, T], None: all) is set; zeros before the first."""
+    import torch
+
+    m = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).to(hidden.dtype)
+    m = m.unsqueeze(-1)
+    return (hidden * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+
+
 def _rewrite_last_hidden(model, flag: str, rewrite) -> bool:
     """Attach a forward hook on the backbone that replaces its last hidden state (and the last entry of
-    ``hidden_states``, which TRL's PPO reads) by ``rewrite(hidden, attention_mask)``. Hooks run in the
-    order they are attached (the mean pooling before the support). ``flag`` marks the backbone so a
-    second call attaches nothing; returns whether this call attached the hook."""
+    ``hidden_states``, which TRL's PPO reads) by ``rewrite(hidden, attention_mask, raw, input_ids)``:
+    ``hidden`` as the hooks attached before left it, ``raw`` as the backbone gave it, ``input_ids``
+    None when the forward had only embeddings. Hooks run in the order they are attached (the mean
+    pooling before the support). ``flag`` marks the backbone so a second call attaches nothing;
+    returns whether this call attached the hook."""
     body = getattr(model, model.base_model_prefix)
     if getattr(body, flag, False):
         return False
 
     def hook(module, args, kwargs, output):
-        rewritten = rewrite(output.last_hidden_state, kwargs.get("attention_mask"))
+        raw = getattr(output, "_rlhf_raw_hidden", None)
+        if raw is None:  # the first hook: keep the backbone's own for the next
+            raw = output.last_hidden_state
+            object.__setattr__(output, "_rlhf_raw_hidden", raw)
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        rewritten = rewrite(output.last_hidden_state, kwargs.get("attention_mask"), raw, input_ids)
         output.last_hidden_state = rewritten
         if output.hidden_states is not None:
             output.hidden_states = (*output.hidden_states[:-1], rewritten)
@@ -353,6 +367,50 @@ def _rewrite_last_hidden(model, flag: str, rewrite) -> bool:
     body.register_forward_hook(hook, with_kwargs=True)
     setattr(body, flag, True)
     return True
+
+
+def reply_marker(tokenizer) -> list[int] | None:
+    """The token ids a chat template puts before every assistant reply (its generation prompt, in
+    SmolLM2 ``<|im_start|>assistant\n``), or None (no template, or none it adds at the end)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": "x"}]
+    bare, prompted = (tokenizer.apply_chat_template(messages, add_generation_prompt=g, tokenize=True,
+                                                    return_dict=True)["input_ids"] for g in (False, True))
+    if len(prompted) <= len(bare) or prompted[:len(bare)] != bare:
+        return None
+    return list(prompted[len(bare):])
+
+
+def reply_starts(input_ids, marker: list[int] | None):
+    """[B] long: where each row's reply begins, the position after the last occurrence of ``marker``
+    in it; 0 (the whole row) where it has none. Left or right padding alike."""
+    import torch
+
+    rows, width = input_ids.shape
+    if not marker or width < len(marker):
+        return torch.zeros(rows, dtype=torch.long, device=input_ids.device)
+    windows = input_ids.unfold(1, len(marker), 1)  # [B, T - m + 1, m]
+    hit = (windows == torch.tensor(marker, device=input_ids.device)).all(-1)
+    index = torch.arange(hit.shape[1], device=input_ids.device).expand_as(hit)
+    last = torch.where(hit, index, -1).max(1).values
+    return torch.where(last >= 0, last + len(marker), 0)
+
+
+def reply_start(ids: list[int], marker: list[int] | None) -> int:
+    """``reply_starts`` of one unpadded sequence."""
+    import torch
+
+    return int(reply_starts(torch.tensor([ids]), marker)[0])
+
+
+def reply_mask(input_ids, mask, marker: list[int] | None):
+    """[B, T] bool: the reply's tokens (``reply_starts`` on) that ``mask`` (None: all) keeps."""
+    import torch
+
+    starts = reply_starts(input_ids, marker)
+    keep = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device) if mask is None else mask.bool()
+    return keep & (torch.arange(input_ids.shape[1], device=input_ids.device) >= starts.unsqueeze(1))
 
 
 def make_tiny_model(out_dir: str | os.PathLike, base: str | os.PathLike | None = None, layers: int = 2,
@@ -396,9 +454,9 @@ SUPPORT_TOLERANCE = 1e-3  # relative: a training reply's own features, recompute
 
 
 def outside_support(support: dict, features):
-    """Whether each feature vector (``[..., H]``, the probe's pooled features) lies beyond the support's
-    bound: its root-mean-square standardised distance from the fitted replies' mean exceeds ``bound``
-    times 1 + ``SUPPORT_TOLERANCE`` (bool, ``[...]``)."""
+    """Whether each feature vector (``[..., H]``, the features the support measures) lies beyond the
+    support's bound: its root-mean-square standardised distance from the fitted replies' mean exceeds
+    ``bound`` times 1 + ``SUPPORT_TOLERANCE`` (bool, ``[...]``). ``mean`` and ``std``: lists or tensors."""
     import torch
 
     mean, std = (torch.as_tensor(support[k], dtype=torch.float64, device=features.device) for k in ("mean", "std"))
@@ -407,26 +465,39 @@ def outside_support(support: dict, features):
 
 
 def use_score_support(model, support: dict) -> None:
-    """Make a mean-pooled probe score a reply unlike every reply it was fitted on as the worst of them.
+    """Make a probe score a reply unlike every reply it was fitted on as the worst of them.
 
     A linear probe extrapolates: features far from any it learned from can score above the best real
     reply, and PPO finds them (in the efficacy suite, 40-token strings of one emoji that both reward
     models scored above every reviewed reply; the second one could not tell the guard). ``support``
-    (``reward.probe.probe_support``): the probe's standardisation ``mean`` and ``std``; ``bound``, the
-    largest root-mean-square standardised feature over the replies it was fitted on; ``worst``, the
-    features of the lowest-scored of them. A forward hook after the mean pooling's replaces the pooled
-    features of every position beyond ``bound`` (times 1 + ``SUPPORT_TOLERANCE``) by ``worst``, so
-    the head, centred or not, gives such a reply the score of the worst reviewed one: no credit for
-    leaving what the reviewers saw. ``config.score_support`` records it and ``load_score_model``
-    attaches it again. Calling it twice attaches one hook.
+    (``reward.probe.probe_support``): ``mean`` and ``std`` of the features it measures; ``bound``, the
+    largest root-mean-square standardised distance of a fitted reply's; ``worst``, the features the
+    head reads of the lowest-scored fitted reply. The features measured: with ``reply_marker`` (the
+    chat template's generation prompt, ``reply_marker``), the mean of the backbone's last hidden state
+    over the reply's own tokens, after the marker's last occurrence, so a long prompt cannot dilute a
+    degenerate reply into range (seen: "please, please, ..." inside under a 200-token prompt, far
+    outside under short ones); without (checkpoints written before), the features the head reads. A
+    forward hook after the mean pooling's replaces those of every position beyond ``bound`` (times
+    1 + ``SUPPORT_TOLERANCE``) by ``worst``, so the head, centred or not, gives such a reply the score
+    of the worst reviewed one: no credit for leaving what the reviewers saw. ``config.score_support``
+    records it and ``load_score_model`` attaches it again. Calling it twice attaches one hook.
     """
     import torch
 
     worst = torch.tensor(support["worst"], dtype=torch.float32)
+    limits = {"mean": torch.tensor(support["mean"], dtype=torch.float64),
+              "std": torch.tensor(support["std"], dtype=torch.float64), "bound": support["bound"]}
+    marker = support.get("reply_marker")
 
-    def worst_outside(hidden, mask):
-        outside = outside_support(support, hidden).unsqueeze(-1)
-        return torch.where(outside, worst.to(hidden.device, hidden.dtype), hidden)
+    def worst_outside(hidden, mask, raw, input_ids):
+        if marker:  # the reply's own tokens; a forward from embeddings only: the whole sequence
+            ids = input_ids if input_ids is not None else torch.zeros(raw.shape[:2], dtype=torch.long)
+            reply = reply_mask(ids.to(raw.device), mask, marker)
+            outside = outside_support(limits, _running_mean(raw, reply)) & (reply.cumsum(1) > 0)
+        else:
+            outside = outside_support(limits, hidden)
+        return torch.where(outside.unsqueeze(-1), worst.to(hidden.device, hidden.dtype), hidden)
 
     if _rewrite_last_hidden(model, "_rlhf_score_support", worst_outside):
-        model.config.score_support = {k: support[k] for k in ("mean", "std", "bound", "worst")}
+        model.config.score_support = {k: support[k] for k in ("mean", "std", "bound", "worst", "reply_marker")
+                                      if k in support}

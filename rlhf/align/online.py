@@ -72,16 +72,20 @@ def load_prompts(path: str, tokenizer, max_tokens: int) -> list[list[dict]]:
 
 
 def reward_scorer(reward_model, tokenizer):
-    """``scorer(prompts, replies) -> scores``: the reward model's (centred) score of each reply, read as
-    TRL's GRPO and RLOO read it (chat template over prompt + reply, padded on the right)."""
+    """``scorer(prompts, replies) -> scores``: the reward model's (centred) score of each reply, read as it
+    was trained (``rlhf.generation.scored_ids``), padded on the right. (TRL's GRPO and RLOO read the
+    chat template's text, one newline after the end token longer.)"""
+    from trl.trainer.utils import pad
+
+    from rlhf.generation import scored_ids
 
     @torch.no_grad()
     def score(prompts: list, replies: list[str]) -> list[float]:
-        texts = [tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
-                 for p, r in zip(prompts, replies)]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
-        enc = enc.to(next(reward_model.parameters()).device)
-        return reward_model(**enc).logits[:, 0].float().tolist()
+        seqs = [torch.tensor(scored_ids(tokenizer, p, r)) for p, r in zip(prompts, replies)]
+        device = next(reward_model.parameters()).device
+        input_ids = pad(seqs, padding_value=tokenizer.pad_token_id, padding_side="right").to(device)
+        mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right").to(device)
+        return reward_model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
 
     return score
 

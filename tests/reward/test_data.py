@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from reward.data import agreement_weights, load_preference_data, pair_agreement, tokenize_kwise, tokenize_pairwise
+from reward.data import (agreement_weights, load_preference_data, pair_agreement, reply_ids, tokenize_kwise,
+                         tokenize_pairwise)
 from rlhf.errors import UserError
 from rlhf.schema import Ranking, prompt_key
 from tests.reward.conftest import planted_rankings, write_export
@@ -110,19 +111,39 @@ def test_tokenize_counts_long_replies(tiny_model_dir, capsys):
     from rlhf.modeling import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir, padding_side="right")
+    limit = len(reply_ids(tok, "Hi ", "")) + 12  # the template's prompt, a short reply, not 50 words
     rows = [{"prompt": "Hi ", "completions": ["short", "long " * 50, "mid reply"], "ranks": [1, 2, 3]},
             {"prompt": "Yo ", "completions": ["ok", "long " * 50], "ranks": [1, 2]}]
-    out = tokenize_kwise(Dataset.from_list(rows), tok, max_length=20, weights=None)
+    out = tokenize_kwise(Dataset.from_list(rows), tok, max_length=limit, weights=None)
     assert len(out) == 1 and out[0]["ranks"] == [1, 3]
-    assert out[0]["completion_ids"][0] == tok("Hi short" + tok.eos_token)["input_ids"]
     err = capsys.readouterr().err
-    assert "dropped 2 of 5 train replies: longer than 20 tokens; 1 rankings lost every pair" in err
+    assert f"dropped 2 of 5 train replies: longer than {limit} tokens; 1 rankings lost every pair" in err
     pairs = Dataset.from_list([{"prompt": "Hi ", "chosen": "a", "rejected": "long " * 50},
                                {"prompt": "Hi ", "chosen": "a", "rejected": "b"}])
-    assert len(tokenize_pairwise(pairs, tok, max_length=20)) == 1
-    assert "dropped 1 of 2 train pairs: longer than 20 tokens" in capsys.readouterr().err
+    assert len(tokenize_pairwise(pairs, tok, max_length=limit)) == 1
+    assert f"dropped 1 of 2 train pairs: longer than {limit} tokens" in capsys.readouterr().err
     with pytest.raises(UserError, match="raise max_length"):
-        tokenize_pairwise(pairs.select([0]), tok, max_length=20)
+        tokenize_pairwise(pairs.select([0]), tok, max_length=limit)
+
+
+def test_reward_model_reads_a_reply_as_ppo_hands_it_over(tiny_model_dir):
+    """``reply_ids``: the prompt as the policy sees it (chat template, assistant turn opened), the
+    reply's tokens and the end token, nothing after; a chat export's assistant message the same."""
+    from rlhf.generation import render_prompt
+    from rlhf.modeling import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir, padding_side="right")
+    query = tok(render_prompt(tok, "Hi "), add_special_tokens=False)["input_ids"]
+    reply = tok("short reply", add_special_tokens=False)["input_ids"]
+    ids = reply_ids(tok, "Hi ", "short reply")
+    assert ids == query + reply + [tok.eos_token_id]
+    assert tok.decode(ids).endswith("<|im_start|>assistant\nshort reply<|im_end|>")
+    chat = reply_ids(tok, [{"role": "user", "content": "Hi "}], [{"role": "assistant", "content": "short reply"}])
+    assert chat == ids
+    # the template's own rendering of the whole conversation, less the newline it puts after the end token
+    full = tok.apply_chat_template([{"role": "user", "content": "Hi "}, {"role": "assistant", "content": "short reply"}],
+                                   tokenize=True, return_dict=True)["input_ids"]
+    assert full[:len(ids)] == ids and tok.decode(full[len(ids):]) == "\n"
 
 
 def test_export_helper_matches_schema_counts(tmp_path):

@@ -14,12 +14,14 @@ import pytest
 from tests.reward.conftest import planted_rankings
 
 # Per logged step (logging_steps=1): loss, accuracy, margin, mean_reward, pairs, num_tokens. Recorded
-# twice in a row with 2 threads and once with 1, identical to every printed digit.
+# twice in a row with 2 threads and once with 1, identical to every printed digit. Re-recorded on
+# 2026-12-02 when replies came to be read under the chat template's prompt (``rlhf.generation.scored_ids``,
+# as PPO reads them; 416 tokens a step where plain text had 176), twice, identical.
 EXPECTED = [
-    [0.718425, 0.083333, -0.049445, 0.013540, 12.0, 176.0],
-    [0.672122, 0.750000, 0.044796, -0.214941, 12.0, 352.0],
-    [0.625420, 0.750000, 0.148680, 0.073410, 12.0, 528.0],
-    [0.536579, 0.916667, 0.380602, -0.232765, 12.0, 704.0],
+    [0.701829, 0.083333, -0.017227, 0.109750, 12.0, 416.0],
+    [0.682740, 0.750000, 0.021273, -0.230855, 12.0, 832.0],
+    [0.667580, 0.666667, 0.053119, 0.256647, 12.0, 1248.0],
+    [0.662203, 0.833333, 0.063496, -0.865050, 12.0, 1664.0],
 ]
 
 

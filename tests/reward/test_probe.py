@@ -366,3 +366,74 @@ def test_score_support_scores_a_reply_unlike_every_fitted_one_as_the_worst_of_th
     with torch.no_grad():
         _, scores, _ = get_reward(ppo_model, rows, pad, width - min(len(r) for r in ids))
     assert scores.tolist() == pytest.approx([(a - 1.0) / 2.0 for a in after], abs=1e-4)
+
+
+def test_reply_starts_after_the_marker_s_last_occurrence_whatever_the_padding(tiny_model_dir):
+    from rlhf.modeling import load_tokenizer, reply_marker, reply_start, reply_starts
+
+    ids = torch.tensor([[0, 0, 5, 1, 2, 7, 1, 2, 9, 9],  # left-padded, the marker twice: after the last
+                        [5, 1, 2, 7, 7, 7, 0, 0, 0, 0],  # right-padded
+                        [5, 6, 7, 8, 0, 0, 0, 0, 0, 0]])  # no marker: the whole row
+    assert reply_starts(ids, [1, 2]).tolist() == [8, 3, 0]
+    assert reply_starts(ids, None).tolist() == [0, 0, 0]
+    assert reply_starts(ids[:, :1], [1, 2]).tolist() == [0, 0, 0]  # shorter than the marker
+    assert [reply_start([1, 2], [1, 2]), reply_start([3, 1, 2, 4], [1, 2]), reply_start([1], [1, 2])] == [2, 3, 0]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    assert tokenizer.decode(reply_marker(tokenizer)) == "<|im_start|>assistant\n"
+
+
+def test_reply_support_measures_the_reply_s_own_tokens_under_any_prompt(tiny_model_dir, tmp_path):
+    """With the chat template's marker the support measures the mean over the reply's own tokens
+    (``support_features``), and the hook flags exactly the replies those features put outside, scored
+    as the worst fitted one: right-padded (the model's forward) and left-padded (PPO's ``get_reward``),
+    through a save and reload. A degenerate reply under a long prompt is outside."""
+    from trl.experimental.utils import get_reward
+
+    from reward.data import reply_ids
+    from reward.evaluate import score_ids
+    from reward.probe import probe_support, support_features
+    from rlhf.modeling import (load_score_model, load_tokenizer, outside_support, reply_marker, use_mean_pooling,
+                               use_score_support)
+
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
+    marker, pad = reply_marker(tokenizer), tokenizer.pad_token_id
+    questions = ["Where is my parcel?", "Can I change my address?", "Why was I charged twice?"]
+    answers = ["It ships today.", "Sorry, I cannot tell you that right now, please write again later.",
+               "Check the tracking page.", "Hello! Your parcel left the warehouse on Monday and will arrive soon."]
+    chat = (lambda q, a: reply_ids(tokenizer, [{"role": "user", "content": q}], [{"role": "assistant", "content": a}]))
+    fitted = [chat(q, a) for q in questions for a in answers]
+    long_prompt = " ".join(questions * 6)
+    odd = [chat(long_prompt, "please " * 12), chat(questions[0], "\U0001F60A" * 10)]
+    ids = fitted + odd + [chat(long_prompt, a) for a in answers]
+    plain = load_score_model(tiny_model_dir, with_pooling=False)
+    x = reply_features(plain, fitted, pad, layers=[2], poolings=("mean",))["mean@2"].double()
+    g = torch.Generator().manual_seed(5)
+    probe = Probe("mean@2", torch.randn(x.shape[1], generator=g, dtype=torch.float64), x.mean(0), x.std(0), 0.1)
+    measured = support_features(plain, ids, pad, {"reply_marker": marker}).double()
+    assert not torch.allclose(measured[0], x[0].float().double(), atol=1e-3)  # the reply's tokens, not the prompt's
+    ones = torch.ones(len(fitted), 1, dtype=torch.long)
+    support = probe_support(probe, x.unsqueeze(1), ones, measured[:len(fitted)].unsqueeze(1), marker)
+    assert support["reply_marker"] == marker and support["mean"] == pytest.approx(measured[:len(fitted)].mean(0).tolist(), abs=1e-5)
+    flags = outside_support(support, measured).tolist()
+    assert not any(flags[:len(fitted)]) and flags[len(fitted)] and flags[len(fitted) + 1], flags
+    with pytest.raises(ValueError, match="marker"):
+        probe_support(probe, x.unsqueeze(1), ones, measured[:len(fitted)].unsqueeze(1), None)
+
+    model = load_score_model(tiny_model_dir)
+    use_mean_pooling(model)
+    write_score_head(model, probe)
+    before = score_ids(model, ids, pad, batch_size=5)
+    use_score_support(model, support)
+    after = score_ids(model, ids, pad, batch_size=5)
+    worst = int(probe.scores(x).argmin())
+    for i, outside in enumerate(flags):
+        assert after[i] == pytest.approx(before[worst] if outside else before[i], abs=1e-4), i
+    model.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    reloaded = load_score_model(tmp_path / "rm")
+    assert reloaded.config.score_support["reply_marker"] == marker
+    width = max(len(r) for r in ids) + 2
+    rows = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
+    with torch.no_grad():
+        _, scores, _ = get_reward(reloaded, rows, pad, width - min(len(r) for r in ids))
+    assert scores.tolist() == pytest.approx(after, abs=1e-4)

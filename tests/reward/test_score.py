@@ -59,7 +59,7 @@ def test_score_leaves_out_replies_longer_than_max_length(tmp_path, tiny_reward_m
     replies.write_text(json.dumps({"prompt": "Hi", "replies": ["ok", "word " * 40]}) + "\n")
     out = tmp_path / "s.json"
     result = run_cli("reward", "score", "--reward-model", str(tiny_reward_model), "--replies", str(replies),
-                     "--output", str(out), "--max-length", "20")
+                     "--output", str(out), "--max-length", "60")
     assert result.returncode == 0, result.stderr[-3000:]
     scored = ScoredReplies.from_dict(json.loads(out.read_text()))
     assert scored.scores[0][0] is not None and scored.scores[0][1] is None and scored.left_out == 1
