@@ -279,9 +279,12 @@ def policy_figures(run_dir: Path) -> dict:
     # held-out replies outside the reward model's support ([outside, scored]; absent for runs before it was kept)
     outside = {f"{who}_outside": [sum(flags), len(flags)] for who in ("base", "aligned")
                if (flags := summary["heldout"][who].get("outside")) is not None}
+    repeats = {f"{who}_repetition": summary["heldout"][who]["repetition"] for who in ("base", "aligned")
+               if summary["heldout"][who].get("repetition") is not None}  # rlhf.report.repetition
     return {"win_rate": wr.get("win_rate_a"), "win_interval": [wr.get("ci_low"), wr.get("ci_high")],
             "lc_win_rate": lc.get("length_controlled"), "lc_interval": lc.get("lc_interval"),
-            "kl": summary["training"].get("kl_last"), "loop_seconds": sum(summary["times"].values()), **outside}
+            "kl": summary["training"].get("kl_last"), "loop_seconds": sum(summary["times"].values()), **outside,
+            **repeats}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
             (out_a, n_a), (out_b, n_b) = r["aligned_outside"], r.get("base_outside") or (0, 0)
             print(f"{r['rule']}: {out_a} of {n_a} aligned held-out replies outside the reward model's support "
                   f"(base: {out_b} of {n_b})")
+        if r.get("aligned_repetition") is not None:
+            print(f"{r['rule']}: aligned held-out replies repeat {r['aligned_repetition']:.0%} of their word 3-grams "
+                  f"(base: {r.get('base_repetition') or 0:.0%})")
     print(f"\nreproduce: .venv/bin/python bench/efficacy_suite.py --out {args.out} --size {args.size} "
           f"--rules {','.join(names)}")
     return 0

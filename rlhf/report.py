@@ -9,6 +9,7 @@ Every figure comes from a file a stage wrote: ``reward/eval/eval.json`` (``rlhf 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,24 @@ class TrainingSummary:
         return {k: v for k, v in asdict(self).items() if k != "rows"}
 
 
+def repetition(text: str, n: int = 3) -> float:
+    """Share of a text's word ``n``-grams that already occurred earlier in it: 0 for a reply that does
+    not repeat itself, towards 1 for one looping a phrase ("Welcome to our team. Welcome to our team.
+    ..."), which a rule counting warm words, and a reward model reading mean-pooled features (the mean
+    of a phrase said ten times is the phrase's), can both score highly. Words: lower-cased runs of
+    letters, digits and apostrophes; fewer than ``n`` words: 0."""
+    words = re.findall(r"[\w']+", text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    seen: set[tuple[str, ...]] = set()
+    repeated = 0
+    for gram in grams:
+        repeated += gram in seen
+        seen.add(gram)
+    return repeated / len(grams)
+
+
 @dataclass
 class HeldoutScores:
     """One policy's replies to the held-out prompts: reward-model score, length in tokens, rule score."""
@@ -94,13 +113,14 @@ class HeldoutScores:
     rewards: list[float]
     rule_scores: list[float]
     outside: list[bool] | None = None  # per scored reply: outside the reward model's support (None: it has none)
+    repetition: float | None = None  # mean ``repetition`` of the replies (None: written before it was kept)
 
     @classmethod
     def of(cls, scored: ScoredReplies, rule) -> "HeldoutScores":
-        rewards, lengths = scored.flat_scores(), scored.flat_lengths()
-        rule_scores = [rule(reply) for reply in scored.flat_replies()]
+        rewards, lengths, replies = scored.flat_scores(), scored.flat_lengths(), scored.flat_replies()
+        rule_scores = [rule(reply) for reply in replies]
         return cls(mean(rewards), mean(lengths), mean(rule_scores), lengths, rewards, rule_scores,
-                   scored.flat_outside())
+                   scored.flat_outside(), mean([repetition(reply) for reply in replies]))
 
     def outside_text(self) -> str:
         """'5 of 72': replies outside the reward model's support, or 'n/a'."""
@@ -144,6 +164,9 @@ def render_stage_table(times: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+REPETITION_ROW = "held-out replies repeating themselves (mean share of word 3-grams said before in the reply)"
+
+
 def _fmt(x, fmt=".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
@@ -174,6 +197,8 @@ def render_figures(s: LoopSummary) -> str:
            ("KL to reference, last fifth (max)", f"{_fmt(p.kl_last)} ({_fmt(p.kl_max)})")]),
         ("mean reply length (tokens), base -> aligned",
          f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.aligned.length_mean, '.1f')}"),
+        *([(REPETITION_ROW + ", base -> aligned", f"{_fmt(s.base.repetition)} -> {_fmt(s.aligned.repetition)}")]
+          if s.aligned.repetition is not None else []),
         ("mean rule score, base -> aligned", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.aligned.rule_mean)}"),
         ("aligned vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
         ("aligned win rate, non-tied", _win_rate_text(wr)),
@@ -437,6 +462,8 @@ def render_sft(s: SFTSummary) -> str:
         *([("held-out replies outside the reward model's support, base -> SFT",
             f"{s.base.outside_text()} -> {s.sft.outside_text()}")] if s.sft.outside is not None else []),
         ("mean reply length (tokens), base -> SFT", f"{_fmt(s.base.length_mean, '.1f')} -> {_fmt(s.sft.length_mean, '.1f')}"),
+        *([(REPETITION_ROW + ", base -> SFT", f"{_fmt(s.base.repetition)} -> {_fmt(s.sft.repetition)}")]
+          if s.sft.repetition is not None else []),
         ("mean rule score, base -> SFT", f"{_fmt(s.base.rule_mean)} -> {_fmt(s.sft.rule_mean)}"),
         ("SFT vs base (wins/losses/ties/both bad)", f"{wr.wins_a}/{wr.wins_b}/{wr.ties}/{wr.both_bad}"),
         ("SFT win rate, non-tied", _win_rate_text(wr)),

@@ -1,11 +1,12 @@
 """The loop's report records (rlhf/report.py) and the data contracts they read (rlhf/schema.py), by hand."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from rlhf.report import HeldoutScores, LoopSummary, TrainingSummary, RewardEvalSummary, render_figures, \
-    render_stage_table, write_report, write_summary
+from rlhf.report import REPETITION_ROW, HeldoutScores, LoopSummary, TrainingSummary, RewardEvalSummary, render_figures, \
+    render_stage_table, repetition, write_report, write_summary
 from rlhf.schema import AbReport, ScoredReplies
 
 AB_JSON = {
@@ -77,6 +78,14 @@ def test_stage_table_by_hand():
     ]
 
 
+def test_repetition_by_hand():
+    assert repetition("a b c a b c") == 0.25  # 3-grams abc, bca, cab, abc: one said before
+    assert repetition("Welcome to our team. Welcome to our team.") == pytest.approx(2 / 6)
+    assert repetition("I'm happy to help, I'm happy to help") == pytest.approx(2 / 6)
+    assert repetition("no repeats in this reply at all") == 0.0 and repetition("too short") == 0.0
+    assert repetition("one two one two", n=2) == pytest.approx(1 / 3)
+
+
 def test_summary_json_and_report(tmp_path):
     scored = ScoredReplies("rm", "r.jsonl", 64, ["p"], [["sorry", "ok"]], [[-1.0, 1.0]], [[1, 1]])
     held = HeldoutScores.of(scored, rule=lambda text: -float(text.count("sorry")))
@@ -91,6 +100,13 @@ def test_summary_json_and_report(tmp_path):
     assert "| aligned win rate, non-tied | 0.750 [0.300, 0.950] (95% wilson) |" in figures
     assert "| aligned vs base (wins/losses/ties/both bad) | 3/1/0/0 |" in figures
     assert "| KL to reference, last fifth (max) | n/a (n/a) |" in figures  # no PPO rows: no numbers made up
+    assert out["heldout"]["base"]["repetition"] == 0.0  # "sorry", "ok": too short to repeat a 3-gram
+    looping = HeldoutScores.of(ScoredReplies("rm", "r.jsonl", 64, ["p"], [["a b c a b c", "Welcome to our team. "
+                                                                           "Welcome to our team."]],
+                                             [[0.0, 0.0]], [[6, 8]]), rule=len)
+    assert looping.repetition == pytest.approx((1 / 4 + 2 / 6) / 2)  # abc bca cab ABC; 2 of 6 3-grams again
+    figures = render_figures(replace(summary, aligned=looping))
+    assert f"| {REPETITION_ROW}, base -> aligned | 0.000 -> 0.292 |" in figures
 
     report = write_report(summary, tmp_path).read_text()
     assert "heldout.png" in report and "win_rate.png" in report and "training_curves.png" not in report
