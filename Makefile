@@ -44,7 +44,7 @@ demo: $(STAMP)
 	$(BIN)/rlhf app demo --config configs/app/demo.yaml
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=30
 
 # Benchmarks are long and run one by one (README "Benchmarks"); each prints its figures as ratios
 # against a baseline measured in the same run, and the command that reproduces them.

@@ -181,15 +181,14 @@ def features(out: Path, rows: list[dict], layers: list[int], poolings=("last", "
         return cached["features"], cached["seconds_per_reply"]
     from reward.data import reply_ids
     from reward.probe import reply_features
-    from rlhf.modeling import load_score_model, load_tokenizer
+    from rlhf.modeling import load_score_model, load_tokenizer, reply_marker
 
     started = time.perf_counter()
     model, tokenizer = load_score_model("bundled"), load_tokenizer("bundled", padding_side="right")
     ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
-    starts = [len(tokenizer(row["prompt"])["input_ids"]) for row in rows for _ in row["completions"]]
     log(f"features of {len(ids)} replies, layers {layers}, {poolings}")
-    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, poolings, batch_size=16, reply_starts=starts,
-                          normed=normed)
+    flat = reply_features(model, ids, tokenizer.pad_token_id, layers, poolings, batch_size=16,
+                          marker=reply_marker(tokenizer), normed=normed)
     per_reply = (time.perf_counter() - started) / len(ids)
     feats = {k: v.view(len(rows), K, -1) for k, v in flat.items()}
     torch.save({"features": feats, "seconds_per_reply": per_reply}, path)
@@ -265,7 +264,7 @@ def _export(path: Path, labelled: list[dict], train_idx: list[int], test_idx: li
 
 def _score_test(model_dir: Path, labelled, test_idx) -> list[list[float]]:
     from reward.evaluate import score_rows
-    from rlhf.modeling import load_score_model, load_tokenizer
+    from rlhf.modeling import load_score_model, load_tokenizer, reply_marker
 
     model, tokenizer = load_score_model(model_dir), load_tokenizer(model_dir, padding_side="right")
     return score_rows(model, tokenizer, [labelled[i] for i in test_idx], max_length=512)
@@ -312,7 +311,7 @@ def method_lpft(ctx) -> dict:
     from reward.data import reply_ids
     from reward.losses import kwise_loss
     from reward.probe import use_mean_pooling, write_score_head
-    from rlhf.modeling import load_score_model, load_tokenizer
+    from rlhf.modeling import load_score_model, load_tokenizer, reply_marker
     from trl.trainer.utils import pad
 
     started = time.perf_counter()

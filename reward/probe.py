@@ -32,7 +32,7 @@ from rlhf.modeling import use_mean_pooling  # noqa: F401  (lives in core: every 
 # On standardised features. With ~100 rankings of the bundled model's replies, validation picked
 # 0.1 to 100 (a grid ending at 1 had most picks at its edge); the ends are rarely needed.
 L2_GRID = tuple(10.0 ** e for e in (-3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2))  # on standardised features
-POOLINGS = ("last", "mean")  # "rmean" (reply tokens only) needs reply_starts
+POOLINGS = ("last", "mean")  # "rmean" (reply tokens only) needs the reply marker
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def backbone(model):
 
 def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[int],
                    poolings: tuple[str, ...] = POOLINGS, batch_size: int = 16,
-                   reply_starts: list[int] | None = None, normed: bool = False) -> dict[str, torch.Tensor]:
+                   marker: list[int] | None = None, normed: bool = False) -> dict[str, torch.Tensor]:
     """Frozen features of each token sequence: ``{"last@L", "mean@L" or "rmean@L": [N, H]}``, float32.
 
     ``layers``: 1..num_hidden_layers; the last layer is ``last_hidden_state`` (after the final norm,
@@ -55,10 +55,12 @@ def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[
     (``cut_to_probe_depth``) reads as its last hidden state.
     ``last`` is the hidden state of the last token (the sequences are right-padded, and the pad token
     is never EOS, so this is the token a ``*ForSequenceClassification`` model scores); ``mean``
-    averages every token of prompt + reply; ``rmean`` only the tokens from ``reply_starts[i]`` on
-    (the reply and its EOS).
+    averages every token of prompt + reply; ``rmean`` only the reply's own tokens and its EOS, after
+    ``marker``'s last occurrence (``rlhf.modeling.reply_mask``, which the support's hook uses too).
     """
     from trl.trainer.utils import pad
+
+    from rlhf.modeling import reply_mask
 
     body = backbone(model)
     n_layers = model.config.num_hidden_layers
@@ -90,9 +92,7 @@ def reply_features(model, ids: list[list[int]], pad_token_id: int, layers: list[
                     m = mask.unsqueeze(-1).to(h.dtype)
                     out[f"mean@{layer}"][chunk] = ((h * m).sum(1) / m.sum(1)).cpu()
                 if "rmean" in poolings:
-                    starts = torch.tensor([reply_starts[i] for i in chunk], device=device)
-                    positions = torch.arange(input_ids.shape[1], device=device)
-                    m = (mask.bool() & (positions >= starts.unsqueeze(1))).unsqueeze(-1).to(h.dtype)
+                    m = reply_mask(input_ids, mask, marker).unsqueeze(-1).to(h.dtype)
                     out[f"rmean@{layer}"][chunk] = ((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu()
     model.train(was_training)
     return out
@@ -122,15 +122,13 @@ def ranking_feature_sets(model, tokenizer, rows: list[dict], features: tuple[str
                          marker: list[int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``ranking_features`` for several features of one layer from one pass: ``{feature: [B, K_max, H]}``
     and the ranks. ``"rmean@L"`` averages the reply's own tokens, after ``marker``'s last occurrence
-    (``rlhf.modeling.reply_start``)."""
+    (``rlhf.modeling.reply_mask``)."""
     from reward.data import reply_ids
-    from rlhf.modeling import reply_start
 
     (layer,) = {int(f.split("@")[1]) for f in features}
     ids = [reply_ids(tokenizer, row["prompt"], c) for row in rows for c in row["completions"]]
-    starts = [reply_start(x, marker) for x in ids] if any(f.startswith("rmean@") for f in features) else None
     flat = reply_features(model, ids, tokenizer.pad_token_id, [layer], tuple(f.split("@")[0] for f in features),
-                          batch_size, reply_starts=starts)
+                          batch_size, marker=marker)
     k_max = max(len(row["completions"]) for row in rows)
     ranks = torch.zeros(len(rows), k_max, dtype=torch.long)
     out = {f: torch.zeros(len(rows), k_max, flat[f].shape[1]) for f in features}
@@ -149,14 +147,10 @@ def support_features(model, ids: list[list[int]], pad_token_id: int, support: di
     """[N, H]: the features ``support`` measures (``rlhf.modeling.use_score_support``) of each token
     sequence, from ``model`` without hooks (``load_score_model(..., with_pooling=False)``): the mean
     over the reply's own tokens (``reply_marker``), else the features its head reads."""
-    from rlhf.modeling import reply_start
-
     marker = support.get("reply_marker")
     pooling = "rmean" if marker else ("mean" if getattr(model.config, "score_pooling", None) == "mean" else "last")
     layer = model.config.num_hidden_layers
-    starts = [reply_start(x, marker) for x in ids] if marker else None
-    return reply_features(model, ids, pad_token_id, [layer], (pooling,), batch_size,
-                          reply_starts=starts)[f"{pooling}@{layer}"]
+    return reply_features(model, ids, pad_token_id, [layer], (pooling,), batch_size, marker=marker)[f"{pooling}@{layer}"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -327,7 +327,7 @@ def use_mean_pooling(model) -> None:
     def running_mean(hidden, mask, raw, input_ids):
         return _running_mean(hidden, mask)
 
-    if _rewrite_last_hidden(model, "_rlhf_mean_pooling", running_mean):
+    if _rewrite_last_hidden(model, "mean_pooling", running_mean):
         model.config.score_pooling = "mean"
 
 
@@ -342,30 +342,31 @@ def _running_mean(hidden, mask):
 
 
 def _rewrite_last_hidden(model, flag: str, rewrite) -> bool:
-    """Attach a forward hook on the backbone that replaces its last hidden state (and the last entry of
-    ``hidden_states``, which TRL's PPO reads) by ``rewrite(hidden, attention_mask, raw, input_ids)``:
-    ``hidden`` as the hooks attached before left it, ``raw`` as the backbone gave it, ``input_ids``
-    None when the forward had only embeddings. Hooks run in the order they are attached (the mean
-    pooling before the support). ``flag`` marks the backbone so a second call attaches nothing;
-    returns whether this call attached the hook."""
+    """Replace the backbone's last hidden state (and the last entry of ``hidden_states``, which TRL's
+    PPO reads) by ``rewrite(hidden, attention_mask, raw, input_ids)``: ``hidden`` as the rewrites
+    attached before left it, ``raw`` as the backbone gave it, ``input_ids`` None when the forward had
+    only embeddings. One forward hook per backbone runs its rewrites in the order they were attached
+    (the mean pooling before the support). ``flag`` names the rewrite, so a second call attaches
+    nothing; returns whether this call attached it."""
     body = getattr(model, model.base_model_prefix)
-    if getattr(body, flag, False):
+    rewrites = getattr(body, "_rlhf_rewrites", None)
+    if rewrites is None:
+        rewrites = body._rlhf_rewrites = {}
+
+        def hook(module, args, kwargs, output):
+            raw = hidden = output.last_hidden_state
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            for step in rewrites.values():
+                hidden = step(hidden, kwargs.get("attention_mask"), raw, input_ids)
+            output.last_hidden_state = hidden
+            if output.hidden_states is not None:
+                output.hidden_states = (*output.hidden_states[:-1], hidden)
+            return output
+
+        body.register_forward_hook(hook, with_kwargs=True)
+    if flag in rewrites:
         return False
-
-    def hook(module, args, kwargs, output):
-        raw = getattr(output, "_rlhf_raw_hidden", None)
-        if raw is None:  # the first hook: keep the backbone's own for the next
-            raw = output.last_hidden_state
-            object.__setattr__(output, "_rlhf_raw_hidden", raw)
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        rewritten = rewrite(output.last_hidden_state, kwargs.get("attention_mask"), raw, input_ids)
-        output.last_hidden_state = rewritten
-        if output.hidden_states is not None:
-            output.hidden_states = (*output.hidden_states[:-1], rewritten)
-        return output
-
-    body.register_forward_hook(hook, with_kwargs=True)
-    setattr(body, flag, True)
+    rewrites[flag] = rewrite
     return True
 
 
@@ -395,13 +396,6 @@ def reply_starts(input_ids, marker: list[int] | None):
     index = torch.arange(hit.shape[1], device=input_ids.device).expand_as(hit)
     last = torch.where(hit, index, -1).max(1).values
     return torch.where(last >= 0, last + len(marker), 0)
-
-
-def reply_start(ids: list[int], marker: list[int] | None) -> int:
-    """``reply_starts`` of one unpadded sequence."""
-    import torch
-
-    return int(reply_starts(torch.tensor([ids]), marker)[0])
 
 
 def reply_mask(input_ids, mask, marker: list[int] | None):
@@ -498,6 +492,6 @@ def use_score_support(model, support: dict) -> None:
             outside = outside_support(limits, hidden)
         return torch.where(outside.unsqueeze(-1), worst.to(hidden.device, hidden.dtype), hidden)
 
-    if _rewrite_last_hidden(model, "_rlhf_score_support", worst_outside):
+    if _rewrite_last_hidden(model, "score_support", worst_outside):
         model.config.score_support = {k: support[k] for k in ("mean", "std", "bound", "worst", "reply_marker")
                                       if k in support}
