@@ -264,7 +264,7 @@ def _export(path: Path, labelled: list[dict], train_idx: list[int], test_idx: li
 
 def _score_test(model_dir: Path, labelled, test_idx) -> list[list[float]]:
     from reward.evaluate import score_rows
-    from rlhf.modeling import load_score_model, load_tokenizer, reply_marker
+    from rlhf.modeling import load_score_model, load_tokenizer
 
     model, tokenizer = load_score_model(model_dir), load_tokenizer(model_dir, padding_side="right")
     return score_rows(model, tokenizer, [labelled[i] for i in test_idx], max_length=512)
@@ -311,7 +311,7 @@ def method_lpft(ctx) -> dict:
     from reward.data import reply_ids
     from reward.losses import kwise_loss
     from reward.probe import use_mean_pooling, write_score_head
-    from rlhf.modeling import load_score_model, load_tokenizer, reply_marker
+    from rlhf.modeling import load_score_model, load_tokenizer
     from trl.trainer.utils import pad
 
     started = time.perf_counter()

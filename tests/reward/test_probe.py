@@ -381,6 +381,8 @@ def test_reply_starts_after_the_marker_s_last_occurrence_whatever_the_padding(ti
     assert reply_starts(ids, [1, 2]).tolist() == [8, 3, 0]
     assert reply_starts(ids, None).tolist() == [0, 0, 0]
     assert reply_starts(ids[:, :1], [1, 2]).tolist() == [0, 0, 0]  # shorter than the marker
+    one = [int(reply_starts(torch.tensor([x]), [1, 2])[0]) for x in ([1, 2], [3, 1, 2, 4], [1])]  # unpadded rows
+    assert one == [2, 3, 0]
     tokenizer = load_tokenizer(tiny_model_dir)
     assert tokenizer.decode(reply_marker(tokenizer)) == "<|im_start|>assistant\n"
 
